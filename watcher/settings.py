@@ -1,0 +1,226 @@
+"""One typed settings object, built once at the edge and passed in.
+
+Sources, later ones winning: built-in defaults, the TOML config file
+(``--config`` or ``WATCHER_CONFIG``), ``WATCHER_*`` environment variables, and
+command-line options. Nothing else in the package reads the environment.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+#: CLI cloud name -> the ``cloud`` value inside Microsoft's files.
+CLOUD_FILE_NAMES = {
+    "public": "Public",
+    "usgov": "AzureGovernment",
+    "china": "China",
+    "germany": "AzureGermany",
+}
+FILE_CLOUD_NAMES = {v.lower(): k for k, v in CLOUD_FILE_NAMES.items()}
+DEFAULT_DATABASE_URL = "sqlite:///watcher.db"
+
+
+def cloud_from_file_value(value: str) -> str:
+    """Map a file's ``cloud`` field (``Public``, ``AzureGovernment``...) to our cloud name."""
+    try:
+        return FILE_CLOUD_NAMES[value.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown cloud {value!r} (known: {', '.join(CLOUD_FILE_NAMES.values())})") from None
+
+
+def check_cloud(name: str) -> str:
+    name = name.lower()
+    if name not in CLOUD_FILE_NAMES:
+        raise ConfigError(f"unknown cloud {name!r} (choose from {', '.join(CLOUD_FILE_NAMES)})")
+    return name
+
+
+@dataclass(frozen=True)
+class RegistryWatch:
+    """A container registry whose firewall rules the watcher keeps in step."""
+
+    name: str
+    regions: tuple[str, ...]
+    data_endpoint: bool = False
+    cloud: str = "public"
+    include_mcr: bool = False
+    extra_tags: tuple[str, ...] = ()
+
+    @property
+    def login_server(self) -> str:
+        return f"{self.name}.azurecr.io"
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    timeout_seconds: float = 30.0          # per connect/read
+    deadline_seconds: float = 300.0        # whole poll of one cloud
+    max_bytes: int = 50 * 1024 * 1024      # decoded body cap
+    retries: int = 4
+    backoff_seconds: float = 1.0
+    allowed_hosts: tuple[str, ...] = ("download.microsoft.com", "www.microsoft.com")
+    proxy: str | None = None
+    source_url: str | None = None          # mirror URL, file:// path or local folder
+    user_agent: str = (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+    )
+    min_tag_ratio: float = 0.8             # plausibility: tags vs the last publication
+    quarantine_dir: str = "quarantine"
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    urls: tuple[str, ...] = ()
+    max_attempts: int = 8
+    backoff_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class TicketSettings:
+    template_dir: str | None = None
+    removal_hold_ratio: float = 0.30
+    output_cap_bytes: int = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    schedule: str | None = None            # cron; None = daily at a jittered minute
+    http_port: int | None = None
+    unhealthy_after_failures: int = 3
+    stale_after_days: int = 8
+    run_deadline_seconds: float = 1800.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    clouds: tuple[str, ...] = ("public",)
+    registries: tuple[RegistryWatch, ...] = ()
+    extra_tags: tuple[str, ...] = ()
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    tickets: TicketSettings = field(default_factory=TicketSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    config_path: str | None = None
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _as_str_tuple(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings")
+    return tuple(value)
+
+
+def _section(cls: type, raw: Any, where: str):
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    known = cls.__dataclass_fields__
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ConfigError(f"[{where}] has unknown keys: {', '.join(sorted(unknown))}")
+    values = {}
+    for key, value in raw.items():
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            value = _as_str_tuple(value, f"{where}.{key}")
+        values[key] = value
+    return cls(**values)
+
+
+def _registry(raw: Any, index: int) -> RegistryWatch:
+    where = f"registries[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(raw) - {"name", "regions", "data_endpoint", "cloud", "include_mcr", "tags"}
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.name is required")
+    name = name.lower().removesuffix(".azurecr.io")
+    if not name.isalnum():
+        raise ConfigError(f"{where}.name {name!r} is not a registry name (letters and digits only)")
+    regions = _as_str_tuple(raw.get("regions", []), f"{where}.regions")
+    if not regions:
+        raise ConfigError(f"{where}.regions must name at least one region")
+    return RegistryWatch(
+        name=name,
+        regions=tuple(r.lower().replace(" ", "") for r in regions),
+        data_endpoint=bool(raw.get("data_endpoint", False)),
+        cloud=check_cloud(raw.get("cloud", "public")),
+        include_mcr=bool(raw.get("include_mcr", False)),
+        extra_tags=_as_str_tuple(raw.get("tags", []), f"{where}.tags"),
+    )
+
+
+def settings_from_mapping(raw: Mapping[str, Any], config_path: str | None = None) -> Settings:
+    known = {"database_url", "clouds", "registries", "tags", "fetch", "notify", "tickets", "daemon"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"config has unknown keys: {', '.join(sorted(unknown))}")
+    regs = raw.get("registries", [])
+    if not isinstance(regs, list):
+        raise ConfigError("registries must be an array of tables ([[registries]])")
+    return Settings(
+        database_url=str(raw.get("database_url", DEFAULT_DATABASE_URL)),
+        clouds=tuple(check_cloud(c) for c in _as_str_tuple(raw.get("clouds", ["public"]), "clouds")),
+        registries=tuple(_registry(r, i) for i, r in enumerate(regs)),
+        extra_tags=_as_str_tuple(raw.get("tags", []), "tags"),
+        fetch=_section(FetchSettings, raw.get("fetch"), "fetch"),
+        notify=_section(NotifySettings, raw.get("notify"), "notify"),
+        tickets=_section(TicketSettings, raw.get("tickets"), "tickets"),
+        daemon=_section(DaemonSettings, raw.get("daemon"), "daemon"),
+        config_path=config_path,
+    )
+
+
+def load_settings(config_path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Settings:
+    """Build settings from an optional TOML file and ``WATCHER_*`` variables of ``environ``."""
+    path = config_path or environ.get("WATCHER_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    settings = settings_from_mapping(raw, str(path) if path else None)
+    return apply_environment(settings, environ)
+
+
+def apply_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """Apply the ``WATCHER_*`` overrides that containers set."""
+    if environ.get("WATCHER_DATABASE_URL"):
+        settings = replace(settings, database_url=environ["WATCHER_DATABASE_URL"])
+    if environ.get("WATCHER_NOTIFY_URLS"):
+        extra = tuple(u for u in environ["WATCHER_NOTIFY_URLS"].split() if u)
+        settings = replace(settings, notify=replace(settings.notify, urls=settings.notify.urls + extra))
+    if environ.get("WATCHER_SOURCE_URL"):
+        settings = replace(settings, fetch=replace(settings.fetch, source_url=environ["WATCHER_SOURCE_URL"]))
+    if environ.get("WATCHER_PROXY"):
+        settings = replace(settings, fetch=replace(settings.fetch, proxy=environ["WATCHER_PROXY"]))
+    if environ.get("WATCHER_CLOUDS"):
+        clouds = tuple(check_cloud(c) for c in environ["WATCHER_CLOUDS"].replace(",", " ").split())
+        settings = replace(settings, clouds=clouds)
+    if environ.get("WATCHER_SCHEDULE"):
+        settings = replace(settings, daemon=replace(settings.daemon, schedule=environ["WATCHER_SCHEDULE"]))
+    if environ.get("WATCHER_HTTP_PORT"):
+        try:
+            port = int(environ["WATCHER_HTTP_PORT"])
+        except ValueError:
+            raise ConfigError("WATCHER_HTTP_PORT must be a port number") from None
+        settings = replace(settings, daemon=replace(settings.daemon, http_port=port))
+    return settings
