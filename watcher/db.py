@@ -1,0 +1,115 @@
+"""Database engine and schema migrations (SQLite by default, PostgreSQL by URL)."""
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and route them to psycopg 3."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    try:
+        return make_url(normalise_url(url)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def create_db_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"invalid database URL: {safe_url(url)}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True)
+    raise StoreError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's begin() decide when transactions start (the pysqlite
+        # default would defer and then fail to upgrade a read lock to a write).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        # IMMEDIATE takes the write lock up front: a second writer waits on the
+        # busy timeout instead of failing half-way through an import.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("watcher.migrations")))
+    if engine is not None:
+        config.attributes["engine"] = engine
+    return config
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database migration failed on {safe_url(str(engine.url))}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from None
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    try:
+        command.downgrade(alembic_config(engine), revision)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database downgrade failed: {exc}") from None
+
+
+def open_database(url: str, *, migrate: bool = True) -> Engine:
+    """An engine on ``url`` whose schema is at the latest revision."""
+    engine = create_db_engine(url)
+    try:
+        if migrate and current_revision(engine) != head_revision():
+            log.info("upgrading database schema to %s", head_revision())
+            upgrade(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        raise StoreError(f"cannot open database {safe_url(url)}: {exc.orig}") from None
+    return engine

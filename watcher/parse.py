@@ -1,0 +1,284 @@
+"""Parse stage: bytes of a service-tag file -> validated, normalised records.
+
+Pure: no I/O beyond reading a path the caller names. The expensive part of a
+file is its ~93,000 prefixes, so each tag entry is fingerprinted first; an
+entry whose fingerprint the store already knows (the tag's previous version)
+was validated when it was first imported and is not validated again, and a
+changed tag only parses the prefixes it did not have. That keeps a weekly
+import proportional to what changed, not to the size of the file.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Collection, Iterable, Mapping, Sequence
+
+import orjson
+import xxhash
+
+from .errors import ParseError
+from .settings import CLOUD_FILE_NAMES, FILE_CLOUD_NAMES
+
+FILE_NAME_RE = re.compile(r"ServiceTags_(?P<cloud>[A-Za-z]+)_(?P<date>\d{8})\.json(?:\.gz)?$")
+_PROPERTY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "changeNumber": int,
+    "region": str,
+    "regionId": int,
+    "platform": str,
+    "systemService": str,
+    "addressPrefixes": list,
+    "networkFeatures": (list, type(None)),
+}
+
+
+@dataclass(frozen=True)
+class ServiceTag:
+    """One tag of one publication, structurally validated."""
+
+    name: str
+    change_number: int
+    region: str
+    region_id: int
+    platform: str
+    system_service: str
+    network_features: tuple[str, ...]
+    #: the prefixes exactly as published; ``normalize_prefixes`` gives the canonical set
+    raw_prefixes: Sequence[str]
+    #: fingerprint of the whole entry as published (name, id, properties)
+    entry_hash: bytes
+
+    @property
+    def metadata(self) -> tuple[str, int, str, str, str]:
+        return (self.region, self.region_id, self.platform, self.system_service, ",".join(self.network_features))
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    cloud: str                      # our name: public, usgov, china, germany
+    change_number: int
+    file_date: dt.date
+    sha256: str
+    #: tags to look at: all of them, or those whose entry differs from the known fingerprint
+    tags: tuple[ServiceTag, ...]
+    #: tags whose entry is byte-for-byte the one known (see ``known_entries``)
+    unchanged: tuple[str, ...]
+    prefix_count: int
+
+    @property
+    def tag_count(self) -> int:
+        return len(self.tags) + len(self.unchanged)
+
+    @property
+    def tag_names(self) -> list[str]:
+        return [t.name for t in self.tags] + list(self.unchanged)
+
+
+def entry_fingerprint(entry: Any) -> bytes:
+    """A stable 128-bit fingerprint of one tag entry exactly as published."""
+    return xxhash.xxh3_128_digest(orjson.dumps(entry))
+
+
+def content_hash(prefixes: Iterable[str]) -> bytes:
+    """The fingerprint of a canonical (sorted, normalised) prefix set."""
+    return xxhash.xxh3_128_digest("\n".join(prefixes).encode())
+
+
+def normalize_prefix(text: str) -> str:
+    """Return the canonical form of a CIDR prefix (host bits cleared); ValueError if invalid.
+
+    socket's C parsers do the common case ~5x faster than ``ipaddress``; anything
+    unusual (IPv4-mapped IPv6, leading zeros) is left to ``ipaddress``.
+    """
+    addr, slash, bits = text.partition("/")
+    if not slash or not bits.isdigit() or not bits.isascii() or "." in addr and ":" in addr:
+        return str(ipaddress.ip_network(text, strict=False))
+    length = int(bits)
+    if ":" in addr:
+        family, width = socket.AF_INET6, 128
+    else:
+        family, width = socket.AF_INET, 32
+    if length > width:
+        raise ValueError(f"prefix length /{length} is too long")
+    try:
+        packed = socket.inet_pton(family, addr)
+    except OSError:
+        return str(ipaddress.ip_network(text, strict=False))
+    host_mask = (1 << (width - length)) - 1
+    value = int.from_bytes(packed, "big")
+    if value & host_mask:
+        packed = (value & ~host_mask).to_bytes(width // 8, "big")
+    return f"{socket.inet_ntop(family, packed)}/{length}"
+
+
+def normalize_prefixes(
+    tag_name: str, raw: Iterable[str], source: str, known: Collection[str] = frozenset()
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Sorted, de-duplicated canonical prefixes of one tag, and notes on what was repaired.
+
+    Strings found in ``known`` (the canonical prefixes the tag already had) are
+    canonical by construction and skip the parser: a weekly change costs what
+    it adds, not the size of the tag.
+    """
+    seen: set[str] = set()
+    notes: list[str] = []
+    for text in raw:
+        if text in known:
+            canonical = text
+        else:
+            try:
+                canonical = normalize_prefix(text)
+            except ValueError as exc:
+                raise ParseError(f"{source}: tag {tag_name!r}: invalid prefix {text!r} ({exc})") from None
+            if canonical != text:
+                notes.append(f"{tag_name}: prefix {text} normalised to {canonical}")
+        if canonical in seen:
+            notes.append(f"{tag_name}: duplicate prefix {canonical} ignored")
+        seen.add(canonical)
+    return tuple(sorted(seen)), tuple(notes)
+
+
+def date_from_file_name(name: str) -> dt.date | None:
+    match = FILE_NAME_RE.search(name)
+    if not match:
+        return None
+    try:
+        return dt.datetime.strptime(match["date"], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def read_file_bytes(path: Path) -> bytes:
+    """The JSON bytes of a ``.json`` or ``.json.gz`` file."""
+    try:
+        data = path.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ParseError(f"{path}: cannot read: {exc}") from None
+    return data
+
+
+def _decode(data: bytes, source: str) -> dict[str, Any]:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        hint = " (this looks like HTML, not a service-tag file)" if data.lstrip()[:1] == b"<" else ""
+        raise ParseError(f"{source}: not valid JSON{hint}: {exc}") from None
+    if not isinstance(document, dict):
+        raise ParseError(f"{source}: the top level must be a JSON object")
+    for key, kind in (("changeNumber", int), ("cloud", str), ("values", list)):
+        if not isinstance(document.get(key), kind) or isinstance(document.get(key), bool):
+            raise ParseError(f"{source}: missing or invalid top-level {key!r}")
+    return document
+
+
+def _tag(entry: Any, index: int, source: str, entry_hash: bytes) -> ServiceTag:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+        raise ParseError(f"{source}: values[{index}] has no tag name")
+    name = entry["name"]
+    if not isinstance(entry.get("id"), str):
+        raise ParseError(f"{source}: tag {name!r}: missing or invalid 'id'")
+    props = entry.get("properties")
+    if not isinstance(props, dict):
+        raise ParseError(f"{source}: tag {name!r}: missing 'properties'")
+    for key, kind in _PROPERTY_TYPES.items():
+        value = props.get(key, None if key == "networkFeatures" else ...)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ParseError(f"{source}: tag {name!r}: missing or invalid property {key!r}")
+    raw = props["addressPrefixes"]
+    offender = next((p for p in raw if not isinstance(p, str)), None) if raw else None
+    if offender is not None:
+        raise ParseError(f"{source}: tag {name!r}: prefix {offender!r} is not a string")
+    features = props.get("networkFeatures") or ()
+    if not all(isinstance(f, str) for f in features):
+        raise ParseError(f"{source}: tag {name!r}: invalid property 'networkFeatures'")
+    return ServiceTag(
+        name=name,
+        change_number=props["changeNumber"],
+        region=props["region"],
+        region_id=props["regionId"],
+        platform=props["platform"],
+        system_service=props["systemService"],
+        network_features=tuple(features),
+        raw_prefixes=raw,
+        entry_hash=entry_hash,
+    )
+
+
+def decode_document(data: bytes, source: str) -> dict[str, Any]:
+    """JSON-decode a file's bytes (BOM, LF or CRLF) and check its top level."""
+    return _decode(data, source)
+
+
+def file_cloud(document: dict[str, Any], source: str) -> str:
+    """Our name for the cloud a decoded file belongs to."""
+    value = document["cloud"]
+    if value.lower() not in FILE_CLOUD_NAMES:
+        raise ParseError(f"{source}: unknown cloud {value!r} (known: {', '.join(CLOUD_FILE_NAMES.values())})")
+    return FILE_CLOUD_NAMES[value.lower()]
+
+
+def parse_document(
+    document: dict[str, Any],
+    source: str,
+    *,
+    sha256: str,
+    file_date: dt.date | None = None,
+    known_entries: Mapping[str, bytes] | None = None,
+) -> ParsedFile:
+    """Validate a decoded file's structure and fingerprint each tag.
+
+    ``source`` names the file in errors; the date comes from ``file_date`` or the
+    name. ``known_entries`` maps a tag name to the fingerprint of an entry that
+    was validated before (the tag's previous version): an identical entry is
+    listed in ``unchanged`` and not validated again. Prefixes are checked by
+    ``normalize_prefixes`` (``validate_prefixes`` for a whole file).
+    """
+    file_date = file_date or date_from_file_name(source)
+    if file_date is None:
+        raise ParseError(f"{source}: no publication date: name the file ServiceTags_<Cloud>_<YYYYMMDD>.json or give a date")
+    cloud = file_cloud(document, source)
+    known = known_entries or {}
+    tags: list[ServiceTag] = []
+    unchanged: list[str] = []
+    prefix_count = 0
+    for index, entry in enumerate(document["values"]):
+        fingerprint = entry_fingerprint(entry)
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if name is not None and known.get(name) == fingerprint:
+            unchanged.append(name)
+        else:
+            tags.append(_tag(entry, index, source, fingerprint))
+        prefix_count += len(entry["properties"]["addressPrefixes"])
+    names = [t.name for t in tags] + unchanged
+    if len(set(names)) != len(names):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        raise ParseError(f"{source}: tag {duplicates[0]!r} appears more than once")
+    return ParsedFile(
+        cloud=cloud,
+        change_number=document["changeNumber"],
+        file_date=file_date,
+        sha256=sha256,
+        tags=tuple(tags),
+        unchanged=tuple(unchanged),
+        prefix_count=prefix_count,
+    )
+
+
+def parse_bytes(data: bytes, source: str, *, file_date: dt.date | None = None) -> ParsedFile:
+    """Decode and validate the structure of one file (see ``parse_document``)."""
+    document = decode_document(data, source)
+    return parse_document(document, source, sha256=hashlib.sha256(data).hexdigest(), file_date=file_date)
+
+
+def validate_prefixes(parsed: ParsedFile, source: str) -> dict[str, tuple[str, ...]]:
+    """Normalise every tag of a file: tag name -> canonical prefixes. Raises ParseError."""
+    return {t.name: normalize_prefixes(t.name, t.raw_prefixes, source)[0] for t in parsed.tags}
