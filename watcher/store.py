@@ -683,3 +683,17 @@ def lookup(conn: Connection, cloud: str, address: str, publication: PublicationI
     ).all()
     return sorted((LookupHit(name, prefix, day_from_key(first)) for name, prefix, first in rows),
                   key=lambda h: (h.tag, h.prefix))
+
+
+def present_tag_names(conn: Connection, cloud: str, publication: PublicationInfo | None = None) -> list[str]:
+    """Names of the tags published in ``publication`` (default: the latest of the cloud)."""
+    if publication is None:
+        try:
+            publication = resolve_publication(conn, cloud, "latest")
+        except NotFoundError:
+            return []
+    versions = versions_at(conn, cloud, publication.day)
+    ids = [i for i, v in versions.items() if v.present]
+    if not ids:
+        return []
+    return sorted(conn.execute(select(Tag.name).where(Tag.id.in_(ids))).scalars())

@@ -1,0 +1,92 @@
+"""Fixtures shared by every test module: the real files, and a fresh database on SQLite and PostgreSQL.
+
+Every database test runs twice, once per backend. PostgreSQL is required: it is
+reached at WATCHER_TEST_POSTGRES_URL (default the machine's local server), and
+each test gets a schema of its own, dropped afterwards. A missing server or a
+missing ../shared/servicetags fails the run instead of skipping tests.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from watcher import db
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "servicetags"
+POSTGRES_URL = os.environ.get("WATCHER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def servicetags_dir() -> Path:
+    if not (SHARED / "public").is_dir():
+        pytest.fail(f"the real service-tag files are missing: expected them in {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def public_files(servicetags_dir: Path) -> list[Path]:
+    files = sorted((servicetags_dir / "public").glob("ServiceTags_Public_*.json.gz"))
+    assert len(files) == 9, files
+    return files
+
+
+@functools.lru_cache(maxsize=None)
+def file_bytes(path: Path) -> bytes:
+    """The JSON bytes of a gzipped real file (decompressed once per session)."""
+    return gzip.decompress(Path(path).read_bytes())
+
+
+def plain_name(path: Path) -> str:
+    return Path(path).name.removesuffix(".gz")
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required for the tests and is not reachable at {POSTGRES_URL}: {exc.orig}")
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+def _postgres_schema_url(admin_url: str, schema: str) -> str:
+    separator = "&" if "?" in admin_url else "?"
+    return f"{admin_url}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    """A URL to an empty database: a SQLite file, or a PostgreSQL schema of this test's own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'watcher.db'}"
+        return
+    admin_url = request.getfixturevalue("postgres_admin_url")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _postgres_schema_url(admin_url, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(db_url):
+    engine = db.open_database(db_url)
+    yield engine
+    engine.dispose()

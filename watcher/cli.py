@@ -1,0 +1,415 @@
+"""The ``watcher`` command line: a thin click layer over the library functions.
+
+Every command builds the settings once (config file, ``WATCHER_*`` variables,
+options), opens the database (upgrading its schema), calls one library
+function and prints. A ``WatcherError`` becomes one line on stderr and exit
+status 1; wrong usage exits 2.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import click
+from sqlalchemy import Engine
+
+from . import __version__, db, pipeline, store
+from .diff import TagDiff, address_counts
+from .errors import WatcherError
+from .parse import FILE_NAME_RE, read_file_bytes
+from .settings import CLOUD_FILE_NAMES, Settings, load_settings
+from .watches import ResolvedWatch, resolve_watches
+
+CLOUD_CHOICE = click.Choice(sorted(CLOUD_FILE_NAMES), case_sensitive=False)
+
+
+@dataclass
+class AppContext:
+    """What every command shares: the settings, and the database opened on first use."""
+
+    settings: Settings
+    _engine: Engine | None = field(default=None, repr=False)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = db.open_database(self.settings.database_url)
+        return self._engine
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+class WatcherGroup(click.Group):
+    """Turns the watcher's errors into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WatcherError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(cls=WatcherGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", "database_url", metavar="URL", help="Database URL (default sqlite:///watcher.db; env WATCHER_DATABASE_URL).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="TOML config file (env WATCHER_CONFIG).")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+@click.version_option(__version__, prog_name="watcher")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None, config_path: str | None, verbose: bool) -> None:
+    """Keep firewall rules in step with Microsoft's Azure IP Ranges and Service Tags."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(config_path, os.environ)
+    except WatcherError as exc:
+        raise click.ClickException(str(exc)) from None
+    ctx.obj = AppContext(settings.with_overrides(database_url=database_url))
+    ctx.call_on_close(lambda: ctx.obj._engine and ctx.obj._engine.dispose())
+
+
+# ---------------------------------------------------------------- db
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema commands."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@pass_app
+def db_upgrade(app: AppContext, revision: str) -> None:
+    """Bring the database schema up to the latest revision (every command also does this)."""
+    engine = db.create_db_engine(app.settings.database_url)
+    try:
+        db.upgrade(engine, revision)
+        click.echo(f"database {db.safe_url(app.settings.database_url)} is at revision {db.current_revision(engine)}")
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------- import
+
+
+def _files(paths: Iterable[str]) -> list[Path]:
+    """Files named, and the service-tag files inside folders named, oldest date first."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and FILE_NAME_RE.search(p.name))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise click.ClickException(f"no such file or folder: {raw}")
+    return sorted(found, key=lambda p: (m.group("date") if (m := FILE_NAME_RE.search(p.name)) else "", str(p)))
+
+
+def _describe_import(result: store.ImportResult) -> str:
+    pub = result.publication
+    head = f"{pub.cloud} {pub.file_date} (changeNumber {pub.change_number}): "
+    if result.outcome != "imported":
+        return head + f"already imported: {result.reason}"
+    changes = result.changed_tags
+    counts = {s: sum(1 for c in changes if c.status == s) for s in ("appeared", "withdrawn", "changed")}
+    added = sum(c.added for c in changes)
+    removed = sum(c.removed for c in changes)
+    text = (f"imported {pub.tag_count} tags, {pub.prefix_count} prefixes; {counts['changed']} changed, "
+            f"{counts['appeared']} appeared, {counts['withdrawn']} withdrawn; +{added} -{removed} prefixes")
+    anomalies = list(result.anomalies) + [f"{c.tag}: {a}" for c in changes for a in c.anomalies if "skipped" not in a]
+    if anomalies:
+        text += f"; {len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'}"
+    return head + text
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--date", "file_date", type=click.DateTime(["%Y%m%d", "%Y-%m-%d"]),
+              help="Publication date, for a file whose name does not carry one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@pass_app
+def import_command(app: AppContext, paths: tuple[str, ...], file_date: dt.datetime | None, as_json: bool) -> None:
+    """Import service-tag files (.json or .json.gz) or folders of them."""
+    files = _files(paths)
+    if not files:
+        raise click.ClickException("no ServiceTags_<Cloud>_<YYYYMMDD>.json files found in " + ", ".join(paths))
+    results: list[store.ImportResult] = []
+    show_bar = sys.stderr.isatty() and not as_json and len(files) > 1
+    with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
+        for path in bar:
+            data = read_file_bytes(path)
+            result = pipeline.import_publication(
+                app.engine, app.settings, data, str(path), file_date=file_date.date() if file_date else None
+            )
+            results.append(result)
+            if not as_json:
+                click.echo(_describe_import(result))
+    if as_json:
+        _emit_json([_import_json(r) for r in results])
+
+
+class _plain:
+    """A stand-in for click.progressbar when output is not a terminal."""
+
+    def __init__(self, items: list[Path]):
+        self.items = items
+
+    def __enter__(self) -> list[Path]:
+        return self.items
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _import_json(result: store.ImportResult) -> dict[str, Any]:
+    pub = result.publication
+    return {
+        "outcome": result.outcome,
+        "reason": result.reason,
+        "cloud": pub.cloud,
+        "date": pub.file_date.isoformat(),
+        "change_number": pub.change_number,
+        "sha256": pub.sha256,
+        "anomalies": list(result.anomalies),
+        "notes": list(result.notes),
+        "changes": [
+            {"tag": c.tag, "status": c.status, "added": c.added, "removed": c.removed,
+             "change_number_before": c.change_number_before, "change_number_after": c.change_number_after,
+             "anomalies": list(c.anomalies)}
+            for c in result.changed_tags
+        ],
+    }
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _cloud_option(f: Callable) -> Callable:
+    return click.option("--cloud", type=CLOUD_CHOICE, default="public", show_default=True,
+                        help="Which cloud's publications.")(f)
+
+
+@main.command("publications")
+@_cloud_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def publications_command(app: AppContext, cloud: str, as_json: bool) -> None:
+    """List the imported publications of a cloud, oldest first."""
+    with app.engine.connect() as conn:
+        pubs = store.publications(conn, cloud.lower())
+    if as_json:
+        _emit_json([
+            {"cloud": p.cloud, "date": p.file_date.isoformat(), "change_number": p.change_number, "sha256": p.sha256,
+             "source": p.source, "imported_at": p.imported_at.isoformat(), "tags": p.tag_count,
+             "prefixes": p.prefix_count}
+            for p in pubs
+        ])
+        return
+    if not pubs:
+        click.echo(f"no {cloud} publications imported yet")
+    for p in pubs:
+        click.echo(f"{p.file_date}  changeNumber {p.change_number:>5}  {p.tag_count:>5} tags  "
+                   f"{p.prefix_count:>6} prefixes  {p.sha256[:12]}  {p.source}")
+
+
+@main.command("history")
+@click.argument("tag")
+@_cloud_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def history_command(app: AppContext, tag: str, cloud: str, as_json: bool) -> None:
+    """Show each version of TAG: date, changeNumber, prefix count, +added/-removed."""
+    with app.engine.connect() as conn:
+        name, entries = store.history(conn, cloud.lower(), tag)
+    if as_json:
+        _emit_json([
+            {"tag": name, "date": e.date.isoformat(), "present": e.present, "change_number": e.change_number,
+             "prefixes": e.prefix_count, "added": e.added, "removed": e.removed, "anomalies": list(e.anomalies)}
+            for e in entries
+        ])
+        return
+    for e in entries:
+        if not e.present:
+            click.echo(f"{e.date}  withdrawn                      -{e.removed}")
+            continue
+        flags = f"  [{'; '.join(e.anomalies)}]" if e.anomalies else ""
+        click.echo(f"{e.date}  changeNumber {e.change_number:>5}  {e.prefix_count:>6} prefixes  "
+                   f"+{e.added} -{e.removed}{flags}")
+
+
+def _watched_tags(app: AppContext, conn, cloud: str) -> list[str]:
+    names = store.present_tag_names(conn, cloud)
+    watches = [w for w in resolve_watches(app.settings, {cloud: names}) if w.cloud == cloud]
+    for w in watches:
+        for warning in w.warnings:
+            click.echo(f"warning: {warning}", err=True)
+    tags = list(dict.fromkeys(t for w in watches for t in w.tag_names))
+    if not tags:
+        raise click.ClickException(
+            "no watched tags: name tags, use --all, or list registries in the config file (--config)"
+        )
+    return tags
+
+
+def _diff_json(change: TagDiff, old: store.PublicationInfo, new: store.PublicationInfo) -> dict[str, Any]:
+    return {
+        "tag": change.tag,
+        "status": change.status,
+        "added": list(change.added),
+        "removed": list(change.removed),
+        "net_added": sorted(change.net_added),
+        "net_removed": sorted(change.net_removed),
+        "anomalies": list(change.anomalies),
+        "from": {"date": old.file_date.isoformat(),
+                 "change_number": change.before.change_number if change.before else None,
+                 "file_change_number": old.change_number},
+        "to": {"date": new.file_date.isoformat(),
+               "change_number": change.after.change_number if change.after else None,
+               "file_change_number": new.change_number},
+    }
+
+
+def _describe_diff(change: TagDiff) -> list[str]:
+    before = change.before.change_number if change.before else "-"
+    after = change.after.change_number if change.after else "-"
+    lines = [f"{change.tag}: {change.status} (changeNumber {before} -> {after}), "
+             f"+{len(change.added)} -{len(change.removed)} prefixes"]
+    lines += [f"  + {p}" for p in change.added]
+    lines += [f"  - {p}" for p in change.removed]
+    if change.added or change.removed:
+        if change.reaggregation_only:
+            lines.append("  net address space: no net change (re-aggregation)")
+        else:
+            v4a, v6a = address_counts(change.net_added)
+            v4r, v6r = address_counts(change.net_removed)
+            lines.append(f"  net address space: +{v4a} IPv4 / +{v6a} IPv6 addresses, "
+                         f"-{v4r} IPv4 / -{v6r} IPv6 addresses")
+            lines += [f"  net +{p}" for p in change.net_added] + [f"  net -{p}" for p in change.net_removed]
+    lines += [f"  anomaly: {a}" for a in change.anomalies]
+    return lines
+
+
+@main.command("diff")
+@click.argument("tags", nargs=-1, metavar="[TAG...]")
+@click.option("--from", "from_ref", default="previous", show_default=True, metavar="PUB",
+              help="Publication: YYYYMMDD, YYYY-MM-DD, latest or previous.")
+@click.option("--to", "to_ref", default="latest", show_default=True, metavar="PUB", help="Publication to compare with.")
+@_cloud_option
+@click.option("--all", "all_tags", is_flag=True, help="Every tag that changed, not just the watched ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def diff_command(app: AppContext, tags: tuple[str, ...], from_ref: str, to_ref: str, cloud: str,
+                 all_tags: bool, as_json: bool) -> None:
+    """What changed for tags between two publications (default: previous -> latest, the watched tags)."""
+    cloud = cloud.lower()
+    if tags and all_tags:
+        raise click.UsageError("name tags or use --all, not both")
+    with app.engine.connect() as conn:
+        old = store.resolve_publication(conn, cloud, from_ref)
+        new = store.resolve_publication(conn, cloud, to_ref)
+        names = None if all_tags else (list(tags) or _watched_tags(app, conn, cloud))
+        changes = store.diff_publications(conn, cloud, old, new, names)
+    if as_json:
+        _emit_json([_diff_json(c, old, new) for c in changes])
+        return
+    click.echo(f"{cloud}: {old.file_date} (changeNumber {old.change_number}) -> "
+               f"{new.file_date} (changeNumber {new.change_number}): {len(changes)} tag(s)")
+    for change in changes:
+        for line in _describe_diff(change):
+            click.echo(line)
+
+
+@main.command("show")
+@click.argument("tag")
+@click.option("--at", "at_ref", default="latest", show_default=True, metavar="PUB",
+              help="Publication: YYYYMMDD, YYYY-MM-DD, latest or previous.")
+@_cloud_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def show_command(app: AppContext, tag: str, at_ref: str, cloud: str, as_json: bool) -> None:
+    """Print TAG's prefixes as published at a publication."""
+    cloud = cloud.lower()
+    with app.engine.connect() as conn:
+        pub = store.resolve_publication(conn, cloud, at_ref)
+        snap = store.snapshot(conn, cloud, tag, pub)
+    if snap is None:
+        raise click.ClickException(f"tag {tag!r} was not published in the {cloud} file of {pub.file_date}")
+    if as_json:
+        _emit_json({"tag": snap.tag, "date": pub.file_date.isoformat(), "change_number": snap.version.change_number,
+                    "prefixes": list(snap.prefixes), "since": snap.since.isoformat()})
+        return
+    click.echo(f"# {snap.tag} in {cloud} {pub.file_date} (changeNumber {snap.version.change_number}, "
+               f"unchanged since {snap.since}), {len(snap.prefixes)} prefixes")
+    for prefix in snap.prefixes:
+        click.echo(prefix)
+
+
+@main.command("lookup")
+@click.argument("ip")
+@click.option("--at", "at_ref", default="latest", show_default=True, metavar="PUB", help="Publication to search.")
+@_cloud_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def lookup_command(app: AppContext, ip: str, at_ref: str, cloud: str, as_json: bool) -> None:
+    """Which tags' prefixes contain IP, and since when."""
+    cloud = cloud.lower()
+    with app.engine.connect() as conn:
+        pub = store.resolve_publication(conn, cloud, at_ref)
+        hits = store.lookup(conn, cloud, ip, pub)
+    if as_json:
+        _emit_json([{"tag": h.tag, "prefix": h.prefix, "since": h.since.isoformat()} for h in hits])
+        return
+    if not hits:
+        click.echo(f"{ip} is in no {cloud} tag of {pub.file_date}")
+    for h in hits:
+        click.echo(f"{h.tag}  {h.prefix}  since {h.since}")
+
+
+@main.command("watches")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def watches_command(app: AppContext, as_json: bool) -> None:
+    """The tags the configured registries resolve to, per registry."""
+    clouds = {r.cloud for r in app.settings.registries} | set(app.settings.clouds)
+    with app.engine.connect() as conn:
+        names = {c: store.present_tag_names(conn, c) for c in clouds}
+    watches = resolve_watches(app.settings, names)
+    if as_json:
+        _emit_json([_watch_json(w) for w in watches])
+        return
+    if not watches:
+        click.echo("no registries configured (see `watcher --config FILE watches`)")
+    for w in watches:
+        click.echo(f"{w.name} ({w.cloud}; regions {', '.join(w.regions) or '-'})")
+        for t in w.tags:
+            endpoints = f"  -> {', '.join(t.endpoints)} TCP 443" if t.endpoints else ""
+            click.echo(f"  {t.tag}{endpoints}")
+        for warning in w.warnings:
+            click.echo(f"  warning: {warning}")
+
+
+def _watch_json(w: ResolvedWatch) -> dict[str, Any]:
+    return {
+        "registry": w.name,
+        "login_server": w.login_server,
+        "cloud": w.cloud,
+        "regions": list(w.regions),
+        "data_endpoint": w.data_endpoint,
+        "tags": [{"tag": t.tag, "role": t.role, "region": t.region, "endpoints": list(t.endpoints)} for t in w.tags],
+        "warnings": list(w.warnings),
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,128 @@
+"""Watches: from the registries users think in to the service tags that serve them.
+
+A registry reached from behind a firewall needs HTTPS (TCP 443) to its REST
+endpoint (tag ``AzureContainerRegistry.<Region>``) and to its data endpoint
+(blob storage, tag ``Storage.<Region>``) in every region it is replicated to.
+
+ARM location names (``eastus2``) are matched to the tag's suffix, case-
+insensitively and exactly: never to the tag's ``region`` property (which says
+``germanywc`` for ``Storage.GermanyWestCentral`` and ``eastus2`` for
+``Storage.EastUS2Stage``), and never by prefix (``Storage`` is not
+``StorageSyncService``). Pure: the caller passes the tag names that exist.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Iterable
+
+from .settings import RegistryWatch, Settings
+
+REGISTRY_SERVICE = "AzureContainerRegistry"
+STORAGE_SERVICE = "Storage"
+MCR_SERVICE = "MicrosoftContainerRegistry"
+EXTRA_WATCH = "(extra tags)"
+
+
+@dataclass(frozen=True)
+class WatchedTag:
+    tag: str
+    role: str          # "registry", "data", "mcr" or "extra"
+    region: str | None  # the ARM location it serves, for regional tags
+    endpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedWatch:
+    name: str          # the registry name, or EXTRA_WATCH
+    cloud: str
+    regions: tuple[str, ...]
+    data_endpoint: bool
+    tags: tuple[WatchedTag, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def tag_names(self) -> list[str]:
+        return [t.tag for t in self.tags]
+
+    @property
+    def login_server(self) -> str | None:
+        return None if self.name == EXTRA_WATCH else f"{self.name}.azurecr.io"
+
+
+def regional_tag(service: str, region: str, names_by_lower: dict[str, str]) -> str | None:
+    """``<service>.<Suffix>`` whose suffix equals the ARM location, ignoring case."""
+    return names_by_lower.get(f"{service}.{region}".lower())
+
+
+def data_endpoints(registry: RegistryWatch, region: str) -> tuple[str, ...]:
+    if registry.data_endpoint:
+        return (f"{registry.name}.{region}.data.azurecr.io",)
+    # Without dedicated data endpoints, layers come from the registry's storage
+    # accounts, whose names Azure does not disclose.
+    return ("*.blob.core.windows.net",)
+
+
+def resolve_registry(registry: RegistryWatch, tag_names: Iterable[str]) -> ResolvedWatch:
+    names = list(tag_names)
+    by_lower = {n.lower(): n for n in names}
+    tags: list[WatchedTag] = []
+    warnings: list[str] = []
+    for region in registry.regions:
+        for service, role in ((REGISTRY_SERVICE, "registry"), (STORAGE_SERVICE, "data")):
+            found = regional_tag(service, region, by_lower)
+            if found is None:
+                warnings.append(
+                    f"{registry.name}: no tag {service}.<{region}> in the latest publication "
+                    f"(check the region name; ARM location names look like 'eastus2')"
+                )
+                continue
+            endpoints = (registry.login_server,) if role == "registry" else data_endpoints(registry, region)
+            tags.append(WatchedTag(found, role, region, endpoints))
+    if registry.include_mcr:
+        found = by_lower.get(MCR_SERVICE.lower())
+        if found:
+            tags.append(WatchedTag(found, "mcr", None, ("mcr.microsoft.com", "*.data.mcr.microsoft.com")))
+        else:
+            warnings.append(f"{registry.name}: no tag {MCR_SERVICE} in the latest publication")
+    tags.extend(_extra(registry.extra_tags, names, registry.name, warnings))
+    return ResolvedWatch(
+        name=registry.name, cloud=registry.cloud, regions=registry.regions,
+        data_endpoint=registry.data_endpoint, tags=tuple(_unique(tags)), warnings=tuple(warnings),
+    )
+
+
+def _extra(patterns: Iterable[str], names: list[str], owner: str, warnings: list[str]) -> list[WatchedTag]:
+    """Explicit tag names or shell-style patterns (``Storage.Germany*``), case-insensitive."""
+    found: list[WatchedTag] = []
+    by_lower = {n.lower(): n for n in names}
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(n for n in names if fnmatch.fnmatchcase(n.lower(), pattern.lower()))
+        else:
+            matches = [by_lower[pattern.lower()]] if pattern.lower() in by_lower else []
+        if not matches:
+            warnings.append(f"{owner}: no tag matches {pattern!r} in the latest publication")
+        found.extend(WatchedTag(m, "extra", None, ()) for m in matches)
+    return found
+
+
+def _unique(tags: list[WatchedTag]) -> list[WatchedTag]:
+    seen: set[str] = set()
+    result = []
+    for tag in tags:
+        if tag.tag not in seen:
+            seen.add(tag.tag)
+            result.append(tag)
+    return result
+
+
+def resolve_watches(settings: Settings, tag_names_by_cloud: dict[str, list[str]]) -> list[ResolvedWatch]:
+    """Every configured watch, resolved against the tags of its cloud's latest publication."""
+    resolved = [resolve_registry(r, tag_names_by_cloud.get(r.cloud, [])) for r in settings.registries]
+    if settings.extra_tags:
+        for cloud in settings.clouds:
+            warnings: list[str] = []
+            tags = _extra(settings.extra_tags, tag_names_by_cloud.get(cloud, []), EXTRA_WATCH, warnings)
+            resolved.append(ResolvedWatch(EXTRA_WATCH, cloud, (), False, tuple(_unique(tags)), tuple(warnings)))
+    return resolved
