@@ -1,0 +1,136 @@
+import datetime as dt
+import gzip
+import ipaddress
+
+import pytest
+
+from tests.conftest import file_bytes, plain_name
+from tests.factory import build_file, tag_entry
+from watcher.errors import ParseError
+from watcher.parse import (
+    date_from_file_name,
+    normalize_prefix,
+    normalize_prefixes,
+    parse_bytes,
+    read_file_bytes,
+    validate_prefixes,
+)
+
+
+def test_real_files_of_every_cloud_parse(servicetags_dir):
+    seen = {}
+    for path in sorted(servicetags_dir.glob("*/*.json.gz")):
+        parsed = parse_bytes(file_bytes(path), plain_name(path))
+        seen[parsed.cloud] = parsed
+        assert parsed.file_date == date_from_file_name(path.name)
+        assert parsed.tag_count == len(parsed.tags) > 200
+    assert set(seen) == {"public", "usgov", "china"}
+    assert seen["public"].tag_count == 3039  # the 2025-10-28 file
+
+
+def test_fast_normaliser_agrees_with_ipaddress_on_every_real_prefix(public_files):
+    parsed = parse_bytes(file_bytes(public_files[-1]), plain_name(public_files[-1]))
+    prefixes = {p for t in parsed.tags for p in t.raw_prefixes}
+    assert len(prefixes) > 50_000
+    for prefix in prefixes:
+        assert normalize_prefix(prefix) == str(ipaddress.ip_network(prefix, strict=False))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("10.0.0.1/24", "10.0.0.0/24"),
+    ("2603:1030:40F:8000::/48", "2603:1030:40f::/48"),
+    ("2603:1030:0:0:0:0:0:0/32", "2603:1030::/32"),
+    ("::ffff:1.2.3.4/128", "::ffff:102:304/128"),
+    ("1.2.3.4/32", "1.2.3.4/32"),
+])
+def test_normalise_prefix(text, expected):
+    assert normalize_prefix(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1.2.3.4/33", "300.1.1.1/24", "1.2.3/24", "fe80::/129", "nonsense", "1.2.3.4/-1", ""])
+def test_invalid_prefixes_are_rejected(text):
+    with pytest.raises(ValueError):
+        normalize_prefix(text)
+
+
+def test_host_bits_and_duplicates_are_repaired_and_reported():
+    prefixes, notes = normalize_prefixes("T", ["10.0.0.1/24", "10.0.0.0/24", "10.0.0.0/24", "::1/64"], "f.json")
+    assert prefixes == ("10.0.0.0/24", "::/64")
+    assert "T: prefix 10.0.0.1/24 normalised to 10.0.0.0/24" in notes
+    assert sum("duplicate prefix 10.0.0.0/24" in n for n in notes) == 2
+
+
+def test_known_prefixes_skip_the_parser_but_new_ones_are_checked():
+    prefixes, _ = normalize_prefixes("T", ["10.0.0.0/24", "10.0.1.0/24"], "f", known={"10.0.0.0/24"})
+    assert prefixes == ("10.0.0.0/24", "10.0.1.0/24")
+    with pytest.raises(ParseError, match=r"f: tag 'T': invalid prefix 'bad/1'"):
+        normalize_prefixes("T", ["10.0.0.0/24", "bad/1"], "f", known={"10.0.0.0/24"})
+
+
+def test_bom_crlf_and_gzip_give_the_same_content(tmp_path):
+    plain = build_file({"A": ["10.0.0.0/24"]})
+    variant = build_file({"A": ["10.0.0.0/24"]}, crlf=True, bom=True)
+    assert plain != variant
+    a = parse_bytes(plain, "ServiceTags_Public_20250101.json")
+    b = parse_bytes(variant, "ServiceTags_Public_20250101.json")
+    assert [t.entry_hash for t in a.tags] == [t.entry_hash for t in b.tags]
+    gz = tmp_path / "ServiceTags_Public_20250101.json.gz"
+    gz.write_bytes(gzip.compress(variant))
+    assert read_file_bytes(gz) == variant
+
+
+def test_date_comes_from_the_name_or_the_caller():
+    data = build_file({"A": ["10.0.0.0/24"]})
+    assert parse_bytes(data, "x/ServiceTags_Public_20240229.json").file_date == dt.date(2024, 2, 29)
+    assert parse_bytes(data, "mirror.json", file_date=dt.date(2024, 1, 1)).file_date == dt.date(2024, 1, 1)
+    with pytest.raises(ParseError, match="mirror.json: no publication date"):
+        parse_bytes(data, "mirror.json")
+
+
+def _with(mutate):
+    import json
+
+    doc = {"changeNumber": 1, "cloud": "Public", "values": [tag_entry("Storage.EastUS", ["10.0.0.0/24"])]}
+    mutate(doc)
+    return json.dumps(doc).encode()
+
+
+MALFORMED = {
+    "not json": (b"{nope", "not valid JSON"),
+    "html": (b"<!DOCTYPE html><html></html>", "looks like HTML"),
+    "top level list": (b"[]", "top level must be a JSON object"),
+    "no changeNumber": (_with(lambda d: d.pop("changeNumber")), "top-level 'changeNumber'"),
+    "no values": (_with(lambda d: d.pop("values")), "top-level 'values'"),
+    "unknown cloud": (_with(lambda d: d.update(cloud="Mars")), "unknown cloud 'Mars'"),
+    "tag without name": (_with(lambda d: d["values"][0].pop("name")), r"values\[0\] has no tag name"),
+    "no id": (_with(lambda d: d["values"][0].pop("id")), "tag 'Storage.EastUS': missing or invalid 'id'"),
+    "no properties": (_with(lambda d: d["values"][0].pop("properties")), "tag 'Storage.EastUS': missing 'properties'"),
+    "prefixes not a list": (
+        _with(lambda d: d["values"][0]["properties"].update(addressPrefixes="10.0.0.0/24")),
+        "property 'addressPrefixes'",
+    ),
+    "number is a string": (
+        _with(lambda d: d["values"][0]["properties"].update(changeNumber="7")),
+        "property 'changeNumber'",
+    ),
+    "prefix not a string": (
+        _with(lambda d: d["values"][0]["properties"].update(addressPrefixes=[167772160])),
+        "prefix 167772160 is not a string",
+    ),
+    "duplicate tag": (_with(lambda d: d["values"].append(d["values"][0])), "tag 'Storage.EastUS' appears more than once"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_files_get_one_clear_error_naming_file_and_part(case):
+    data, message = MALFORMED[case]
+    with pytest.raises(ParseError, match=message) as info:
+        parse_bytes(data, "ServiceTags_Public_20250101.json")
+    assert str(info.value).startswith("ServiceTags_Public_20250101.json: ")
+
+
+def test_invalid_prefix_is_named_with_its_tag():
+    data = build_file({"Storage.EastUS": ["10.0.0.0/24", "10.0.0.0/40"]})
+    parsed = parse_bytes(data, "ServiceTags_Public_20250101.json")
+    with pytest.raises(ParseError, match=r"tag 'Storage.EastUS': invalid prefix '10.0.0.0/40'"):
+        validate_prefixes(parsed, "ServiceTags_Public_20250101.json")

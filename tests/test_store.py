@@ -1,0 +1,272 @@
+import datetime as dt
+import random
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import file_bytes, plain_name
+from tests.factory import build_file, file_name
+from watcher import diff, store
+from watcher.errors import ConflictError, NotFoundError, ParseError, StoreError
+from watcher.models import PrefixSpan, Publication, Tag, TagVersion
+
+
+def imp(engine, date, tags, number=1, **kw):
+    return store.import_bytes(engine, build_file(tags, change_number=number, **kw), file_name(date))
+
+
+def prefixes_at(engine, tag, ref, cloud="public"):
+    with engine.connect() as conn:
+        snap = store.snapshot(conn, cloud, tag, store.resolve_publication(conn, cloud, ref))
+    return None if snap is None else set(snap.prefixes)
+
+
+def row_counts(engine):
+    with engine.connect() as conn:
+        return tuple(conn.execute(sa.select(sa.func.count()).select_from(m.__table__)).scalar()
+                     for m in (Publication, Tag, TagVersion, PrefixSpan))
+
+
+def timeline(engine, cloud="public"):
+    """Everything stored about a cloud's history, independent of ids and import order."""
+    with engine.connect() as conn:
+        names = dict(conn.execute(sa.select(Tag.id, Tag.name).where(Tag.cloud == cloud)).all())
+        v, s = TagVersion.__table__, PrefixSpan.__table__
+        versions = sorted(
+            (names[r.tag_id], r.valid_from, r.present, r.change_number, r.region, r.prefix_count, bytes(r.content_hash))
+            for r in conn.execute(sa.select(v)) if r.tag_id in names
+        )
+        spans = sorted((names[r.tag_id], r.prefix, r.first_day, r.until_day)
+                       for r in conn.execute(sa.select(s)) if r.tag_id in names)
+        pubs = [(p.file_date, p.change_number, p.sha256) for p in store.publications(conn, cloud)]
+    return pubs, versions, spans
+
+
+def test_real_public_weeks_import_and_diff(engine, public_files):
+    results = [store.import_bytes(engine, file_bytes(p), plain_name(p)) for p in public_files]
+    assert [r.outcome for r in results] == ["imported"] * 9
+    noop = results[2]  # 2025-08-18 changes nothing but the global changeNumber
+    assert noop.publication.file_date == dt.date(2025, 8, 18) and noop.changed_tags == ()
+    assert sum(c.status == "appeared" for c in results[5].changes) == 35  # 2025-09-08 adds 35 tags
+    with engine.connect() as conn:
+        old = store.resolve_publication(conn, "public", "previous")
+        new = store.resolve_publication(conn, "public", "latest")
+        (change,) = store.diff_publications(conn, "public", old, new, ["storage.eastus2"])
+        assert change.added == ("135.130.158.0/23", "2603:1030:40f::/49")
+        assert change.removed == ("2603:1030:40f::/48",)
+        assert change.net_removed == ("2603:1030:40f:8000::/49",)
+        everything = store.diff_publications(conn, "public", old, new)
+        assert "Storage.EastUS2" in {c.tag for c in everything}
+        assert all(c.status != "unchanged" or c.anomalies for c in everything)
+        # Storage grows with change, not with weeks: far fewer spans than prefix rows across 9 files.
+        spans = conn.execute(sa.select(sa.func.count()).select_from(PrefixSpan.__table__)).scalar()
+        assert spans < 1.1 * results[-1].publication.prefix_count
+        assert sum(r.publication.prefix_count for r in results) > 8 * spans
+
+
+def test_every_cloud_imports_and_keeps_its_own_tags(engine, servicetags_dir):
+    for path in sorted(servicetags_dir.glob("*/*.json.gz")):
+        if "Public" not in path.name:
+            store.import_bytes(engine, file_bytes(path), plain_name(path))
+    with engine.connect() as conn:
+        assert [p.file_date for p in store.publications(conn, "usgov")] == [dt.date(2026, 7, 13), dt.date(2026, 7, 20)]
+        assert len(store.publications(conn, "china")) == 2
+        assert store.publications(conn, "public") == []
+        assert "AzureCloud" in store.present_tag_names(conn, "china")
+
+
+def test_same_file_twice_changes_nothing_and_says_so(engine, public_files):
+    data = file_bytes(public_files[0])
+    store.import_bytes(engine, data, plain_name(public_files[0]))
+    before = row_counts(engine)
+    again = store.import_bytes(engine, data, "elsewhere/" + plain_name(public_files[0]))
+    assert again.outcome == "already imported" and "SHA-256" in again.reason
+    assert row_counts(engine) == before
+
+
+def test_crlf_copy_of_a_stored_file_is_already_imported(engine):
+    imp(engine, "20250101", {"A": ["10.0.0.0/24"]})
+    before = row_counts(engine)
+    again = imp(engine, "20250101", {"A": ["10.0.0.0/24"]}, crlf=True, bom=True)
+    assert again.outcome == "already imported" and "same content" in again.reason
+    assert row_counts(engine) == before
+
+
+def test_a_different_file_for_a_stored_date_is_a_conflict(engine):
+    imp(engine, "20250101", {"A": ["10.0.0.0/24"]})
+    before = row_counts(engine)
+    with pytest.raises(ConflictError, match="a different public file for 2025-01-01 is already stored"):
+        imp(engine, "20250101", {"A": ["10.0.9.0/24"]})
+    assert row_counts(engine) == before
+
+
+def test_change_number_reset_with_new_content_is_stored_and_flagged(engine):
+    imp(engine, "20200101", {"A": (50, ["10.0.0.0/24"]), "B": (7, ["10.1.0.0/24"])}, number=90)
+    result = imp(engine, "20200108", {"A": (2, ["10.0.1.0/24"]), "B": (1, ["10.1.0.0/24"])}, number=3)
+    assert result.anomalies == (diff.GLOBAL_NUMBER_WENT_DOWN,)
+    changes = {c.tag: c for c in result.changes}
+    assert changes["A"].status == "changed" and changes["A"].anomalies == (diff.NUMBER_WENT_DOWN,)
+    assert changes["B"].status == "unchanged" and changes["B"].anomalies == (diff.NUMBER_WENT_DOWN,)
+    assert prefixes_at(engine, "A", "20200101") == {"10.0.0.0/24"}
+    assert prefixes_at(engine, "A", "latest") == {"10.0.1.0/24"}
+    with engine.connect() as conn:
+        _, entries = store.history(conn, "public", "B")
+    assert [e.change_number for e in entries] == [7, 1]  # numbers recorded, never lost
+
+
+def test_same_number_with_new_content_is_a_new_version(engine):
+    imp(engine, "20250101", {"A": (4, ["10.0.0.0/24"])})
+    result = imp(engine, "20250108", {"A": (4, ["10.0.0.0/24", "10.0.5.0/24"])})
+    (change,) = result.changes
+    assert (change.status, change.added, change.anomalies) == ("changed", 1, (diff.NUMBER_SAME_CONTENT_CHANGED,))
+    with engine.connect() as conn:
+        _, entries = store.history(conn, "public", "A")
+    assert [(e.added, e.removed) for e in entries] == [(1, 0), (1, 0)]
+
+
+def test_no_op_week_adds_a_publication_and_nothing_else(engine):
+    imp(engine, "20250101", {"A": ["10.0.0.0/24"], "B": ["10.1.0.0/24"]}, number=1)
+    before = row_counts(engine)
+    result = imp(engine, "20250108", {"A": ["10.0.0.0/24"], "B": ["10.1.0.0/24"]}, number=2)
+    assert result.changes == ()
+    after = row_counts(engine)
+    assert after[0] == before[0] + 1 and after[1:] == before[1:]
+
+
+def test_reordered_prefixes_are_not_a_change(engine):
+    imp(engine, "20250101", {"A": ["10.0.0.0/24", "10.0.1.0/24"]})
+    before = row_counts(engine)
+    result = imp(engine, "20250108", {"A": ["10.0.1.0/24", "10.0.0.0/24"]})
+    assert result.changes == ()
+    assert row_counts(engine)[2:] == before[2:]
+
+
+def test_tags_appear_are_withdrawn_and_come_back(engine):
+    imp(engine, "20250101", {"Storage.UKNorth": ["10.0.0.0/24"], "A": ["10.1.0.0/24"]})
+    withdrawn = imp(engine, "20250108", {"A": ["10.1.0.0/24"], "Storage.NewRegion": ["10.2.0.0/24"]})
+    statuses = {c.tag: c.status for c in withdrawn.changes}
+    assert statuses == {"Storage.UKNorth": "withdrawn", "Storage.NewRegion": "appeared"}
+    imp(engine, "20250115", {"A": ["10.1.0.0/24"], "Storage.NewRegion": ["10.2.0.0/24"], "Storage.UKNorth": ["10.0.0.0/24"]})
+    assert prefixes_at(engine, "Storage.UKNorth", "20250108") is None
+    assert prefixes_at(engine, "Storage.UKNorth", "latest") == {"10.0.0.0/24"}
+    with engine.connect() as conn:
+        pubs = store.publications(conn, "public")
+        (gone,) = store.diff_publications(conn, "public", pubs[0], pubs[1], ["Storage.UKNorth"])
+        assert (gone.status, gone.removed) == ("withdrawn", ("10.0.0.0/24",))
+        _, entries = store.history(conn, "public", "Storage.UKNorth")
+        assert [e.present for e in entries] == [True, False, True]
+        assert store.present_tag_names(conn, "public", pubs[1]) == ["A", "Storage.NewRegion"]
+
+
+def test_host_bits_are_normalised_and_reported(engine):
+    result = imp(engine, "20250101", {"A": ["10.0.0.7/24", "10.0.0.0/24"]})
+    assert "A: prefix 10.0.0.7/24 normalised to 10.0.0.0/24" in result.notes
+    assert prefixes_at(engine, "A", "latest") == {"10.0.0.0/24"}
+
+
+WEEKS = {
+    "20250101": {"A": (1, ["10.0.0.0/24", "10.0.1.0/24"]), "B": (1, ["10.9.0.0/24"]), "Gone": (1, ["10.8.0.0/24"])},
+    "20250108": {"A": (2, ["10.0.0.0/23"]), "B": (1, ["10.9.0.0/24"])},
+    "20250115": {"A": (3, ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"]), "B": (2, ["10.9.0.0/25"]),
+                 "Gone": (2, ["10.8.0.0/24"]), "New": (1, ["10.7.0.0/24"])},
+    "20250122": {"A": (3, ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"]), "New": (2, ["10.7.0.0/24", "10.7.1.0/24"])},
+    "20250129": {"A": (4, ["10.0.0.0/24"]), "B": (3, ["10.9.0.0/24"]), "New": (2, ["10.7.0.0/24", "10.7.1.0/24"])},
+}
+
+
+def _import_weeks(engine, order):
+    for date in order:
+        imp(engine, date, WEEKS[date], number=int(date[-2:]))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_out_of_order_import_stores_the_same_history(db_url, seed, tmp_path):
+    from watcher.db import open_database
+
+    in_order = open_database(f"sqlite:///{tmp_path / 'reference.db'}")
+    _import_weeks(in_order, sorted(WEEKS))
+    shuffled_order = sorted(WEEKS)
+    random.Random(seed).shuffle(shuffled_order)
+    shuffled = open_database(db_url)
+    _import_weeks(shuffled, shuffled_order)
+    assert timeline(shuffled) == timeline(in_order)
+    for date, tags in WEEKS.items():
+        for name in ("A", "B", "Gone", "New"):
+            expected = set(tags[name][1]) if name in tags else None
+            assert prefixes_at(shuffled, name, date) == expected, (shuffled_order, date, name)
+    in_order.dispose()
+    shuffled.dispose()
+
+
+def test_out_of_order_real_files_store_the_same_history(db_url, public_files, tmp_path):
+    from watcher.db import open_database
+
+    subset = [public_files[i] for i in (0, 1, 5, 6, 8)]
+    reference = open_database(f"sqlite:///{tmp_path / 'reference.db'}")
+    for path in subset:
+        store.import_bytes(reference, file_bytes(path), plain_name(path))
+    shuffled = open_database(db_url)
+    for path in (subset[4], subset[1], subset[3], subset[0], subset[2]):
+        store.import_bytes(shuffled, file_bytes(path), plain_name(path))
+    assert timeline(shuffled) == timeline(reference)
+    reference.dispose()
+    shuffled.dispose()
+
+
+def test_malformed_file_writes_nothing(engine):
+    imp(engine, "20250101", {"A": ["10.0.0.0/24"]})
+    before = row_counts(engine)
+    with pytest.raises(ParseError, match=r"tag 'B': invalid prefix '10.0.0.0/99'"):
+        imp(engine, "20250108", {"A": ["10.0.1.0/24"], "B": ["10.0.0.0/99"]})
+    with pytest.raises(ParseError, match="not valid JSON"):
+        store.import_bytes(engine, b'{"changeNumber": 1, "cloud": "Public", "values": [', file_name("20250108"))
+    assert row_counts(engine) == before
+
+
+def test_failure_inside_the_transaction_rolls_back_everything(engine):
+    imp(engine, "20250101", {"A": ["10.0.0.0/24"]})
+    before = row_counts(engine)
+
+    def crash(conn, result):
+        assert result.outcome == "imported"
+        raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        store.import_bytes(engine, build_file({"A": ["10.0.1.0/24"]}), file_name("20250108"), on_imported=crash)
+    assert row_counts(engine) == before
+    assert prefixes_at(engine, "A", "latest") == {"10.0.0.0/24"}
+
+
+def test_lookup_finds_containing_prefixes_and_since_when(engine):
+    imp(engine, "20250101", {"A": ["10.0.0.0/16"], "B": ["10.0.5.0/24"]})
+    imp(engine, "20250108", {"A": ["10.0.0.0/16"], "B": ["10.0.5.0/24"], "C": ["10.0.5.128/25", "2001:db8::/32"]})
+    with engine.connect() as conn:
+        latest = store.resolve_publication(conn, "public", "latest")
+        hits = store.lookup(conn, "public", "10.0.5.200", latest)
+        assert [(h.tag, h.prefix, h.since.isoformat()) for h in hits] == [
+            ("A", "10.0.0.0/16", "2025-01-01"), ("B", "10.0.5.0/24", "2025-01-01"), ("C", "10.0.5.128/25", "2025-01-08"),
+        ]
+        assert [h.tag for h in store.lookup(conn, "public", "2001:db8::1", latest)] == ["C"]
+        first = store.resolve_publication(conn, "public", "20250101")
+        assert [h.tag for h in store.lookup(conn, "public", "10.0.5.200", first)] == ["A", "B"]
+        with pytest.raises(NotFoundError, match="is not an IP address"):
+            store.lookup(conn, "public", "10.0.5", latest)
+
+
+def test_publication_references(engine):
+    imp(engine, "20250101", {"A": ["10.0.0.0/24"]})
+    with engine.connect() as conn:
+        with pytest.raises(NotFoundError, match="only one publication"):
+            store.resolve_publication(conn, "public", "previous")
+        assert store.resolve_publication(conn, "public", "2025-01-05").file_date == dt.date(2025, 1, 1)
+        with pytest.raises(NotFoundError, match="not a publication"):
+            store.resolve_publication(conn, "public", "last tuesday")
+        with pytest.raises(NotFoundError, match="unknown public tag 'Nope'"):
+            store.snapshot(conn, "public", "Nope", store.resolve_publication(conn, "public", "latest"))
+
+
+def test_unreachable_database_is_a_clear_error():
+    from watcher.db import open_database
+
+    with pytest.raises(StoreError, match=r"cannot open database postgresql\+psycopg://u:\*\*\*@127.0.0.1:1/x"):
+        open_database("postgresql://u:secretpw@127.0.0.1:1/x")
