@@ -62,6 +62,7 @@ DOWNLOAD_IDS = {"public": 56519, "usgov": 57063, "china": 57062}
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
 READ_CHUNK = 64 * 1024
+INFLATE_STEP = 1024 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: Query parameters whose values are safe to show (Microsoft's ``details.aspx?id=N``).
 SAFE_QUERY_KEYS = frozenset({"id"})
@@ -555,8 +556,9 @@ class _CappedDecoder:
                     if self._inflater is not None and not data.startswith(GZIP_MAGIC):
                         return  # padding after the last gzip member; nothing more to decode
                     self._inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-                # Never ask for more than one byte past the cap: a bomb stops here.
-                out = self._inflater.decompress(data, self._max - self._size + 1)
+                # Small steps, never past one byte over the cap: a bomb stops here, and memory
+                # stays near the cap (zlib briefly holds twice what one call returns).
+                out = self._inflater.decompress(data, min(INFLATE_STEP, self._max - self._size + 1))
                 self._keep(out)
                 data = self._inflater.unused_data if self._inflater.eof else self._inflater.unconsumed_tail
         except zlib.error as exc:
