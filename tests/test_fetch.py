@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import time
+import tracemalloc
 import urllib.parse
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -131,7 +132,7 @@ class Origin:
         self._lock = threading.Lock()
         self.server = _quiet_server(self._handler_class())
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -213,7 +214,7 @@ class ForwardProxy:
 
         self.server = _quiet_server(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -561,8 +562,15 @@ def test_gzip_bomb_is_cut_off_at_the_cap(origin: Origin, deadline: Deadline, how
     else:
         origin.route("/latest.json", reply(bomb, content_type="application/octet-stream"))
     settings = fetch_settings(source_url=origin.url("/latest.json"))  # default cap: 50 MB
-    with pytest.raises(FetchError, match=rf"exceeds the size cap of {50 * 1024 * 1024} decoded bytes"):
-        poll(settings, deadline)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FetchError, match=rf"exceeds the size cap of {50 * 1024 * 1024} decoded bytes"):
+            poll(settings, deadline)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Inflating stops one byte past the cap; an unbounded inflate of one 64 kB chunk would add ~64 MB.
+    assert peak < settings.max_bytes + 8 * 1024 * 1024, peak
 
 
 def test_source_url_that_is_the_file_is_downloaded_once(origin: Origin, deadline: Deadline) -> None:
