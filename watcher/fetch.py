@@ -75,7 +75,7 @@ BARE_DOWNLOAD_URL = re.compile(
 # --------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Fetched:
     """A body already read, kept so that ``download`` need not fetch it twice."""
 
@@ -84,9 +84,13 @@ class Fetched:
     content_type: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FileLink:
-    """Where the newest service-tag file of a cloud is."""
+    """Where the newest service-tag file of a cloud is.
+
+    ``url`` may carry the configured source's credentials (it is what gets
+    requested); store and show ``safe_url`` instead.
+    """
 
     cloud: str                      # our name: public / usgov / china
     url: str                        # http(s) or file:// URL of the file
@@ -96,8 +100,20 @@ class FileLink:
     # Set when discovery had to download the file to learn it was the file (a source URL).
     prefetched: Fetched | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def safe_url(self) -> str:
+        """``url`` with userinfo and query values masked: for the database, logs and messages."""
+        return redact_url(self.url)
 
-@dataclass(frozen=True)
+    def __repr__(self) -> str:
+        page = redact_url(self.page_url) if self.page_url else None
+        return (
+            f"FileLink(cloud={self.cloud!r}, url={self.safe_url!r}, file_name={self.file_name!r}, "
+            f"file_date={self.file_date!r}, page_url={page!r})"
+        )
+
+
+@dataclass(frozen=True, repr=False)
 class Download:
     """A downloaded file: decoded (gunzipped) JSON bytes and their digest."""
 
@@ -105,6 +121,12 @@ class Download:
     final_url: str
     body: bytes
     sha256: str
+
+    def __repr__(self) -> str:
+        return (
+            f"Download(link={self.link!r}, final_url={redact_url(self.final_url)!r}, "
+            f"body=<{len(self.body)} bytes>, sha256={self.sha256!r})"
+        )
 
 
 @dataclass(frozen=True)
