@@ -28,7 +28,6 @@ from watcher.errors import FetchError, ImplausibleFileError, WatcherError
 from watcher.fetch import (
     Deadline,
     Download,
-    FileLink,
     check_plausible,
     discover,
     download,
@@ -706,6 +705,17 @@ def test_secrets_in_the_source_url_never_appear_in_messages_or_logs(
     for text in (message, caplog.text):
         assert SECRET_PASSWORD not in text
         assert SECRET_TOKEN not in text
+
+
+def test_links_and_downloads_show_only_redacted_urls(origin: Origin, deadline: Deadline) -> None:
+    origin.route("/latest.json", reply(real_file(PUBLIC_NEWEST)))
+    source = origin.url("/latest.json").replace("http://", f"http://watcher:{SECRET_PASSWORD}@") + f"?sig={SECRET_TOKEN}"
+    dl = poll(fetch_settings(source_url=source), deadline)
+    assert dl.link.url == source  # the real URL is kept for requesting it
+    assert dl.link.safe_url == f"http://***@127.0.0.1:{origin.port}/latest.json?sig=***"
+    for text in (repr(dl), repr(dl.link)):
+        assert SECRET_PASSWORD not in text and SECRET_TOKEN not in text
+    assert f"body=<{len(real_file(PUBLIC_NEWEST))} bytes>" in repr(dl)
 
 
 def test_userinfo_is_sent_as_basic_auth_to_the_source(origin: Origin, deadline: Deadline) -> None:
