@@ -64,6 +64,7 @@ class FetchSettings:
     retries: int = 4
     backoff_seconds: float = 1.0
     allowed_hosts: tuple[str, ...] = ("download.microsoft.com", "www.microsoft.com")
+    max_redirects: int = 5                 # redirects followed per request
     proxy: str | None = None
     source_url: str | None = None          # mirror URL, file:// path or local folder
     user_agent: str = (
