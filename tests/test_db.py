@@ -1,0 +1,46 @@
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from watcher import db
+from watcher.models import Base
+
+
+def test_migrations_upgrade_match_the_models_and_downgrade(db_url):
+    engine = db.create_db_engine(db_url)
+    try:
+        db.upgrade(engine)
+        assert db.current_revision(engine) == db.head_revision()
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        # Step down one revision at a time, and back up: every revision's downgrade works.
+        script = ScriptDirectory.from_config(db.alembic_config())
+        revisions = [r.revision for r in script.walk_revisions()]
+        for revision in revisions[1:] + ["base"]:
+            db.downgrade(engine, revision)
+            assert db.current_revision(engine) == (None if revision == "base" else revision)
+        with engine.connect() as conn:
+            assert set(sa.inspect(conn).get_table_names()) <= {"alembic_version"}
+        db.upgrade(engine)
+        assert db.current_revision(engine) == db.head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_open_database_brings_a_new_database_to_head(db_url):
+    engine = db.open_database(db_url)
+    try:
+        assert db.current_revision(engine) == db.head_revision()
+        with engine.connect() as conn:
+            assert {"publications", "tags", "tag_versions", "prefix_spans"} <= set(sa.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_uses_wal_and_foreign_keys(tmp_path):
+    engine = db.open_database(f"sqlite:///{tmp_path / 'w.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()

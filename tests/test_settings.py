@@ -1,0 +1,58 @@
+import pytest
+
+from watcher.errors import ConfigError
+from watcher.settings import load_settings
+
+
+def write(tmp_path, text):
+    path = tmp_path / "watcher.toml"
+    path.write_text(text)
+    return path
+
+
+def test_config_file_and_environment(tmp_path):
+    path = write(tmp_path, """
+database_url = "sqlite:///x.db"
+clouds = ["public", "usgov"]
+tags = ["Sql.WestEurope"]
+[[registries]]
+name = "Contoso.azurecr.io"
+regions = ["East US 2", "germanywestcentral"]
+data_endpoint = true
+[fetch]
+deadline_seconds = 60
+allowed_hosts = ["download.microsoft.com"]
+""")
+    settings = load_settings(path, {"WATCHER_DATABASE_URL": "postgresql://db/w", "WATCHER_NOTIFY_URLS": "json://a json://b"})
+    assert settings.database_url == "postgresql://db/w"
+    assert settings.clouds == ("public", "usgov")
+    (registry,) = settings.registries
+    assert (registry.name, registry.regions, registry.data_endpoint) == ("contoso", ("eastus2", "germanywestcentral"), True)
+    assert registry.login_server == "contoso.azurecr.io"
+    assert settings.fetch.deadline_seconds == 60 and settings.fetch.allowed_hosts == ("download.microsoft.com",)
+    assert settings.notify.urls == ("json://a", "json://b")
+    assert settings.extra_tags == ("Sql.WestEurope",)
+
+
+def test_config_from_environment_variable(tmp_path):
+    path = write(tmp_path, 'clouds = ["china"]\n')
+    assert load_settings(None, {"WATCHER_CONFIG": str(path)}).clouds == ("china",)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("clouds = [\"mars\"]", "unknown cloud 'mars'"),
+    ("colour = 1", "config has unknown keys: colour"),
+    ("[[registries]]\nregions = [\"eastus\"]", r"registries\[0\].name is required"),
+    ("[[registries]]\nname = \"a\"", r"registries\[0\].regions must name at least one region"),
+    ("[[registries]]\nname = \"a-b\"\nregions = [\"x\"]", "is not a registry name"),
+    ("[fetch]\nspeed = 1", r"\[fetch\] has unknown keys: speed"),
+    ("clouds = [", "is not valid TOML"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, text), {})
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.toml", {})

@@ -1,0 +1,52 @@
+from tests.conftest import file_bytes, plain_name
+from watcher.parse import parse_bytes
+from watcher.settings import RegistryWatch, Settings
+from watcher.watches import EXTRA_WATCH, resolve_registry, resolve_watches
+
+
+def real_names(public_files):
+    return parse_bytes(file_bytes(public_files[-1]), plain_name(public_files[-1])).tag_names
+
+
+def test_arm_locations_resolve_to_regional_tags_by_suffix_not_region_property(public_files):
+    names = real_names(public_files)
+    watch = resolve_registry(RegistryWatch("contoso", ("eastus2", "germanywestcentral"), data_endpoint=True), names)
+    assert watch.tag_names == [
+        "AzureContainerRegistry.EastUS2", "Storage.EastUS2",
+        "AzureContainerRegistry.GermanyWestCentral", "Storage.GermanyWestCentral",
+    ]
+    # Storage.EastUS2Stage also has region "eastus2", and Storage.GermanyWestCentral's region is "germanywc".
+    assert "Storage.EastUS2Stage" in names and "Storage.EastUS2Stage" not in watch.tag_names
+    assert watch.warnings == ()
+    data = [t for t in watch.tags if t.role == "data"]
+    assert data[0].endpoints == ("contoso.eastus2.data.azurecr.io",)
+    assert watch.tags[0].endpoints == ("contoso.azurecr.io",)
+
+
+def test_region_property_names_do_not_match(public_files):
+    watch = resolve_registry(RegistryWatch("contoso", ("germanywc",)), real_names(public_files))
+    assert watch.tags == ()
+    assert len(watch.warnings) == 2 and "germanywc" in watch.warnings[0]
+
+
+def test_without_data_endpoint_the_storage_endpoint_is_named():
+    watch = resolve_registry(RegistryWatch("c", ("westeurope",)), ["AzureContainerRegistry.WestEurope", "Storage.WestEurope"])
+    assert watch.tags[1].endpoints == ("*.blob.core.windows.net",)
+
+
+def test_no_bare_prefix_matching():
+    names = ["StorageSyncService.WestEurope", "Storage.WestEurope", "AzureContainerRegistry.WestEurope"]
+    watch = resolve_registry(RegistryWatch("c", ("westeurope",), extra_tags=("storage",)), names)
+    assert "StorageSyncService.WestEurope" not in watch.tag_names
+    assert watch.warnings == ("c: no tag matches 'storage' in the latest publication",)
+
+
+def test_extra_tags_and_patterns_and_mcr():
+    names = ["MicrosoftContainerRegistry", "Storage.GermanyNorth", "Storage.GermanyWestCentral", "Sql"]
+    settings = Settings(
+        registries=(RegistryWatch("c", ("germanynorth",), include_mcr=True, extra_tags=("Storage.Germany*",)),),
+        extra_tags=("sql",),
+    )
+    registry, extra = resolve_watches(settings, {"public": names})
+    assert registry.tag_names == ["Storage.GermanyNorth", "MicrosoftContainerRegistry", "Storage.GermanyWestCentral"]
+    assert (extra.name, extra.tag_names) == (EXTRA_WATCH, ["Sql"])
