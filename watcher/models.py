@@ -6,10 +6,16 @@ History is kept as change, not as weeks:
 * ``tags`` — one row per (cloud, tag name) ever seen.
 * ``tag_versions`` — one row each time a tag's entry changes (prefix content,
   changeNumber or metadata) or the tag is withdrawn; a version holds from its
-  ``valid_from`` day until the tag's next version.
+  ``valid_from`` day until ``valid_until``, the day of the tag's next version
+  (NULL for the current one), so the versions in force on any day are an
+  index range, however long the history.
+* ``contents`` — each distinct prefix set once, compressed, keyed by its hash:
+  any tag at any publication is one row away, and an import reads only the
+  tags that changed.
 * ``prefix_spans`` — one row per stretch of publications in which a tag had a
   prefix: present from ``first_day`` until (not including) ``until_day``;
-  ``until_day`` is NULL while the prefix is still published.
+  ``until_day`` is NULL while the prefix is still published. This is the index
+  for address look-ups ("which tags contain this IP, since when").
 
 Days are stored as ``YYYYMMDD`` integers: compact, sortable and readable.
 """
@@ -79,12 +85,25 @@ class Tag(Base):
     name: Mapped[str] = mapped_column(String(200))
 
 
+class Content(Base):
+    __tablename__ = "contents"
+
+    hash: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    prefix_count: Mapped[int] = mapped_column(Integer)
+    #: zlib-compressed, newline-separated, sorted canonical prefixes
+    prefixes: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class TagVersion(Base):
     __tablename__ = "tag_versions"
-    __table_args__ = (Index("ix_tag_versions_valid_from", "valid_from"),)
+    __table_args__ = (
+        Index("ix_tag_versions_valid_from", "valid_from"),
+        Index("ix_tag_versions_valid_until", "valid_until"),
+    )
 
     tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
     valid_from: Mapped[int] = mapped_column(Integer, primary_key=True)
+    valid_until: Mapped[int | None] = mapped_column(Integer)
     publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"), index=True)
     present: Mapped[bool] = mapped_column(Boolean)
     change_number: Mapped[int | None] = mapped_column(Integer)
@@ -94,8 +113,8 @@ class TagVersion(Base):
     system_service: Mapped[str] = mapped_column(String(200), default="")
     network_features: Mapped[str] = mapped_column(String(200), default="")
     prefix_count: Mapped[int] = mapped_column(Integer, default=0)
-    #: fingerprint of the canonical prefix set
-    content_hash: Mapped[bytes] = mapped_column(LargeBinary(16))
+    #: the canonical prefix set
+    content_hash: Mapped[bytes] = mapped_column(ForeignKey("contents.hash"), index=True)
     #: fingerprint of the entry as published, to skip unchanged entries cheaply
     entry_hash: Mapped[bytes] = mapped_column(LargeBinary(16))
 

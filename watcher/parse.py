@@ -117,30 +117,41 @@ def normalize_prefix(text: str) -> str:
 
 
 def normalize_prefixes(
-    tag_name: str, raw: Iterable[str], source: str, known: Collection[str] = frozenset()
+    tag_name: str, raw: Sequence[str], source: str, known: Sequence[str] = ()
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Sorted, de-duplicated canonical prefixes of one tag, and notes on what was repaired.
 
-    Strings found in ``known`` (the canonical prefixes the tag already had) are
-    canonical by construction and skip the parser: a weekly change costs what
-    it adds, not the size of the tag.
+    ``known`` is the tag's previous canonical prefix list, sorted. Strings found
+    in it are canonical by construction and skip the parser, and the result is
+    built from it plus what changed, so a weekly change costs what it adds, not
+    the size of the tag.
     """
-    seen: set[str] = set()
+    published = set(raw)
     notes: list[str] = []
-    for text in raw:
-        if text in known:
-            canonical = text
-        else:
-            try:
-                canonical = normalize_prefix(text)
-            except ValueError as exc:
-                raise ParseError(f"{source}: tag {tag_name!r}: invalid prefix {text!r} ({exc})") from None
-            if canonical != text:
-                notes.append(f"{tag_name}: prefix {text} normalised to {canonical}")
-        if canonical in seen:
-            notes.append(f"{tag_name}: duplicate prefix {canonical} ignored")
-        seen.add(canonical)
-    return tuple(sorted(seen)), tuple(notes)
+    if len(published) != len(raw):
+        seen: set[str] = set()
+        for text in raw:
+            if text in seen:
+                notes.append(f"{tag_name}: duplicate prefix {text} ignored")
+            seen.add(text)
+    unknown = published.difference(known)
+    fresh: set[str] = set()
+    for text in sorted(unknown):
+        try:
+            canonical = normalize_prefix(text)
+        except ValueError as exc:
+            raise ParseError(f"{source}: tag {tag_name!r}: invalid prefix {text!r} ({exc})") from None
+        if canonical != text:
+            notes.append(f"{tag_name}: prefix {text} normalised to {canonical}")
+            if canonical in published or canonical in fresh:
+                notes.append(f"{tag_name}: duplicate prefix {canonical} ignored")
+        fresh.add(canonical)
+    if not unknown and len(published) == len(known):
+        return tuple(known), tuple(notes)
+    kept = [p for p in known if p in published]
+    fresh.difference_update(kept)
+    # Two sorted runs: timsort merges them in linear time.
+    return tuple(sorted(kept + sorted(fresh))), tuple(notes)
 
 
 def date_from_file_name(name: str) -> dt.date | None:

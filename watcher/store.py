@@ -1,21 +1,22 @@
 """Store stage: record publications and keep every tag's history as change.
 
 An import inserts one publication into each tag's timeline at the file's date,
-whatever order files arrive in. For a tag with state A at the previous
-publication (day P), new state N at day d, and state B at the next publication
-(day S, when the file is older than the newest one):
+whatever order files arrive in. Only tags whose entry differs from their
+previous version are looked at; for such a tag with content A at the previous
+publication (day P), new content N at day d, and content B at the next
+publication (day S, when the file is older than the newest one):
 
+* a version row is written at d (content, changeNumber, metadata); the version
+  that held before d is written again at S when S had no row of its own, and
+  S's row is dropped when it equals the new version; ``valid_until`` links
+  each version to the next;
 * prefixes in A but not N end at d; if they come back at S (in B) the span is
   split and resumes at S;
-* prefixes in N but not A start at d; if they were to start at S, that span
-  now starts at d, otherwise the new span ends at S (or stays open);
-* a version row is written at d when the entry (content, changeNumber or
-  metadata) differs from A's version; the version that held before d is
-  written again at S when S had no row of its own, and S's row is dropped
-  when it equals the new version.
+* prefixes in N but not A start at d; a span that started at S now starts at
+  d, otherwise the new span ends at S (or stays open).
 
-Everything happens in one transaction, so a publication is stored whole or
-not at all.
+Contents (prefix sets) are stored once per distinct set. Everything happens in
+one transaction, so a publication is stored whole or not at all.
 """
 from __future__ import annotations
 
@@ -23,20 +24,22 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
+import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, text, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import diff as diffs
 from .errors import ConflictError, NotFoundError, ParseError, StoreError
-from .models import Publication, PrefixSpan, Tag, TagVersion, day_from_key, day_key
+from .models import Content, Publication, PrefixSpan, Tag, TagVersion, day_from_key, day_key
 from .parse import ParsedFile, ServiceTag, content_hash, decode_document, file_cloud, normalize_prefixes, parse_document
 
 log = logging.getLogger(__name__)
 
 EMPTY_HASH = content_hash(())
+NO_METADATA = ("", 0, "", "", "")
 
 
 # ---------------------------------------------------------------- values
@@ -61,10 +64,12 @@ class PublicationInfo:
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """A tag's version in effect at some publication."""
+    """A tag's version in force at some publication."""
 
     tag_id: int
+    name: str
     valid_from: int
+    valid_until: int | None
     present: bool
     change_number: int | None
     metadata: tuple[str, int, str, str, str]
@@ -79,12 +84,9 @@ class VersionInfo:
         )
 
 
-def absent_version(tag_id: int | None, valid_from: int) -> VersionInfo:
+def absent_version(tag_id: int | None, name: str, valid_from: int) -> VersionInfo:
     """The version that records a tag as not published."""
-    return VersionInfo(
-        tag_id=tag_id or 0, valid_from=valid_from, present=False, change_number=None,
-        metadata=("", 0, "", "", ""), prefix_count=0, content_hash=EMPTY_HASH, entry_hash=EMPTY_HASH,
-    )
+    return VersionInfo(tag_id or 0, name, valid_from, None, False, None, NO_METADATA, 0, EMPTY_HASH, EMPTY_HASH)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,32 @@ class ImportResult:
 ImportHook = Callable[[Connection, ImportResult], None]
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- rows
+
+
+_VERSION_COLUMNS = (
+    "tag_id, valid_from, valid_until, present, change_number, region, region_id, "
+    "platform, system_service, network_features, prefix_count, content_hash, entry_hash"
+)
+
+
+def _version(name: str, row: Sequence[Any]) -> VersionInfo:
+    return VersionInfo(
+        row[0], name, row[1], row[2], bool(row[3]), row[4], (row[5], row[6], row[7], row[8], row[9]),
+        row[10], bytes(row[11]), bytes(row[12]),
+    )
+
+
+def _version_row(version: VersionInfo, tag_id: int, publication_id: int, valid_from: int, valid_until: int | None) -> dict[str, Any]:
+    region, region_id, platform, system_service, features = version.metadata
+    return {
+        "tag_id": tag_id, "valid_from": valid_from, "valid_until": valid_until, "publication_id": publication_id,
+        "present": version.present, "change_number": version.change_number,
+        "region": region, "region_id": region_id, "platform": platform,
+        "system_service": system_service, "network_features": features,
+        "prefix_count": version.prefix_count, "content_hash": version.content_hash,
+        "entry_hash": version.entry_hash,
+    }
 
 
 def _publication(row: Any) -> PublicationInfo:
@@ -130,31 +157,6 @@ def _publication(row: Any) -> PublicationInfo:
         sha256=row.sha256, source=row.source, imported_at=row.imported_at,
         tag_count=row.tag_count, prefix_count=row.prefix_count,
     )
-
-
-def _version(row: Any) -> VersionInfo:
-    return VersionInfo(
-        tag_id=row.tag_id,
-        valid_from=row.valid_from,
-        present=bool(row.present),
-        change_number=row.change_number,
-        metadata=(row.region, row.region_id, row.platform, row.system_service, row.network_features),
-        prefix_count=row.prefix_count,
-        content_hash=bytes(row.content_hash),
-        entry_hash=bytes(row.entry_hash),
-    )
-
-
-def _version_values(version: VersionInfo, publication_id: int, valid_from: int) -> dict[str, Any]:
-    region, region_id, platform, system_service, features = version.metadata
-    return {
-        "tag_id": version.tag_id, "valid_from": valid_from, "publication_id": publication_id,
-        "present": version.present, "change_number": version.change_number,
-        "region": region, "region_id": region_id, "platform": platform,
-        "system_service": system_service, "network_features": features,
-        "prefix_count": version.prefix_count, "content_hash": version.content_hash,
-        "entry_hash": version.entry_hash,
-    }
 
 
 def _translate(exc: SQLAlchemyError, doing: str) -> StoreError:
@@ -176,7 +178,7 @@ def publication_by_day(conn: Connection, cloud: str, day: dt.date) -> Publicatio
     return _publication(row) if row else None
 
 
-def _neighbour_days(conn: Connection, cloud: str, day: dt.date) -> tuple[PublicationInfo | None, PublicationInfo | None]:
+def _neighbours(conn: Connection, cloud: str, day: dt.date) -> tuple[PublicationInfo | None, PublicationInfo | None]:
     table = Publication.__table__
     before = conn.execute(
         select(table).where(table.c.cloud == cloud, table.c.file_date < day).order_by(table.c.file_date.desc()).limit(1)
@@ -187,45 +189,65 @@ def _neighbour_days(conn: Connection, cloud: str, day: dt.date) -> tuple[Publica
     return (_publication(before) if before else None, _publication(after) if after else None)
 
 
-def tag_ids(conn: Connection, cloud: str) -> dict[str, int]:
-    return dict(conn.execute(select(Tag.name, Tag.id).where(Tag.cloud == cloud)).all())
+def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    """Slices small enough for every driver's limit on bound parameters."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
-def versions_at(conn: Connection, cloud: str, day: int, tag_id_filter: Sequence[int] | None = None) -> dict[int, VersionInfo]:
-    """tag id -> the version in effect at ``day`` (withdrawn versions included)."""
-    v = TagVersion.__table__
-    latest = (
-        select(v.c.tag_id, func.max(v.c.valid_from).label("valid_from"))
-        .join(Tag.__table__, Tag.id == v.c.tag_id)
-        .where(Tag.cloud == cloud, v.c.valid_from <= day)
-        .group_by(v.c.tag_id)
-    )
-    if tag_id_filter is not None:
-        latest = latest.where(v.c.tag_id.in_(list(tag_id_filter)))
-    latest = latest.subquery()
-    rows = conn.execute(
-        select(v).join(latest, and_(v.c.tag_id == latest.c.tag_id, v.c.valid_from == latest.c.valid_from))
-    )
-    return {row.tag_id: _version(row) for row in rows}
+def versions_at(conn: Connection, cloud: str, day: int, names: Sequence[str] | None = None) -> dict[str, VersionInfo]:
+    """Tag name -> the version in force at ``day`` (withdrawn ones included).
 
-
-def spans_at(conn: Connection, tag_id_list: Iterable[int], day: int) -> dict[int, dict[str, tuple[int, int | None]]]:
-    """tag id -> {prefix: (first_day, until_day) of its span} for the prefixes present at ``day``."""
-    ids = list(tag_id_list)
-    result: dict[int, dict[str, tuple[int, int | None]]] = {i: {} for i in ids}
-    if not ids:
-        return result
-    s = PrefixSpan.__table__
-    query = select(s.c.tag_id, s.c.prefix, s.c.first_day, s.c.until_day).where(
-        s.c.tag_id.in_(bindparam("ids", expanding=True)),
-        s.c.first_day <= day,
-        or_(s.c.until_day.is_(None), s.c.until_day > day),
-    )
-    # Chunked: some drivers cap the number of bound parameters.
-    for start in range(0, len(ids), 500):
-        for tag_id, prefix, first_day, until_day in conn.execute(query, {"ids": ids[start:start + 500]}):
-            result[tag_id][prefix] = (first_day, until_day)
+    The current versions (``valid_until`` NULL) and those ending after ``day``
+    are index ranges, so the cost follows the number of tags and what changed
+    since ``day``, never the length of the history.
+    """
+    if names is None:
+        tag_names = dict(conn.execute(select(Tag.id, Tag.name).where(Tag.cloud == cloud)).all())
+        statements = [
+            text(f"SELECT {_VERSION_COLUMNS} FROM tag_versions WHERE valid_until IS NULL AND valid_from <= :day"),
+            text(f"SELECT {_VERSION_COLUMNS} FROM tag_versions WHERE valid_until > :day AND valid_from <= :day"),
+        ]
+        batches: list[dict[str, Any]] = [{"day": day}]
+    else:
+        tag_names = {}
+        lookup = text("SELECT id, name FROM tags WHERE cloud = :cloud AND name IN :names").bindparams(
+            bindparam("names", expanding=True)
+        )
+        for batch in _chunks(list(names)):
+            tag_names.update(conn.execute(lookup, {"cloud": cloud, "names": list(batch)}).all())
+        statements = [text(
+            f"SELECT {_VERSION_COLUMNS} FROM tag_versions WHERE tag_id IN :ids AND valid_from <= :day "
+            "AND (valid_until IS NULL OR valid_until > :day)"
+        ).bindparams(bindparam("ids", expanding=True))]
+        batches = [{"day": day, "ids": list(batch)} for batch in _chunks(list(tag_names))]
+    result: dict[str, VersionInfo] = {}
+    for statement in statements:
+        for params in batches:
+            for row in conn.execute(statement, params).all():
+                name = tag_names.get(row[0])
+                if name is not None:  # other clouds' versions share the index range
+                    result[name] = _version(name, row)
     return result
+
+
+def load_contents(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, tuple[str, ...]]:
+    """Prefix sets by content hash."""
+    wanted = sorted(set(hashes) - {EMPTY_HASH})
+    found: dict[bytes, tuple[str, ...]] = {EMPTY_HASH: ()}
+    statement = text("SELECT hash, prefixes FROM contents WHERE hash IN :hashes").bindparams(
+        bindparam("hashes", expanding=True)
+    )
+    for batch in _chunks(wanted):
+        for digest, packed in conn.execute(statement, {"hashes": list(batch)}):
+            found[bytes(digest)] = tuple(zlib.decompress(packed).decode().split("\n"))
+    return found
+
+
+def _pack(prefixes: Sequence[str]) -> bytes:
+    # Level 1: a week's import compresses a few hundred KB; stronger levels cost
+    # milliseconds for a few percent.
+    return zlib.compress("\n".join(prefixes).encode(), 1)
 
 
 # ---------------------------------------------------------------- import
@@ -236,13 +258,14 @@ class _Plan:
     """The writes one import makes, computed before any of them."""
 
     new_tags: list[str] = field(default_factory=list)
-    versions: list[tuple[str, VersionInfo]] = field(default_factory=list)        # (tag name, version at d)
-    restore_at_next: list[tuple[str, VersionInfo]] = field(default_factory=list)  # versions re-written at S
-    drop_at_next: list[int] = field(default_factory=list)                      # tag ids whose row at S goes
-    end_spans: list[dict[str, Any]] = field(default_factory=list)              # span covering P ends at d
-    split_spans: list[dict[str, Any]] = field(default_factory=list)            # ... and resumes at S
-    move_span_starts: list[dict[str, Any]] = field(default_factory=list)       # span starting at S starts at d
-    new_spans: list[dict[str, Any]] = field(default_factory=list)              # (tag, prefix) from d
+    contents: dict[bytes, tuple[str, ...]] = field(default_factory=dict)
+    versions: list[VersionInfo] = field(default_factory=list)         # new versions at d
+    restore_at_next: list[VersionInfo] = field(default_factory=list)  # versions written again at S
+    drop_at_next: list[str] = field(default_factory=list)             # tags whose row at S goes
+    end_spans: list[dict[str, Any]] = field(default_factory=list)     # span covering P ends at d
+    split_spans: list[dict[str, Any]] = field(default_factory=list)   # ... and resumes at S
+    move_span_starts: list[dict[str, Any]] = field(default_factory=list)  # span from S now from d
+    new_spans: list[tuple[str, str]] = field(default_factory=list)    # (tag, prefix) from d
     changes: list[TagChange] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -262,6 +285,7 @@ def import_bytes(
     cloud = file_cloud(document, source)
     if expected_cloud and cloud != expected_cloud:
         raise ParseError(f"{source}: is a {cloud} file, expected {expected_cloud}")
+    file_date = file_date or date_from_source(source)
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         with engine.begin() as conn:
@@ -270,11 +294,17 @@ def import_bytes(
             if result.outcome == "imported" and on_imported is not None:
                 on_imported(conn, result)
             return result
-    except IntegrityError as exc:
-        # Another process imported the same publication between our check and insert.
-        raise ConflictError(f"{source}: a concurrent import stored this publication first; run the import again") from exc
     except SQLAlchemyError as exc:
         raise _translate(exc, f"importing {source}") from exc
+
+
+def date_from_source(source: str) -> dt.date:
+    from .parse import date_from_file_name
+
+    found = date_from_file_name(source)
+    if found is None:
+        raise ParseError(f"{source}: no publication date: name the file ServiceTags_<Cloud>_<YYYYMMDD>.json or give a date")
+    return found
 
 
 def _utcnow() -> dt.datetime:
@@ -288,28 +318,23 @@ def _lock_cloud(conn: Connection, cloud: str) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
-def _import(conn, document, source, cloud, sha256, file_date, now) -> ImportResult:
+def _import(conn, document, source, cloud, sha256, day: dt.date, now) -> ImportResult:
     same_bytes = conn.execute(
         select(Publication.__table__).where(Publication.cloud == cloud, Publication.sha256 == sha256)
     ).first()
     if same_bytes:
         return ImportResult("already imported", _publication(same_bytes), reason="the same file (SHA-256) is already stored")
-
-    probe = parse_document(document, source, sha256=sha256, file_date=file_date)  # validates date and structure
-    day = probe.file_date
     existing = publication_by_day(conn, cloud, day)
     if existing is not None:
         return _compare_with_existing(conn, document, source, existing, sha256)
 
-    previous, following = _neighbour_days(conn, cloud, day)
-    ids = tag_ids(conn, cloud)
-    names_by_id = {i: n for n, i in ids.items()}
+    previous, following = _neighbours(conn, cloud, day)
     before = versions_at(conn, cloud, previous.day) if previous else {}
-    known = {names_by_id[i]: v.entry_hash for i, v in before.items() if v.present}
+    known = {name: v.entry_hash for name, v in before.items() if v.present}
     parsed = parse_document(document, source, sha256=sha256, file_date=day, known_entries=known)
 
-    plan = _plan(conn, parsed, source, ids, before, previous, following)
-    publication_id = _write(conn, parsed, source, plan, ids, following, now())
+    plan = _plan(conn, parsed, source, before, following)
+    publication_id = _write(conn, parsed, source, plan, previous, following, now())
     row = conn.execute(select(Publication.__table__).where(Publication.id == publication_id)).one()
     return ImportResult(
         "imported",
@@ -323,9 +348,7 @@ def _import(conn, document, source, cloud, sha256, file_date, now) -> ImportResu
 
 def _compare_with_existing(conn, document, source, existing: PublicationInfo, sha256: str) -> ImportResult:
     """A file for a date already stored: the same content is fine, other content is a conflict."""
-    ids = tag_ids(conn, existing.cloud)
-    names_by_id = {i: n for n, i in ids.items()}
-    stored = {names_by_id[i]: v for i, v in versions_at(conn, existing.cloud, existing.day).items() if v.present}
+    stored = {n: v for n, v in versions_at(conn, existing.cloud, existing.day).items() if v.present}
     parsed = parse_document(
         document, source, sha256=sha256, file_date=existing.file_date,
         known_entries={n: v.entry_hash for n, v in stored.items()},
@@ -350,84 +373,83 @@ def _compare_with_existing(conn, document, source, existing: PublicationInfo, sh
     )
 
 
-def _plan(conn, parsed: ParsedFile, source, ids, before, previous, following) -> _Plan:
+def _plan(conn, parsed: ParsedFile, source: str, before: dict[str, VersionInfo], following) -> _Plan:
     plan = _Plan()
     d = day_key(parsed.file_date)
     next_day = following.day if following else None
-    after = versions_at(conn, parsed.cloud, next_day) if following else {}
-
-    # Tags whose entry differs from the previous version, and tags withdrawn.
-    touched: list[ServiceTag | str] = list(parsed.tags)
     in_file = set(parsed.tag_names)
-    for name, tag_id in ids.items():
-        version = before.get(tag_id)
-        if version is not None and version.present and name not in in_file:
-            touched.append(name)  # withdrawn at d
+    withdrawn = [name for name, v in before.items() if v.present and name not in in_file]
+    touched_names = [t.name for t in parsed.tags] + withdrawn
+    after = versions_at(conn, parsed.cloud, next_day, touched_names) if following else {}
+    old_contents = load_contents(
+        conn, [before[n].content_hash for n in touched_names if n in before]
+        + [after[n].content_hash for n in touched_names if n in after]
+    )
+    known_ids = _tag_ids(conn, parsed.cloud, [n for n in touched_names if n not in before])
 
-    old_ids = [ids[t.name if isinstance(t, ServiceTag) else t] for t in touched
-               if (t.name if isinstance(t, ServiceTag) else t) in ids]
-    old_spans = spans_at(conn, [i for i in old_ids if i in before and before[i].present], previous.day) if previous else {}
-    next_spans: dict[int, dict[str, int]] = {}
-    if following:
-        next_spans = spans_at(conn, [i for i in old_ids if i in after and after[i].present], next_day)
-
-    for item in touched:
-        name = item.name if isinstance(item, ServiceTag) else item
-        tag_id = ids.get(name)
-        old_version = before.get(tag_id) if tag_id is not None else None
-        old = old_spans.get(tag_id, {}) if old_version is not None and old_version.present else {}
-        nxt = next_spans.get(tag_id, {}) if tag_id is not None else {}
-        if isinstance(item, ServiceTag):
+    items: list[tuple[str, ServiceTag | None]] = [(t.name, t) for t in parsed.tags] + [(n, None) for n in withdrawn]
+    for name, item in items:
+        old_version = before.get(name)
+        tag_id = old_version.tag_id if old_version else known_ids.get(name)
+        old = old_contents[old_version.content_hash] if old_version is not None else ()
+        if item is not None:
             prefixes, notes = normalize_prefixes(name, item.raw_prefixes, source, known=old)
             plan.notes.extend(notes)
+            digest = content_hash(prefixes)
+            plan.contents[digest] = prefixes
             new_version = VersionInfo(
-                tag_id=tag_id or 0, valid_from=d, present=True, change_number=item.change_number,
-                metadata=item.metadata, prefix_count=len(prefixes), content_hash=content_hash(prefixes),
-                entry_hash=item.entry_hash,
+                tag_id or 0, name, d, None, True, item.change_number, item.metadata, len(prefixes), digest,
+                item.entry_hash,
             )
         else:
             prefixes = ()
-            new_version = absent_version(tag_id, d)
+            new_version = absent_version(tag_id, name, d)
         if tag_id is None:
             plan.new_tags.append(name)
         if old_version is not None and new_version.same_as(old_version):
             continue  # e.g. prefixes reordered: nothing to record
-        new_set = set(prefixes)
-        added = new_set.difference(old)
-        removed = set(old).difference(new_set)
-        _plan_spans(plan, tag_id, name, d, next_day, old, nxt, added, removed)
-        _plan_versions(plan, name, tag_id, new_version, old_version, after.get(tag_id) if tag_id else None, next_day)
+        next_version = after.get(name)
+        nxt = set(old_contents[next_version.content_hash]) if next_version is not None else set()
+        new_set, old_set = set(prefixes), set(old)
+        added, removed = new_set - old_set, old_set - new_set
+        _plan_spans(plan, name, tag_id, d, next_day, nxt, added, removed)
+        _plan_versions(plan, name, tag_id, new_version, old_version, next_version, next_day)
         plan.changes.append(_tag_change(name, old_version, new_version, len(added), len(removed)))
     return plan
 
 
-Spans = Mapping[str, tuple[int, "int | None"]]
+def _tag_ids(conn, cloud: str, names: Sequence[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    statement = text("SELECT name, id FROM tags WHERE cloud = :cloud AND name IN :names").bindparams(
+        bindparam("names", expanding=True)
+    )
+    for batch in _chunks(list(names)):
+        found.update(conn.execute(statement, {"cloud": cloud, "names": list(batch)}).all())
+    return found
 
 
-def _plan_spans(plan: _Plan, tag_id, name, d, next_day, old: Spans, nxt: Spans, added, removed) -> None:
+def _plan_spans(plan: _Plan, name, tag_id, d, next_day, nxt: set[str], added, removed) -> None:
     for prefix in removed:
-        first_day, until_day = old[prefix]
-        plan.end_spans.append({"tag_id": tag_id, "prefix": prefix, "first_day": first_day, "until_day": d})
+        plan.end_spans.append({"tag_id": tag_id, "prefix": prefix, "d": d})
         if prefix in nxt:  # present again at S: the span that covered P and S is split
-            plan.split_spans.append({"tag_id": tag_id, "prefix": prefix, "first_day": next_day, "until_day": until_day})
+            plan.split_spans.append({"tag_id": tag_id, "prefix": prefix, "d": d, "s": next_day})
     for prefix in added:
-        if prefix in nxt and nxt[prefix][0] == next_day:
-            plan.move_span_starts.append({"tag_id": tag_id, "prefix": prefix, "old_first": next_day, "first_day": d})
+        if prefix in nxt:  # not present at P, present at S: its span started at S
+            plan.move_span_starts.append({"tag_id": tag_id, "prefix": prefix, "s": next_day, "d": d})
         else:
-            plan.new_spans.append({"tag": name, "tag_id": tag_id, "prefix": prefix, "first_day": d,
-                                   "until_day": next_day})
+            plan.new_spans.append((name, prefix))
 
 
 def _plan_versions(plan: _Plan, name, tag_id, new_version, old_version, next_version, next_day) -> None:
-    plan.versions.append((name, new_version))
+    plan.versions.append(new_version)
     if next_day is None:
         return
     if next_version is not None and next_version.valid_from == next_day:
         if next_version.same_as(new_version):
-            plan.drop_at_next.append(tag_id)
+            plan.drop_at_next.append(name)
         return
     # S had no row of its own: what held before d held at S, and still must.
-    plan.restore_at_next.append((name, old_version or absent_version(tag_id, next_day)))
+    plan.restore_at_next.append(old_version or absent_version(tag_id, name, next_day))
 
 
 def _tag_change(name, old_version: VersionInfo | None, new_version: VersionInfo, added: int, removed: int) -> TagChange:
@@ -438,17 +460,19 @@ def _tag_change(name, old_version: VersionInfo | None, new_version: VersionInfo,
         status = "withdrawn"
     else:
         status = "changed" if added or removed else "unchanged"
+    before_number = old_version.change_number if was_present else None
     return TagChange(
         tag=name, status=status, added=added, removed=removed,
-        change_number_before=old_version.change_number if was_present else None,
+        change_number_before=before_number,
         change_number_after=new_version.change_number,
-        anomalies=diffs.change_number_anomalies(
-            old_version.change_number if was_present else None, new_version.change_number, bool(added or removed)
-        ) if new_version.present else (),
+        anomalies=diffs.change_number_anomalies(before_number, new_version.change_number, bool(added or removed))
+        if new_version.present else (),
     )
 
 
-def _write(conn, parsed: ParsedFile, source, plan: _Plan, ids: dict[str, int], following, imported_at) -> int:
+def _write(conn, parsed: ParsedFile, source, plan: _Plan, previous, following, imported_at) -> int:
+    d = day_key(parsed.file_date)
+    next_day = following.day if following else None
     publication_id = conn.execute(
         insert(Publication.__table__).returning(Publication.__table__.c.id),
         {
@@ -457,52 +481,111 @@ def _write(conn, parsed: ParsedFile, source, plan: _Plan, ids: dict[str, int], f
             "tag_count": parsed.tag_count, "prefix_count": parsed.prefix_count,
         },
     ).scalar_one()
+    ids = {v.name: v.tag_id for v in plan.versions if v.tag_id}
     if plan.new_tags:
         conn.execute(insert(Tag.__table__), [{"cloud": parsed.cloud, "name": n} for n in plan.new_tags])
-        ids.update(
-            conn.execute(select(Tag.name, Tag.id).where(Tag.cloud == parsed.cloud, Tag.name.in_(plan.new_tags))).all()
-            if len(plan.new_tags) < 500 else tag_ids(conn, parsed.cloud)
-        )
-    v = TagVersion.__table__
-    s = PrefixSpan.__table__
-    d = day_key(parsed.file_date)
+        ids.update(_tag_ids(conn, parsed.cloud, plan.new_tags))
     if plan.versions:
-        conn.execute(insert(v), [_version_values(_with_tag(ver, ids[name]), publication_id, d) for name, ver in plan.versions])
-    if plan.drop_at_next:
-        conn.execute(delete(v).where(v.c.tag_id.in_(plan.drop_at_next), v.c.valid_from == following.day))
-    if plan.restore_at_next:
-        conn.execute(insert(v), [
-            _version_values(_with_tag(ver, ids[name]), following.id, following.day) for name, ver in plan.restore_at_next
-        ])
-    if plan.end_spans:
-        conn.execute(
-            update(s).where(s.c.tag_id == bindparam("b_tag"), s.c.prefix == bindparam("b_prefix"),
-                            s.c.first_day == bindparam("b_first")).values(until_day=bindparam("b_until")),
-            [{"b_tag": r["tag_id"], "b_prefix": r["prefix"], "b_first": r["first_day"], "b_until": r["until_day"]}
-             for r in plan.end_spans],
-        )
-    if plan.split_spans:
-        conn.execute(insert(s), plan.split_spans)
-    if plan.move_span_starts:
-        conn.execute(
-            update(s).where(s.c.tag_id == bindparam("b_tag"), s.c.prefix == bindparam("b_prefix"),
-                            s.c.first_day == bindparam("b_old")).values(first_day=bindparam("b_first")),
-            [{"b_tag": r["tag_id"], "b_prefix": r["prefix"], "b_old": r["old_first"], "b_first": r["first_day"]}
-             for r in plan.move_span_starts],
-        )
-    if plan.new_spans:
-        conn.execute(insert(s), [
-            {"tag_id": ids[r["tag"]], "prefix": r["prefix"], "first_day": r["first_day"], "until_day": r["until_day"]}
-            for r in plan.new_spans
-        ])
+        _write_contents(conn, plan.contents)
+    _write_versions(conn, plan, ids, publication_id, d, previous, following)
+    _write_spans(conn, plan, ids, d, next_day)
     return publication_id
 
 
-def _with_tag(version: VersionInfo, tag_id: int) -> VersionInfo:
-    return version if version.tag_id == tag_id else VersionInfo(
-        tag_id, version.valid_from, version.present, version.change_number, version.metadata,
-        version.prefix_count, version.content_hash, version.entry_hash,
-    )
+def _write_contents(conn, contents: dict[bytes, tuple[str, ...]]) -> None:
+    contents = {EMPTY_HASH: (), **contents}  # what withdrawn versions point to
+    stored = set()
+    statement = text("SELECT hash FROM contents WHERE hash IN :hashes").bindparams(bindparam("hashes", expanding=True))
+    for batch in _chunks(list(contents)):
+        stored.update(bytes(h) for (h,) in conn.execute(statement, {"hashes": list(batch)}))
+    missing = [{"hash": h, "prefix_count": len(p), "prefixes": _pack(p)} for h, p in contents.items() if h not in stored]
+    if missing:
+        conn.execute(insert(Content.__table__), missing)
+
+
+def _write_versions(conn, plan: _Plan, ids, publication_id, d, previous, following) -> None:
+    v = TagVersion.__table__
+    next_day = following.day if following else None
+    if plan.drop_at_next:
+        conn.execute(
+            delete(v).where(v.c.tag_id.in_([ids[n] for n in plan.drop_at_next]), v.c.valid_from == next_day)
+        )
+    rows = [_version_row(ver, ids[ver.name], publication_id, d, None) for ver in plan.versions]
+    rows += [_version_row(ver, ids[ver.name], following.id, next_day, None) for ver in plan.restore_at_next]
+    if rows:
+        conn.execute(insert(v), rows)
+    _relink_versions(conn, [ids[ver.name] for ver in plan.versions], d, next_day)
+
+
+def _relink_versions(conn, tag_id_list: list[int], d: int, next_day: int | None) -> None:
+    """Set ``valid_until`` of the versions around d to the valid_from of their successor.
+
+    Only the version before d, the one at d and the one at S can have changed.
+    """
+    if not tag_id_list:
+        return
+    v = TagVersion.__table__
+    statement = text(
+        "SELECT tag_id, valid_from, valid_until FROM tag_versions WHERE tag_id IN :ids "
+        "AND (valid_until IS NULL OR valid_until >= :low) AND valid_from <= :high ORDER BY tag_id, valid_from"
+    ).bindparams(bindparam("ids", expanding=True))
+    fixes = []
+    for batch in _chunks(tag_id_list):
+        rows = conn.execute(statement, {"ids": list(batch), "low": d, "high": next_day or d}).all()
+        for index, (tag_id, valid_from, valid_until) in enumerate(rows):
+            successor = rows[index + 1] if index + 1 < len(rows) and rows[index + 1][0] == tag_id else None
+            if successor:
+                wanted = successor[1]
+            else:  # the newest version in the window: current, unless a later one exists
+                wanted = None if next_day is None else _next_version_day(conn, tag_id, valid_from)
+            if wanted != valid_until:
+                fixes.append({"b_tag": tag_id, "b_from": valid_from, "b_until": wanted})
+    if fixes:
+        conn.execute(
+            update(v).where(v.c.tag_id == bindparam("b_tag"), v.c.valid_from == bindparam("b_from"))
+            .values(valid_until=bindparam("b_until")),
+            fixes,
+        )
+
+
+def _next_version_day(conn, tag_id: int, valid_from: int) -> int | None:
+    return conn.execute(
+        select(func.min(TagVersion.valid_from)).where(TagVersion.tag_id == tag_id, TagVersion.valid_from > valid_from)
+    ).scalar()
+
+
+def _write_spans(conn, plan: _Plan, ids, d: int, next_day: int | None) -> None:
+    covering_p = "tag_id = :tag_id AND prefix = :prefix AND first_day < :d AND (until_day IS NULL OR until_day > :d)"
+    if plan.split_spans:
+        # Copy the span's tail first: it keeps the end the span had before it is cut at d.
+        conn.execute(text(
+            "INSERT INTO prefix_spans (tag_id, prefix, first_day, until_day) "
+            f"SELECT tag_id, prefix, :s, until_day FROM prefix_spans WHERE {covering_p}"
+        ), plan.split_spans)
+    if plan.end_spans:
+        conn.execute(text(f"UPDATE prefix_spans SET until_day = :d WHERE {covering_p}"), plan.end_spans)
+    if plan.move_span_starts:
+        conn.execute(text(
+            "UPDATE prefix_spans SET first_day = :d WHERE tag_id = :tag_id AND prefix = :prefix AND first_day = :s"
+        ), plan.move_span_starts)
+    if plan.new_spans:
+        _bulk_insert_spans(conn, [(ids[name], prefix, d, next_day) for name, prefix in plan.new_spans])
+
+
+def _bulk_insert_spans(conn, rows: list[tuple[int, str, int, int | None]]) -> None:
+    """Insert many spans with the driver's fastest path (a first import writes ~93,000)."""
+    raw = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql":
+        with raw.cursor() as cursor:
+            with cursor.copy("COPY prefix_spans (tag_id, prefix, first_day, until_day) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+    else:
+        cursor = raw.cursor()
+        try:
+            cursor.executemany("INSERT INTO prefix_spans (tag_id, prefix, first_day, until_day) VALUES (?, ?, ?, ?)", rows)
+        finally:
+            cursor.close()
 
 
 # ---------------------------------------------------------------- reading
@@ -539,15 +622,14 @@ def resolve_publication(conn: Connection, cloud: str, ref: str) -> PublicationIn
     return _publication(rows[index])
 
 
-def tag_id(conn: Connection, cloud: str, name: str) -> int:
-    """The id of a tag by name (case-insensitive, exact name wins)."""
-    found = conn.execute(select(Tag.id, Tag.name).where(Tag.cloud == cloud, func.lower(Tag.name) == name.lower())).all()
-    exact = [i for i, n in found if n == name]
-    if exact or len(found) == 1:
-        return (exact or [found[0][0]])[0]
+def tag_name(conn: Connection, cloud: str, name: str) -> str:
+    """A tag's stored name, found case-insensitively (an exact match wins)."""
+    found = list(conn.execute(select(Tag.name).where(Tag.cloud == cloud, func.lower(Tag.name) == name.lower())).scalars())
+    if name in found or len(found) == 1:
+        return name if name in found else found[0]
     if not found:
         raise NotFoundError(f"unknown {cloud} tag {name!r}")
-    raise NotFoundError(f"tag name {name!r} is ambiguous: {', '.join(n for _, n in found)}")
+    raise NotFoundError(f"tag name {name!r} is ambiguous: {', '.join(found)}")
 
 
 @dataclass(frozen=True)
@@ -564,31 +646,27 @@ class TagSnapshot:
 
 def snapshot(conn: Connection, cloud: str, name: str, publication: PublicationInfo) -> TagSnapshot | None:
     """A tag's prefixes as published in ``publication``; None if it was not published then."""
-    identity = tag_id(conn, cloud, name)
-    real_name = conn.execute(select(Tag.name).where(Tag.id == identity)).scalar_one()
-    version = versions_at(conn, cloud, publication.day, [identity]).get(identity)
+    name = tag_name(conn, cloud, name)
+    version = versions_at(conn, cloud, publication.day, [name]).get(name)
     if version is None or not version.present:
         return None
-    prefixes = spans_at(conn, [identity], publication.day)[identity]
-    return TagSnapshot(real_name, publication, version, tuple(sorted(prefixes)))
+    prefixes = load_contents(conn, [version.content_hash])[version.content_hash]
+    return TagSnapshot(name, publication, version, prefixes)
 
 
-def tag_states(conn: Connection, cloud: str, day: int, ids: Sequence[int]) -> dict[int, diffs.TagState | None]:
-    versions = versions_at(conn, cloud, day, ids)
-    present = [i for i in ids if i in versions and versions[i].present]
-    spans = spans_at(conn, present, day)
-    return {
-        i: diffs.TagState(versions[i].change_number, frozenset(spans[i])) if i in spans else None
-        for i in ids
-    }
+def tag_states(conn: Connection, cloud: str, day: int, names: Sequence[str] | None) -> dict[str, diffs.TagState]:
+    """Tag name -> state at ``day``, for the tags published then (all, or those named)."""
+    versions = {n: v for n, v in versions_at(conn, cloud, day, names).items() if v.present}
+    contents = load_contents(conn, [v.content_hash for v in versions.values()])
+    return {n: diffs.TagState(v.change_number, frozenset(contents[v.content_hash])) for n, v in versions.items()}
 
 
-def changed_tag_ids(conn: Connection, cloud: str, first_day: int, last_day: int) -> list[int]:
+def changed_tag_names(conn: Connection, cloud: str, first_day: int, last_day: int) -> list[str]:
     """Tags with any version row in (first_day, last_day]: the only ones that can differ."""
     low, high = min(first_day, last_day), max(first_day, last_day)
     v = TagVersion.__table__
     return list(conn.execute(
-        select(v.c.tag_id).distinct().join(Tag.__table__, Tag.id == v.c.tag_id)
+        select(Tag.name).distinct().join(v, Tag.id == v.c.tag_id)
         .where(Tag.cloud == cloud, v.c.valid_from > low, v.c.valid_from <= high)
     ).scalars())
 
@@ -598,17 +676,16 @@ def diff_publications(
 ) -> list[diffs.TagDiff]:
     """Per-tag diffs from ``old`` to ``new``: the named tags, or every tag that changed."""
     if names is None:
-        ids = changed_tag_ids(conn, cloud, old.day, new.day)
+        wanted = changed_tag_names(conn, cloud, old.day, new.day)
     else:
-        ids = [tag_id(conn, cloud, n) for n in names]
-    id_names = dict(conn.execute(select(Tag.id, Tag.name).where(Tag.id.in_(ids))).all()) if ids else {}
-    before = tag_states(conn, cloud, old.day, ids)
-    after = tag_states(conn, cloud, new.day, ids)
+        wanted = list(dict.fromkeys(tag_name(conn, cloud, n) for n in names))
+    before = tag_states(conn, cloud, old.day, wanted)
+    after = tag_states(conn, cloud, new.day, wanted)
     result = []
-    for i in ids:
-        if before[i] is None and after[i] is None:
+    for name in wanted:
+        if name not in before and name not in after:
             continue  # not published at either point
-        change = diffs.diff_tag(id_names[i], before[i], after[i])
+        change = diffs.diff_tag(name, before.get(name), after.get(name))
         if names is None and change.status == "unchanged" and not change.anomalies:
             continue
         result.append(change)
@@ -627,10 +704,10 @@ class HistoryEntry:
 
 
 def history(conn: Connection, cloud: str, name: str) -> tuple[str, list[HistoryEntry]]:
-    identity = tag_id(conn, cloud, name)
-    real_name = conn.execute(select(Tag.name).where(Tag.id == identity)).scalar_one()
+    real_name = tag_name(conn, cloud, name)
+    identity = conn.execute(select(Tag.id).where(Tag.cloud == cloud, Tag.name == real_name)).scalar_one()
     v, s = TagVersion.__table__, PrefixSpan.__table__
-    versions = [_version(r) for r in conn.execute(select(v).where(v.c.tag_id == identity).order_by(v.c.valid_from))]
+    versions = list(conn.execute(select(v).where(v.c.tag_id == identity).order_by(v.c.valid_from)))
     starts = dict(conn.execute(
         select(s.c.first_day, func.count()).where(s.c.tag_id == identity).group_by(s.c.first_day)
     ).all())
@@ -639,7 +716,7 @@ def history(conn: Connection, cloud: str, name: str) -> tuple[str, list[HistoryE
         .group_by(s.c.until_day)
     ).all())
     entries: list[HistoryEntry] = []
-    previous: VersionInfo | None = None
+    previous = None
     for version in versions:
         added, removed = starts.get(version.valid_from, 0), ends.get(version.valid_from, 0)
         was = previous.change_number if previous is not None and previous.present else None
@@ -692,8 +769,4 @@ def present_tag_names(conn: Connection, cloud: str, publication: PublicationInfo
             publication = resolve_publication(conn, cloud, "latest")
         except NotFoundError:
             return []
-    versions = versions_at(conn, cloud, publication.day)
-    ids = [i for i, v in versions.items() if v.present]
-    if not ids:
-        return []
-    return sorted(conn.execute(select(Tag.name).where(Tag.id.in_(ids))).scalars())
+    return sorted(n for n, v in versions_at(conn, cloud, publication.day).items() if v.present)

@@ -1,4 +1,4 @@
-"""Publications, tags, tag versions and prefix spans.
+"""Publications, tags, tag versions, contents and prefix spans.
 
 Revision ID: 0001
 Revises:
@@ -38,9 +38,17 @@ def upgrade() -> None:
         sa.UniqueConstraint("cloud", "name", name=op.f("uq_tags_cloud")),
     )
     op.create_table(
+        "contents",
+        sa.Column("hash", sa.LargeBinary(16), nullable=False),
+        sa.Column("prefix_count", sa.Integer(), nullable=False),
+        sa.Column("prefixes", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("hash", name=op.f("pk_contents")),
+    )
+    op.create_table(
         "tag_versions",
         sa.Column("tag_id", sa.Integer(), nullable=False),
         sa.Column("valid_from", sa.Integer(), nullable=False),
+        sa.Column("valid_until", sa.Integer(), nullable=True),
         sa.Column("publication_id", sa.Integer(), nullable=False),
         sa.Column("present", sa.Boolean(), nullable=False),
         sa.Column("change_number", sa.Integer(), nullable=True),
@@ -53,12 +61,15 @@ def upgrade() -> None:
         sa.Column("content_hash", sa.LargeBinary(16), nullable=False),
         sa.Column("entry_hash", sa.LargeBinary(16), nullable=False),
         sa.ForeignKeyConstraint(["tag_id"], ["tags.id"], name=op.f("fk_tag_versions_tag_id_tags"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["content_hash"], ["contents.hash"], name=op.f("fk_tag_versions_content_hash_contents")),
         sa.ForeignKeyConstraint(
             ["publication_id"], ["publications.id"], name=op.f("fk_tag_versions_publication_id_publications"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("tag_id", "valid_from", name=op.f("pk_tag_versions")),
     )
     op.create_index("ix_tag_versions_valid_from", "tag_versions", ["valid_from"])
+    op.create_index("ix_tag_versions_valid_until", "tag_versions", ["valid_until"])
+    op.create_index(op.f("ix_tag_versions_content_hash"), "tag_versions", ["content_hash"])
     op.create_index(op.f("ix_tag_versions_publication_id"), "tag_versions", ["publication_id"])
     op.create_table(
         "prefix_spans",
@@ -77,8 +88,11 @@ def downgrade() -> None:
     op.drop_index("ix_prefix_spans_prefix", table_name="prefix_spans")
     op.drop_table("prefix_spans")
     op.drop_index(op.f("ix_tag_versions_publication_id"), table_name="tag_versions")
+    op.drop_index(op.f("ix_tag_versions_content_hash"), table_name="tag_versions")
+    op.drop_index("ix_tag_versions_valid_until", table_name="tag_versions")
     op.drop_index("ix_tag_versions_valid_from", table_name="tag_versions")
     op.drop_table("tag_versions")
+    op.drop_table("contents")
     op.drop_table("tags")
     op.drop_index("ix_publications_cloud_sha256", table_name="publications")
     op.drop_table("publications")
