@@ -1,0 +1,28 @@
+# The watcher as a container: docker build -t watcher . && docker run -v watcher-data:/data watcher
+# Runs with a read-only root file system: docker run --read-only -v watcher-data:/data watcher
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md alembic.ini ./
+COPY watcher ./watcher
+COPY migrations ./migrations
+COPY templates ./templates
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && pip wheel --no-cache-dir --wheel-dir /wheels /wheels/*.whl
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin watcher \
+ && mkdir -p /data && chown watcher /data
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels azure-servicetag-watcher && rm -rf /wheels
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    WATCHER_DATABASE_URL=sqlite:////data/watcher.db \
+    HOME=/data
+# The only writable place: the SQLite database, its lock file, quarantined downloads and temporary files.
+VOLUME ["/data"]
+WORKDIR /data
+USER watcher
+EXPOSE 9464
+HEALTHCHECK --interval=5m --timeout=30s --start-period=2m CMD ["watcher", "status", "--check"]
+ENTRYPOINT ["watcher"]
+CMD ["run"]

@@ -1,0 +1,185 @@
+"""One leader among daemon replicas, so that each scheduled run happens once.
+
+PostgreSQL: a session-level advisory lock on a connection the daemon keeps
+open. Whoever holds it does the runs; the others try again at each tick, and
+take over when the holder's connection dies (PostgreSQL releases the lock with
+the session). A transaction-pooling proxy (pgbouncer ``pool_mode =
+transaction``) hands each transaction to any server connection, so a session
+lock would not protect anything: that is detected at start and refused.
+
+SQLite: one daemon per database file, enforced with an exclusive ``flock`` on
+``<database>.lock``; a second daemon refuses to start. (Several processes on
+one SQLite file cannot be replicas: there is no server to fail over to.)
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import LeadershipError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "watcher-daemon-leader"
+
+
+class Leadership(Protocol):
+    def try_lead(self) -> bool:
+        """True when this process may do the run now (and keeps leading until release)."""
+
+    @property
+    def description(self) -> str: ...
+
+    def release(self) -> None: ...
+
+
+def _advisory_key(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+class PostgresLeadership:
+    """Leader election with ``pg_try_advisory_lock`` on a dedicated connection."""
+
+    def __init__(self, engine: Engine, name: str = LOCK_NAME):
+        self._engine = engine
+        self._key = _advisory_key(name)
+        self._connection: Connection | None = None
+        self._leading = False
+
+    @property
+    def description(self) -> str:
+        state = "leader" if self._leading else "standby"
+        return f"{state} (PostgreSQL advisory lock {self._key}, pid {os.getpid()})"
+
+    def check_session_semantics(self) -> None:
+        """Refuse to run where session locks do not hold (transaction pooling)."""
+        try:
+            with self._engine.connect() as conn:
+                pids = set()
+                for _ in range(4):
+                    with conn.begin():
+                        pids.add(conn.execute(text("SELECT pg_backend_pid()")).scalar())
+                probe = _advisory_key(f"{LOCK_NAME}-probe-{os.getpid()}")
+                with conn.begin():
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": probe})
+                with conn.begin():
+                    held = conn.execute(
+                        # A bigint advisory key shows as classid (high 32 bits) and objid (low 32 bits).
+                        text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                             "AND classid::text::bigint = :high AND objid::text::bigint = :low AND objsubid = 1"),
+                        {"high": (probe >> 32) & 0xFFFFFFFF, "low": probe & 0xFFFFFFFF},
+                    ).scalar()
+                with conn.begin():
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": probe})
+        except SQLAlchemyError as exc:
+            raise LeadershipError(f"cannot check the database session for leader election: {exc}") from None
+        if len(pids) > 1 or not held:
+            raise LeadershipError(
+                "the database connection does not keep session state between transactions (a transaction-pooling "
+                "proxy such as pgbouncer in transaction mode?): advisory locks would not stop two replicas from "
+                "running at once. Connect the daemon to PostgreSQL directly or through session pooling."
+            )
+
+    def try_lead(self) -> bool:
+        try:
+            if self._connection is None or self._connection.closed or self._connection.invalidated:
+                self._connection = self._engine.connect()
+                self._leading = False
+            if self._leading:
+                # Still ours? A dropped connection loses the lock with the session.
+                self._connection.execute(text("SELECT 1"))
+                self._connection.commit()
+                return True
+            self._leading = bool(
+                self._connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
+            )
+            self._connection.commit()
+        except SQLAlchemyError as exc:
+            log.warning("leader election: database unavailable (%s)", exc.__class__.__name__)
+            self._drop()
+            return False
+        return self._leading
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.invalidate()
+                self._connection.close()
+            except SQLAlchemyError:
+                pass
+        self._connection = None
+        self._leading = False
+
+    def release(self) -> None:
+        if self._connection is not None and self._leading:
+            try:
+                self._connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                self._connection.commit()
+            except SQLAlchemyError:
+                pass
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = None
+        self._leading = False
+
+
+class FileLeadership:
+    """The only daemon on a SQLite file: an exclusive lock file beside the database."""
+
+    def __init__(self, database_path: Path):
+        self.path = database_path.with_name(database_path.name + ".lock")
+        self._handle = None
+
+    @property
+    def description(self) -> str:
+        return f"leader (lock file {self.path}, pid {os.getpid()})"
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise LeadershipError(
+                f"another watcher daemon already runs on this SQLite database (lock {self.path} held by pid {holder}); "
+                "run one daemon per SQLite file, or use PostgreSQL for replicas"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+
+    def try_lead(self) -> bool:
+        return self._handle is not None
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def leadership_for(engine: Engine) -> Leadership:
+    """The leader election that fits the database, checked and ready (raises LeadershipError)."""
+    if engine.dialect.name == "postgresql":
+        leadership = PostgresLeadership(engine)
+        leadership.check_session_semantics()
+        return leadership
+    database = make_url(str(engine.url)).database
+    if not database or database == ":memory:":
+        raise LeadershipError("the daemon needs a database file or PostgreSQL, not an in-memory database")
+    file_leadership = FileLeadership(Path(database).resolve())
+    file_leadership.acquire()
+    return file_leadership

@@ -1,0 +1,97 @@
+"""Logging: one line per event, human-readable on a terminal or JSON, never a secret.
+
+Secrets reach log records through URLs (apprise destinations carry tokens,
+mirrors and proxies carry passwords) and through messages of libraries we do
+not control, so every record passes through one redaction filter on the
+handler, whatever logger it came from.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import sys
+from typing import Iterable, TextIO
+
+# user:password@ in any scheme://, and the usual token-bearing query parameters.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&](?:token|key|secret|password|pass|pwd|sig|signature|apikey|api_key|access_token|code)=)[^&\s]+",
+    re.IGNORECASE,
+)
+_REPLACEMENT = "***"
+
+
+def redact_text(message: str, secrets: Iterable[str] = ()) -> str:
+    """Mask credentials in URLs, token-like query values, and any known secret string."""
+    message = _USERINFO.sub(lambda m: f"{m['scheme']}{_REPLACEMENT}@", message)
+    message = _QUERY_SECRET.sub(lambda m: f"{m['key']}{_REPLACEMENT}", message)
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            message = message.replace(secret, _REPLACEMENT)
+    return message
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's message with secrets masked (installed on handlers)."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        super().__init__()
+        self.secrets = tuple(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken %-format in a library's record: keep the raw text
+            message = str(record.msg)
+        record.msg = redact_text(message, self.secrets)
+        record.args = None
+        if record.exc_info:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info), self.secrets)
+            record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("cloud", "event", "outcome", "ticket", "destination"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, default=str)
+
+
+class HumanFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text.replace("\n", " | ")  # one line per event
+
+
+def configure_logging(
+    log_format: str = "human", level: int = logging.INFO, secrets: Iterable[str] = (), stream: TextIO | None = None
+) -> logging.Handler:
+    """Route every logger to one handler on stderr (``human`` or ``json`` lines); returns the handler."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else HumanFormatter())
+    handler.addFilter(RedactingFilter(secrets))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Libraries that log request URLs at INFO would be noise at the daemon's level.
+    for noisy in ("httpx", "httpcore", "apscheduler.executors.default"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    return handler
