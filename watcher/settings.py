@@ -96,6 +96,7 @@ class DaemonSettings:
     unhealthy_after_failures: int = 3
     stale_after_days: int = 8
     run_deadline_seconds: float = 1800.0
+    retry_backoff_seconds: float = 60.0    # first retry of a failed cloud within a run
 
 
 @dataclass(frozen=True)
