@@ -1,0 +1,4 @@
+"""Entry point: ``python -m benchmarks`` (see ``benchmarks.runner``)."""
+from .runner import main
+
+raise SystemExit(main())

@@ -1,0 +1,349 @@
+"""A long synthetic history derived from a real file by realistic weekly churn.
+
+``Generator(document, ...)`` starts from one real service-tag file (already
+decoded) and yields one file a week: week 0 is the real content, each later
+week applies churn drawn from a seeded RNG, calibrated on the real Public
+weeks of 2025 (a median of ~30 changed tags and a few hundred prefixes added
+and removed a week, with quiet weeks and occasional large ones):
+
+* prefixes **added** to a tag go into its aggregates too (``Storage.EastUS2``
+  -> ``Storage``, ``AzureCloud.eastus2``, ``AzureCloud``), from address pools
+  the real files do not use (10/8 and other private blocks, fd00::/8);
+* prefixes **removed**, **split** (a /23 -> its two /24s) and **merged** (two
+  siblings -> their parent) change every tag holding them;
+* **new regions**: every few months, the regional tags of an existing region
+  are cloned under a new region name with fresh prefixes; now and then a
+  regional tag is **withdrawn**;
+* each changed tag's ``changeNumber`` goes up by one and the file's global
+  ``changeNumber`` goes up every week (a week may change nothing else).
+
+Files are produced one at a time in memory (only the current state is kept).
+``python -m benchmarks.synthetic --out DIR`` writes them to a directory
+outside the repository instead.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import ipaddress
+import math
+import random
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+FILE_CLOUD = {"public": "Public", "usgov": "AzureGovernment", "china": "China"}
+AGGREGATE = "AzureCloud"
+
+# Prefix lengths of new prefixes, weighted like the real Public file of 2025-10-28.
+V4_LENGTHS = [(32, 149), (28, 77), (24, 77), (27, 77), (29, 75), (26, 56), (30, 37), (31, 32), (23, 31), (25, 28),
+              (22, 10), (21, 6), (20, 5)]
+V6_LENGTHS = [(123, 40), (121, 32), (122, 30), (125, 28), (64, 21), (124, 19), (48, 14), (128, 9), (63, 8),
+              (120, 8), (56, 6), (62, 5)]
+V4_POOLS = ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "198.18.0.0/15"]
+V6_POOLS = ["fd00::/8"]
+
+#: Operation weights of a churn event on one tag.
+OPERATIONS = [("add", 35), ("remove", 35), ("split", 15), ("merge", 15)]
+
+
+@dataclass(frozen=True)
+class SyntheticFile:
+    cloud: str
+    week: int
+    date: dt.date
+    name: str
+    data: bytes
+    changed_tags: int
+    added: int      # (tag, prefix) pairs added this week
+    removed: int    # (tag, prefix) pairs removed this week
+    new_tags: int
+    withdrawn: int
+
+
+class _Allocator:
+    """Hands out aligned, never-used prefixes from the pools, in order."""
+
+    def __init__(self, pools: list[str], taken: set[str]) -> None:
+        self.pools = [ipaddress.ip_network(p) for p in pools]
+        self.index = 0
+        self.cursor = int(self.pools[0].network_address)
+        self.taken = taken
+
+    def take(self, length: int) -> str:
+        while True:
+            pool = self.pools[self.index]
+            size = 1 << (pool.max_prefixlen - length)
+            start = -(-self.cursor // size) * size
+            if start + size - 1 > int(pool.broadcast_address):
+                self.index += 1
+                if self.index == len(self.pools):
+                    raise RuntimeError("synthetic address pools exhausted")
+                self.cursor = int(self.pools[self.index].network_address)
+                continue
+            self.cursor = start + size
+            prefix = str(ipaddress.ip_network((start, length)))
+            if prefix not in self.taken:
+                return prefix
+
+
+def _sort_key(prefix: str) -> tuple[bool, bytes, int]:
+    addr, _, bits = prefix.partition("/")
+    v6 = ":" in addr
+    return v6, socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, addr), int(bits)
+
+
+class Generator:
+    """Weekly files of one cloud, from a real decoded file, deterministic for a seed."""
+
+    def __init__(self, document: dict[str, Any], cloud: str, start: dt.date, seed: int = 1) -> None:
+        self.cloud = cloud
+        self.start = start
+        self.rng = random.Random(f"{seed}-{cloud}")
+        self.change_number = int(document["changeNumber"])
+        self.cloud_name = document["cloud"]
+        self.order: list[str] = []
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.prefixes: dict[str, set[str]] = {}
+        self.index: dict[str, set[str]] = {}
+        for entry in document["values"]:
+            name = entry["name"]
+            self.order.append(name)
+            self.entries[name] = {"name": name, "id": entry["id"], "properties": dict(entry["properties"])}
+            self.prefixes[name] = set(entry["properties"]["addressPrefixes"])
+            for prefix in self.prefixes[name]:
+                self.index.setdefault(prefix, set()).add(name)
+        # Weekly churn scales with the cloud's size (Public has ~3,000 tags).
+        self.scale = len(self.order) / 3000
+        taken = set(self.index)
+        self.v4 = _Allocator(V4_POOLS, taken)
+        self.v6 = _Allocator(V6_POOLS, taken)
+        self.regions = 0
+        self.region_ids = max((int(e["properties"].get("regionId", 0)) for e in self.entries.values()), default=0)
+        self._changed: set[str] = set()
+        self._added = self._removed = self._new = self._withdrawn = 0
+
+    # ------------------------------------------------------------ state changes
+
+    def _add(self, name: str, prefix: str) -> None:
+        if prefix not in self.prefixes[name]:
+            self.prefixes[name].add(prefix)
+            self.index.setdefault(prefix, set()).add(name)
+            self._changed.add(name)
+            self._added += 1
+
+    def _remove(self, name: str, prefix: str) -> None:
+        if prefix in self.prefixes[name]:
+            self.prefixes[name].discard(prefix)
+            holders = self.index.get(prefix)
+            if holders is not None:
+                holders.discard(name)
+                if not holders:
+                    del self.index[prefix]
+            self._changed.add(name)
+            self._removed += 1
+
+    def _parents(self, name: str) -> list[str]:
+        parents = []
+        if "." in name:
+            service = name.split(".", 1)[0]
+            if service in self.entries and service != name:
+                parents.append(service)
+        region = self.entries[name]["properties"].get("region") or ""
+        regional = f"{AGGREGATE}.{region}"
+        if region and regional in self.entries and regional != name:
+            parents.append(regional)
+        if AGGREGATE in self.entries and name != AGGREGATE:
+            parents.append(AGGREGATE)
+        return parents
+
+    def _new_prefix(self) -> str:
+        if self.rng.random() < 0.7:
+            lengths, allocator = V4_LENGTHS, self.v4
+        else:
+            lengths, allocator = V6_LENGTHS, self.v6
+        length = self.rng.choices([n for n, _ in lengths], [w for _, w in lengths])[0]
+        return allocator.take(length)
+
+    def _count(self, mean: float, cap: int) -> int:
+        return min(cap, 1 + int(self.rng.expovariate(1 / mean)))
+
+    # ------------------------------------------------------------ operations
+
+    def _op_add(self, name: str) -> None:
+        targets = [name, *self._parents(name)]
+        for _ in range(self._count(4, 40)):
+            prefix = self._new_prefix()
+            for target in targets:
+                self._add(target, prefix)
+
+    def _op_remove(self, name: str) -> None:
+        have = sorted(self.prefixes[name])
+        count = min(self._count(6, 40), len(have) - 1)  # a tag keeps at least one prefix
+        for prefix in self.rng.sample(have, max(0, count)):
+            for holder in sorted(self.index.get(prefix, ())):
+                self._remove(holder, prefix)
+
+    def _op_split(self, name: str) -> None:
+        candidates = [p for p in sorted(self.prefixes[name])
+                      if int(p.rsplit("/", 1)[1]) < (28 if ":" not in p else 124)]
+        if not candidates:
+            return self._op_add(name)
+        prefix = self.rng.choice(candidates)
+        halves = [str(n) for n in ipaddress.ip_network(prefix).subnets()]
+        for holder in sorted(self.index.get(prefix, ())):
+            self._remove(holder, prefix)
+            for half in halves:
+                self._add(holder, half)
+
+    def _op_merge(self, name: str) -> None:
+        have = self.prefixes[name]
+        pairs = []
+        for prefix in sorted(have):
+            network = ipaddress.ip_network(prefix)
+            if network.prefixlen == 0:
+                continue
+            parent = network.supernet()
+            low, high = parent.subnets()
+            if network == low and str(high) in have:
+                pairs.append((str(low), str(high), str(parent)))
+        if not pairs:
+            return self._op_split(name)
+        low, high, parent = self.rng.choice(pairs)
+        for holder in sorted(self.index.get(low, set()) & self.index.get(high, set())):
+            self._remove(holder, low)
+            self._remove(holder, high)
+            self._add(holder, parent)
+
+    def _new_region(self) -> None:
+        """Clone the regional tags of an existing region under a new region name."""
+        regions: dict[str, list[str]] = {}
+        for name in self.order:
+            region = self.entries[name]["properties"].get("region") or ""
+            if region and "." in name:
+                regions.setdefault(region, []).append(name)
+        if not regions:
+            return
+        template = self.rng.choice(sorted(r for r, names in regions.items() if len(names) >= 5) or sorted(regions))
+        self.regions += 1
+        self.region_ids += 1
+        region = f"synthregion{self.regions}"
+        created = []
+        # The region's AzureCloud tag first, so the service tags aggregate into it.
+        for name in sorted(regions[template], key=lambda n: not n.startswith(f"{AGGREGATE}.")):
+            base = name.rsplit(".", 1)[0]
+            new_name = f"{base}.{region if base == AGGREGATE else region.replace('synth', 'Synth').replace('region', 'Region')}"
+            if new_name in self.entries:
+                continue
+            properties = dict(self.entries[name]["properties"])
+            properties.update(changeNumber=1, region=region, regionId=self.region_ids, addressPrefixes=[])
+            self.entries[new_name] = {"name": new_name, "id": new_name, "properties": properties}
+            self.prefixes[new_name] = set()
+            self.order.append(new_name)
+            created.append(new_name)
+            self._new += 1
+        for name in created:
+            if not name.startswith(f"{AGGREGATE}."):
+                for _ in range(self._count(2, 8)):
+                    prefix = self._new_prefix()
+                    for target in [name, *self._parents(name)]:
+                        self._add(target, prefix)
+
+    def _withdraw(self) -> None:
+        leaves = [n for n in self.order if "." in n and not n.startswith(f"{AGGREGATE}.")]
+        for name in self.rng.sample(leaves, min(len(leaves), self.rng.randint(1, 2))):
+            for prefix in list(self.prefixes[name]):
+                holders = self.index.get(prefix)
+                if holders is not None:
+                    holders.discard(name)
+                    if not holders:
+                        del self.index[prefix]
+            self.order.remove(name)
+            del self.entries[name], self.prefixes[name]
+            self._changed.discard(name)
+            self._withdrawn += 1
+
+    def _churn(self) -> None:
+        self.change_number += 1
+        if self.rng.random() < 0.08:
+            return  # a quiet week: only the file's changeNumber moves
+        if self.rng.random() < (0.08 if self.scale >= 0.5 else 0.01):
+            self._new_region()
+        if self.rng.random() < 0.03:
+            self._withdraw()
+        events = max(1, round(self.rng.lognormvariate(math.log(14 * self.scale + 0.5), 0.8)))
+        candidates = [n for n in self.order if n != AGGREGATE and not n.startswith(f"{AGGREGATE}.")]
+        operations = {"add": self._op_add, "remove": self._op_remove, "split": self._op_split,
+                      "merge": self._op_merge}
+        for _ in range(events):
+            name = self.rng.choice(candidates)
+            kind = self.rng.choices([k for k, _ in OPERATIONS], [w for _, w in OPERATIONS])[0]
+            operations[kind](name)
+
+    # ------------------------------------------------------------ output
+
+    def _document(self, created: set[str]) -> bytes:
+        for name in self._changed:
+            entry = self.entries.get(name)
+            if entry is None:
+                continue
+            properties = entry["properties"]
+            properties["addressPrefixes"] = sorted(self.prefixes[name], key=_sort_key)
+            if name not in created:
+                properties["changeNumber"] = int(properties["changeNumber"]) + 1
+        document = {"changeNumber": self.change_number, "cloud": self.cloud_name,
+                    "values": [self.entries[n] for n in self.order]}
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2)
+
+    def weeks(self, count: int) -> Iterator[SyntheticFile]:
+        for week in range(count):
+            self._changed, self._added, self._removed, self._new, self._withdrawn = set(), 0, 0, 0, 0
+            before = set(self.entries)
+            if week:
+                self._churn()
+            created = set(self.entries) - before
+            data = self._document(created)
+            date = self.start + dt.timedelta(weeks=week)
+            yield SyntheticFile(
+                cloud=self.cloud, week=week, date=date,
+                name=f"ServiceTags_{FILE_CLOUD[self.cloud]}_{date:%Y%m%d}.json", data=data,
+                changed_tags=len(self._changed - created), added=self._added, removed=self._removed,
+                new_tags=self._new, withdrawn=self._withdrawn,
+            )
+
+
+def _write(args: argparse.Namespace) -> int:
+    from .common import DEFAULT_DATA, REPO, read_files
+
+    out = Path(args.out).resolve()
+    if out == REPO or REPO in out.parents:
+        print(f"refusing to write synthetic files inside the repository ({out})", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    for cloud in args.clouds.split(","):
+        base = read_files(Path(args.data) / cloud)[-1] if args.data else read_files(DEFAULT_DATA / cloud)[-1]
+        start = dt.datetime.strptime(base.date, "%Y%m%d").date()
+        for file in Generator(orjson.loads(base.data), cloud, start, args.seed).weeks(args.weeks):
+            (out / f"{file.name}.gz").write_bytes(gzip.compress(file.data, 6))
+            print(f"{file.name}: {file.changed_tags} tags changed, +{file.added} -{file.removed} prefixes, "
+                  f"{file.new_tags} new, {file.withdrawn} withdrawn")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.synthetic", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="directory to write the .json.gz files to (not in the repo)")
+    parser.add_argument("--weeks", type=int, default=260)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--clouds", default="public,usgov,china")
+    parser.add_argument("--data", default=None, help="folder with public/ usgov/ china/ real files")
+    return _write(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""The benchmark script runs end to end on a tiny input and writes well-formed JSON (no timing asserted)."""
+from __future__ import annotations
+
+import json
+
+from benchmarks.runner import main
+
+FIGURE_KEYS = {"id", "title", "backend", "unit", "value", "target", "target_op", "status", "note"}
+
+
+def test_quick_run_writes_the_expected_json(tmp_path, servicetags_dir, capsys):
+    out = tmp_path / "results" / "quick.json"
+    code = main(["--quick", "--backends", "sqlite", "--files", "3", "--weeks", "6", "--repeat", "1",
+                 "--data", str(servicetags_dir), "--workdir", str(tmp_path), "--out", str(out)])
+    assert code == 0
+    document = json.loads(out.read_text())
+    assert set(document) == {"meta", "figures", "growth", "synthetic"}
+    assert document["meta"]["backends"] == ["sqlite"]
+    assert len(document["meta"]["public_files"]) == 3
+    figures = document["figures"]
+    assert all(FIGURE_KEYS <= set(f) for f in figures)
+    by_id = {(f["id"], f["backend"]): f for f in figures}
+    for fid in ("1", "2", "3", "4a", "4b", "4c", "4e", "6a", "6b", "6c", "7a", "8a", "8b"):
+        figure = by_id[(fid, "sqlite")]
+        assert figure["status"] in {"PASS", "FAIL", "INFO"}, figure
+        assert set(figure["value"]) == {"median", "min", "max", "n"}
+        assert figure["value"]["min"] <= figure["value"]["median"] <= figure["value"]["max"]
+    assert by_id[("5", "-")]["status"] == "PENDING" and by_id[("5", "-")]["note"] == "pending: tickets issue"
+    assert by_id[("7b", "-")]["note"] == "pending: daemon issue"
+    assert [row["date"] for row in document["growth"]["sqlite"]] == ["20250804", "20250811", "20250818"]
+    assert len(document["synthetic"]["sqlite"]["weeks"]) == 6
+    printed = capsys.readouterr().out
+    assert "pending: tickets issue" in printed
+    assert "PASS" in printed or "FAIL" in printed
+    assert not list(tmp_path.glob("*.db*")), "scratch databases are removed"
