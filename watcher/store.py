@@ -39,6 +39,7 @@ from .parse import ParsedFile, ServiceTag, content_hash, decode_document, file_c
 log = logging.getLogger(__name__)
 
 EMPTY_HASH = content_hash(())
+ANALYZE_AFTER_ROWS = 20_000
 NO_METADATA = ("", 0, "", "", "")
 
 
@@ -570,6 +571,10 @@ def _write_spans(conn, plan: _Plan, ids, d: int, next_day: int | None) -> None:
         ), plan.move_span_starts)
     if plan.new_spans:
         _bulk_insert_spans(conn, [(ids[name], prefix, d, next_day) for name, prefix in plan.new_spans])
+    if len(plan.new_spans) > ANALYZE_AFTER_ROWS:
+        # Fresh tables have no statistics; without them PostgreSQL plans the
+        # next imports' look-ups as if the tables were empty.
+        conn.execute(text("ANALYZE"))
 
 
 def _bulk_insert_spans(conn, rows: list[tuple[int, str, int, int | None]]) -> None:
@@ -748,18 +753,27 @@ def containing_networks(address: str) -> list[str]:
 
 
 def lookup(conn: Connection, cloud: str, address: str, publication: PublicationInfo) -> list[LookupHit]:
-    """Tags whose prefixes contain ``address`` in ``publication``, and since when (exact index look-ups)."""
+    """Tags whose prefixes contain ``address`` in ``publication``, and since when.
+
+    At most 33 (IPv4) or 129 (IPv6) exact look-ups in the prefix index; the
+    query deliberately starts from ``prefix_spans`` (joining ``tags`` first
+    would probe every tag of the cloud), and tag names are matched afterwards.
+    """
     candidates = containing_networks(address)
-    s = PrefixSpan.__table__
     day = publication.day
-    rows = conn.execute(
-        select(Tag.name, s.c.prefix, s.c.first_day)
-        .join(Tag.__table__, Tag.id == s.c.tag_id)
-        .where(s.c.prefix.in_(candidates), Tag.cloud == cloud, s.c.first_day <= day,
-               or_(s.c.until_day.is_(None), s.c.until_day > day))
+    spans = conn.execute(
+        text("SELECT tag_id, prefix, first_day FROM prefix_spans WHERE prefix IN :candidates "
+             "AND first_day <= :day AND (until_day IS NULL OR until_day > :day)")
+        .bindparams(bindparam("candidates", expanding=True)),
+        {"candidates": candidates, "day": day},
     ).all()
-    return sorted((LookupHit(name, prefix, day_from_key(first)) for name, prefix, first in rows),
-                  key=lambda h: (h.tag, h.prefix))
+    if not spans:
+        return []
+    names = dict(conn.execute(
+        select(Tag.id, Tag.name).where(Tag.cloud == cloud, Tag.id.in_(list({s[0] for s in spans})))
+    ).all())
+    hits = (LookupHit(names[tag], prefix, day_from_key(first)) for tag, prefix, first in spans if tag in names)
+    return sorted(hits, key=lambda h: (h.tag, h.prefix))
 
 
 def present_tag_names(conn: Connection, cloud: str, publication: PublicationInfo | None = None) -> list[str]:
