@@ -313,8 +313,9 @@ def create_tickets(
     old = store.publication_by_day(conn, new.cloud, day_from_key(result.previous_day))
     if old is None:
         raise StoreError(f"the publication before {new.file_date} vanished during the import")
-    # Resolve against both files, so that a watched tag withdrawn now still resolves.
-    names = sorted(set(store.present_tag_names(conn, new.cloud, old)) | set(store.present_tag_names(conn, new.cloud, new)))
+    # Resolve against every tag the cloud has had (one cheap query), so that a watched tag
+    # withdrawn by this file still resolves; tags absent from both files drop out of the diff.
+    names = sorted(store.tag_ids(conn, new.cloud))
     created = []
     for watch in resolve_watches(settings, {new.cloud: names}):
         if watch.cloud != new.cloud or not changed_names.intersection(watch.tag_names):
