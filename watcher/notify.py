@@ -150,8 +150,9 @@ def _utcnow() -> dt.datetime:
 
 def enqueue(conn: Connection, ticket_ids: Sequence[int], settings: Settings, now: dt.datetime | None = None) -> int:
     """Queue each ticket for each valid destination, in the caller's transaction; returns rows added."""
-    targets = [d for d in destinations(settings) if d.valid]
-    for invalid in (d for d in destinations(settings) if not d.valid):
+    configured = destinations(settings)
+    targets = [d for d in configured if d.valid]
+    for invalid in (d for d in configured if not d.valid):
         log.warning("notification destination %s is not a valid apprise URL; nothing is queued for it", invalid.label)
     if not targets or not ticket_ids:
         return 0
