@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 import click
 from sqlalchemy import Engine
 
-from . import __version__, db, pipeline, store
+from . import __version__, db, notify, pipeline, render, store, tickets
 from .diff import TagDiff, address_counts
 from .errors import WatcherError
 from .parse import FILE_NAME_RE, read_file_bytes
@@ -409,6 +409,168 @@ def _watch_json(w: ResolvedWatch) -> dict[str, Any]:
         "tags": [{"tag": t.tag, "role": t.role, "region": t.region, "endpoints": list(t.endpoints)} for t in w.tags],
         "warnings": list(w.warnings),
     }
+
+
+# ---------------------------------------------------------------- tickets
+
+
+@main.group("tickets")
+def tickets_group() -> None:
+    """Firewall change tickets: list, show, render and review them."""
+
+
+def _ticket_json(t: tickets.TicketInfo) -> dict[str, Any]:
+    return {
+        "id": t.id, "uid": t.uid, "state": t.state, "registry": t.watch, "cloud": t.cloud,
+        "date": t.file_date.isoformat(), "title": t.title, "held_for": list(t.context["hold"]["reasons"]),
+        "removals_allowed": t.removals_allowed, "created_at": t.created_at.isoformat(),
+        "updated_at": t.updated_at.isoformat(),
+    }
+
+
+@tickets_group.command("list")
+@click.option("--state", type=click.Choice(tickets.STATES), help="Only tickets in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def tickets_list(app: AppContext, state: str | None, as_json: bool) -> None:
+    """List tickets: id, state, registry, publication date, title."""
+    with app.engine.connect() as conn:
+        found = tickets.list_tickets(conn, state)
+    if as_json:
+        _emit_json([_ticket_json(t) for t in found])
+        return
+    if not found:
+        click.echo("no tickets" + (f" in state {state}" if state else ""))
+    for t in found:
+        click.echo(f"{t.id:>5}  {t.state:<8}  {t.watch:<20}  {t.cloud} {t.file_date}  {t.title}")
+
+
+@tickets_group.command("show")
+@click.argument("ticket_id", type=int, metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def tickets_show(app: AppContext, ticket_id: int, as_json: bool) -> None:
+    """A ticket's summary, review trail and deliveries."""
+    with app.engine.connect() as conn:
+        ticket = tickets.get_ticket(conn, ticket_id)
+        events = tickets.ticket_events(conn, ticket_id)
+    deliveries = notify.outbox_status(app.engine, app.settings, ticket_id)
+    if as_json:
+        data = _ticket_json(ticket)
+        data["events"] = [{"at": e.at.isoformat(), "by": e.actor, "action": e.action, "from": e.from_state,
+                           "to": e.to_state, "comment": e.comment} for e in events]
+        data["deliveries"] = [{"destination": d.destination, "state": d.state, "attempts": d.attempts,
+                               "error": d.last_error} for d in deliveries]
+        _emit_json(data)
+        return
+    click.echo(render.render(app.settings, "summary", tickets.view(ticket)).rstrip())
+    click.echo("\nReview trail:")
+    for e in events:
+        comment = f"  ({e.comment})" if e.comment else ""
+        click.echo(f"  {e.at:%Y-%m-%d %H:%M} {e.actor}: {e.action} {e.from_state or '-'} -> {e.to_state}{comment}")
+    if deliveries:
+        click.echo("Deliveries:")
+        for d in deliveries:
+            error = f"  ({d.last_error})" if d.last_error and d.state != "sent" else ""
+            click.echo(f"  {d.state:<8} after {d.attempts} attempt(s)  {d.destination}{error}")
+
+
+@tickets_group.command("render")
+@click.argument("ticket_id", type=int, metavar="ID")
+@click.option("--format", "fmt", type=click.Choice([*render.TICKET_FORMATS, *render.RULE_FORMATS]),
+              default="md", show_default=True, help="The ticket (md, html, txt) or a firewall's rule snippet.")
+@pass_app
+def tickets_render(app: AppContext, ticket_id: int, fmt: str) -> None:
+    """Print a ticket, or its rule snippet for one kind of firewall."""
+    with app.engine.connect() as conn:
+        ticket = tickets.get_ticket(conn, ticket_id)
+    click.echo(render.render(app.settings, fmt, tickets.view(ticket)), nl=False)
+
+
+def _review_command(action: str, help_text: str) -> None:
+    @tickets_group.command(action, help=help_text)
+    @click.argument("ticket_id", type=int, metavar="ID")
+    @click.option("--by", "actor", required=True, metavar="NAME", help="Who takes this step (recorded).")
+    @click.option("--comment", default="", metavar="TEXT", help="Why (recorded with the step).")
+    @pass_app
+    def command(app: AppContext, ticket_id: int, actor: str, comment: str) -> None:
+        ticket = tickets.transition(app.engine, ticket_id, action, actor, comment)
+        click.echo(f"ticket {ticket.id} is now {ticket.state}")
+
+
+_review_command("approve", "Approve an open ticket.")
+_review_command("reject", "Reject an open or held ticket.")
+_review_command("applied", "Record that an approved ticket's rules are in place.")
+_review_command("release", "Release a held ticket after review: it opens, and its snippets include removals.")
+
+
+@tickets_group.command("check-templates")
+@pass_app
+def tickets_check_templates(app: AppContext) -> None:
+    """Render every template (built-in or from [tickets] template_dir) against sample tickets."""
+    results = render.check_templates(app.settings)
+    for r in results:
+        click.echo(f"{'ok    ' if r.ok else 'BROKEN'}  {r.format:<10} {r.origin:<8} {r.template}"
+                   + ("" if r.ok else f": {r.error}"))
+    broken = [r for r in results if not r.ok]
+    if broken:
+        raise click.ClickException(f"{len(broken)} template(s) broken")
+
+
+# ---------------------------------------------------------------- notify
+
+
+@main.group("notify", invoke_without_command=True)
+@pass_app
+@click.pass_context
+def notify_group(ctx: click.Context, app: AppContext) -> None:
+    """Deliver the notifications that are due (status, test: see the subcommands)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    results = notify.deliver_due(app.engine, app.settings)
+    if not results:
+        click.echo("nothing due")
+    for r in results:
+        error = f": {r.error}" if r.error and r.state != "sent" else ""
+        click.echo(f"ticket {r.ticket_id} -> {r.destination}: {r.state} (attempt {r.attempts}){error}")
+
+
+@notify_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def notify_status(app: AppContext, as_json: bool) -> None:
+    """Queued, sent and failed notifications, per ticket and destination."""
+    entries = notify.outbox_status(app.engine, app.settings)
+    counts = notify.state_counts(entries)
+    if as_json:
+        _emit_json({"counts": counts, "messages": [
+            {"id": e.id, "ticket": e.ticket_id, "ticket_uid": e.ticket_uid, "destination": e.destination,
+             "configured": e.configured, "state": e.state, "attempts": e.attempts,
+             "next_attempt_at": e.next_attempt_at.isoformat(),
+             "sent_at": e.sent_at.isoformat() if e.sent_at else None, "error": e.last_error}
+            for e in entries]})
+        return
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+    for e in entries:
+        if e.state == "sent":
+            continue
+        where = "" if e.configured else "  [destination no longer configured]"
+        when = f" next {e.next_attempt_at:%Y-%m-%d %H:%M}" if e.state == "pending" else ""
+        error = f"  ({e.last_error})" if e.last_error else ""
+        click.echo(f"  ticket {e.ticket_id} -> {e.destination}: {e.state}, {e.attempts} attempt(s){when}{where}{error}")
+
+
+@notify_group.command("test")
+@pass_app
+def notify_test(app: AppContext) -> None:
+    """Send a test message to each configured destination and print each result."""
+    results = notify.send_test(app.settings)
+    if not results:
+        raise click.ClickException("no notification destinations configured ([notify] urls or WATCHER_NOTIFY_URLS)")
+    for r in results:
+        click.echo(f"{'ok    ' if r.ok else 'FAILED'}  {r.destination}" + ("" if r.ok else f": {r.error}"))
+    if not all(r.ok for r in results):
+        raise click.ClickException(f"{sum(not r.ok for r in results)} destination(s) failed")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ thing to catch and one message to show.
     ├── StoreError           the database
     │   ├── ConflictError          a different file for a publication already stored
     │   └── NotFoundError          an unknown tag, publication or ticket
+    ├── TransitionError      a ticket review step its state does not allow
     ├── RenderError          a ticket template
     ├── NotifyError          delivering a notification
     └── LeadershipError      another daemon holds the lock
@@ -53,6 +54,10 @@ class ConflictError(StoreError):
 
 class NotFoundError(StoreError):
     """An unknown tag, publication or ticket was asked for."""
+
+
+class TransitionError(WatcherError):
+    """A ticket cannot take the review step asked for in its current state."""
 
 
 class RenderError(WatcherError):

@@ -18,6 +18,18 @@ History is kept as change, not as weeks:
   for address look-ups ("which tags contain this IP, since when").
 
 Days are stored as ``YYYYMMDD`` integers: compact, sortable and readable.
+
+Review and delivery (revision 0002):
+
+* ``tickets`` — one firewall change ticket per watch (registry) per
+  publication that changed its tags; ``context`` holds the full render context
+  as JSON, so a ticket renders the same way whenever it is rendered.
+* ``ticket_events`` — the review trail: who moved a ticket from which state to
+  which, when, and why.
+* ``outbox`` — one row per ticket and notification destination, claimed,
+  sent and recorded one at a time. A destination is known by a hash of its
+  URL (``destination``) and its masked form (``destination_label``); the URL
+  itself, which may carry a token, stays in the settings.
 """
 from __future__ import annotations
 
@@ -33,6 +45,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -130,3 +143,63 @@ class PrefixSpan(Base):
     prefix: Mapped[str] = mapped_column(String(43), primary_key=True)
     first_day: Mapped[int] = mapped_column(Integer, primary_key=True)
     until_day: Mapped[int | None] = mapped_column(Integer)
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    __table_args__ = (
+        UniqueConstraint("publication_id", "watch"),
+        Index("ix_tickets_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: stable identity carried by every message about the ticket
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"))
+    previous_publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"), index=True)
+    cloud: Mapped[str] = mapped_column(String(16))
+    #: the registry name, or watches.EXTRA_WATCH
+    watch: Mapped[str] = mapped_column(String(100))
+    file_date: Mapped[dt.date] = mapped_column(Date)
+    state: Mapped[str] = mapped_column(String(16))
+    #: False while a held ticket's removals await a reviewer's release
+    removals_allowed: Mapped[bool] = mapped_column(Boolean)
+    context: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TicketEvent(Base):
+    __tablename__ = "ticket_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(16))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str] = mapped_column(Text, default="")
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("ticket_id", "destination"),
+        Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    #: hash of the destination URL: stable, and no secret in the database
+    destination: Mapped[str] = mapped_column(String(64))
+    #: the URL in apprise's privacy form, for status output
+    destination_label: Mapped[str] = mapped_column(String(1024))
+    state: Mapped[str] = mapped_column(String(16))          # pending, sending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

@@ -9,20 +9,24 @@ the publication or not at all.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable
+from typing import Callable, Sequence
 
 from sqlalchemy import Connection, Engine
 
-from . import store
+from . import notify, store, tickets
 from .settings import Settings
 
 #: Stages that add work to an import's transaction (tickets register here).
 DerivedWork = Callable[[Connection, store.ImportResult, Settings], None]
 
 
-def derived_work() -> list[DerivedWork]:
-    """What runs inside every import's transaction."""
-    return []
+def derived_work(*, implausible: Sequence[str] = ()) -> list[DerivedWork]:
+    """What runs inside every import's transaction, in order: tickets, then their outbox rows.
+
+    ``implausible`` names the plausibility checks the file failed (the fetch
+    stage knows); tickets of such a publication are held for review.
+    """
+    return [tickets.ticket_hook(implausible), notify.enqueue_for_import]
 
 
 def import_publication(
@@ -33,9 +37,10 @@ def import_publication(
     *,
     file_date: dt.date | None = None,
     expected_cloud: str | None = None,
+    implausible: Sequence[str] = (),
 ) -> store.ImportResult:
     """Store one file's bytes and everything derived from them, atomically."""
-    hooks = derived_work()
+    hooks = derived_work(implausible=implausible)
 
     def on_imported(conn: Connection, result: store.ImportResult) -> None:
         for hook in hooks:

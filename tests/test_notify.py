@@ -1,0 +1,270 @@
+"""Notifications through the outbox, against real receivers on localhost: an SMTP server (aiosmtpd) for
+mailto://, an HTTP server for json://, and the Mosquitto broker for mqtt://. Delivered once, retried with
+backoff when a receiver is down, never lost across a crash, and no secret from a URL shows anywhere."""
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import paho.mqtt.client as mqtt
+import pytest
+import sqlalchemy as sa
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from click.testing import CliRunner
+
+from tests.ticket_helpers import import_made, import_real_pair, make_settings, week
+from watcher import db, notify, render, tickets
+from watcher.cli import main
+
+JSON_SECRET = "s3cr3tT0kenXq"
+MAIL_SECRET = "pAssw0rdZk9"
+
+
+def soon() -> dt.datetime:
+    """A moment just after now: the outbox rows are queued at the real time of the import."""
+    return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class JsonReceiver:
+    """A tiny HTTP server that records each JSON body posted to it."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.bodies: list[dict] = []
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                bodies.append({"auth": self.headers.get("Authorization"), **json.loads(data)})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+@pytest.fixture
+def json_receiver():
+    receiver = JsonReceiver(free_port())
+    yield receiver
+    receiver.stop()
+
+
+class MailSink:
+    def __init__(self):
+        self.messages: list[email.message.EmailMessage] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server():
+    sink = MailSink()
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and auth_data.password == MAIL_SECRET.encode()
+        return AuthResult(success=ok)
+
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), authenticator=authenticate,
+                            auth_require_tls=False, auth_required=True)
+    controller.start()
+    yield controller.port, sink
+    controller.stop()
+
+
+@pytest.fixture
+def mqtt_topic():
+    topic = f"watcher-test/{uuid.uuid4().hex}"
+    received: list[bytes] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, msg: received.append(msg.payload)
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect("127.0.0.1", 1883)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    assert subscribed.wait(5), "the local Mosquitto broker at 127.0.0.1:1883 did not answer"
+    yield topic, received
+    client.loop_stop()
+    client.disconnect()
+
+
+def wait_for(predicate, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def held_ticket_week(engine, settings) -> None:
+    import_made(engine, settings, "20250101", week())
+    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24",
+                                                                   "10.1.3.0/24", "10.1.4.0/24")), 2)
+
+
+def outbox_rows(engine) -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.text("SELECT * FROM outbox ORDER BY id"))]
+
+
+def test_delivered_once_to_mail_json_and_mqtt_without_leaking_secrets(engine, db_url, tmp_path, smtp_server,
+                                                                     json_receiver, mqtt_topic, caplog):
+    caplog.set_level(logging.DEBUG)
+    smtp_port, mailbox = smtp_server
+    topic, mqtt_messages = mqtt_topic
+    json_receiver.start()
+    urls = (
+        f"json://user:{JSON_SECRET}@127.0.0.1:{json_receiver.port}/hook",
+        f"mailto://bob:{MAIL_SECRET}@127.0.0.1:{smtp_port}?from=watcher@example.com&to=secops@example.com",
+        f"mqtt://127.0.0.1:1883/{topic}",
+    )
+    settings = make_settings(urls=urls)
+    import_real_pair(engine, settings)
+    with engine.connect() as conn:
+        (ticket,) = tickets.list_tickets(conn)
+    assert len(outbox_rows(engine)) == 3  # queued with the ticket, one row per destination
+
+    results = notify.deliver_due(engine, settings)
+    assert sorted(r.state for r in results) == ["sent", "sent", "sent"], results
+    wait_for(lambda: mqtt_messages)
+    assert notify.deliver_due(engine, settings, now=soon() + dt.timedelta(days=3650)) == []  # never again, whatever the time
+
+    (posted,) = json_receiver.bodies
+    assert posted["title"].startswith("[watcher ticket 1] [HOLD] myreg.azurecr.io")
+    assert ticket.uid in posted["message"] and "ON HOLD" in posted["message"]
+    assert posted["attachments"][0]["filename"] == "watcher-ticket-1.md"
+    (mail,) = mailbox.messages
+    assert "[watcher ticket 1]" in mail["Subject"]
+    html = mail.get_body(("html",)).get_content()
+    assert "2603:1030:40f:8000::/49" in html and "<h1>" in html
+    assert [part.get_filename() for part in mail.iter_attachments()] == ["watcher-ticket-1.md"]
+    wait_for(lambda: len(mqtt_messages) > 1, 0.5)
+    assert len(mqtt_messages) == 1 and b"[watcher ticket 1]" in mqtt_messages[0]
+
+    # Nothing anywhere shows the secrets: logs, the database, CLI output, renders, errors.
+    runner = CliRunner()
+    env = {"WATCHER_NOTIFY_URLS": " ".join(urls)}
+    outputs = [runner.invoke(main, ["--db", db_url, *args], env=env).output
+               for args in (["notify", "status"], ["notify", "status", "--json"], ["tickets", "show", "1"],
+                            ["tickets", "show", "1", "--json"], ["notify", "test"], ["notify"])]
+    assert "json://user:****@127.0.0.1" in outputs[0] or "sent" in outputs[0]
+    assert outputs[4].count("ok ") == 3, outputs[4]
+    renders = [render.render(settings, fmt, tickets.view(ticket)) for fmt in render.FORMATS]
+    with engine.connect() as conn:
+        dump = [str(tuple(r)) for table in ("tickets", "ticket_events", "outbox")
+                for r in conn.execute(sa.text(f"SELECT * FROM {table}"))]
+    haystack = "\n".join([caplog.text, *outputs, *renders, *dump, repr(notify.destinations(settings))])
+    assert "apprise output for json://user:****@" in caplog.text  # apprise's log was captured, masked
+    for secret in (JSON_SECRET, MAIL_SECRET):
+        assert secret not in haystack
+
+
+def test_down_destination_gets_the_ticket_once_it_is_back(engine, json_receiver, caplog):
+    caplog.set_level(logging.DEBUG)
+    url = f"json://user:{JSON_SECRET}@127.0.0.1:{json_receiver.port}/"
+    settings = make_settings(urls=(url,), backoff_seconds=60)
+    held_ticket_week(engine, settings)
+    start = soon()
+
+    (first,) = notify.deliver_due(engine, settings, now=start)  # nothing listens yet
+    assert first.state == "pending" and first.attempts == 1 and "Connection error" in first.error
+    (row,) = outbox_rows(engine)
+    assert row["state"] == "pending" and row["last_error"]
+    assert notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=59)) == []  # backing off
+    (second,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=60))
+    assert second.state == "pending" and second.attempts == 2
+    assert notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=60 + 119)) == []  # 120 s now
+
+    json_receiver.start()
+    (third,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=180))
+    assert third.state == "sent" and third.attempts == 3
+    assert notify.deliver_due(engine, settings, now=start + dt.timedelta(days=30)) == []
+    assert len(json_receiver.bodies) == 1 and "[watcher ticket 1]" in json_receiver.bodies[0]["title"]
+    assert JSON_SECRET not in caplog.text and JSON_SECRET not in first.error
+
+
+def test_gives_up_after_max_attempts_and_says_so(engine, db_url):
+    url = f"json://user:{JSON_SECRET}@127.0.0.1:{free_port()}/"
+    settings = make_settings(urls=(url,), max_attempts=2, backoff_seconds=1)
+    held_ticket_week(engine, settings)
+    now = soon()
+    assert notify.deliver_due(engine, settings, now=now)[0].state == "pending"
+    assert notify.deliver_due(engine, settings, now=now + dt.timedelta(seconds=1))[0].state == "failed"
+    assert notify.deliver_due(engine, settings, now=now + dt.timedelta(days=1)) == []
+    result = CliRunner().invoke(main, ["--db", db_url, "notify", "status", "--json"], env={"WATCHER_NOTIFY_URLS": url})
+    status = json.loads(result.output)
+    assert status["counts"]["failed"] == 1
+    (message,) = status["messages"]
+    assert message["state"] == "failed" and message["attempts"] == 2 and message["configured"]
+    assert message["destination"].startswith("json://user:****@") and JSON_SECRET not in result.output
+
+
+def test_nothing_is_lost_across_a_crash(engine, db_url, json_receiver):
+    json_receiver.start()
+    settings = make_settings(urls=(f"json://127.0.0.1:{json_receiver.port}/",))
+    held_ticket_week(engine, settings)
+    engine.dispose()  # the importing process ends before sending anything
+
+    second = db.open_database(db_url)
+    try:
+        now = soon()
+        # A second process claims the row and dies while sending: the row stays claimed...
+        claim = notify._claim(second, [notify.destination_key(settings.notify.urls[0])], now,
+                              notify.DEFAULT_LEASE, [])
+        assert claim is not None and outbox_rows(second)[0]["state"] == "sending"
+        assert notify.deliver_due(second, settings, now=now + dt.timedelta(minutes=1)) == []
+        # ...until its lease runs out; then a fresh process delivers it, once.
+        third = db.open_database(db_url)
+        (done,) = notify.deliver_due(third, settings, now=now + notify.DEFAULT_LEASE)
+        third.dispose()
+        assert done.state == "sent"
+        assert notify.deliver_due(second, settings, now=now + dt.timedelta(days=1)) == []
+        assert len(json_receiver.bodies) == 1
+    finally:
+        second.dispose()
+
+
+def test_a_row_is_claimed_by_one_process_only(engine):
+    settings = make_settings(urls=("json://127.0.0.1:9/",))
+    held_ticket_week(engine, settings)
+    key = [notify.destination_key(settings.notify.urls[0])]
+    now = soon()
+    assert notify._claim(engine, key, now, notify.DEFAULT_LEASE, []) is not None
+    assert notify._claim(engine, key, now, notify.DEFAULT_LEASE, []) is None
+
+
+def test_invalid_url_is_reported_masked(engine):
+    settings = make_settings(urls=("bogus://user:hunter2secret@host/path",))
+    (destination,) = notify.destinations(settings)
+    assert not destination.valid and "hunter2secret" not in destination.label
+    (result,) = notify.send_test(settings)
+    assert not result.ok and "hunter2secret" not in result.error

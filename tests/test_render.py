@@ -1,0 +1,248 @@
+"""Rendering: the real Storage.EastUS2 change as tickets and as rule snippets whose syntax is checked
+(nftables with `nft -c`), autoescaping, and the sandbox around user templates."""
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import re
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from tests.ticket_helpers import import_made, import_real_pair, make_settings, week
+from watcher import render, tickets
+from watcher.cli import main
+from watcher.errors import RenderError
+from watcher.settings import Settings, TicketSettings
+
+CIDR = r"[0-9a-f.:]+/\d{1,3}"
+
+
+def _cidr(text: str) -> str:
+    return str(ipaddress.ip_network(text))  # raises on anything that is not a canonical network
+
+
+def check_nftables(text: str, tmp_path) -> None:
+    path = tmp_path / "rules.nft"
+    path.write_text(text)
+    done = subprocess.run(["nft", "-c", "-f", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def check_iptables(text: str) -> None:
+    commands = [l for l in text.splitlines() if l.strip() and not l.startswith("#")]
+    assert commands[0] == "set -eu"
+    for line in commands[1:]:
+        m = re.fullmatch(r"ipset (create \S+ hash:net family inet6? -exist|flush \S+|add \S+ (\S+) -exist|"
+                         r"swap \S+ \S+|destroy \S+)", line)
+        assert m, line
+        if m.group(2):
+            _cidr(m.group(2))
+        assert all(len(word) <= 31 for word in line.split()[1:3] if word.startswith("wt_")), line
+
+
+def check_azure_nsg(text: str) -> list[str]:
+    rules = [l for l in text.splitlines() if l.startswith("az ")]
+    prefixes = []
+    for line in rules:
+        m = re.fullmatch(r"az network nsg rule create --resource-group \"\$RESOURCE_GROUP\" --nsg-name \"\$NSG_NAME\" "
+                         r"--name [a-z0-9-]+ --priority \$\(\(PRIORITY_BASE \+ \d+\)\) --direction Outbound --access Allow "
+                         r"--protocol Tcp --source-address-prefixes VirtualNetwork --source-port-ranges '\*' "
+                         r"--destination-port-ranges 443 --description \"[^\"]+\" --destination-address-prefixes "
+                         r"((?:\S+ ?)+)", line)
+        assert m, line
+        found = [_cidr(p) for p in m.group(1).split()]
+        assert len({ipaddress.ip_network(p).version for p in found}) == 1  # one family per NSG rule
+        prefixes += found
+    return prefixes
+
+
+def check_paloalto(text: str) -> list[str]:
+    lines = [l for l in text.splitlines() if l.strip() and not l.startswith("#")]
+    for line in lines:
+        assert re.fullmatch(
+            r"set address wt-\S+ ip-netmask " + CIDR + r"|set address wt-\S+ description \"[^\"]+\"|"
+            r"set address-group wt_\w+ static \[ (wt-\S+ )+\]|delete address-group wt_\w+ static wt-\S+|"
+            r"delete address wt-\S+", line), line
+        for name in re.findall(r"wt-\S+", line):
+            assert re.fullmatch(r"[\w.-]{1,63}", name), name
+    return lines
+
+
+def check_cisco_asa(text: str) -> list[str]:
+    lines = [l for l in text.splitlines() if l.strip() and not l.startswith("!")]
+    depth = 0
+    for line in lines:
+        if line.startswith("object-group network "):
+            assert depth == 0 and re.fullmatch(r"object-group network wt_\w{1,61}", line)
+            depth = 1
+        elif line == "exit":
+            assert depth == 1
+            depth = 0
+        else:
+            assert depth == 1, line
+            m = re.fullmatch(r" (?:no )?network-object (?:(\d+\.\d+\.\d+\.\d+) (\d+\.\d+\.\d+\.\d+)|(" + CIDR + r"))|"
+                             r" description .+", line)
+            assert m, line
+            if m.group(1):
+                ipaddress.ip_network(f"{m.group(1)}/{m.group(2)}")
+            elif m.group(3):
+                _cidr(m.group(3))
+    assert depth == 0
+    return lines
+
+
+def check_fortigate(text: str) -> None:
+    stack: list[str] = []
+    for line in (l.strip() for l in text.splitlines()):
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("config firewall "):
+            assert not stack and re.fullmatch(r"config firewall (address6?|addrgrp6?)", line), line
+            stack.append("config")
+        elif line.startswith("edit "):
+            assert stack == ["config"] and re.fullmatch(r'edit "[\w.:-]+"', line), line
+            stack.append("edit")
+        elif line == "next":
+            assert stack.pop() == "edit"
+        elif line == "end":
+            assert stack.pop() == "config"
+        elif line.startswith("delete "):
+            assert stack == ["config"] and re.fullmatch(r'delete "wt-[\w.-]+"', line), line
+        else:
+            assert stack == ["config", "edit"], line
+            m = re.fullmatch(r'set subnet (\S+) (\S+)|set ip6 (\S+)|set comment "[^"]*"|'
+                             r'(?:append|unselect) member "wt-[\w.-]+"', line)
+            assert m, line
+            if m.group(1):
+                ipaddress.IPv4Network(f"{m.group(1)}/{m.group(2)}")
+            if m.group(3):
+                _cidr(m.group(3))
+    assert not stack
+
+
+def parse_csv(text: str) -> list[dict[str, str]]:
+    rows = list(csv.DictReader(io.StringIO(text)))
+    for row in rows:
+        _cidr(row["cidr"])
+        assert row["action"] in ("allow", "remove") and row["port"] == "443" and row["protocol"] == "TCP"
+    return rows
+
+
+def test_real_ticket_renders_every_format(engine, tmp_path):
+    settings = make_settings()
+    import_real_pair(engine, settings)
+    with engine.connect() as conn:
+        (held,) = tickets.list_tickets(conn)
+    views = {"hold": tickets.view(held)}
+    released = tickets.transition(engine, held.id, "release", "alice")
+    views["open"] = tickets.view(released)
+
+    for state, view in views.items():
+        out = {fmt: render.render(settings, fmt, view) for fmt in render.FORMATS}
+        for fmt in ("md", "html", "txt"):
+            text = out[fmt]
+            for needle in ("Storage.EastUS2", "2025-10-28", "2025-10-13", held.context["source"]["sha256"], "373",
+                           "375", "myreg.azurecr.io", "myreg.eastus2.data.azurecr.io", "TCP 443", "2025-11-04",
+                           "135.130.158.0/23", "2603:1030:40f::/49", "2603:1030:40f::/48",
+                           "2603:1030:40f:8000::/49", "[watcher ticket 1]", held.uid, "Rollback", "verify"):
+                assert needle.lower() in text.lower(), (state, fmt, needle)
+            top = text[text.index("<body>"):] if fmt == "html" else text
+            assert ("ON HOLD" in top[:300]) == (state == "hold"), (state, fmt)  # the warning comes first
+        check_nftables(out["nftables"], tmp_path)
+        check_iptables(out["iptables"])
+        nsg = check_azure_nsg(out["azure-nsg"])
+        check_paloalto(out["paloalto"])
+        check_cisco_asa(out["cisco-asa"])
+        check_fortigate(out["fortigate"])
+        rows = parse_csv(out["csv"])
+        actions = {(r["action"], r["cidr"], r["tag"]) for r in rows}
+        assert ("allow", "135.130.158.0/23", "Storage.EastUS2") in actions
+        assert ("allow", "2603:1030:40f::/49", "Storage.EastUS2") in actions
+        removal = ("remove", "2603:1030:40f::/48", "Storage.EastUS2")
+        nft_v6 = re.search(r"add element inet watcher wt_st_eastus2_v6 \{ ([^}]*) \}", out["nftables"]).group(1)
+        if state == "hold":
+            assert removal not in actions
+            assert "2603:1030:40f::/48" in nft_v6 and "2603:1030:40f::/48" in nsg
+            assert "delete address" not in out["paloalto"] and "no network-object" not in out["cisco-asa"]
+            assert "unselect member" not in out["fortigate"]
+        else:
+            assert removal in actions and rows[-1]["date"] == "2025-11-04"
+            assert "2603:1030:40f::/48" not in nft_v6 and "2603:1030:40f::/49" in nft_v6
+            assert "delete address wt-2603_1030_40f__-48" in out["paloalto"]
+            assert " no network-object 2603:1030:40f::/48" in out["cisco-asa"]
+            assert 'unselect member "wt-2603_1030_40f__-48"' in out["fortigate"]
+        assert len(out["summary"].splitlines()) < 10
+
+
+def test_nft_check_rejects_a_broken_set(tmp_path):
+    # The syntax check is a real one: nft refuses an impossible prefix.
+    with pytest.raises(AssertionError):
+        check_nftables("table inet watcher {\n set s {\n type ipv4_addr\n flags interval\n"
+                       " elements = { 10.0.0.0/33 }\n }\n}\n", tmp_path)
+
+
+def test_html_is_escaped_and_text_is_not(engine):
+    settings = make_settings()
+    source = "https://mirror.example/a=1&b=<i>x</i>/ServiceTags_Public_20250108.json"
+    import_made(engine, settings, "20250101", week())
+    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24",
+                                                                   "10.1.3.0/24", "10.1.4.0/24")), 2, source=source)
+    with engine.connect() as conn:
+        (ticket,) = tickets.list_tickets(conn)
+    html = render.render(settings, "html", tickets.view(ticket))
+    assert "a=1&amp;b=&lt;i&gt;x&lt;/i&gt;" in html and "<i>x</i>" not in html
+    for fmt in ("txt", "md"):
+        text = render.render(settings, fmt, tickets.view(ticket))
+        assert source in text and "&amp;" not in text and "&lt;" not in text
+
+
+def user_settings(tmp_path, files: dict[str, str], cap: int = 2 * 1024 * 1024) -> Settings:
+    folder = tmp_path / "templates"
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return Settings(tickets=TicketSettings(template_dir=str(folder), output_cap_bytes=cap))
+
+
+ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("ticket.md.j2", ESCAPE, "sandbox"),
+    ("rules/csv.j2", "{{ tags.append(1) }}", "sandbox"),
+    ("ticket.txt.j2", "{{ no_such_variable }}", "no_such_variable"),
+    ("ticket.html.j2", "{% for x in tags %}", "syntax error"),
+    ("summary.txt.j2", "{% for i in range(100000) %}0123456789{% endfor %}", "exceeds the cap"),
+])
+def test_broken_user_templates_are_reported_at_check_time(tmp_path, name, text, message):
+    settings = user_settings(tmp_path, {name: text}, cap=50_000)
+    results = {r.template: r for r in render.check_templates(settings)}
+    broken = results[name]
+    assert not broken.ok and broken.origin == "user"
+    assert isinstance(broken.error, RenderError) and message in str(broken.error)
+    assert all(r.ok for n, r in results.items() if n != name)  # the built-ins still serve the other formats
+    view = render.sample_views()[0]
+    with pytest.raises(RenderError, match=message):
+        render.render(settings, next(f for f, n in render.FORMATS.items() if n == name), view)
+
+
+def test_user_template_overrides_and_check_templates_cli(tmp_path):
+    folder = tmp_path / "templates"
+    user_settings(tmp_path, {"ticket.md.j2": "custom {{ ticket.ref }} {{ tags | length }}\n"})
+    good = render.render(Settings(tickets=TicketSettings(template_dir=str(folder))), "md", render.sample_views()[0])
+    assert good == "custom [watcher ticket 1] 2\n"
+    config = tmp_path / "watcher.toml"
+    config.write_text(f'[tickets]\ntemplate_dir = "{folder}"\n')
+    runner = CliRunner()
+    ok = runner.invoke(main, ["--db", f"sqlite:///{tmp_path}/w.db", "--config", str(config), "tickets", "check-templates"])
+    assert ok.exit_code == 0, ok.output
+    assert re.search(r"ok +md +user +ticket\.md\.j2", ok.output)
+    (folder / "rules").mkdir()
+    (folder / "rules" / "nftables.j2").write_text(ESCAPE)
+    bad = runner.invoke(main, ["--db", f"sqlite:///{tmp_path}/w.db", "--config", str(config), "tickets", "check-templates"])
+    assert bad.exit_code == 1
+    assert re.search(r"BROKEN +nftables +user +rules/nftables\.j2: .*sandbox", bad.output)
+    assert "1 template(s) broken" in bad.output

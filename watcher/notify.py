@@ -1,0 +1,417 @@
+"""Notify stage: deliver each ticket to every configured apprise destination, once, through an outbox.
+
+A ticket is queued per destination in the ``outbox`` table in the same
+transaction that creates it, so a ticket without its messages cannot exist.
+``deliver_due`` then works one row at a time:
+
+1. claim the row in a short transaction (``FOR UPDATE SKIP LOCKED`` on
+   PostgreSQL; a conditional UPDATE under SQLite's write lock), marking it
+   ``sending`` with a claim token;
+2. send it with apprise, outside any transaction, capturing apprise's log;
+3. record the result at once: ``sent``, or ``pending`` again with exponential
+   backoff, or ``failed`` after ``max_attempts``.
+
+A row recorded as sent is never sent again. Only a crash between 2 and 3
+leaves a row ``sending``; after ``lease`` it is claimed again and the message
+may arrive twice. Every message carries the ticket's id and uid, so a
+receiver can tell a repeat.
+
+Destination URLs carry secrets (passwords, tokens). The database knows a
+destination by a hash of its URL and by apprise's privacy form; the URL itself
+comes from the settings at send time. Apprise's own log output is kept from
+propagating during a send, captured, and re-logged with every secret part of
+the URL masked.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import quote, unquote, urlsplit
+
+import apprise
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import store, tickets
+from .errors import NotifyError, RenderError, StoreError
+from .models import OutboxMessage, Ticket
+from .render import Renderer
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMAIL_SCHEMES = ("mailto", "mailtos")
+OUTBOX_STATES = ("pending", "sending", "sent", "failed")
+DEFAULT_LEASE = dt.timedelta(minutes=15)
+MAX_BACKOFF = dt.timedelta(days=1)
+MASK = "****"
+
+
+# ---------------------------------------------------------------- destinations
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One apprise URL from the settings; ``url`` is secret and never shown (repr included)."""
+
+    key: str
+    label: str
+    url: str = field(repr=False)
+    secrets: tuple[str, ...] = field(repr=False, default=())
+    valid: bool = True
+
+    @property
+    def scheme(self) -> str:
+        return self.url.partition("://")[0].lower()
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+
+def destination_key(url: str) -> str:
+    """A stable identity for a destination that does not reveal its URL."""
+    return hashlib.sha256(url.strip().encode("utf-8")).hexdigest()
+
+
+def _secret_parts(url: str, privacy_url: str | None) -> tuple[str, ...]:
+    """The pieces of ``url`` that apprise's privacy form hides: passwords, tokens, keys.
+
+    The URL is cut at its delimiters; every piece the privacy form does not
+    show is treated as secret. The password is always secret.
+    """
+    shown = set(re.split(r"[/:@?&=#,;+\s]+", unquote(privacy_url or "")))
+    secrets = {p for p in re.split(r"[/:@?&=#,;+\s]+", unquote(url)) if len(p) >= 3 and p not in shown}
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        secrets.add(unquote(password))
+    # The URL-quoted forms may appear in logs too.
+    secrets |= {quote(s, safe="") for s in list(secrets)}
+    return tuple(sorted(secrets, key=len, reverse=True))
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
+
+
+@contextlib.contextmanager
+def _apprise_log_captured() -> Iterator[Any]:
+    """Capture apprise's log (DEBUG and up) and keep it from reaching other handlers meanwhile.
+
+    Apprise logs through the ``apprise`` logger, and some of its messages
+    quote URLs; they are re-logged by the caller after redaction. Sends are
+    made one at a time, so borrowing the logger's propagation is safe here.
+    """
+    logger = logging.getLogger("apprise")
+    propagate = logger.propagate
+    logger.propagate = False
+    try:
+        with apprise.LogCapture(level=logging.DEBUG) as captured:
+            yield captured
+    finally:
+        logger.propagate = propagate
+
+
+def destinations(settings: Settings) -> list[Destination]:
+    """The configured destinations, with privacy labels; invalid URLs are kept, marked invalid."""
+    found: list[Destination] = []
+    for index, url in enumerate(dict.fromkeys(u.strip() for u in settings.notify.urls if u.strip()), 1):
+        with _apprise_log_captured():
+            plugin = apprise.Apprise.instantiate(url)
+        if plugin is None:
+            scheme = url.partition("://")[0] if "://" in url else "?"
+            label = f"<invalid apprise URL #{index} ({scheme[:20]}://...)>"
+            found.append(Destination(destination_key(url), label, url, _secret_parts(url, None), valid=False))
+            continue
+        privacy = plugin.url(privacy=True)
+        found.append(Destination(destination_key(url), privacy, url, _secret_parts(url, privacy)))
+    return found
+
+
+# ---------------------------------------------------------------- queueing
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def enqueue(conn: Connection, ticket_ids: Sequence[int], settings: Settings, now: dt.datetime | None = None) -> int:
+    """Queue each ticket for each valid destination, in the caller's transaction; returns rows added."""
+    configured = destinations(settings)
+    targets = [d for d in configured if d.valid]
+    for invalid in (d for d in configured if not d.valid):
+        log.warning("notification destination %s is not a valid apprise URL; nothing is queued for it", invalid.label)
+    if not targets or not ticket_ids:
+        return 0
+    at = now or _utcnow()
+    rows = [
+        {"ticket_id": t, "destination": d.key, "destination_label": d.label[:1024], "state": "pending",
+         "attempts": 0, "next_attempt_at": at, "last_error": "", "created_at": at}
+        for t in ticket_ids for d in targets
+    ]
+    conn.execute(insert(OutboxMessage.__table__), rows)
+    return len(rows)
+
+
+def enqueue_for_import(conn: Connection, result: store.ImportResult, settings: Settings) -> None:
+    """Pipeline hook: queue the tickets the import just created (runs after ``tickets.create_tickets``)."""
+    if result.outcome != "imported":
+        return
+    enqueue(conn, tickets.tickets_of_publication(conn, result.publication.id), settings)
+
+
+# ---------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Message:
+    title: str
+    body: str
+    html: str
+    attachment_name: str
+    attachment: str
+
+
+def build_message(renderer: Renderer, ticket: tickets.TicketInfo) -> Message:
+    data = tickets.view(ticket)
+    prefix = "[HOLD] " if ticket.held else ""
+    return Message(
+        title=f"{ticket.ref} {prefix}{ticket.title}",
+        body=renderer.render("summary", data),
+        html=renderer.render("html", data),
+        attachment_name=f"watcher-ticket-{ticket.id}.md",
+        attachment=renderer.render("md", data),
+    )
+
+
+@dataclass(frozen=True)
+class SendResult:
+    ok: bool
+    error: str
+    log: str
+
+
+def send(destination: Destination, message: Message) -> SendResult:
+    """Send one message to one destination with its own Apprise object; check its result."""
+    if not destination.valid:
+        return SendResult(False, "not a valid apprise URL", "")
+    error = ""
+    ok = False
+    with tempfile.TemporaryDirectory(prefix="watcher-notify-") as folder, _apprise_log_captured() as captured:
+        try:
+            plugin = apprise.Apprise.instantiate(destination.url)
+            if plugin is None:
+                raise NotifyError("not a valid apprise URL")
+            sender = apprise.Apprise()
+            sender.add(plugin)
+            attach = None
+            if getattr(plugin, "attachment_support", False):
+                path = Path(folder) / message.attachment_name
+                path.write_text(message.attachment, encoding="utf-8")
+                attach = apprise.AppriseAttachment(str(path))
+            if destination.scheme in EMAIL_SCHEMES:
+                outcome = sender.notify(title=message.title, body=message.html,
+                                        body_format=apprise.NotifyFormat.HTML, attach=attach)
+            else:
+                outcome = sender.notify(title=message.title, body=message.body,
+                                        body_format=apprise.NotifyFormat.TEXT, attach=attach)
+            ok = bool(outcome)
+        except Exception as exc:  # apprise plugins raise what their libraries raise
+            error = f"{type(exc).__name__}: {exc}"
+        output = captured.getvalue()
+    output = destination.redact(output)
+    if output.strip():
+        log.debug("apprise output for %s:\n%s", destination.label, output.rstrip())
+    if not ok and not error:
+        problems = [line for line in output.splitlines() if " - WARNING - " in line or " - ERROR - " in line]
+        error = (problems[-1].split(" - ", 2)[-1] if problems else "apprise reported a failure")
+    return SendResult(ok, destination.redact(error)[:2000], output)
+
+
+# ---------------------------------------------------------------- delivery
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    outbox_id: int
+    ticket_id: int
+    destination: str
+    state: str
+    attempts: int
+    error: str
+
+
+@dataclass(frozen=True)
+class _Claim:
+    id: int
+    ticket_id: int
+    destination: str
+    attempts: int
+    token: str
+
+
+def _due(table, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta, skip: Sequence[int]):
+    condition = and_(
+        table.c.destination.in_(list(keys)),
+        or_(
+            and_(table.c.state == "pending", table.c.next_attempt_at <= now),
+            # A claim older than the lease belongs to a process that died mid-send.
+            and_(table.c.state == "sending", table.c.claimed_at <= now - lease),
+        ),
+    )
+    if skip:
+        condition = and_(condition, table.c.id.not_in(list(skip)))
+    return condition
+
+
+def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta,
+           skip: Sequence[int]) -> _Claim | None:
+    table = OutboxMessage.__table__
+    for _ in range(5):
+        with engine.begin() as conn:
+            query = (select(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts)
+                     .where(_due(table, keys, now, lease, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1))
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            token = str(uuid.uuid4())
+            claimed = conn.execute(
+                update(table).where(table.c.id == row.id, _due(table, keys, now, lease, ()))
+                .values(state="sending", claim_token=token, claimed_at=now, attempts=table.c.attempts + 1)
+            ).rowcount
+            if claimed == 1:
+                return _Claim(row.id, row.ticket_id, row.destination, row.attempts + 1, token)
+    return None  # others keep taking the rows we look at; they will deliver them
+
+
+def _record(engine: Engine, claim: _Claim, result: SendResult, settings: Settings, now: dt.datetime) -> str:
+    table = OutboxMessage.__table__
+    if result.ok:
+        values: dict[str, Any] = {"state": "sent", "sent_at": now, "last_error": "", "claim_token": None}
+    elif claim.attempts >= settings.notify.max_attempts:
+        values = {"state": "failed", "last_error": result.error, "claim_token": None}
+    else:
+        delay = dt.timedelta(seconds=settings.notify.backoff_seconds * 2 ** (claim.attempts - 1))
+        values = {"state": "pending", "next_attempt_at": now + min(delay, MAX_BACKOFF),
+                  "last_error": result.error, "claim_token": None}
+    with engine.begin() as conn:
+        recorded = conn.execute(
+            update(table).where(table.c.id == claim.id, table.c.claim_token == claim.token).values(**values)
+        ).rowcount
+    if recorded != 1:
+        log.warning("outbox row %s was claimed again before its result was recorded", claim.id)
+    return values["state"]
+
+
+def deliver_due(
+    engine: Engine,
+    settings: Settings,
+    *,
+    now: dt.datetime | None = None,
+    lease: dt.timedelta = DEFAULT_LEASE,
+) -> list[DeliveryResult]:
+    """Send every queued message that is due now, one row at a time; each result is recorded at once."""
+    at = now or _utcnow()
+    by_key = {d.key: d for d in destinations(settings)}
+    renderer = Renderer(settings.tickets)
+    results: list[DeliveryResult] = []
+    attempted: list[int] = []
+    messages: dict[int, Message | RenderError] = {}
+    try:
+        while (claim := _claim(engine, list(by_key), at, lease, attempted)) is not None:
+            attempted.append(claim.id)
+            destination = by_key[claim.destination]
+            message = messages.get(claim.ticket_id)
+            if message is None:
+                try:
+                    with engine.connect() as conn:
+                        message = build_message(renderer, tickets.get_ticket(conn, claim.ticket_id))
+                except RenderError as exc:
+                    message = exc
+                messages[claim.ticket_id] = message
+            if isinstance(message, RenderError):
+                outcome = SendResult(False, f"rendering failed: {message}", "")
+            else:
+                outcome = send(destination, message)
+            state = _record(engine, claim, outcome, settings, at)
+            results.append(DeliveryResult(claim.id, claim.ticket_id, destination.label, state, claim.attempts,
+                                          outcome.error))
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database error while delivering notifications: "
+                         f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}") from exc
+    return results
+
+
+# ---------------------------------------------------------------- status and test
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    ticket_id: int
+    ticket_uid: str
+    destination: str
+    configured: bool
+    state: str
+    attempts: int
+    next_attempt_at: dt.datetime
+    sent_at: dt.datetime | None
+    last_error: str
+
+
+def outbox_status(engine: Engine, settings: Settings, ticket_id: int | None = None) -> list[OutboxEntry]:
+    configured = {d.key for d in destinations(settings)}
+    table = OutboxMessage.__table__
+    query = (select(table, Ticket.uid).join(Ticket.__table__, Ticket.id == table.c.ticket_id)
+             .order_by(table.c.ticket_id, table.c.id))
+    if ticket_id is not None:
+        query = query.where(table.c.ticket_id == ticket_id)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        OutboxEntry(r.id, r.ticket_id, r.uid, r.destination_label, r.destination in configured, r.state,
+                    r.attempts, r.next_attempt_at, r.sent_at, r.last_error)
+        for r in rows
+    ]
+
+
+def state_counts(entries: Sequence[OutboxEntry]) -> dict[str, int]:
+    counts = dict.fromkeys(OUTBOX_STATES, 0)
+    for entry in entries:
+        counts[entry.state] = counts.get(entry.state, 0) + 1
+    return counts
+
+
+@dataclass(frozen=True)
+class TestResult:
+    destination: str
+    ok: bool
+    error: str
+
+
+def send_test(settings: Settings, now: dt.datetime | None = None) -> list[TestResult]:
+    """A short test message to each configured destination, and each one's result."""
+    at = (now or _utcnow()).replace(microsecond=0).isoformat()
+    message = Message(
+        title="[watcher test] notification test",
+        body=f"This is a test message from the watcher, sent {at}. No action is needed.",
+        html=f"<p>This is a test message from the watcher, sent {at}. No action is needed.</p>",
+        attachment_name="watcher-test.txt",
+        attachment="watcher notification test\n",
+    )
+    return [TestResult(d.label, (r := send(d, message)).ok, r.error) for d in destinations(settings)]
