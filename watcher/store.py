@@ -190,6 +190,11 @@ def _neighbours(conn: Connection, cloud: str, day: dt.date) -> tuple[Publication
     return (_publication(before) if before else None, _publication(after) if after else None)
 
 
+def tag_ids(conn: Connection, cloud: str) -> dict[str, int]:
+    """Every tag the cloud has ever had: name -> id."""
+    return dict(conn.execute(select(Tag.name, Tag.id).where(Tag.cloud == cloud)).all())
+
+
 def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
     """Slices small enough for every driver's limit on bound parameters."""
     for start in range(0, len(items), size):
