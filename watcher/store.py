@@ -132,6 +132,10 @@ def _publication(row: Any) -> PublicationInfo:
     )
 
 
+#: For modules that read ``publications`` rows themselves (polls, status).
+publication_from_row = _publication
+
+
 def _version(row: Any) -> VersionInfo:
     return VersionInfo(
         tag_id=row.tag_id,
