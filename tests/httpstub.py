@@ -103,6 +103,7 @@ class Origin:
     def __init__(self) -> None:
         self.routes: dict[str, list[Responder]] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.request_times: list[float] = []  # time.monotonic() of each request, in order
         self._lock = threading.Lock()
         self.server = _quiet_server(self._handler_class())
         self.port = self.server.server_address[1]
@@ -130,6 +131,7 @@ class Origin:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                origin.request_times.append(time.monotonic())
                 origin.requests.append((self.path, dict(self.headers)))
                 responder = origin._next_responder(urllib.parse.urlsplit(self.path).path)
                 try:
