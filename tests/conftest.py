@@ -12,10 +12,12 @@ import gzip
 import os
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
 
+from tests.httpstub import ForwardProxy, Origin
 from watcher import db
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,3 +92,28 @@ def engine(db_url):
     engine = db.open_database(db_url)
     yield engine
     engine.dispose()
+
+
+# ---------------------------------------------------------------- local HTTP stand-ins (tests/httpstub.py)
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_outside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proxy variables of whoever runs the tests must not reroute 127.0.0.1 traffic."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    server = Origin()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def proxy(origin: Origin) -> Iterator[ForwardProxy]:
+    server = ForwardProxy(origin)
+    yield server
+    server.close()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 import click
 from sqlalchemy import Engine
 
-from . import __version__, db, notify, pipeline, render, store, tickets
+from . import __version__, db, notify, pipeline, render, status, store, tickets
 from .diff import TagDiff, address_counts
 from .errors import WatcherError
 from .parse import FILE_NAME_RE, read_file_bytes
@@ -571,6 +571,77 @@ def notify_test(app: AppContext) -> None:
         click.echo(f"{'ok    ' if r.ok else 'FAILED'}  {r.destination}" + ("" if r.ok else f": {r.error}"))
     if not all(r.ok for r in results):
         raise click.ClickException(f"{sum(not r.ok for r in results)} destination(s) failed")
+
+
+# ---------------------------------------------------------------- poll and status
+
+
+def _describe_poll(outcome: pipeline.PollOutcome) -> str:
+    head = f"{outcome.cloud}: "
+    if outcome.outcome in ("new", "unchanged") and outcome.result is not None:
+        text = head + f"{outcome.outcome}: " + _describe_import(outcome.result)
+    elif outcome.outcome == "skipped-known-url":
+        text = head + f"no new file: {outcome.url} was imported before ({outcome.file_date}); not downloaded"
+    elif outcome.outcome == "already-imported":
+        text = head + f"no new file: {outcome.url} is the publication of {outcome.file_date}, already imported"
+    elif outcome.outcome == "error":
+        text = head + f"{outcome.error}"
+    else:
+        text = head + f"{outcome.outcome}: {outcome.error}"
+    return "; ".join([text, *outcome.notes])
+
+
+@main.command("poll")
+@click.option("--cloud", "clouds", type=CLOUD_CHOICE, multiple=True,
+              help="Cloud to poll; repeat for several (default: the configured clouds).")
+@click.option("--url", metavar="URL",
+              help="Poll this page or file instead of Microsoft's download page (env WATCHER_SOURCE_URL).")
+@click.option("--force", is_flag=True, help="Import a file even if it fails the plausibility check.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+@pass_app
+def poll_command(app: AppContext, clouds: tuple[str, ...], url: str | None, force: bool, as_json: bool) -> None:
+    """Fetch and import the newest service-tag file of each cloud.
+
+    Exits 0 when every poll worked (new data or not), 1 when any failed.
+    """
+    outcomes = pipeline.poll(app.engine, app.settings, tuple(c.lower() for c in clouds) or None, url=url, force=force)
+    if as_json:
+        _emit_json([{**o.to_json(), "import": _import_json(o.result) if o.result else None} for o in outcomes])
+    failed = [o for o in outcomes if not o.ok]
+    for o in outcomes:
+        if not as_json and o.ok:
+            click.echo(_describe_poll(o))
+    for o in failed:
+        click.echo(f"Error: {_describe_poll(o)}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def status_command(app: AppContext, as_json: bool) -> None:
+    """Per configured cloud: the last poll, the last success, the newest publication, and whether it is stale."""
+    now = dt.datetime.now(dt.timezone.utc)
+    with app.engine.connect() as conn:
+        reports = status.status(conn, app.settings, now)
+    if as_json:
+        _emit_json({"clouds": [r.to_json() for r in reports]})
+        return
+    for r in reports:
+        freshness = "STALE" if r.stale else "fresh"
+        click.echo(f"{r.cloud}: {freshness}")
+        if r.newest is None:
+            click.echo("  newest publication: none imported yet")
+        else:
+            click.echo(f"  newest publication: {r.newest.file_date} (changeNumber {r.newest.change_number}), "
+                       f"{r.age_days} day(s) old, imported {r.newest.imported_at:%Y-%m-%d %H:%M}")
+        for label, attempt in (("last attempt", r.last_attempt), ("last success", r.last_success)):
+            if attempt is None:
+                click.echo(f"  {label}: never")
+                continue
+            error = f": {attempt.error}" if attempt.error and label == "last attempt" else ""
+            click.echo(f"  {label}: {attempt.finished_at:%Y-%m-%d %H:%M:%S}Z {attempt.outcome}{error}")
 
 
 if __name__ == "__main__":  # pragma: no cover

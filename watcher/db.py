@@ -71,9 +71,25 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def migrations_dir() -> str:
+    """The migration scripts that belong to this copy of the package.
+
+    Looked up next to the imported ``watcher`` package first (an installed wheel
+    has ``watcher/migrations``; a source checkout has ``../migrations``): an
+    editable install maps ``watcher.migrations`` to the checkout it was installed
+    from, which need not be the one on ``sys.path``, and a database must not get
+    another branch's schema.
+    """
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return str(candidate)
+    return str(resources.files("watcher.migrations"))
+
+
 def alembic_config(engine: Engine | None = None) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(resources.files("watcher.migrations")))
+    config.set_main_option("script_location", migrations_dir())
     if engine is not None:
         config.attributes["engine"] = engine
     return config

@@ -190,6 +190,11 @@ def _scrub(text: str) -> str:
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it redacted: for messages that may quote a URL."""
+    return _scrub(text)
+
+
 def page_url_for(cloud: str) -> str:
     """Microsoft's download page for ``cloud`` (raises FetchError for clouds not polled)."""
     return PAGE_URL_TEMPLATE.format(download_id=DOWNLOAD_IDS[_polled_cloud(cloud)])

@@ -203,3 +203,24 @@ class OutboxMessage(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Poll(Base):
+    """One attempt to poll a cloud (``polls``, revision 0003): when, from where, what came of it.
+
+    ``url`` and ``error`` are redacted before they are written: no source
+    credentials in the database. ``outcome`` is one of ``pipeline.POLL_OUTCOMES``.
+    """
+
+    __tablename__ = "polls"
+    __table_args__ = (Index("ix_polls_cloud_started_at", "cloud", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cloud: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    url: Mapped[str] = mapped_column(String(1024))
+    outcome: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    publication_id: Mapped[int | None] = mapped_column(ForeignKey("publications.id", ondelete="SET NULL"), index=True)
+    sha256: Mapped[str | None] = mapped_column(String(64))

@@ -9,12 +9,19 @@ the publication or not at all.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable, Sequence
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Sequence
 
+import httpx
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from . import notify, store, tickets
-from .settings import Settings
+from . import fetch, notify, polls, store, tickets
+from .errors import FetchError, ImplausibleFileError, StoreError, WatcherError
+from .settings import FetchSettings, Settings, check_cloud
+
+log = logging.getLogger(__name__)
 
 #: Stages that add work to an import's transaction (tickets register here).
 DerivedWork = Callable[[Connection, store.ImportResult, Settings], None]
@@ -49,3 +56,230 @@ def import_publication(
     return store.import_bytes(
         engine, data, source, file_date=file_date, expected_cloud=expected_cloud, on_imported=on_imported
     )
+
+
+# ---------------------------------------------------------------- poll
+
+#: What one poll of one cloud came to:
+#:
+#: * ``new`` — a publication was imported;
+#: * ``unchanged`` — new bytes, but the same content as the publication already stored for that date;
+#: * ``skipped-known-url`` — the listed file was imported from that URL before; not downloaded;
+#: * ``already-imported`` — downloaded, and a publication with the same SHA-256 is stored;
+#: * ``quarantined`` — the file looked implausible; written aside, not imported;
+#: * ``error`` — a ``WatcherError`` stopped the poll; nothing was imported.
+PollOutcomeKind = Literal["new", "unchanged", "skipped-known-url", "already-imported", "quarantined", "error"]
+POLL_OUTCOMES: tuple[PollOutcomeKind, ...] = (
+    "new", "unchanged", "skipped-known-url", "already-imported", "quarantined", "error",
+)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    """The result of polling one cloud. ``url`` is always redacted."""
+
+    cloud: str
+    outcome: PollOutcomeKind
+    #: the file's URL, or the page / source asked when no file was found
+    url: str
+    file_date: dt.date | None
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    sha256: str | None = None
+    #: the import's summary, when an import ran
+    result: store.ImportResult | None = None
+    #: the publication imported, or the one already stored that made the poll skip
+    publication: store.PublicationInfo | None = None
+    error: str | None = None
+    notes: tuple[str, ...] = ()
+    quarantined_at: str | None = None
+    poll_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the poll worked, whether or not it found new data."""
+        return self.outcome in polls.SUCCESS_OUTCOMES
+
+    def to_json(self) -> dict[str, Any]:
+        pub = self.publication
+        return {
+            "cloud": self.cloud,
+            "outcome": self.outcome,
+            "ok": self.ok,
+            "url": self.url,
+            "file_date": self.file_date.isoformat() if self.file_date else None,
+            "sha256": self.sha256,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "error": self.error,
+            "notes": list(self.notes),
+            "quarantined_at": self.quarantined_at,
+            "publication": None if pub is None else {
+                "id": pub.id, "date": pub.file_date.isoformat(), "change_number": pub.change_number,
+                "sha256": pub.sha256, "tags": pub.tag_count, "prefixes": pub.prefix_count,
+            },
+            "poll_id": self.poll_id,
+        }
+
+
+@dataclass
+class _Attempt:
+    """What is known so far about one cloud's poll, so an error can still say where it happened."""
+
+    cloud: str
+    started_at: dt.datetime
+    url: str
+    file_date: dt.date | None = None
+    sha256: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def finish(self, outcome: PollOutcomeKind, finished_at: dt.datetime, **details: Any) -> PollOutcome:
+        values: dict[str, Any] = {"file_date": self.file_date, "sha256": self.sha256, "notes": tuple(self.notes)}
+        values.update(details)
+        return PollOutcome(
+            cloud=self.cloud, outcome=outcome, url=self.url, started_at=self.started_at,
+            finished_at=finished_at, **values,
+        )
+
+
+def poll(
+    engine: Engine,
+    settings: Settings,
+    clouds: list[str] | tuple[str, ...] | None = None,
+    *,
+    url: str | None = None,
+    force: bool = False,
+    client: httpx.Client | None = None,
+    now: Callable[[], dt.datetime] = _utcnow,
+) -> list[PollOutcome]:
+    """Poll each cloud (default ``settings.clouds``) once; one outcome per cloud, every attempt recorded.
+
+    ``url`` replaces Microsoft's download page (a mirror page or the file itself);
+    ``force`` imports a file that fails the plausibility check. A failure of one
+    cloud is recorded and reported; it does not stop the others.
+    """
+    if url is not None:
+        settings = replace(settings, fetch=replace(settings.fetch, source_url=url))
+    names = list(dict.fromkeys(check_cloud(c) for c in (clouds or settings.clouds)))
+    if client is not None:
+        return [_poll_cloud(engine, settings, cloud, client, force, now) for cloud in names]
+    try:
+        own_client = fetch.make_client(settings.fetch)
+    except FetchError as exc:
+        return [_save(engine, _start(settings.fetch, cloud, now).finish("error", now(), error=str(exc))) for cloud in names]
+    with own_client:
+        return [_poll_cloud(engine, settings, cloud, own_client, force, now) for cloud in names]
+
+
+def _start(settings: FetchSettings, cloud: str, now: Callable[[], dt.datetime]) -> _Attempt:
+    if settings.source_url:
+        where = fetch.redact_url(settings.source_url)
+    else:
+        try:
+            where = fetch.page_url_for(cloud)
+        except FetchError:
+            where = ""  # a cloud that is not polled (germany): the error says so
+    return _Attempt(cloud=cloud, started_at=now(), url=where)
+
+
+def _poll_cloud(
+    engine: Engine, settings: Settings, cloud: str, client: httpx.Client, force: bool, now: Callable[[], dt.datetime]
+) -> PollOutcome:
+    attempt = _start(settings.fetch, cloud, now)
+    try:
+        outcome = _fetch_and_import(engine, settings, attempt, client, force, now)
+    except WatcherError as exc:
+        outcome = attempt.finish("error", now(), error=fetch.redact_text(str(exc)))
+    except SQLAlchemyError as exc:  # the poll's own reads; the import translates its errors itself
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        outcome = attempt.finish("error", now(), error=fetch.redact_text(f"database error while polling: {detail}"))
+    except Exception as exc:
+        # A bug, not a condition: record the attempt so status shows it, then let it surface.
+        _save(engine, attempt.finish("error", now(), error=f"internal error: {type(exc).__name__}"))
+        raise
+    return _save(engine, outcome)
+
+
+def _fetch_and_import(
+    engine: Engine, settings: Settings, attempt: _Attempt, client: httpx.Client, force: bool,
+    now: Callable[[], dt.datetime],
+) -> PollOutcome:
+    cloud, fs = attempt.cloud, settings.fetch
+    deadline = fetch.Deadline.start(fs.deadline_seconds)
+    link = fetch.discover(cloud, fs, client, deadline)
+    attempt.url, attempt.file_date = link.safe_url, link.file_date
+
+    # A dated file listed on a page or in a folder is never rewritten under its name, so one imported
+    # before need not be fetched again. A source that is the file itself was read already (discovery
+    # had to, to tell it from a page), and may change under the same name: it goes by its bytes.
+    if link.page_url is not None and link.file_date is not None and link.prefetched is None:
+        with engine.connect() as conn:
+            known = polls.publication_for_url(conn, cloud, link.safe_url)
+        if known is not None:
+            return attempt.finish("skipped-known-url", now(), publication=known)
+
+    dl = fetch.download(link, fs, client, deadline)
+    attempt.sha256 = dl.sha256
+    with engine.connect() as conn:
+        same = polls.publication_with_sha256(conn, cloud, dl.sha256)
+        previous = polls.newest_publication(conn, cloud)
+    if same is not None:
+        attempt.file_date = attempt.file_date or same.file_date
+        return attempt.finish("already-imported", now(), publication=same)
+
+    implausible: tuple[str, ...] = ()
+    try:
+        fetch.check_plausible(dl.body, cloud, previous.tag_count if previous else None, fs.min_tag_ratio)
+    except ImplausibleFileError as exc:
+        if not force:
+            path = fetch.quarantine(dl.body, _quarantine_name(link, dl.sha256), fs.quarantine_dir)
+            return attempt.finish(
+                "quarantined", now(), quarantined_at=str(path),
+                error=f"{exc}; kept aside as {path} and not imported (poll with --force to import it)",
+            )
+        attempt.notes.append(f"imported despite the plausibility check (--force): {exc}")
+        implausible = (str(exc),)  # its tickets are held for a reviewer
+
+    file_date = link.file_date
+    if file_date is None:
+        file_date = now().astimezone(dt.timezone.utc).date()
+        attempt.notes.append(
+            f"the file name {link.file_name!r} carries no date; used today's date (UTC), {file_date}, as the file date"
+        )
+    attempt.file_date = file_date
+    result = import_publication(
+        engine, settings, dl.body, link.safe_url, file_date=file_date, expected_cloud=cloud, implausible=implausible
+    )
+    if result.outcome == "imported":
+        kind: PollOutcomeKind = "new"
+    else:  # another poller got there first (same bytes), or the same content for that date is stored
+        kind = "already-imported" if result.publication.sha256 == dl.sha256 else "unchanged"
+    return attempt.finish(kind, now(), result=result, publication=result.publication)
+
+
+def _quarantine_name(link: fetch.FileLink, sha256: str) -> str:
+    # The digest keeps different suspicious files of one name apart; the body is already gunzipped.
+    stem = (link.file_name or "download").removesuffix(".gz").removesuffix(".json") or "download"
+    return f"{stem}.{sha256[:12]}.json"
+
+
+def _save(engine: Engine, outcome: PollOutcome) -> PollOutcome:
+    """Record the attempt; a failure to record turns the outcome into an error that says so."""
+    try:
+        poll_id = polls.record_poll(
+            engine, cloud=outcome.cloud, started_at=outcome.started_at, finished_at=outcome.finished_at,
+            url=outcome.url, outcome=outcome.outcome, error=outcome.error,
+            publication_id=outcome.publication.id if outcome.publication else None, sha256=outcome.sha256,
+        )
+    except StoreError as exc:
+        error = f"{outcome.error}; {exc}" if outcome.error else str(exc)
+        outcome = replace(outcome, outcome="error", error=error)
+        log.error("%s poll: %s", outcome.cloud, error)
+        return outcome
+    # INFO, failures too: the caller reports outcomes (the CLI on stderr, the daemon in its status).
+    log.info("%s poll: %s %s%s", outcome.cloud, outcome.outcome, outcome.url, f": {outcome.error}" if outcome.error else "")
+    return replace(outcome, poll_id=poll_id)

@@ -160,6 +160,10 @@ def _publication(row: Any) -> PublicationInfo:
     )
 
 
+#: For modules that read ``publications`` rows themselves (polls, status).
+publication_from_row = _publication
+
+
 def _translate(exc: SQLAlchemyError, doing: str) -> StoreError:
     detail = getattr(exc, "orig", None) or exc
     return StoreError(f"database error while {doing}: {str(detail).splitlines()[0]}")
