@@ -24,9 +24,11 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
+import re
+import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -205,40 +207,108 @@ def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
-def versions_at(conn: Connection, cloud: str, day: int, names: Sequence[str] | None = None) -> dict[str, VersionInfo]:
+def _fetch_all(conn: Connection, sql: str, params: dict[str, Any]) -> list[tuple]:
+    """Plain tuples straight from the driver, for the few reads of thousands of rows per import.
+
+    ``sql`` uses ``:name`` parameters (no lists); SQLAlchemy's Row objects cost
+    more than the query itself here.
+    """
+    if conn.dialect.name == "postgresql":
+        sql = re.sub(r":(\w+)", r"%(\1)s", sql)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+class _Versions(Mapping[str, VersionInfo]):
+    """Versions by tag name; full rows are read for the tags asked for, on first access.
+
+    An import needs every tag's entry fingerprint but the full version of only
+    the few tags that changed, so the bulk read is three narrow columns.
+    """
+
+    def __init__(self, conn: Connection | None, day: int, fingerprints: dict[str, tuple[int, bool, bytes]],
+                 rows: dict[str, tuple] | None = None):
+        self._conn = conn
+        self._day = day
+        self._fingerprints = fingerprints
+        self._rows: dict[str, tuple] = rows or {}
+        self._built: dict[str, VersionInfo] = {}
+
+    def __getitem__(self, name: str) -> VersionInfo:
+        version = self._built.get(name)
+        if version is None:
+            if name not in self._rows:
+                self.load([name])
+            version = self._built[name] = _version(name, self._rows[name])
+        return version
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._fingerprints
+
+    def __iter__(self):
+        return iter(self._fingerprints)
+
+    def __len__(self) -> int:
+        return len(self._fingerprints)
+
+    def load(self, names: Iterable[str]) -> None:
+        """Read the full rows of these tags in one query per batch."""
+        wanted = {self._fingerprints[n][0]: n for n in names if n in self._fingerprints and n not in self._rows}
+        if not wanted or self._conn is None:
+            return
+        query = text(
+            f"SELECT {_VERSION_COLUMNS} FROM tag_versions WHERE tag_id IN :ids AND valid_from <= :day "
+            "AND (valid_until IS NULL OR valid_until > :day)"
+        ).bindparams(bindparam("ids", expanding=True))
+        for batch in _chunks(list(wanted)):
+            for row in self._conn.execute(query, {"day": self._day, "ids": list(batch)}).all():
+                self._rows[wanted[row[0]]] = tuple(row)
+
+    def entry_hashes(self) -> dict[str, bytes]:
+        """Tag name -> fingerprint of its published entry, for the tags published."""
+        return {name: bytes(f[2]) for name, f in self._fingerprints.items() if f[1]}
+
+    def present_names(self) -> list[str]:
+        return [name for name, f in self._fingerprints.items() if f[1]]
+
+
+def versions_at(conn: Connection, cloud: str, day: int, names: Sequence[str] | None = None) -> _Versions:
     """Tag name -> the version in force at ``day`` (withdrawn ones included).
 
     The current versions (``valid_until`` NULL) and those ending after ``day``
     are index ranges, so the cost follows the number of tags and what changed
     since ``day``, never the length of the history.
     """
+    fingerprints: dict[str, tuple[int, bool, bytes]] = {}
     if names is None:
-        tag_names = dict(conn.execute(select(Tag.id, Tag.name).where(Tag.cloud == cloud)).all())
-        statements = [
-            text(f"SELECT {_VERSION_COLUMNS} FROM tag_versions WHERE valid_until IS NULL AND valid_from <= :day"),
-            text(f"SELECT {_VERSION_COLUMNS} FROM tag_versions WHERE valid_until > :day AND valid_from <= :day"),
-        ]
-        batches: list[dict[str, Any]] = [{"day": day}]
-    else:
-        tag_names = {}
-        lookup = text("SELECT id, name FROM tags WHERE cloud = :cloud AND name IN :names").bindparams(
-            bindparam("names", expanding=True)
-        )
-        for batch in _chunks(list(names)):
-            tag_names.update(conn.execute(lookup, {"cloud": cloud, "names": list(batch)}).all())
-        statements = [text(
-            f"SELECT {_VERSION_COLUMNS} FROM tag_versions WHERE tag_id IN :ids AND valid_from <= :day "
-            "AND (valid_until IS NULL OR valid_until > :day)"
-        ).bindparams(bindparam("ids", expanding=True))]
-        batches = [{"day": day, "ids": list(batch)} for batch in _chunks(list(tag_names))]
-    result: dict[str, VersionInfo] = {}
-    for statement in statements:
-        for params in batches:
-            for row in conn.execute(statement, params).all():
-                name = tag_names.get(row[0])
+        tag_names = dict(_fetch_all(conn, "SELECT id, name FROM tags WHERE cloud = :cloud", {"cloud": cloud}))
+        for condition in ("valid_until IS NULL", "valid_until > :day"):
+            query = f"SELECT tag_id, present, entry_hash FROM tag_versions WHERE {condition} AND valid_from <= :day"
+            for tag, present, entry_hash in _fetch_all(conn, query, {"day": day}):
+                name = tag_names.get(tag)
                 if name is not None:  # other clouds' versions share the index range
-                    result[name] = _version(name, row)
-    return result
+                    fingerprints[name] = (tag, present, entry_hash)
+        return _Versions(conn, day, fingerprints)
+    lookup = text("SELECT id, name FROM tags WHERE cloud = :cloud AND name IN :names").bindparams(
+        bindparam("names", expanding=True)
+    )
+    query = text(
+        f"SELECT {_VERSION_COLUMNS} FROM tag_versions WHERE tag_id IN :ids AND valid_from <= :day "
+        "AND (valid_until IS NULL OR valid_until > :day)"
+    ).bindparams(bindparam("ids", expanding=True))
+    rows: dict[str, tuple] = {}
+    for batch in _chunks(list(names)):
+        tag_names = dict(conn.execute(lookup, {"cloud": cloud, "names": list(batch)}).all())
+        if tag_names:
+            for row in conn.execute(query, {"day": day, "ids": list(tag_names)}).all():
+                name = tag_names[row[0]]
+                rows[name] = tuple(row)
+                fingerprints[name] = (row[0], row[3], row[12])
+    return _Versions(conn, day, fingerprints, rows)
 
 
 def load_contents(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, tuple[str, ...]]:
@@ -322,10 +392,16 @@ def _utcnow() -> dt.datetime:
 
 
 def _lock_cloud(conn: Connection, cloud: str) -> None:
-    """Serialise imports of one cloud (SQLite's BEGIN IMMEDIATE already does)."""
+    """Serialise imports of one cloud (SQLite's BEGIN IMMEDIATE already does).
+
+    The key includes the schema: advisory locks are per database, and two
+    watchers in two schemas of one database have nothing to serialise.
+    """
     if conn.dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.blake2b(f"watcher-import-{cloud}".encode(), digest_size=8).digest(), "big", signed=True)
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended('watcher-import:' || current_schema() || ':' || :cloud, 0))"),
+            {"cloud": cloud},
+        )
 
 
 def _import(conn, document, source, cloud, sha256, day: dt.date, now) -> ImportResult:
@@ -338,13 +414,18 @@ def _import(conn, document, source, cloud, sha256, day: dt.date, now) -> ImportR
     if existing is not None:
         return _compare_with_existing(conn, document, source, existing, sha256)
 
+    clock = _Stopwatch()
     previous, following = _neighbours(conn, cloud, day)
-    before = versions_at(conn, cloud, previous.day) if previous else {}
-    known = {name: v.entry_hash for name, v in before.items() if v.present}
+    before = versions_at(conn, cloud, previous.day) if previous else _Versions(None, 0, {})
+    clock.lap("read versions")
+    known = before.entry_hashes()
     parsed = parse_document(document, source, sha256=sha256, file_date=day, known_entries=known)
-
+    clock.lap("validate")
     plan = _plan(conn, parsed, source, before, following)
+    clock.lap("plan")
     publication_id = _write(conn, parsed, source, plan, previous, following, now())
+    clock.lap("write")
+    log.debug("imported %s %s: %s", cloud, day, clock)
     row = conn.execute(select(Publication.__table__).where(Publication.id == publication_id)).one()
     return ImportResult(
         "imported",
@@ -356,9 +437,27 @@ def _import(conn, document, source, cloud, sha256, day: dt.date, now) -> ImportR
     )
 
 
+class _Stopwatch:
+    """Where an import's time goes, for the debug log and the benchmarks."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in self.laps.items())
+
+
 def _compare_with_existing(conn, document, source, existing: PublicationInfo, sha256: str) -> ImportResult:
     """A file for a date already stored: the same content is fine, other content is a conflict."""
-    stored = {n: v for n, v in versions_at(conn, existing.cloud, existing.day).items() if v.present}
+    versions = versions_at(conn, existing.cloud, existing.day)
+    versions.load(versions)
+    stored = {n: v for n, v in versions.items() if v.present}
     parsed = parse_document(
         document, source, sha256=sha256, file_date=existing.file_date,
         known_entries={n: v.entry_hash for n, v in stored.items()},
@@ -383,13 +482,14 @@ def _compare_with_existing(conn, document, source, existing: PublicationInfo, sh
     )
 
 
-def _plan(conn, parsed: ParsedFile, source: str, before: dict[str, VersionInfo], following) -> _Plan:
+def _plan(conn, parsed: ParsedFile, source: str, before: _Versions, following) -> _Plan:
     plan = _Plan()
     d = day_key(parsed.file_date)
     next_day = following.day if following else None
     in_file = set(parsed.tag_names)
-    withdrawn = [name for name, v in before.items() if v.present and name not in in_file]
+    withdrawn = [name for name in before.present_names() if name not in in_file]
     touched_names = [t.name for t in parsed.tags] + withdrawn
+    before.load(touched_names)
     after = versions_at(conn, parsed.cloud, next_day, touched_names) if following else {}
     old_contents = load_contents(
         conn, [before[n].content_hash for n in touched_names if n in before]
