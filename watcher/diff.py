@@ -64,23 +64,31 @@ class TagDiff:
         return address_counts(self.net_removed)
 
 
+_MASKS = {4: [(1 << (32 - n)) - 1 for n in range(33)], 6: [(1 << (128 - n)) - 1 for n in range(129)]}
+
+#: prefix -> (family, first address, last address); callers may share one across many diffs
+ParseCache = dict[str, tuple[int, int, int]]
+
+
 def _parse(prefix: str) -> tuple[int, int, int]:
     """(family 4 or 6, first address, last address) of a canonical prefix."""
     addr, _, bits = prefix.partition("/")
     if ":" in addr:
-        family, width, packed = 6, 128, socket.inet_pton(socket.AF_INET6, addr)
-    else:
-        family, width, packed = 4, 32, socket.inet_pton(socket.AF_INET, addr)
-    start = int.from_bytes(packed, "big")
-    return family, start, start + (1 << (width - int(bits))) - 1
+        start = int.from_bytes(socket.inet_pton(socket.AF_INET6, addr), "big")
+        return 6, start, start + _MASKS[6][int(bits)]
+    start = int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big")
+    return 4, start, start + _MASKS[4][int(bits)]
 
 
-def merged_intervals(prefixes: Iterable[str]) -> dict[int, list[Interval]]:
+def merged_intervals(prefixes: Iterable[str], cache: ParseCache | None = None) -> dict[int, list[Interval]]:
     """Per address family, the sorted, merged address intervals the prefixes cover."""
+    cache = {} if cache is None else cache
     by_family: dict[int, list[Interval]] = {4: [], 6: []}
     for prefix in prefixes:
-        family, start, end = _parse(prefix)
-        by_family[family].append((start, end))
+        parsed = cache.get(prefix)
+        if parsed is None:
+            parsed = cache[prefix] = _parse(prefix)
+        by_family[parsed[0]].append((parsed[1], parsed[2]))
     return {family: _merge(spans) for family, spans in by_family.items()}
 
 
@@ -123,9 +131,12 @@ def intervals_to_cidrs(family: int, intervals: list[Interval]) -> list[str]:
     return cidrs
 
 
-def net_change(before: Iterable[str], after: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def net_change(
+    before: Iterable[str], after: Iterable[str], cache: ParseCache | None = None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(address space newly covered, address space no longer covered) as minimal CIDR lists."""
-    old, new = merged_intervals(before), merged_intervals(after)
+    cache = {} if cache is None else cache
+    old, new = merged_intervals(before, cache), merged_intervals(after, cache)
     added: list[str] = []
     removed: list[str] = []
     for family in (4, 6):
@@ -174,8 +185,12 @@ def publication_anomalies(before: int | None, after: int) -> tuple[str, ...]:
     return ()
 
 
-def diff_tag(tag: str, before: TagState | None, after: TagState | None) -> TagDiff:
-    """Compare one tag's state in two publications (``None``: not published)."""
+def diff_tag(tag: str, before: TagState | None, after: TagState | None, cache: ParseCache | None = None) -> TagDiff:
+    """Compare one tag's state in two publications (``None``: not published).
+
+    ``cache`` lets a diff of many tags parse each prefix once: AzureCloud
+    repeats every regional tag's prefixes.
+    """
     old = before.prefixes if before else frozenset()
     new = after.prefixes if after else frozenset()
     added, removed = new - old, old - new
@@ -187,7 +202,7 @@ def diff_tag(tag: str, before: TagState | None, after: TagState | None) -> TagDi
         status = "withdrawn"
     else:
         status = "changed" if added or removed else "unchanged"
-    net_added, net_removed = net_change(old, new) if (added or removed) else ((), ())
+    net_added, net_removed = net_change(old, new, cache) if (added or removed) else ((), ())
     anomalies = change_number_anomalies(
         before.change_number if before else None,
         after.change_number if after else None,

@@ -117,14 +117,15 @@ def normalize_prefix(text: str) -> str:
 
 
 def normalize_prefixes(
-    tag_name: str, raw: Sequence[str], source: str, known: Sequence[str] = ()
+    tag_name: str, raw: Sequence[str], source: str, known: Sequence[str] = (), cache: dict[str, str] | None = None
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Sorted, de-duplicated canonical prefixes of one tag, and notes on what was repaired.
 
     ``known`` is the tag's previous canonical prefix list, sorted. Strings found
     in it are canonical by construction and skip the parser, and the result is
     built from it plus what changed, so a weekly change costs what it adds, not
-    the size of the tag.
+    the size of the tag. ``cache`` (text -> canonical) may be shared across the
+    tags of one file.
     """
     published = set(raw)
     notes: list[str] = []
@@ -136,11 +137,14 @@ def normalize_prefixes(
             seen.add(text)
     unknown = published.difference(known)
     fresh: set[str] = set()
-    for text in sorted(unknown):
-        try:
-            canonical = normalize_prefix(text)
-        except ValueError as exc:
-            raise ParseError(f"{source}: tag {tag_name!r}: invalid prefix {text!r} ({exc})") from None
+    cache = {} if cache is None else cache
+    for text in unknown:
+        canonical = cache.get(text)
+        if canonical is None:
+            try:
+                canonical = cache[text] = normalize_prefix(text)
+            except ValueError as exc:
+                raise ParseError(f"{source}: tag {tag_name!r}: invalid prefix {text!r} ({exc})") from None
         if canonical != text:
             notes.append(f"{tag_name}: prefix {text} normalised to {canonical}")
             if canonical in published or canonical in fresh:
@@ -148,6 +152,9 @@ def normalize_prefixes(
         fresh.add(canonical)
     if not unknown and len(published) == len(known):
         return tuple(known), tuple(notes)
+    notes.sort()  # sets iterate in no particular order
+    if not known:
+        return tuple(sorted(fresh)), tuple(notes)
     kept = [p for p in known if p in published]
     fresh.difference_update(kept)
     # Two sorted runs: timsort merges them in linear time.
@@ -205,9 +212,11 @@ def _tag(entry: Any, index: int, source: str, entry_hash: bytes) -> ServiceTag:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ParseError(f"{source}: tag {name!r}: missing or invalid property {key!r}")
     raw = props["addressPrefixes"]
-    offender = next((p for p in raw if not isinstance(p, str)), None) if raw else None
-    if offender is not None:
-        raise ParseError(f"{source}: tag {name!r}: prefix {offender!r} is not a string")
+    try:
+        "".join(raw)  # proves every prefix is a string, at C speed
+    except TypeError:
+        offender = next(p for p in raw if not isinstance(p, str))
+        raise ParseError(f"{source}: tag {name!r}: prefix {offender!r} is not a string") from None
     features = props.get("networkFeatures") or ()
     if not all(isinstance(f, str) for f in features):
         raise ParseError(f"{source}: tag {name!r}: invalid property 'networkFeatures'")

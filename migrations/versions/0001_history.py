@@ -73,19 +73,17 @@ def upgrade() -> None:
     op.create_index(op.f("ix_tag_versions_publication_id"), "tag_versions", ["publication_id"])
     op.create_table(
         "prefix_spans",
-        sa.Column("tag_id", sa.Integer(), nullable=False),
         sa.Column("prefix", sa.String(43), nullable=False),
+        sa.Column("tag_id", sa.Integer(), nullable=False),
         sa.Column("first_day", sa.Integer(), nullable=False),
         sa.Column("until_day", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(["tag_id"], ["tags.id"], name=op.f("fk_prefix_spans_tag_id_tags"), ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("tag_id", "prefix", "first_day", name=op.f("pk_prefix_spans")),
+        sa.PrimaryKeyConstraint("prefix", "tag_id", "first_day", name=op.f("pk_prefix_spans")),
         sqlite_with_rowid=False,
     )
-    op.create_index("ix_prefix_spans_prefix", "prefix_spans", ["prefix"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_prefix_spans_prefix", table_name="prefix_spans")
     op.drop_table("prefix_spans")
     op.drop_index(op.f("ix_tag_versions_publication_id"), table_name="tag_versions")
     op.drop_index(op.f("ix_tag_versions_content_hash"), table_name="tag_versions")
