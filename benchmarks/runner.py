@@ -31,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=None, help="repetitions of each timed figure (default 5)")
     p.add_argument("--skip-synthetic", action="store_true", help="leave out the synthetic long history (figure 8)")
     p.add_argument("--skip-memory", action="store_true", help="leave out the peak-memory child processes (figure 7)")
+    p.add_argument("--skip-tickets", action="store_true",
+                   help="leave out rendering and delivering a publication's tickets (figure 5)")
     p.add_argument("--weeks", type=int, default=None, help="weeks of synthetic history (default 260)")
     p.add_argument("--synthetic-backends", default="sqlite",
                    help="backends to import the synthetic history into (default sqlite; add postgresql if time allows)")
@@ -66,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrations = use_repo_migrations()
     import watcher
 
-    from . import history, memory, realfiles
+    from . import delivery, history, memory, realfiles
     from .report import growth_table, table
 
     def log(message: str) -> None:
@@ -95,7 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"figures 1-4, 6: {len(public)} Public files × {repeat} repetitions on {', '.join(names)}")
             real = realfiles.measure(backends, public, repeat, log)
             figures.extend(real["figures"])
-            figures.append(pending("5", "Rendering tickets and delivering to json://", "pending: tickets issue"))
+            if not args.skip_tickets:
+                log(f"figure 5: tickets rendered and delivered to json:// × {repeat} repetitions on {', '.join(names)}")
+                figures.extend(delivery.measure(backends, args.data, args.quick, repeat, log))
+            else:
+                figures.append(pending("5", delivery.TITLE, "skipped (--skip-tickets)"))
             if not args.skip_memory:
                 log("figure 7: peak memory")
                 paths = sorted((args.data / "public").glob("ServiceTags_*.json.gz"))[: len(public)]
