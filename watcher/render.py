@@ -13,7 +13,9 @@ against sample tickets) when the configuration is checked, not at send time.
 """
 from __future__ import annotations
 
+
 import csv
+import functools
 import datetime as dt
 import hashlib
 import io
@@ -66,6 +68,27 @@ class _PackageLoader(jinja2.BaseLoader):
         if not path.is_file():
             raise jinja2.TemplateNotFound(template)
         return path.read_text(encoding="utf-8"), None, lambda: True
+
+
+class _UserFirstLoader(jinja2.BaseLoader):
+    """The user's folder, then the built-ins; a built-in stays cached only while no user file overrides it.
+
+    Environments are shared for the life of the process, so a template the
+    user adds or edits while the daemon runs must invalidate what was cached.
+    """
+
+    def __init__(self, user_dir: str, builtin: jinja2.BaseLoader):
+        self.user = jinja2.FileSystemLoader(user_dir)
+        self.user_dir = Path(user_dir)
+        self.builtin = builtin
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str | None, Callable[[], bool]]:
+        try:
+            return self.user.get_source(environment, template)
+        except jinja2.TemplateNotFound:
+            source, filename, _ = self.builtin.get_source(environment, template)
+            override = self.user_dir.joinpath(*template.split("/"))
+            return source, filename, lambda: not override.exists()
 
 
 # ---------------------------------------------------------------- filters (pure, safe for user templates)
@@ -136,20 +159,23 @@ FILTERS: dict[str, Callable[..., Any]] = {
 # ---------------------------------------------------------------- environment
 
 
+@functools.lru_cache(maxsize=8)
 def _environment(template_dir: str | None) -> ImmutableSandboxedEnvironment:
-    loaders: list[jinja2.BaseLoader] = []
-    if template_dir:
-        loaders.append(jinja2.FileSystemLoader(template_dir))
-    loaders.append(_PackageLoader(resources.files("watcher.templates")))
+    """One sandboxed environment per template folder, shared so templates compile once per process.
+
+    ``auto_reload`` makes a running daemon pick up edited user templates (a
+    stat per render); built-in templates never change under it.
+    """
+    builtin = _PackageLoader(resources.files("watcher.templates"))
     env = ImmutableSandboxedEnvironment(
-        loader=jinja2.ChoiceLoader(loaders),
+        loader=_UserFirstLoader(template_dir, builtin) if template_dir else builtin,
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False,
                                             default=False),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-        auto_reload=False,
+        auto_reload=True,
     )
     env.filters.update(FILTERS)
     return env
