@@ -321,8 +321,13 @@ def load_contents(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, tupl
     )
     for batch in _chunks(wanted):
         for digest, packed in conn.execute(statement, {"hashes": list(batch)}):
-            found[bytes(digest)] = tuple(zlib.decompress(packed).decode().split("\n"))
+            found[bytes(digest)] = _unpack(packed)
     return found
+
+
+def _unpack(packed: bytes) -> tuple[str, ...]:
+    text_ = zlib.decompress(packed).decode()
+    return tuple(text_.split("\n")) if text_ else ()
 
 
 def _pack(prefixes: Sequence[str]) -> bytes:
@@ -775,13 +780,28 @@ class TagSnapshot:
 
 
 def snapshot(conn: Connection, cloud: str, name: str, publication: PublicationInfo) -> TagSnapshot | None:
-    """A tag's prefixes as published in ``publication``; None if it was not published then."""
-    name = tag_name(conn, cloud, name)
-    version = versions_at(conn, cloud, publication.day, [name]).get(name)
-    if version is None or not version.present:
+    """A tag's prefixes as published in ``publication``; None if it was not published then.
+
+    One query (tag, version in force, content) for the usual exact name; a
+    name in other letter case is resolved first.
+    """
+    columns = ", ".join(f"v.{c.strip()}" for c in _VERSION_COLUMNS.split(","))
+    query = (
+        f"SELECT {columns}, c.prefixes FROM tags t JOIN tag_versions v ON v.tag_id = t.id "
+        "JOIN contents c ON c.hash = v.content_hash WHERE t.cloud = :cloud AND t.name = :name "
+        "AND v.valid_from <= :day AND (v.valid_until IS NULL OR v.valid_until > :day)"
+    )
+    rows = _fetch_all(conn, query, {"cloud": cloud, "name": name, "day": publication.day})
+    if not rows:
+        real_name = tag_name(conn, cloud, name)  # raises for an unknown tag
+        if real_name == name:
+            return None  # the tag exists but has no version yet at that publication
+        return snapshot(conn, cloud, real_name, publication)
+    row = rows[0]
+    version = _version(name, row[:-1])
+    if not version.present:
         return None
-    prefixes = load_contents(conn, [version.content_hash])[version.content_hash]
-    return TagSnapshot(name, publication, version, prefixes)
+    return TagSnapshot(name, publication, version, _unpack(row[-1]))
 
 
 def tag_states(conn: Connection, cloud: str, day: int, names: Sequence[str] | None) -> dict[str, diffs.TagState]:
