@@ -151,8 +151,8 @@ def normalize_prefixes(
                 notes.append(f"{tag_name}: duplicate prefix {canonical} ignored")
         fresh.add(canonical)
     if not unknown and len(published) == len(known):
-        return tuple(known), tuple(notes)
-    notes.sort()  # sets iterate in no particular order
+        return tuple(known), tuple(sorted(set(notes)))
+    notes = sorted(set(notes))  # each repair once; sets iterate in no particular order
     if not known:
         return tuple(sorted(fresh)), tuple(notes)
     kept = [p for p in known if p in published]
