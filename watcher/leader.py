@@ -113,62 +113,6 @@ class PostgresLeadership:
             )
 
     def try_lead(self) -> bool:
-        """True when this process may do the run now (and keeps leading until release)."""
-
-    @property
-    def description(self) -> str: ...
-
-    def release(self) -> None: ...
-
-
-def _advisory_key(name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
-
-
-class PostgresLeadership:
-    """Leader election with ``pg_try_advisory_lock`` on a dedicated connection."""
-
-    def __init__(self, engine: Engine, name: str = LOCK_NAME):
-        self._engine = engine
-        self._key = _advisory_key(name)
-        self._connection: Connection | None = None
-        self._leading = False
-
-    @property
-    def description(self) -> str:
-        state = "leader" if self._leading else "standby"
-        return f"{state} (PostgreSQL advisory lock {self._key}, pid {os.getpid()})"
-
-    def check_session_semantics(self) -> None:
-        """Refuse to run where session locks do not hold (transaction pooling)."""
-        try:
-            with self._engine.connect() as conn:
-                pids = set()
-                for _ in range(4):
-                    with conn.begin():
-                        pids.add(conn.execute(text("SELECT pg_backend_pid()")).scalar())
-                probe = _advisory_key(f"{LOCK_NAME}-probe-{os.getpid()}")
-                with conn.begin():
-                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": probe})
-                with conn.begin():
-                    held = conn.execute(
-                        # A bigint advisory key shows as classid (high 32 bits) and objid (low 32 bits).
-                        text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
-                             "AND classid::text::bigint = :high AND objid::text::bigint = :low AND objsubid = 1"),
-                        {"high": (probe >> 32) & 0xFFFFFFFF, "low": probe & 0xFFFFFFFF},
-                    ).scalar()
-                with conn.begin():
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": probe})
-        except SQLAlchemyError as exc:
-            raise LeadershipError(f"cannot check the database session for leader election: {exc}") from None
-        if len(pids) > 1 or not held:
-            raise LeadershipError(
-                "the database connection does not keep session state between transactions (a transaction-pooling "
-                "proxy such as pgbouncer in transaction mode?): advisory locks would not stop two replicas from "
-                "running at once. Connect the daemon to PostgreSQL directly or through session pooling."
-            )
-
-    def try_lead(self) -> bool:
         try:
             if self._connection is None or self._connection.closed or self._connection.invalidated:
                 self._connection = self._engine.connect()
