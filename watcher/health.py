@@ -266,6 +266,11 @@ def _count_by(conn: Connection, column: Any) -> dict[str, int]:
     return {str(k): v for k, v in conn.execute(select(column, func.count()).group_by(column)).all()}
 
 
+def _sample_value(value: float) -> str:
+    # Full precision: a timestamp in %g would lose its last digits (1.79587e+09).
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def _label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -280,7 +285,8 @@ def metrics_text(conn: Connection, settings: Settings, now: dt.datetime) -> str:
         lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
             label_text = ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(labels.items()))
-            lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
+            number = _sample_value(value)
+            lines.append(f"{name}{{{label_text}}} {number}" if label_text else f"{name} {number}")
 
     polls_table = Poll.__table__
     poll_counts = conn.execute(
