@@ -99,7 +99,7 @@ def test_daemon_imports_tickets_notifies_once_and_stops_on_sigterm(
     assert outcomes[0] == "new" and set(outcomes[1:]) == {"skipped-known-url"} and len(outcomes) >= 3
     runs = rows(engine, "SELECT * FROM daemon_runs ORDER BY id")
     assert len(runs) == len(outcomes) and all(r["ok"] for r in runs)
-    assert runs[0]["reason"] == "catch-up" and {r["reason"] for r in runs[1:]} == {"schedule"}
+    assert runs[0]["reason"] == "catch-up" and "schedule" in {r["reason"] for r in runs[1:]}
     assert origin.hits(f"/files/{today_name()}") == 1
     assert "t0kenSecret" not in daemon.log_text()
     assert any(e["message"] == "daemon stopped" for e in daemon.events("stop"))
