@@ -15,12 +15,10 @@ import pwd
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator

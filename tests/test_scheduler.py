@@ -4,7 +4,6 @@ nothing to ``kill -9`` in the middle of an import."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
 from pathlib import Path
 
@@ -22,10 +21,11 @@ from tests.daemon_helpers import (
     today_name,
     write_config,
 )
-from tests.httpstub import Origin, drip
-from watcher import db, polls
+from tests.httpstub import Origin, drip, html_reply
+from watcher import db, leader, polls
 from watcher.errors import ConfigError
-from watcher.scheduler import default_schedule, make_trigger, schedule_period
+from watcher.scheduler import Daemon, default_schedule, make_trigger, schedule_period
+from watcher.settings import DaemonSettings, FetchSettings, Settings
 
 UTC = dt.timezone.utc
 
@@ -228,3 +228,38 @@ def test_kill_9_in_the_middle_of_an_import_loses_nothing(
         assert conn.execute(sa.text(
             "SELECT count(*) FROM tag_versions v LEFT JOIN publications p ON p.id = v.publication_id WHERE p.id IS NULL"
         )).scalar() == 0
+
+
+# ---------------------------------------------------------------- one run, in process
+
+
+def daemon_for(engine: sa.Engine, page: str, **daemon: float) -> Daemon:
+    settings = Settings(clouds=("china",), fetch=FetchSettings(source_url=page, retries=0),
+                        daemon=DaemonSettings(schedule="0 3 * * *", **daemon))
+    return Daemon(settings, engine, leader.leadership_for(engine))
+
+
+def test_a_failing_run_is_retried_with_backoff_within_its_deadline(engine: sa.Engine, origin: Origin) -> None:
+    page = serve_new_china_file(origin, before=[html_reply("<html>busy</html>", 503)] * 2)
+    daemon = daemon_for(engine, page, run_deadline_seconds=30.0, retry_backoff_seconds=0.05)
+    try:
+        report = daemon.run_once("schedule")
+    finally:
+        daemon.leadership.release()
+    assert report is not None and report.ok, report
+    assert [o.outcome for o in report.outcomes] == ["error", "error", "new"]
+    [run] = rows(engine, "SELECT ok, error, reason FROM daemon_runs")
+    assert run == {"ok": True, "error": "", "reason": "schedule"}
+
+
+def test_a_run_that_keeps_failing_stops_at_its_deadline_and_is_recorded_failed(engine: sa.Engine, origin: Origin) -> None:
+    page = serve_new_china_file(origin, before=[html_reply("<html>down</html>", 500)] * 50)
+    daemon = daemon_for(engine, page, run_deadline_seconds=0.6, retry_backoff_seconds=0.1)
+    try:
+        report = daemon.run_once("schedule")
+    finally:
+        daemon.leadership.release()
+    assert report is not None and not report.ok
+    assert 2 <= len(report.outcomes) < 10 and {o.outcome for o in report.outcomes} == {"error"}
+    [run] = rows(engine, "SELECT ok, error FROM daemon_runs")
+    assert run["ok"] is not None and not run["ok"] and run["error"].startswith("china: ") and "500" in run["error"]
