@@ -1,5 +1,6 @@
 # The watcher as a container: docker build -t watcher . && docker run -v watcher-data:/data watcher
 # Runs with a read-only root file system: docker run --read-only -v watcher-data:/data watcher
+# Health endpoint: docker run -e WATCHER_HTTP_PORT=9464 -p 9464:9464 ...; config: -e WATCHER_CONFIG=/data/watcher.toml
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md alembic.ini ./
@@ -14,11 +15,14 @@ RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin watc
  && mkdir -p /data && chown watcher /data
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels azure-servicetag-watcher && rm -rf /wheels
+# The only writable place is /data: the SQLite database, its lock file, quarantined downloads and temporary
+# files (TMPDIR: apprise writes attachments there). tests/test_docker_steps.py runs these steps without Docker.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     WATCHER_DATABASE_URL=sqlite:////data/watcher.db \
-    HOME=/data
-# The only writable place: the SQLite database, its lock file, quarantined downloads and temporary files.
+    HOME=/data \
+    TMPDIR=/data \
+    WATCHER_HTTP_PORT=9464
 VOLUME ["/data"]
 WORKDIR /data
 USER watcher

@@ -7,6 +7,7 @@ status 1; wrong usage exits 2.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -19,9 +20,10 @@ from typing import Any, Callable, Iterable
 import click
 from sqlalchemy import Engine
 
-from . import __version__, db, notify, pipeline, render, status, store, tickets
+from . import __version__, db, health, leader, logs, notify, pipeline, render, scheduler, status, store, tickets
+from . import config as configuration
 from .diff import TagDiff, address_counts
-from .errors import WatcherError
+from .errors import ConfigError, WatcherError
 from .parse import FILE_NAME_RE, read_file_bytes
 from .settings import CLOUD_FILE_NAMES, Settings, load_settings
 from .watches import ResolvedWatch, resolve_watches
@@ -34,6 +36,8 @@ class AppContext:
     """What every command shares: the settings, and the database opened on first use."""
 
     settings: Settings
+    log_format: str = "human"
+    secrets: tuple[str, ...] = field(default=(), repr=False)
     _engine: Engine | None = field(default=None, repr=False)
 
     @property
@@ -60,21 +64,28 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+LOG_FORMAT_CHOICE = click.Choice(logs.LOG_FORMATS)
+
+
 @click.group(cls=WatcherGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", "database_url", metavar="URL", help="Database URL (default sqlite:///watcher.db; env WATCHER_DATABASE_URL).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="TOML config file (env WATCHER_CONFIG).")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+@click.option("--log-format", type=LOG_FORMAT_CHOICE, default="human", show_default=True,
+              help="Log lines for people, or one JSON object per line.")
 @click.version_option(__version__, prog_name="watcher")
 @click.pass_context
-def main(ctx: click.Context, database_url: str | None, config_path: str | None, verbose: bool) -> None:
+def main(ctx: click.Context, database_url: str | None, config_path: str | None, verbose: bool, log_format: str) -> None:
     """Keep firewall rules in step with Microsoft's Azure IP Ranges and Service Tags."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = load_settings(config_path, os.environ)
+        settings = load_settings(config_path, os.environ).with_overrides(database_url=database_url)
+        secrets = configuration.secrets(settings)
     except WatcherError as exc:
         raise click.ClickException(str(exc)) from None
-    ctx.obj = AppContext(settings.with_overrides(database_url=database_url))
+    logs.configure_logging(log_format, logging.INFO if verbose else logging.WARNING, secrets)
+    ctx.obj = AppContext(settings, log_format=log_format, secrets=secrets)
+    ctx.call_on_close(logs.remove_handler)
     ctx.call_on_close(lambda: ctx.obj._engine and ctx.obj._engine.dispose())
 
 
@@ -617,17 +628,50 @@ def poll_command(app: AppContext, clouds: tuple[str, ...], url: str | None, forc
         raise SystemExit(1)
 
 
+def _daemon_json(app: AppContext, conn, now: dt.datetime, state: health.Health) -> dict[str, Any]:
+    expression = app.settings.daemon.schedule or scheduler.default_schedule()
+    try:
+        next_run: str | None = _iso(scheduler.make_trigger(expression).get_next_fire_time(None, now))
+        schedule_error = None
+    except ConfigError as exc:
+        next_run, schedule_error = None, str(exc)
+    backlog = health.outbox_counts(conn)
+    return {
+        "schedule": expression,
+        "schedule_is_default": app.settings.daemon.schedule is None,
+        "schedule_error": schedule_error,
+        "next_run": next_run,
+        "leader": state.last_run.runner if state.last_run else None,
+        "last_run": state.last_run.to_json() if state.last_run else None,
+        "outbox": backlog,
+        "outbox_backlog": backlog.get("pending", 0) + backlog.get("sending", 0),
+    }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--check", is_flag=True, help="Exit 1 when unhealthy (for container and monitoring health checks).")
 @pass_app
-def status_command(app: AppContext, as_json: bool) -> None:
-    """Per configured cloud: the last poll, the last success, the newest publication, and whether it is stale."""
+def status_command(app: AppContext, as_json: bool, check: bool) -> None:
+    """Per cloud: last poll, last success, newest publication, staleness; the daemon's schedule, leader and health."""
     now = dt.datetime.now(dt.timezone.utc)
     with app.engine.connect() as conn:
         reports = status.status(conn, app.settings, now)
+        state = health.evaluate(conn, app.settings, now)
+        daemon = _daemon_json(app, conn, now, state)
     if as_json:
-        _emit_json({"clouds": [r.to_json() for r in reports]})
-        return
+        _emit_json({"clouds": [r.to_json() for r in reports], "daemon": daemon, "health": state.to_json()})
+    else:
+        _print_status(reports, daemon, state)
+    if check and not state.healthy:
+        raise click.ClickException("unhealthy: " + "; ".join(state.reasons))
+
+
+def _print_status(reports: list[status.CloudStatus], daemon: dict[str, Any], state: health.Health) -> None:
     for r in reports:
         freshness = "STALE" if r.stale else "fresh"
         click.echo(f"{r.cloud}: {freshness}")
@@ -642,6 +686,94 @@ def status_command(app: AppContext, as_json: bool) -> None:
                 continue
             error = f": {attempt.error}" if attempt.error and label == "last attempt" else ""
             click.echo(f"  {label}: {attempt.finished_at:%Y-%m-%d %H:%M:%S}Z {attempt.outcome}{error}")
+    default = " (default for this host)" if daemon["schedule_is_default"] else ""
+    click.echo(f"daemon: schedule {daemon['schedule']!r} UTC{default}, next run "
+               f"{daemon['next_run'] or daemon['schedule_error']}")
+    last = state.last_run
+    if last is None:
+        click.echo("  last run: never (is `watcher run` running?)")
+    else:
+        result = "running or interrupted" if last.ok is None else ("ok" if last.ok else f"failed: {last.error}")
+        click.echo(f"  last run: {last.started_at:%Y-%m-%d %H:%M:%S}Z by {last.runner} ({last.reason}): {result}")
+    click.echo(f"  outbox backlog: {daemon['outbox_backlog']} message(s) to deliver, "
+               f"{daemon['outbox'].get('failed', 0)} failed")
+    click.echo("health: " + ("healthy" if state.healthy else "UNHEALTHY: " + "; ".join(state.reasons)))
+
+
+# ---------------------------------------------------------------- the daemon and its configuration
+
+
+@main.command("run")
+@click.option("--schedule", metavar="CRON", help="Cron expression in UTC, five fields or six with seconds first "
+                                                  "(default: [daemon] schedule, WATCHER_SCHEDULE, or daily).")
+@click.option("--http-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve /healthz and /metrics on this port ([daemon] http_port, WATCHER_HTTP_PORT).")
+@click.option("--log-format", type=LOG_FORMAT_CHOICE, help="Log lines for people, or one JSON object per line.")
+@pass_app
+def run_command(app: AppContext, schedule: str | None, http_port: int | None, log_format: str | None) -> None:
+    """Run the daemon: poll on schedule, catch up after downtime, ticket, notify, report health.
+
+    Several replicas may run on one PostgreSQL database (one leads each run);
+    on SQLite, one per database file. Stops cleanly on SIGTERM or SIGINT.
+    """
+    daemon_settings = dataclasses.replace(
+        app.settings.daemon,
+        schedule=schedule if schedule is not None else app.settings.daemon.schedule,
+        http_port=http_port if http_port is not None else app.settings.daemon.http_port,
+    )
+    settings = dataclasses.replace(app.settings, daemon=daemon_settings)
+    logs.configure_logging(log_format or app.log_format, logging.INFO, app.secrets, quiet_libraries=True)
+    scheduler.make_trigger(settings.daemon.schedule)  # a bad schedule stops the start, before any lock
+    engine = db.create_db_engine(settings.database_url)
+    try:
+        leadership = leader.leadership_for(engine)
+        try:
+            with leader.schema_lock(engine):
+                db.ensure_schema(engine)
+            scheduler.Daemon(settings, engine, leadership).serve_forever()
+        finally:
+            leadership.release()
+    finally:
+        engine.dispose()
+
+
+@main.command("init")
+@click.argument("path", default="watcher.toml", type=click.Path(dir_okay=False), required=False)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@pass_app
+def init_command(app: AppContext, path: str, force: bool) -> None:
+    """Write the commented example configuration to PATH (default watcher.toml)."""
+    written = configuration.write_example(path, force=force)
+    click.echo(f"wrote {written}; edit it, then check it with: watcher --config {written} config check")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Configuration commands: check the configuration and show the effective settings."""
+
+
+@config_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def config_check(app: AppContext, as_json: bool) -> None:
+    """Check every part of the configuration and print the effective settings, secrets masked."""
+    checks = configuration.check(app.settings)
+    effective = configuration.effective_settings(app.settings)
+    if as_json:
+        _emit_json({"ok": all(c.ok for c in checks), "checks": [c.to_json() for c in checks],
+                    "settings": effective})
+    else:
+        source = app.settings.config_path or "no config file (defaults and WATCHER_* variables)"
+        click.echo(f"configuration: {source}")
+        for c in checks:
+            mark = "ok     " if c.ok and not c.warning else ("warning" if c.ok else "FAILED ")
+            click.echo(f"{mark}  {c.part}: {c.detail}")
+        click.echo("\neffective settings:")
+        click.echo(json.dumps(effective, indent=2, default=str))
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise click.ClickException(f"{len(failed)} configuration problem(s): "
+                                   + "; ".join(f"{c.part}: {c.detail}" for c in failed))
 
 
 if __name__ == "__main__":  # pragma: no cover

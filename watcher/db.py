@@ -118,14 +118,23 @@ def downgrade(engine: Engine, revision: str) -> None:
         raise StoreError(f"database downgrade failed: {exc}") from None
 
 
-def open_database(url: str, *, migrate: bool = True) -> Engine:
-    """An engine on ``url`` whose schema is at the latest revision."""
-    engine = create_db_engine(url)
+def ensure_schema(engine: Engine) -> None:
+    """Bring the schema of ``engine``'s database to the latest revision, if it is not there."""
     try:
-        if migrate and current_revision(engine) != head_revision():
+        if current_revision(engine) != head_revision():
             log.info("upgrading database schema to %s", head_revision())
             upgrade(engine)
     except OperationalError as exc:
-        engine.dispose()
-        raise StoreError(f"cannot open database {safe_url(url)}: {exc.orig}") from None
+        raise StoreError(f"cannot open database {safe_url(str(engine.url))}: {exc.orig}") from None
+
+
+def open_database(url: str, *, migrate: bool = True) -> Engine:
+    """An engine on ``url`` whose schema is at the latest revision."""
+    engine = create_db_engine(url)
+    if migrate:
+        try:
+            ensure_schema(engine)
+        except StoreError:
+            engine.dispose()
+            raise
     return engine

@@ -13,12 +13,13 @@ one SQLite file cannot be replicas: there is no server to fail over to.)
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
@@ -29,6 +30,7 @@ from .errors import LeadershipError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "watcher-daemon-leader"
+MIGRATION_LOCK_NAME = "watcher-schema-migration"
 
 
 class Leadership(Protocol):
@@ -60,32 +62,54 @@ class PostgresLeadership:
         return f"{state} (PostgreSQL advisory lock {self._key}, pid {os.getpid()})"
 
     def check_session_semantics(self) -> None:
-        """Refuse to run where session locks do not hold (transaction pooling)."""
+        """Refuse to run where session locks do not hold (a transaction-pooling proxy).
+
+        Directly on PostgreSQL (or through session pooling) a client connection
+        is one server session for its whole life. Behind pgbouncer's
+        ``pool_mode = transaction`` the server session is lent per transaction:
+        once connection A is idle between transactions, other clients may be
+        handed A's session. So: note A's backend pid, then open transactions
+        on other connections while A idles; if one of them lands on A's
+        backend, or A comes back on another one, or A's advisory lock is not
+        seen in its next transaction, sessions are not kept.
+        """
+        probe = _advisory_key(f"{LOCK_NAME}-probe-{os.getpid()}")
         try:
-            with self._engine.connect() as conn:
-                pids = set()
-                for _ in range(4):
-                    with conn.begin():
-                        pids.add(conn.execute(text("SELECT pg_backend_pid()")).scalar())
-                probe = _advisory_key(f"{LOCK_NAME}-probe-{os.getpid()}")
-                with conn.begin():
-                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": probe})
-                with conn.begin():
-                    held = conn.execute(
-                        # A bigint advisory key shows as classid (high 32 bits) and objid (low 32 bits).
-                        text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
-                             "AND classid::text::bigint = :high AND objid::text::bigint = :low AND objsubid = 1"),
-                        {"high": (probe >> 32) & 0xFFFFFFFF, "low": probe & 0xFFFFFFFF},
-                    ).scalar()
-                with conn.begin():
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": probe})
+            with self._engine.connect() as first:
+                with first.begin():
+                    pid = first.execute(text("SELECT pg_backend_pid()")).scalar()
+                    first.execute(text("SELECT pg_advisory_lock(:k)"), {"k": probe})
+                others: list[Connection] = []
+                try:
+                    borrowed = set()
+                    for _ in range(3):
+                        other = self._engine.connect()
+                        others.append(other)
+                        other.begin()  # held open: the proxy cannot lend this session elsewhere meanwhile
+                        borrowed.add(other.execute(text("SELECT pg_backend_pid()")).scalar())
+                    with first.begin():
+                        again = first.execute(text("SELECT pg_backend_pid()")).scalar()
+                        held = first.execute(
+                            # A bigint advisory key shows as classid (high 32 bits) and objid (low 32 bits).
+                            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                 "AND pid = pg_backend_pid() AND classid::text::bigint = :high "
+                                 "AND objid::text::bigint = :low AND objsubid = 1"),
+                            {"high": (probe >> 32) & 0xFFFFFFFF, "low": probe & 0xFFFFFFFF},
+                        ).scalar()
+                finally:
+                    for other in others:
+                        other.rollback()
+                        other.close()
+                with first.begin():
+                    first.execute(text("SELECT pg_advisory_unlock_all()"))
         except SQLAlchemyError as exc:
-            raise LeadershipError(f"cannot check the database session for leader election: {exc}") from None
-        if len(pids) > 1 or not held:
+            detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise LeadershipError(f"cannot check the database session for leader election: {detail}") from None
+        if pid in borrowed or again != pid or not held:
             raise LeadershipError(
                 "the database connection does not keep session state between transactions (a transaction-pooling "
-                "proxy such as pgbouncer in transaction mode?): advisory locks would not stop two replicas from "
-                "running at once. Connect the daemon to PostgreSQL directly or through session pooling."
+                "proxy such as pgbouncer with pool_mode = transaction?): advisory locks would not stop two replicas "
+                "from running at once. Connect the daemon to PostgreSQL directly or through session pooling."
             )
 
     def try_lead(self) -> bool:
@@ -183,3 +207,32 @@ def leadership_for(engine: Engine) -> Leadership:
     file_leadership = FileLeadership(Path(database).resolve())
     file_leadership.acquire()
     return file_leadership
+
+
+@contextlib.contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Serialise schema upgrades of replicas starting together on PostgreSQL (a no-op on SQLite).
+
+    Without it, two daemons started at once would both find an old schema and
+    both run the same migration; the second would fail on a table the first made.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    key = _advisory_key(MIGRATION_LOCK_NAME)
+    try:
+        conn = engine.connect()
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise LeadershipError(f"cannot take the schema migration lock: {detail}") from None
+    try:
+        yield
+    finally:
+        try:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+        except SQLAlchemyError:
+            pass  # closing the session releases it anyway
+        conn.close()

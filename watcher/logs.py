@@ -21,6 +21,8 @@ _QUERY_SECRET = re.compile(
     re.IGNORECASE,
 )
 _REPLACEMENT = "***"
+LOG_FORMATS = ("human", "json")
+_OURS = "_watcher_handler"
 
 
 def redact_text(message: str, secrets: Iterable[str] = ()) -> str:
@@ -79,19 +81,41 @@ class HumanFormatter(logging.Formatter):
 
 
 def configure_logging(
-    log_format: str = "human", level: int = logging.INFO, secrets: Iterable[str] = (), stream: TextIO | None = None
+    log_format: str = "human",
+    level: int = logging.INFO,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    *,
+    quiet_libraries: bool = False,
 ) -> logging.Handler:
-    """Route every logger to one handler on stderr (``human`` or ``json`` lines); returns the handler."""
-    stream = stream or sys.stderr
-    handler = logging.StreamHandler(stream)
+    """Route every logger to one handler (``human`` or ``json`` lines, on stderr); returns the handler.
+
+    Replaces a handler installed by an earlier call, and leaves other handlers
+    alone (a test's log capture keeps working). ``quiet_libraries`` keeps
+    libraries that log each request at INFO (httpx) at WARNING: the daemon's
+    own lines say what was fetched.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {log_format!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else HumanFormatter())
     handler.addFilter(RedactingFilter(secrets))
+    handler.setLevel(level)
+    setattr(handler, _OURS, True)
+    root = logging.getLogger()
+    remove_handler()
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+    if quiet_libraries:
+        for noisy in ("httpx", "httpcore", "apscheduler"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    return handler
+
+
+def remove_handler() -> None:
+    """Take the handler of ``configure_logging`` off the root logger (when the command ends)."""
     root = logging.getLogger()
     for existing in list(root.handlers):
-        root.removeHandler(existing)
-    root.addHandler(handler)
-    root.setLevel(level)
-    # Libraries that log request URLs at INFO would be noise at the daemon's level.
-    for noisy in ("httpx", "httpcore", "apscheduler.executors.default"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    return handler
+        if getattr(existing, _OURS, False):
+            root.removeHandler(existing)

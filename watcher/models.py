@@ -30,6 +30,9 @@ Review and delivery (revision 0002):
   sent and recorded one at a time. A destination is known by a hash of its
   URL (``destination``) and its masked form (``destination_label``); the URL
   itself, which may carry a token, stays in the settings.
+
+The daemon (revision 0004): ``daemon_runs`` (who ran when, and how it went)
+and ``health_alerts`` (one row per destination each time health flips).
 """
 from __future__ import annotations
 
@@ -224,3 +227,49 @@ class Poll(Base):
     error: Mapped[str | None] = mapped_column(Text)
     publication_id: Mapped[int | None] = mapped_column(ForeignKey("publications.id", ondelete="SET NULL"), index=True)
     sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class DaemonRun(Base):
+    """One scheduled (or catch-up) run of ``watcher run`` (``daemon_runs``, revision 0004).
+
+    Written by the replica that led the run: ``runner`` is ``host:pid``. A run
+    whose process died has ``finished_at`` NULL and counts neither as a success
+    nor as a failure. Catch-up and health read this table, not the scheduler.
+    """
+
+    __tablename__ = "daemon_runs"
+    __table_args__ = (Index("ix_daemon_runs_started_at", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    runner: Mapped[str] = mapped_column(String(200))
+    #: schedule, catch-up
+    reason: Mapped[str] = mapped_column(String(32))
+    ok: Mapped[bool | None] = mapped_column(Boolean)
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
+class HealthAlert(Base):
+    """A "watcher unhealthy" or "watcher recovered" message for one destination (``health_alerts``, 0004).
+
+    Rows are queued only when the health state flips, so a week of failing
+    runs queues one alert per destination, not one per run; each row is sent
+    until it succeeds or runs out of attempts. ``destination`` is the hash
+    of the apprise URL (as in ``outbox``); an empty one records a flip with
+    nobody to tell.
+    """
+
+    __tablename__ = "health_alerts"
+    __table_args__ = (Index("ix_health_alerts_state", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))           # unhealthy, recovered
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    destination: Mapped[str] = mapped_column(String(64))
+    destination_label: Mapped[str] = mapped_column(String(1024), default="")
+    state: Mapped[str] = mapped_column(String(16))          # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

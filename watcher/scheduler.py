@@ -4,24 +4,35 @@ Each run polls every configured cloud (importing and ticketing what is new,
 in the import's transaction), delivers the notifications that are due
 (earlier failures included), and then checks health. APScheduler 3 fires the
 runs from a cron expression, with an in-memory job store rebuilt at start:
-what matters (when the last run was, what was delivered) lives in the
-database, not in the scheduler. A watchdog job compares the last run's time in
-the database with the schedule's period, so a start after downtime, a laptop
-that slept or a clock that jumped leads to one run at once, not to a missed
-week; missed cron runs are coalesced, and a lock keeps one run at a time.
+what matters (when the last poll succeeded, what was delivered) lives in the
+database, not in the scheduler.
 
-Shutdown: SIGTERM or SIGINT stops new work; a run in progress gets a few
-seconds to finish. Every import is one transaction, so leaving mid-run rolls
-back rather than half-writes, and the next run completes the work.
+Threads: APScheduler's jobs only *request* a run; one worker thread does the
+runs, one at a time, and coalesces requests that piled up meanwhile. A
+watchdog request every few seconds compares the database's record with the
+schedule's period, so a start after downtime, a laptop that slept or a clock
+that jumped leads to one run at once, not to a missed week.
+
+Shutdown: the main thread only waits for SIGTERM/SIGINT (blocked in every
+thread and taken with ``sigtimedwait``, so no handler runs in the middle of a
+lock). It stops the scheduler, lets a run in progress finish for a grace
+period, and otherwise leaves at once: every import and every outbox update
+is one transaction, and a transaction whose connection goes away is rolled
+back by the database, exactly as after ``kill -9``. The next run completes
+the work.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
+import os
+import queue
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,11 +52,18 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 8.0
+#: How long a run in progress may go on after SIGTERM before the process leaves (the bound is 10 s).
+SHUTDOWN_GRACE_SECONDS = 6.0
+#: A run is overdue when nothing ran for this many schedule periods (a sleep, a clock jump, downtime).
+OVERDUE_PERIODS = 1.5
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+# ---------------------------------------------------------------- the schedule
 
 
 def default_schedule(seed: str | None = None) -> str:
@@ -59,29 +77,62 @@ def default_schedule(seed: str | None = None) -> str:
     return f"{digest[0] % 60} {digest[1] % 24} * * *"
 
 
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _cron_day_of_week(value: str) -> str:
+    """Standard cron weekdays (0 or 7 = Sunday) as names: APScheduler 3 counts 0 as Monday."""
+    days: list[str] = []
+    for token in value.split(","):
+        base, _, step_text = token.partition("/")
+        if any(c.isalpha() for c in base) or (base == "*" and not step_text):
+            days.append(token)  # names and a plain * mean the same in both
+            continue
+        if base == "*":
+            low, high = 0, 6
+        elif "-" in base:
+            low_text, _, high_text = base.partition("-")
+            low, high = int(low_text), int(high_text)
+        else:
+            low = high = int(base)
+            if step_text:
+                high = 6
+        step = int(step_text) if step_text else 1
+        if not (0 <= low <= 7 and 0 <= high <= 7 and low <= high and step > 0):
+            raise ValueError(f"day of week {token!r} is out of range (0-7)")
+        days.extend(_DAY_NAMES[n % 7] for n in range(low, high + 1, step))
+    return ",".join(dict.fromkeys(days))
+
+
 def make_trigger(schedule: str | None) -> CronTrigger:
-    """A cron trigger in UTC: five fields, or six with seconds first (``*/5 * * * * *``)."""
-    expression = schedule or default_schedule()
+    """A cron trigger in UTC: five fields, or six with seconds first (``*/5 * * * * *``).
+
+    Weekdays follow cron (0 = Sunday), not APScheduler 3 (0 = Monday).
+    """
+    expression = (schedule or default_schedule()).strip()
     fields = expression.split()
     try:
         if len(fields) == 5:
-            return CronTrigger.from_crontab(expression, timezone=dt.timezone.utc)
-        if len(fields) == 6:
-            second, minute, hour, day, month, day_of_week = fields
-            return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
-                               day_of_week=day_of_week, timezone=dt.timezone.utc)
+            fields = ["0", *fields]
+        if len(fields) != 6:
+            raise ConfigError(f"invalid schedule {expression!r}: use five cron fields (or six, seconds first)")
+        second, minute, hour, day, month, day_of_week = fields
+        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                           day_of_week=_cron_day_of_week(day_of_week), timezone=dt.timezone.utc)
     except ValueError as exc:
         raise ConfigError(f"invalid schedule {expression!r}: {exc}") from None
-    raise ConfigError(f"invalid schedule {expression!r}: use five cron fields (or six, seconds first)")
 
 
 def schedule_period(trigger: CronTrigger, now: dt.datetime) -> dt.timedelta:
-    """The gap between two consecutive runs of the schedule (from ``now``)."""
+    """The gap between the next two runs of the schedule after ``now``."""
     first = trigger.get_next_fire_time(None, now)
-    second = trigger.get_next_fire_time(first, first + dt.timedelta(microseconds=1))
+    second = trigger.get_next_fire_time(first, first + dt.timedelta(microseconds=1)) if first else None
     if first is None or second is None:
-        raise ConfigError("the schedule never fires")
+        raise ConfigError("the schedule never fires (twice)")
     return second - first
+
+
+# ---------------------------------------------------------------- the daemon
 
 
 @dataclass
@@ -104,83 +155,97 @@ class Daemon:
         leadership: Leadership,
         *,
         clock: Callable[[], dt.datetime] = _utcnow,
+        grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
     ):
         self.settings = settings
         self.engine = engine
         self.leadership = leadership
         self.clock = clock
-        self.trigger = make_trigger(settings.daemon.schedule)
+        self.grace_seconds = grace_seconds
+        self.schedule = settings.daemon.schedule or default_schedule()
+        self.trigger = make_trigger(self.schedule)
         self.period = schedule_period(self.trigger, clock())
         self.stopping = threading.Event()
-        self._run_lock = threading.Lock()
+        self._requests: queue.Queue[str] = queue.Queue()
         self._scheduler: BackgroundScheduler | None = None
         self._http: ThreadingHTTPServer | None = None
+        self._worker: threading.Thread | None = None
 
     # -- one run
 
-    def run_once(self, reason: str) -> RunReport | None:
-        """Poll, deliver, check health — if this process leads and no run is in progress."""
+    def run_once(self, reason: str, *, only_if: Callable[[], bool] | None = None) -> RunReport | None:
+        """Poll, deliver, check health — if this process leads (and ``only_if`` says the run is due)."""
         if self.stopping.is_set():
             return None
-        if not self._run_lock.acquire(blocking=False):
-            log.info("run skipped (%s): a run is in progress", reason)
+        if not self.leadership.try_lead():
+            log.debug("run skipped (%s): another replica leads", reason)
             return None
-        try:
-            if not self.leadership.try_lead():
-                log.info("run skipped (%s): another replica leads", reason)
-                return None
-            return self._run(reason)
-        finally:
-            self._run_lock.release()
+        # Decided after taking the lead: the leader's view of the database is the one that counts.
+        if only_if is not None and not only_if():
+            return None
+        return self._run(reason)
 
     def _run(self, reason: str) -> RunReport:
         report = RunReport(self.clock(), reason)
-        log.info("run started (%s)", reason)
+        log.info("run started (%s)", reason, extra={"event": "run"})
         try:
-            run_id = health.record_run_start(self.engine, report.started_at)
-        except (WatcherError, SQLAlchemyError) as exc:
-            log.error("run failed: cannot record it in the database: %s", exc)
+            run_id = health.record_run_start(self.engine, report.started_at, reason)
+        except WatcherError as exc:
+            log.error("run failed: %s", exc, extra={"event": "run", "outcome": "error"})
             report.errors.append(str(exc))
             return report
         deadline = time.monotonic() + self.settings.daemon.run_deadline_seconds
         clouds = list(self.settings.clouds)
         delay = self.settings.daemon.retry_backoff_seconds
         while clouds and not self.stopping.is_set():
-            outcomes = self._poll(clouds, report)
-            clouds = [o.cloud for o in outcomes if not o.ok]
+            clouds = self._poll(clouds, report)
             if not clouds:
                 break
-            # Failed clouds are retried with backoff, inside the run's deadline.
+            # Failed clouds are tried again with backoff (and jitter), within the run's deadline.
             wait = delay * random.uniform(0.8, 1.2)
             if time.monotonic() + wait > deadline:
                 break
-            log.info("retrying %s in %.0f s", ", ".join(clouds), wait)
+            log.info("retrying %s in %.1f s", ", ".join(clouds), wait, extra={"event": "retry"})
             if self.stopping.wait(wait):
                 break
             delay *= 2
-        last_by_cloud = {o.cloud: o for o in report.outcomes}
-        report.errors += [f"{o.cloud}: {o.error}" for o in last_by_cloud.values() if not o.ok]
-        self._deliver(report)
+        report.errors += [f"{cloud}: {error}" for cloud, error in self._last_errors(report).items()]
+        if not self.stopping.is_set():
+            self._deliver(report)
         report.ok = not report.errors
         try:
             health.record_run_finish(self.engine, run_id, self.clock(), report.ok, "; ".join(report.errors))
             self._check_health()
-        except (WatcherError, SQLAlchemyError) as exc:
+        except WatcherError as exc:
             log.error("after the run: %s", exc)
-        log.info("run finished (%s): %s", reason, "ok" if report.ok else "; ".join(report.errors))
+        log.info("run finished (%s): %s", reason, "ok" if report.ok else "failed: " + "; ".join(report.errors),
+                 extra={"event": "run", "outcome": "ok" if report.ok else "failed"})
         return report
 
-    def _poll(self, clouds: list[str], report: RunReport) -> list[pipeline.PollOutcome]:
-        try:
-            outcomes = pipeline.poll(self.engine, self.settings, clouds, now=self.clock)
-        except WatcherError as exc:
-            log.error("poll failed: %s", exc)
-            outcomes = [pipeline.failed_outcome(c, str(exc), self.clock()) for c in clouds]
-        for outcome in outcomes:
-            log.info("poll %s: %s%s", outcome.cloud, outcome.outcome, f" ({outcome.error})" if outcome.error else "",
-                     extra={"cloud": outcome.cloud, "event": "poll", "outcome": outcome.outcome})
-        report.outcomes += outcomes
-        return outcomes
+    def _poll(self, clouds: list[str], report: RunReport) -> list[str]:
+        """Poll each cloud in turn (stopping between clouds on shutdown); returns the clouds that failed."""
+        failed = []
+        for cloud in clouds:
+            if self.stopping.is_set():
+                failed.append(cloud)
+                continue
+            try:
+                [outcome] = pipeline.poll(self.engine, self.settings, [cloud], now=self.clock)
+            except Exception as exc:  # a bug or an untranslated failure: the run fails, the daemon goes on
+                log.exception("%s poll: internal error", cloud)
+                report.outcomes.append(_failed_outcome(cloud, f"internal error: {type(exc).__name__}: {exc}",
+                                                       self.clock()))
+                failed.append(cloud)
+                continue
+            report.outcomes.append(outcome)
+            if not outcome.ok:
+                failed.append(cloud)
+        return failed
+
+    @staticmethod
+    def _last_errors(report: RunReport) -> dict[str, str]:
+        last = {o.cloud: o for o in report.outcomes}
+        return {cloud: o.error or o.outcome for cloud, o in last.items() if not o.ok}
 
     def _deliver(self, report: RunReport) -> None:
         try:
@@ -189,9 +254,10 @@ class Daemon:
             report.errors.append(f"notifications: {exc}")
             return
         report.delivered = sum(1 for r in results if r.state == "sent")
-        for result in results:
-            log.info("notification for ticket %s to %s: %s", result.ticket_id, result.destination, result.state,
-                     extra={"event": "notify", "ticket": result.ticket_id, "outcome": result.state})
+        for r in results:
+            log.info("notification for ticket %s to %s: %s%s", r.ticket_id, r.destination, r.state,
+                     f" ({r.error})" if r.error and r.state != "sent" else "",
+                     extra={"event": "notify", "ticket": r.ticket_id, "outcome": r.state})
 
     def _check_health(self) -> None:
         now = self.clock()
@@ -199,28 +265,73 @@ class Daemon:
             state = health.evaluate(conn, self.settings, now)
         health.queue_alerts(self.engine, self.settings, state, now)
         for kind, destination, ok in health.send_alerts(self.engine, self.settings, now):
-            log.info("health alert %s to %s: %s", kind, destination, "sent" if ok else "failed")
+            log.info("health alert %s to %s: %s", kind, destination, "sent" if ok else "failed",
+                     extra={"event": "health", "outcome": "sent" if ok else "failed"})
 
     # -- catch-up
 
     def catch_up_due(self, *, at_start: bool = False) -> bool:
         """Whether a run is overdue by the database's record, not the scheduler's memory.
 
-        At start: the last successful run is older than the schedule's period.
-        Later (after a sleep or a clock jump): the last run, failed or not, is;
-        failed runs are not retried every minute, only at the next tick.
+        At start: some configured cloud has not been polled successfully
+        (by the daemon or by ``watcher poll``) within one schedule period.
+        Later (after a sleep or a clock jump): no run started or finished for
+        ``OVERDUE_PERIODS`` periods. That one counts failed runs too, so a
+        failing source is tried again at the next tick, not every few seconds.
         """
+        now = self.clock()
         with self.engine.connect() as conn:
-            started, succeeded = health.last_run(conn)
-        reference = succeeded if at_start else started
-        return reference is None or self.clock() - reference >= self.period
+            if at_start:
+                reference = health.oldest_last_success(conn, self.settings.clouds)
+                limit = self.period
+            else:
+                reference = health.last_activity(conn)
+                limit = self.period * OVERDUE_PERIODS
+        due = reference is None or now - reference >= limit
+        if at_start:
+            log.info("catch-up at start: %s (last successful poll %s, schedule period %s)",
+                     "polling now" if due else "not due", reference.isoformat() if reference else "never",
+                     self.period, extra={"event": "catch-up", "outcome": "due" if due else "not-due"})
+        elif due:
+            log.info("catch-up: no run since %s (period %s): polling now",
+                     reference.isoformat() if reference else "ever", self.period, extra={"event": "catch-up"})
+        return due
 
-    def watchdog(self, at_start: bool = False) -> None:
-        try:
-            if self.catch_up_due(at_start=at_start):
-                self.run_once("catch-up")
-        except (WatcherError, SQLAlchemyError) as exc:
-            log.error("catch-up check failed: %s", exc)
+    def _catch_up_check(self, at_start: bool) -> Callable[[], bool]:
+        def check() -> bool:
+            try:
+                return self.catch_up_due(at_start=at_start)
+            except (WatcherError, SQLAlchemyError) as exc:
+                log.error("catch-up check failed: %s", exc)
+                return False
+
+        return check
+
+    # -- the worker
+
+    def request_run(self, reason: str) -> None:
+        """Called from APScheduler's thread: only queue the request; the worker does the run."""
+        self._requests.put(reason)
+
+    def _work(self) -> None:
+        self.run_once("catch-up", only_if=self._catch_up_check(at_start=True))
+        while not self.stopping.is_set():
+            try:
+                reasons = {self._requests.get(timeout=0.5)}
+            except queue.Empty:
+                continue
+            while True:  # coalesce whatever piled up during the last run
+                try:
+                    reasons.add(self._requests.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                if "schedule" in reasons:
+                    self.run_once("schedule")
+                else:
+                    self.run_once("catch-up", only_if=self._catch_up_check(at_start=False))
+            except Exception:  # never let a bug end the daemon silently: log it, wait for the next tick
+                log.exception("run failed with an internal error")
 
     # -- serving
 
@@ -228,72 +339,91 @@ class Daemon:
         return self.trigger.get_next_fire_time(None, self.clock())
 
     def start(self) -> None:
+        if self.settings.daemon.http_port is not None:  # first: a port in use fails the start, not later
+            self._http = serve_health(self, self.settings.daemon.http_port)
         scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
-        scheduler.add_job(self.run_once, self.trigger, args=["schedule"], id="poll", coalesce=True,
-                          max_instances=1, misfire_grace_time=int(self.period.total_seconds()) or 1)
+        scheduler.add_job(self.request_run, self.trigger, args=["schedule"], id="poll", coalesce=True,
+                          max_instances=1, misfire_grace_time=max(1, int(self.period.total_seconds())))
         check_every = max(1.0, min(60.0, self.period.total_seconds() / 2))
-        scheduler.add_job(self.watchdog, IntervalTrigger(seconds=check_every, timezone=dt.timezone.utc),
-                          id="watchdog", coalesce=True, max_instances=1)
-        scheduler.add_job(self.watchdog, kwargs={"at_start": True}, id="catch-up-at-start")  # runs at once
+        scheduler.add_job(self.request_run, IntervalTrigger(seconds=check_every, timezone=dt.timezone.utc),
+                          args=["watchdog"], id="watchdog", coalesce=True, max_instances=1)
         scheduler.start()
         self._scheduler = scheduler
-        if self.settings.daemon.http_port is not None:
-            self._http = serve_health(self, self.settings.daemon.http_port)
-        log.info("daemon started: schedule %r (every %s), next run %s, %s",
-                 self.settings.daemon.schedule or "daily", self.period, self.next_run_time(),
-                 self.leadership.description)
+        self._worker = threading.Thread(target=self._work, name="watcher-runs", daemon=True)
+        self._worker.start()
+        log.info("daemon started: schedule %r (UTC, every %s), next run %s; %s", self.schedule, self.period,
+                 _iso(self.next_run_time()), self.leadership.description, extra={"event": "start"})
 
-    def stop(self) -> None:
-        """Stop taking work; give a run in progress a few seconds, then leave (its transaction rolls back)."""
+    def stop(self) -> bool:
+        """Stop taking work and wait up to the grace period; True when no run was left in progress."""
         self.stopping.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
-        finished = self._run_lock.acquire(timeout=SHUTDOWN_GRACE_SECONDS)
+        finished = True
+        if self._worker is not None:
+            self._worker.join(self.grace_seconds)
+            finished = not self._worker.is_alive()
         if finished:
-            self._run_lock.release()
-        else:
-            log.warning("a run was still in progress at shutdown; its transaction is rolled back")
-        self.leadership.release()
+            self.leadership.release()
+        return finished
 
     def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT."""
-        stop_requested = threading.Event()
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            stop_requested.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        """Run until SIGTERM or SIGINT (called from the main thread)."""
+        # Blocked before any thread starts, so every thread inherits the mask and only this one takes them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         self.start()
-        while not stop_requested.wait(1.0):
-            pass
-        self.stop()
-        log.info("daemon stopped")
+        received = None
+        while received is None:
+            received = signal.sigtimedwait(STOP_SIGNALS, 1.0)
+            if received is None and self._worker is not None and not self._worker.is_alive():
+                raise WatcherError("the daemon's worker thread ended unexpectedly")  # pragma: no cover
+        log.info("received %s: stopping", signal.Signals(received.si_signo).name, extra={"event": "stop"})
+        if self.stop():
+            log.info("daemon stopped", extra={"event": "stop"})
+            return
+        log.warning("a run was still in progress after %.0f s: leaving now; the database rolls back its open "
+                    "transaction and the next run completes the work", self.grace_seconds, extra={"event": "stop"})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        os._exit(0)  # the worker thread cannot be interrupted; leaving is what rolls its transaction back
 
 
-def serve_health(daemon: Daemon, port: int) -> ThreadingHTTPServer:
+def _failed_outcome(cloud: str, error: str, at: dt.datetime) -> pipeline.PollOutcome:
+    return pipeline.PollOutcome(cloud=cloud, outcome="error", url="", file_date=None, started_at=at,
+                                finished_at=at, error=error)
+
+
+# ---------------------------------------------------------------- the health endpoint
+
+
+def serve_health(daemon: Daemon, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
     """``/healthz`` (200 healthy, 503 not) and ``/metrics`` (Prometheus text) on a background thread."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = self.path.split("?")[0]
+            if path not in ("/healthz", "/metrics"):
+                self._reply(404, "text/plain", "not found: try /healthz or /metrics\n")
+                return
             try:
+                now = daemon.clock()
                 with daemon.engine.connect() as conn:
-                    now = daemon.clock()
-                    if self.path.split("?")[0] == "/healthz":
+                    if path == "/healthz":
                         state = health.evaluate(conn, daemon.settings, now)
                         body = _json({**state.to_json(), "leader": daemon.leadership.description,
-                                      "next_run": _iso(daemon.next_run_time())})
+                                      "schedule": daemon.schedule, "next_run": _iso(daemon.next_run_time())})
                         self._reply(200 if state.healthy else 503, "application/json", body)
-                    elif self.path.split("?")[0] == "/metrics":
-                        self._reply(200, "text/plain; version=0.0.4", health.metrics_text(conn, daemon.settings, now))
                     else:
-                        self._reply(404, "text/plain", "not found: try /healthz or /metrics\n")
+                        self._reply(200, "text/plain; version=0.0.4; charset=utf-8",
+                                    health.metrics_text(conn, daemon.settings, now))
             except (WatcherError, SQLAlchemyError) as exc:
-                self._reply(503, "application/json", _json({"healthy": False, "reasons": [f"database: {exc}"]}))
+                log.warning("health endpoint: %s", exc)
+                self._reply(503, "application/json",
+                            _json({"healthy": False, "reasons": ["database unavailable"]}))
 
         def _reply(self, code: int, content_type: str, body: str) -> None:
             data = body.encode()
@@ -306,10 +436,13 @@ def serve_health(daemon: Daemon, port: int) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep probes out of the log
             return
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve the health endpoint on port {port}: {exc.strerror or exc}") from None
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="health-http", daemon=True).start()
-    log.info("health endpoint on port %s: /healthz, /metrics", server.server_address[1])
+    threading.Thread(target=server.serve_forever, args=(0.2,), name="health-http", daemon=True).start()
+    log.info("health endpoint on port %s: /healthz, /metrics", server.server_address[1], extra={"event": "start"})
     return server
 
 
@@ -318,6 +451,4 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def _json(data: Any) -> str:
-    import json
-
     return json.dumps(data, default=str) + "\n"

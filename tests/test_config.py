@@ -1,0 +1,79 @@
+"""watcher init and watcher config check: the example config, every part checked, secrets masked."""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from watcher import config
+from watcher.cli import main
+from watcher.settings import load_settings
+
+TOKEN = "hookT0kenQ81"
+PASSWORD = "pgPa55wordZ"
+
+
+def invoke(*args: str, env: dict | None = None):
+    base = {"WATCHER_CONFIG": None, "WATCHER_DATABASE_URL": None, "WATCHER_NOTIFY_URLS": None,
+            "WATCHER_SCHEDULE": None, "WATCHER_SOURCE_URL": None, "WATCHER_HTTP_PORT": None}
+    return CliRunner().invoke(main, list(args), env={**base, **(env or {})})
+
+
+def test_init_writes_the_example_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    target = tmp_path / "etc" / "watcher.toml"
+    first = invoke("init", str(target))
+    assert first.exit_code == 0, first.output
+    assert target.read_text() == config.example_config()
+    settings = load_settings(target, {})  # the example is valid as it stands
+    assert settings.registries[0].name == "contoso" and settings.daemon.unhealthy_after_failures == 3
+    assert "[daemon]" in target.read_text() and "schedule" in target.read_text()
+    target.write_text("# mine\n")
+    again = invoke("init", str(target))
+    assert again.exit_code == 1 and "exists; use --force" in again.stderr
+    assert target.read_text() == "# mine\n"
+    assert invoke("init", str(target), "--force").exit_code == 0
+    assert target.read_text() == config.example_config()
+
+
+def test_config_check_passes_the_example_and_masks_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.toml"
+    invoke("init", str(path))
+    env = {"WATCHER_NOTIFY_URLS": f"json://user:{TOKEN}@127.0.0.1:9/hook",
+           "WATCHER_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'w.db'}", "WATCHER_SCHEDULE": "*/30 * * * * *"}
+    result = invoke("--config", str(path), "config", "check", env=env)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert TOKEN not in result.output
+    for part in ("database", "cloud public", "schedule", "notify", "templates", "watches", "health endpoint"):
+        assert f"  {part}:" in result.output, part
+    assert "'*/30 * * * * *' (UTC)" in result.output and "every 0:00:30" in result.output
+    data = json.loads(invoke("--config", str(path), "config", "check", "--json", env=env).output)
+    assert data["ok"] is True and data["settings"]["notify"]["urls"][0].startswith("json://user:****@127.0.0.1:9/hook")
+    assert not (tmp_path / "data").exists()  # checking creates no database
+
+
+def test_config_check_reports_every_broken_part(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.toml"
+    path.write_text('[daemon]\nschedule = "61 * * * *"\nhttp_port = 70000\n[tickets]\n'
+                    f'template_dir = "{tmp_path / "tpl"}"\n')
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "ticket.md.j2").write_text("{{ no_such_variable }}")
+    env = {"WATCHER_NOTIFY_URLS": "notaservice://whatever",
+           "WATCHER_DATABASE_URL": f"postgresql://watcher:{PASSWORD}@127.0.0.1:1/nowhere"}
+    result = invoke("--config", str(path), "config", "check", env=env)
+    assert result.exit_code == 1
+    failed = [line for line in result.output.splitlines() if line.startswith("FAILED")]
+    parts = {line.split()[1].rstrip(":") for line in failed}
+    assert {"database", "schedule", "health", "notify", "templates"} <= parts, failed
+    assert PASSWORD not in result.output + result.stderr
+    assert "postgresql+psycopg://watcher:***@127.0.0.1:1/nowhere" in result.output
+    assert "configuration problem(s)" in result.stderr
+
+
+def test_the_example_documents_every_daemon_setting() -> None:
+    text = config.example_config()
+    for key in ("schedule", "http_port", "unhealthy_after_failures", "stale_after_days", "run_deadline_seconds",
+                "retry_backoff_seconds"):
+        assert f"# {key} = " in text, key
+    tomllib.loads(text)
