@@ -66,9 +66,12 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
-        # IMMEDIATE takes the write lock up front: a second writer waits on the
-        # busy timeout instead of failing half-way through an import.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads take no lock in WAL mode and must not queue behind an import;
+        # a writing transaction (see ``writer``) takes the write lock up front,
+        # so a second writer waits on the busy timeout instead of failing
+        # half-way when it tries to upgrade a read.
+        mode = "IMMEDIATE" if connection.get_execution_options().get("watcher_writes") else "DEFERRED"
+        connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def migrations_dir() -> str:
@@ -87,11 +90,22 @@ def migrations_dir() -> str:
     return str(resources.files("watcher.migrations"))
 
 
+def writer(engine: Engine) -> Engine:
+    """The engine for a transaction that writes: ``with writer(engine).begin() as conn``.
+
+    On SQLite it begins IMMEDIATE (takes the write lock first); elsewhere it is the engine.
+    """
+    return engine.execution_options(watcher_writes=True)
+
+
 def alembic_config(engine: Engine | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", migrations_dir())
     if engine is not None:
-        config.attributes["engine"] = engine
+        # Migrations write: on SQLite they take the write lock first, so two
+        # processes opening a new database one after the other queue up, and
+        # the second finds the schema done instead of failing half-way.
+        config.attributes["engine"] = writer(engine)
     return config
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import notify, polls, status
+from . import db, notify, polls, status
 from .errors import StoreError
 from .models import DaemonRun, HealthAlert, OutboxMessage, Poll, Publication, Ticket
 from .settings import Settings
@@ -58,7 +58,7 @@ def runner_name() -> str:
 
 def record_run_start(engine: Engine, now: dt.datetime, reason: str) -> int:
     def work() -> int:
-        with engine.begin() as conn:
+        with db.writer(engine).begin() as conn:
             return conn.execute(
                 insert(DaemonRun.__table__).returning(DaemonRun.__table__.c.id),
                 {"started_at": now, "runner": runner_name()[:200], "reason": reason[:32], "ok": None, "error": ""},
@@ -71,7 +71,7 @@ def record_run_finish(engine: Engine, run_id: int, now: dt.datetime, ok: bool, e
     table = DaemonRun.__table__
 
     def work() -> None:
-        with engine.begin() as conn:
+        with db.writer(engine).begin() as conn:
             conn.execute(update(table).where(table.c.id == run_id).values(finished_at=now, ok=ok, error=error[:4000]))
 
     _store("recording the end of a run", work)
@@ -197,7 +197,7 @@ def queue_alerts(engine: Engine, settings: Settings, health: Health, now: dt.dat
     """
 
     def work() -> str | None:
-        with engine.begin() as conn:
+        with db.writer(engine).begin() as conn:
             last = last_alert_kind(conn)
             if not health.healthy and last != "unhealthy":
                 kind, reason = "unhealthy", "; ".join(health.reasons)
@@ -249,7 +249,7 @@ def send_alerts(engine: Engine, settings: Settings, now: dt.datetime) -> list[tu
         state = "sent" if outcome.ok else ("failed" if attempts >= settings.notify.max_attempts else "pending")
 
         def record(alert_id: int = alert.id) -> None:
-            with engine.begin() as conn:
+            with db.writer(engine).begin() as conn:
                 conn.execute(update(table).where(table.c.id == alert_id).values(
                     state=state, attempts=attempts, last_error=outcome.error, sent_at=now if outcome.ok else None,
                 ))

@@ -40,7 +40,7 @@ import apprise
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import store, tickets
+from . import db, store, tickets
 from .errors import NotifyError, RenderError, StoreError
 from .models import OutboxMessage, Ticket
 from .render import Renderer
@@ -281,7 +281,7 @@ def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.time
            skip: Sequence[int]) -> _Claim | None:
     table = OutboxMessage.__table__
     for _ in range(5):
-        with engine.begin() as conn:
+        with db.writer(engine).begin() as conn:
             query = (select(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts)
                      .where(_due(table, keys, now, lease, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1))
             if conn.dialect.name == "postgresql":
@@ -309,7 +309,7 @@ def _record(engine: Engine, claim: _Claim, result: SendResult, settings: Setting
         delay = dt.timedelta(seconds=settings.notify.backoff_seconds * 2 ** (claim.attempts - 1))
         values = {"state": "pending", "next_attempt_at": now + min(delay, MAX_BACKOFF),
                   "last_error": result.error, "claim_token": None}
-    with engine.begin() as conn:
+    with db.writer(engine).begin() as conn:
         recorded = conn.execute(
             update(table).where(table.c.id == claim.id, table.c.claim_token == claim.token).values(**values)
         ).rowcount

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 from sqlalchemy import Connection, Engine, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import db
 from .errors import StoreError
 from .fetch import redact_text
 from .models import Poll, Publication
@@ -85,7 +86,7 @@ def record_poll(
         "publication_id": publication_id, "sha256": sha256,
     }
     try:
-        with engine.begin() as conn:
+        with db.writer(engine).begin() as conn:
             return conn.execute(insert(Poll.__table__).returning(Poll.__table__.c.id), values).scalar_one()
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]

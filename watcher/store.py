@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import diff as diffs
+from . import db, diff as diffs
 from .errors import ConflictError, NotFoundError, ParseError, StoreError
 from .models import Content, Publication, PrefixSpan, Tag, TagVersion, day_from_key, day_key
 from .parse import ParsedFile, ServiceTag, content_hash, decode_document, file_cloud, normalize_prefixes, parse_document
@@ -374,7 +374,7 @@ def import_bytes(
     file_date = file_date or date_from_source(source)
     sha256 = hashlib.sha256(data).hexdigest()
     try:
-        with engine.begin() as conn:
+        with db.writer(engine).begin() as conn:
             _lock_cloud(conn, cloud)
             result = _import(conn, document, source, cloud, sha256, file_date, now or _utcnow)
             if result.outcome == "imported" and on_imported is not None:

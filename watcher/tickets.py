@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import diff as diffs
+from . import db, diff as diffs
 from . import store
 from .errors import NotFoundError, StoreError, TransitionError
 from .models import Ticket, TicketEvent, day_from_key
@@ -420,7 +420,7 @@ def transition(
     allowed, target = ACTIONS[action]
     table = Ticket.__table__
     try:
-        with engine.begin() as conn:
+        with db.writer(engine).begin() as conn:
             ticket = get_ticket(conn, ticket_id)
             if ticket.state not in allowed:
                 raise TransitionError(
