@@ -18,6 +18,7 @@ from typing import Sequence
 from .common import REPO, Backends, Figure, Summary
 
 TARGET_BYTES = 250 * 1024 * 1024
+DAEMON_TARGET_BYTES = 120 * 1024 * 1024
 
 
 def peak_rss_bytes() -> int:
@@ -75,6 +76,71 @@ def measure(backends: Backends, paths: Sequence[Path], log) -> list[Figure]:
             "7a", f"Peak memory importing all {len(paths)} Public files (child process, VmHWM)", backend, "bytes",
             Summary.of([result["peak_rss"]]), TARGET_BYTES, strict=True,
             note=f"a child that only json.loads one file peaks at {baseline['peak_rss'] / 2**20:.0f} MiB",
+        ))
+    return figures
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _daemon_at_rest(url: str, public_dir: Path, log) -> int:
+    """Start ``watcher run`` on the newest Public file, wait for its first run, rest, read VmRSS."""
+    import signal
+    import time
+
+    import sqlalchemy as sa
+
+    env = dict(os.environ)
+    env.update({
+        "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "WATCHER_DATABASE_URL": url,
+        "WATCHER_SOURCE_URL": public_dir.resolve().as_uri(),
+        "WATCHER_CLOUDS": "public",
+        "WATCHER_SCHEDULE": "0 0 1 1 *",  # the catch-up at start is the only run
+    })
+    process = subprocess.Popen([sys.executable, "-m", "watcher.cli", "run"], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    engine = sa.create_engine(url)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the daemon exited: {process.stderr.read()[-2000:]}")
+            try:
+                with engine.connect() as conn:
+                    done = conn.execute(sa.text("SELECT count(*) FROM daemon_runs WHERE finished_at IS NOT NULL")).scalar()
+            except sa.exc.SQLAlchemyError:
+                done = 0  # the schema is not there yet
+            if done:
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the daemon's first run did not finish within 300 s")
+        time.sleep(5)  # at rest: the run is over, the scheduler waits
+        return _rss_bytes(process.pid)
+    finally:
+        engine.dispose()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def measure_daemon(backends: Backends, public_dir: Path, log) -> list[Figure]:
+    """Figure 7b: resident memory of ``watcher run`` after its first run imported the newest Public file."""
+    figures = []
+    for backend in backends.names:
+        with backends.fresh(backend) as database:
+            rss = _daemon_at_rest(database.url, public_dir, log)
+        log(f"  daemon at rest on {backend}: {rss / 2**20:.0f} MiB")
+        figures.append(Figure(
+            "7b", "Daemon memory at rest (VmRSS 5 s after its first run imported the newest Public file)", backend,
+            "bytes", Summary.of([rss]), DAEMON_TARGET_BYTES, strict=True,
         ))
     return figures
 

@@ -106,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log("figure 7: peak memory")
                 paths = sorted((args.data / "public").glob("ServiceTags_*.json.gz"))[: len(public)]
                 figures.extend(memory.measure(backends, paths, log))
-            figures.append(pending("7b", "Daemon memory at rest", "pending: daemon issue"))
+                figures.extend(memory.measure_daemon(backends, args.data / "public", log))
+            else:
+                figures.append(pending("7b", "Daemon memory at rest", "skipped (--skip-memory)"))
             synthetic: dict[str, Any] = {}
             if not args.skip_synthetic:
                 log(f"figure 8: {weeks} synthetic weeks on {', '.join(synthetic_names)}")
