@@ -36,6 +36,15 @@ def test_import_folder_then_again(run, servicetags_dir):
     assert [r["outcome"] for r in json.loads(again.output)] == ["already imported"] * 2
 
 
+def test_a_failing_file_stops_the_import_and_the_files_before_it_are_listed(run, servicetags_dir, tmp_path):
+    bad = tmp_path / "ServiceTags_Public_20251104.json"
+    bad.write_text('{"changeNumber": 1, "cloud": "Public", "values": [{"name": "A"}]}')
+    good = servicetags_dir / "public" / "ServiceTags_Public_20251028.json.gz"
+    result = run("import", "--json", str(good), str(bad), expect=1)
+    assert [r["date"] for r in json.loads(result.stdout)] == ["2025-10-28"]
+    assert "tag 'A': missing or invalid 'id'" in result.stderr
+
+
 def test_publications(imported):
     out = json.loads(imported("publications", "--json").output)
     assert [p["date"] for p in out] == ["2025-10-06", "2025-10-13", "2025-10-28"]

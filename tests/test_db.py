@@ -44,3 +44,24 @@ def test_sqlite_uses_wal_and_foreign_keys(tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+def test_database_passwords_are_masked_in_userinfo_and_query():
+    url = "postgresql://u:pw-in-userinfo@db.internal/w?password=pw-in-query&sslmode=require"
+    shown = db.safe_url(url)
+    assert "pw-in-userinfo" not in shown and "pw-in-query" not in shown and "sslmode=require" in shown
+    assert set(db.url_secrets(url)) == {"pw-in-userinfo", "pw-in-query"}
+
+
+def test_bad_revision_and_unwritable_folder_are_clear_errors(tmp_path):
+    import pytest
+    from watcher.errors import StoreError
+
+    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with pytest.raises(StoreError, match="cannot migrate to revision 'zzz'"):
+        db.upgrade(engine, "zzz")
+    engine.dispose()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="cannot create the folder of sqlite:///"):
+        db.create_db_engine(f"sqlite:///{blocker / 'sub' / 'w.db'}")

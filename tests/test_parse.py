@@ -1,6 +1,7 @@
 import datetime as dt
 import gzip
 import ipaddress
+import random
 
 import pytest
 
@@ -45,6 +46,16 @@ def test_fast_normaliser_agrees_with_ipaddress_on_every_real_prefix(public_files
 ])
 def test_normalise_prefix(text, expected):
     assert normalize_prefix(text) == expected
+
+
+def test_fast_normaliser_agrees_with_ipaddress_on_random_ipv6():
+    rng = random.Random(5)
+    for _ in range(20_000):
+        # Many addresses with zero top bits: inet_ntop writes some of those in dotted form.
+        value = rng.getrandbits(rng.choice((16, 32, 48, 96, 128)))
+        length = rng.randint(0, 128)
+        text = f"{ipaddress.IPv6Address(value)}/{length}"
+        assert normalize_prefix(text) == str(ipaddress.ip_network(text, strict=False)), text
 
 
 @pytest.mark.parametrize("text", ["1.2.3.4/33", "300.1.1.1/24", "1.2.3/24", "fe80::/129", "nonsense", "1.2.3.4/-1", ""])

@@ -47,6 +47,16 @@ def test_config_from_environment_variable(tmp_path):
     ("[[registries]]\nname = \"a-b\"\nregions = [\"x\"]", "is not a registry name"),
     ("[fetch]\nspeed = 1", r"\[fetch\] has unknown keys: speed"),
     ("clouds = [", "is not valid TOML"),
+    ('[fetch]\ntimeout_seconds = "abc"', "fetch.timeout_seconds must be a number, not 'abc'"),
+    ('[daemon]\nstale_after_days = "x"', "daemon.stale_after_days must be a whole number"),
+    ("[tickets]\ntemplate_dir = 5", "tickets.template_dir must be a string"),
+    ("[fetch]\nretries = -1", "fetch.retries must be at least 0"),
+    ("[fetch]\ndeadline_seconds = 0", "fetch.deadline_seconds must be more than 0"),
+    ("[daemon]\nhttp_port = 70000", "daemon.http_port must be from 1 to 65535"),
+    ("[tickets]\nremoval_hold_ratio = 1.5", "tickets.removal_hold_ratio must be from 0 to 1.0"),
+    ('[[registries]]\nname = "a"\nregions = ["x"]\ndata_endpoint = "false"', "data_endpoint must be true or false"),
+    ('[[registries]]\nname = "contoso"\nregions = ["eastus"]\n[[registries]]\nname = "Contoso.azurecr.io"\n'
+     'regions = ["westus"]', r"registries\[1\]: registry 'contoso' is already configured in registries\[0\]"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

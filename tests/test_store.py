@@ -33,7 +33,8 @@ def timeline(engine, cloud="public"):
         names = dict(conn.execute(sa.select(Tag.id, Tag.name).where(Tag.cloud == cloud)).all())
         v, s = TagVersion.__table__, PrefixSpan.__table__
         versions = sorted(
-            (names[r.tag_id], r.valid_from, r.present, r.change_number, r.region, r.prefix_count, bytes(r.content_hash))
+            (names[r.tag_id], r.valid_from, r.valid_until, r.present, r.change_number, r.region, r.region_id,
+             r.platform, r.system_service, r.network_features, r.prefix_count, bytes(r.content_hash))
             for r in conn.execute(sa.select(v)) if r.tag_id in names
         )
         spans = sorted((names[r.tag_id], r.prefix, r.first_day, r.until_day)
@@ -270,3 +271,20 @@ def test_unreachable_database_is_a_clear_error():
 
     with pytest.raises(StoreError, match=r"cannot open database postgresql\+psycopg://u:\*\*\*@127.0.0.1:1/x"):
         open_database("postgresql://u:secretpw@127.0.0.1:1/x")
+
+
+def test_a_driver_error_in_the_bulk_path_is_a_store_error_and_changes_nothing(tmp_path):
+    """The span inserts use the driver's cursor; a failure there (here: a trigger standing in for a full disk)."""
+    from watcher.db import open_database
+
+    engine = open_database(f"sqlite:///{tmp_path / 'w.db'}")
+    imp(engine, "20250101", {"A": ["10.0.0.0/24"]})
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER full BEFORE INSERT ON prefix_spans BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    before = row_counts(engine)
+    with pytest.raises(StoreError, match="database or disk is full"):
+        imp(engine, "20250108", {"A": ["10.0.0.0/24", "10.0.1.0/24"]})
+    assert row_counts(engine) == before
+    engine.dispose()

@@ -151,23 +151,29 @@ def _describe_import(result: store.ImportResult) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @pass_app
 def import_command(app: AppContext, paths: tuple[str, ...], file_date: dt.datetime | None, as_json: bool) -> None:
-    """Import service-tag files (.json or .json.gz) or folders of them."""
+    """Import service-tag files (.json or .json.gz) or folders of them, oldest first.
+
+    Each file is imported whole or not at all; a file that fails stops the
+    import, and the files before it stay imported (and are listed).
+    """
     files = _files(paths)
     if not files:
         raise click.ClickException("no ServiceTags_<Cloud>_<YYYYMMDD>.json files found in " + ", ".join(paths))
     results: list[store.ImportResult] = []
     show_bar = sys.stderr.isatty() and not as_json and len(files) > 1
-    with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
-        for path in bar:
-            data = read_file_bytes(path)
-            result = pipeline.import_publication(
-                app.engine, app.settings, data, str(path), file_date=file_date.date() if file_date else None
-            )
-            results.append(result)
-            if not as_json:
-                click.echo(_describe_import(result))
-    if as_json:
-        _emit_json([_import_json(r) for r in results])
+    try:
+        with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
+            for path in bar:
+                data = read_file_bytes(path)
+                result = pipeline.import_publication(
+                    app.engine, app.settings, data, str(path), file_date=file_date.date() if file_date else None
+                )
+                results.append(result)
+                if not as_json:
+                    click.echo(_describe_import(result))
+    finally:
+        if as_json:
+            _emit_json([_import_json(r) for r in results])
 
 
 class _plain:

@@ -70,12 +70,7 @@ def _url_secrets(url: str | None) -> set[str]:
 def secrets(settings: Settings) -> tuple[str, ...]:
     """Every secret string the settings hold: passwords and tokens of the database, sources and destinations."""
     found: set[str] = set()
-    try:
-        password = make_url(db.normalise_url(settings.database_url)).password
-    except ArgumentError:
-        password = None
-    if password:
-        found.add(str(password))
+    found.update(db.url_secrets(settings.database_url))
     found |= _url_secrets(settings.fetch.source_url) | _url_secrets(settings.fetch.proxy)
     for destination in notify.destinations(settings):
         found |= set(destination.secrets)

@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
@@ -27,12 +28,33 @@ def normalise_url(url: str) -> str:
     return url
 
 
+#: Query parameters of a database URL that carry secrets (libpq accepts the password there too).
+SECRET_QUERY_KEYS = ("password", "sslpassword")
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The secret strings in a database URL: its password, in the userinfo or the query."""
+    try:
+        parsed = make_url(normalise_url(url))
+    except ArgumentError:
+        return ()
+    found = [str(parsed.password)] if parsed.password else []
+    for key in SECRET_QUERY_KEYS:
+        value = parsed.query.get(key)
+        found += [value] if isinstance(value, str) else list(value or ())
+    return tuple(found)
+
+
 def safe_url(url: str) -> str:
     """The URL with any password masked, for messages."""
     try:
-        return make_url(normalise_url(url)).render_as_string(hide_password=True)
+        parsed = make_url(normalise_url(url))
     except ArgumentError:
         return "<invalid database URL>"
+    masked = {key: "***" for key in SECRET_QUERY_KEYS if key in parsed.query}
+    if masked:
+        parsed = parsed.update_query_dict(masked)
+    return parsed.render_as_string(hide_password=True)
 
 
 def create_db_engine(url: str) -> Engine:
@@ -43,7 +65,10 @@ def create_db_engine(url: str) -> Engine:
         raise StoreError(f"invalid database URL: {safe_url(url)}") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder of {safe_url(url)}: {exc.strerror}") from None
         engine = create_engine(url, connect_args={"timeout": 30})
         _configure_sqlite(engine)
         return engine
@@ -121,6 +146,8 @@ def head_revision() -> str:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(engine), revision)
+    except CommandError as exc:
+        raise StoreError(f"cannot migrate to revision {revision!r}: {exc}") from None
     except SQLAlchemyError as exc:
         raise StoreError(f"database migration failed on {safe_url(str(engine.url))}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from None
 
@@ -128,6 +155,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def downgrade(engine: Engine, revision: str) -> None:
     try:
         command.downgrade(alembic_config(engine), revision)
+    except CommandError as exc:
+        raise StoreError(f"cannot migrate down to revision {revision!r}: {exc}") from None
     except SQLAlchemyError as exc:
         raise StoreError(f"database downgrade failed: {exc}") from None
 

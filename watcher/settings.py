@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,14 +25,6 @@ CLOUD_FILE_NAMES = {
 }
 FILE_CLOUD_NAMES = {v.lower(): k for k, v in CLOUD_FILE_NAMES.items()}
 DEFAULT_DATABASE_URL = "sqlite:///watcher.db"
-
-
-def cloud_from_file_value(value: str) -> str:
-    """Map a file's ``cloud`` field (``Public``, ``AzureGovernment``...) to our cloud name."""
-    try:
-        return FILE_CLOUD_NAMES[value.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown cloud {value!r} (known: {', '.join(CLOUD_FILE_NAMES.values())})") from None
 
 
 def check_cloud(name: str) -> str:
@@ -123,21 +117,54 @@ def _as_str_tuple(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+#: Bounds of numeric settings (inclusive); every other number must be at least 0.
+_MINIMUM = {"max_attempts": 1, "unhealthy_after_failures": 1, "stale_after_days": 1, "http_port": 1}
+_MAXIMUM = {"http_port": 65535, "min_tag_ratio": 1.0, "removal_hold_ratio": 1.0}
+#: Durations and sizes that must be more than 0.
+_POSITIVE = {"timeout_seconds", "deadline_seconds", "max_bytes", "output_cap_bytes", "run_deadline_seconds"}
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against a settings field's type; ints are accepted where floats are."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return _as_str_tuple(value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (hint is int and isinstance(value, float)):
+            raise ConfigError(f"{where} must be {'a whole number' if hint is int else 'a number'}, not {value!r}")
+        return hint(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {value!r}")
+    return value
+
+
+def _check_range(key: str, value: Any, where: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    low, high = _MINIMUM.get(key, 0), _MAXIMUM.get(key)
+    if value < low or (high is not None and value > high) or (key in _POSITIVE and value <= 0):
+        bounds = f"from {low} to {high}" if high is not None else ("more than 0" if key in _POSITIVE else f"at least {low}")
+        raise ConfigError(f"{where} must be {bounds}, not {value!r}")
+
+
 def _section(cls: type, raw: Any, where: str):
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
         raise ConfigError(f"[{where}] must be a table")
-    known = cls.__dataclass_fields__
-    unknown = set(raw) - set(known)
+    hints = typing.get_type_hints(cls)
+    unknown = set(raw) - set(hints)
     if unknown:
         raise ConfigError(f"[{where}] has unknown keys: {', '.join(sorted(unknown))}")
     values = {}
     for key, value in raw.items():
-        default = getattr(cls(), key)
-        if isinstance(default, tuple):
-            value = _as_str_tuple(value, f"{where}.{key}")
-        values[key] = value
+        values[key] = _typed(value, hints[key], f"{where}.{key}")
+        _check_range(key, values[key], f"{where}.{key}")
     return cls(**values)
 
 
@@ -160,9 +187,9 @@ def _registry(raw: Any, index: int) -> RegistryWatch:
     return RegistryWatch(
         name=name,
         regions=tuple(r.lower().replace(" ", "") for r in regions),
-        data_endpoint=bool(raw.get("data_endpoint", False)),
-        cloud=check_cloud(raw.get("cloud", "public")),
-        include_mcr=bool(raw.get("include_mcr", False)),
+        data_endpoint=_typed(raw.get("data_endpoint", False), bool, f"{where}.data_endpoint"),
+        cloud=check_cloud(_typed(raw.get("cloud", "public"), str, f"{where}.cloud")),
+        include_mcr=_typed(raw.get("include_mcr", False), bool, f"{where}.include_mcr"),
         extra_tags=_as_str_tuple(raw.get("tags", []), f"{where}.tags"),
     )
 
@@ -175,10 +202,16 @@ def settings_from_mapping(raw: Mapping[str, Any], config_path: str | None = None
     regs = raw.get("registries", [])
     if not isinstance(regs, list):
         raise ConfigError("registries must be an array of tables ([[registries]])")
+    registries = tuple(_registry(r, i) for i, r in enumerate(regs))
+    seen: dict[tuple[str, str], int] = {}
+    for index, registry in enumerate(registries):
+        first = seen.setdefault((registry.cloud, registry.name), index)
+        if first != index:  # one ticket per registry and publication: two watches of one name would collide
+            raise ConfigError(f"registries[{index}]: registry {registry.name!r} is already configured in registries[{first}]")
     return Settings(
-        database_url=str(raw.get("database_url", DEFAULT_DATABASE_URL)),
+        database_url=_typed(raw.get("database_url", DEFAULT_DATABASE_URL), str, "database_url"),
         clouds=tuple(check_cloud(c) for c in _as_str_tuple(raw.get("clouds", ["public"]), "clouds")),
-        registries=tuple(_registry(r, i) for i, r in enumerate(regs)),
+        registries=registries,
         extra_tags=_as_str_tuple(raw.get("tags", []), "tags"),
         fetch=_section(FetchSettings, raw.get("fetch"), "fetch"),
         notify=_section(NotifySettings, raw.get("notify"), "notify"),
@@ -224,5 +257,6 @@ def apply_environment(settings: Settings, environ: Mapping[str, str]) -> Setting
             port = int(environ["WATCHER_HTTP_PORT"])
         except ValueError:
             raise ConfigError("WATCHER_HTTP_PORT must be a port number") from None
+        _check_range("http_port", port, "WATCHER_HTTP_PORT")
         settings = replace(settings, daemon=replace(settings.daemon, http_port=port))
     return settings

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import db, diff as diffs
 from .errors import ConflictError, NotFoundError, ParseError, StoreError
-from .models import Content, Publication, PrefixSpan, Tag, TagVersion, day_from_key, day_key
+from .models import Publication, Tag, TagVersion, day_from_key, day_key
 from .parse import ParsedFile, ServiceTag, content_hash, decode_document, file_cloud, normalize_prefixes, parse_document
 
 log = logging.getLogger(__name__)
@@ -380,7 +380,8 @@ def import_bytes(
             if result.outcome == "imported" and on_imported is not None:
                 on_imported(conn, result)
             return result
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
+        # The bulk paths use the driver's cursor directly, so its own errors arrive untranslated.
         raise _translate(exc, f"importing {source}") from exc
 
 
