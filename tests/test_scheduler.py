@@ -4,6 +4,8 @@ nothing to ``kill -9`` in the middle of an import."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from tests.daemon_helpers import (
     write_config,
 )
 from tests.httpstub import Origin, drip, html_reply
-from watcher import db, leader, polls
+from watcher import db, health, leader, notify, polls
 from watcher.errors import ConfigError
 from watcher.scheduler import Daemon, default_schedule, make_trigger, schedule_period
 from watcher.settings import DaemonSettings, FetchSettings, Settings
@@ -263,3 +265,82 @@ def test_a_run_that_keeps_failing_stops_at_its_deadline_and_is_recorded_failed(e
     assert 2 <= len(report.outcomes) < 10 and {o.outcome for o in report.outcomes} == {"error"}
     [run] = rows(engine, "SELECT ok, error FROM daemon_runs")
     assert run["ok"] is not None and not run["ok"] and run["error"].startswith("china: ") and "500" in run["error"]
+
+
+def test_a_run_that_dies_of_an_unexpected_error_is_recorded_failed_and_counts_against_health(
+    engine: sa.Engine, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = serve_new_china_file(origin)
+    daemon = daemon_for(engine, page, run_deadline_seconds=5.0)
+
+    def broken_delivery(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for *: 'float' and 'str'")  # e.g. a bad setting
+
+    monkeypatch.setattr(notify, "deliver_due", broken_delivery)
+    try:
+        reports = [daemon.run_once("schedule") for _ in range(3)]
+    finally:
+        daemon.leadership.release()
+    assert all(r is not None and not r.ok for r in reports)
+    assert reports[0].errors == ["internal error: TypeError: unsupported operand type(s) for *: 'float' and 'str'"]
+    runs = rows(engine, "SELECT finished_at, ok, error FROM daemon_runs ORDER BY id")
+    assert len(runs) == 3
+    assert all(r["finished_at"] is not None and r["ok"] is not None and not r["ok"] for r in runs)
+    assert all(r["error"].startswith("internal error: TypeError: unsupported operand") for r in runs)
+    with engine.connect() as conn:
+        assert health.consecutive_failures(conn) == 3
+        assert not health.evaluate(conn, daemon.settings, dt.datetime.now(UTC)).healthy
+
+
+def test_a_database_error_in_the_health_check_does_not_escape_the_run(
+    engine: sa.Engine, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = serve_new_china_file(origin)
+    daemon = daemon_for(engine, page, run_deadline_seconds=5.0)
+
+    def database_gone(*args, **kwargs):
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(health, "evaluate", database_gone)
+    try:
+        report = daemon.run_once("schedule")
+    finally:
+        daemon.leadership.release()
+    assert report is not None and report.ok, report  # the run itself succeeded and is recorded so
+    [run] = rows(engine, "SELECT finished_at, ok FROM daemon_runs")
+    assert run["finished_at"] is not None and run["ok"]
+
+
+class _AlwaysLeads:
+    description = "leader (test)"
+
+    def try_lead(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def test_an_error_in_the_first_run_does_not_end_the_worker(engine: sa.Engine) -> None:
+    settings = Settings(clouds=("china",), daemon=DaemonSettings(schedule="0 3 * * *"))
+    daemon = Daemon(settings, engine, _AlwaysLeads())
+    calls: list[str] = []
+
+    def run_once(reason: str, **kwargs) -> None:
+        calls.append(reason)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the start-up catch-up")
+
+    daemon.run_once = run_once  # type: ignore[method-assign]
+    worker = threading.Thread(target=daemon._work, daemon=True)
+    worker.start()
+    try:
+        daemon.request_run("schedule")
+        deadline = time.monotonic() + 5
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        daemon.stopping.set()
+        worker.join(5)
+    assert calls == ["catch-up", "schedule"]
+    assert not worker.is_alive()

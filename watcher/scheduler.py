@@ -210,6 +210,25 @@ class Daemon:
             log.error("run failed: %s", exc, extra={"event": "run", "outcome": "error"})
             report.errors.append(str(exc))
             return report
+        try:
+            self._poll_and_deliver(report)
+        except Exception as exc:  # a bug or an untranslated failure: the run is recorded failed, the daemon goes on
+            log.exception("run failed with an internal error")
+            report.errors.append(f"internal error: {type(exc).__name__}: {exc}")
+        report.ok = not report.errors
+        try:
+            health.record_run_finish(self.engine, run_id, self.clock(), report.ok, "; ".join(report.errors))
+            self._check_health()
+        except WatcherError as exc:
+            log.error("after the run: %s", exc)
+        except Exception:  # the run is recorded; a bug in the health check must not end the worker either
+            log.exception("after the run: internal error")
+        log.info("run finished (%s): %s", reason, "ok" if report.ok else "failed: " + "; ".join(report.errors),
+                 extra={"event": "run", "outcome": "ok" if report.ok else "failed"})
+        release_memory()
+        return report
+
+    def _poll_and_deliver(self, report: RunReport) -> None:
         deadline = time.monotonic() + self.settings.daemon.run_deadline_seconds
         clouds = list(self.settings.clouds)
         delay = self.settings.daemon.retry_backoff_seconds
@@ -228,16 +247,6 @@ class Daemon:
         report.errors += [f"{cloud}: {error}" for cloud, error in self._last_errors(report).items()]
         if not self.stopping.is_set():
             self._deliver(report)
-        report.ok = not report.errors
-        try:
-            health.record_run_finish(self.engine, run_id, self.clock(), report.ok, "; ".join(report.errors))
-            self._check_health()
-        except WatcherError as exc:
-            log.error("after the run: %s", exc)
-        log.info("run finished (%s): %s", reason, "ok" if report.ok else "failed: " + "; ".join(report.errors),
-                 extra={"event": "run", "outcome": "ok" if report.ok else "failed"})
-        release_memory()
-        return report
 
     def _poll(self, clouds: list[str], report: RunReport) -> list[str]:
         """Poll each cloud in turn (stopping between clouds on shutdown); returns the clouds that failed."""
@@ -278,8 +287,7 @@ class Daemon:
 
     def _check_health(self) -> None:
         now = self.clock()
-        with self.engine.connect() as conn:
-            state = health.evaluate(conn, self.settings, now)
+        state = health.health_state(self.engine, self.settings, now)  # database errors come back as StoreError
         health.queue_alerts(self.engine, self.settings, state, now)
         for kind, destination, ok in health.send_alerts(self.engine, self.settings, now):
             log.info("health alert %s to %s: %s", kind, destination, "sent" if ok else "failed",
@@ -331,7 +339,7 @@ class Daemon:
         self._requests.put(reason)
 
     def _work(self) -> None:
-        self.run_once("catch-up", only_if=self._catch_up_check(at_start=True))
+        self._guarded(lambda: self.run_once("catch-up", only_if=self._catch_up_check(at_start=True)))
         while not self.stopping.is_set():
             try:
                 reasons = {self._requests.get(timeout=0.5)}
@@ -342,13 +350,18 @@ class Daemon:
                     reasons.add(self._requests.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                if "schedule" in reasons:
-                    self.run_once("schedule")
-                else:
-                    self.run_once("catch-up", only_if=self._catch_up_check(at_start=False))
-            except Exception:  # never let a bug end the daemon silently: log it, wait for the next tick
-                log.exception("run failed with an internal error")
+            if "schedule" in reasons:
+                self._guarded(lambda: self.run_once("schedule"))
+            else:
+                self._guarded(lambda: self.run_once("catch-up", only_if=self._catch_up_check(at_start=False)))
+
+    @staticmethod
+    def _guarded(run: Callable[[], object]) -> None:
+        """Never let a bug end the worker thread (the first run included): log it, wait for the next tick."""
+        try:
+            run()
+        except Exception:
+            log.exception("run failed with an internal error")
 
     # -- serving
 
