@@ -112,14 +112,15 @@ def _poll_row(engine: sa.Engine, finished: dt.datetime) -> None:
                       url="https://example.test/ServiceTags_China_20260713.json", outcome="skipped-known-url")
 
 
-def test_a_restart_catches_up_only_when_the_last_success_is_older_than_the_period(
+def test_a_restart_catches_up_only_when_a_fire_time_passed_since_the_last_success(
     engine: sa.Engine, db_url: str, origin: Origin, tmp_path: Path
 ) -> None:
     seed_old_china(engine)
     page = serve_new_china_file(origin)
-    env = base_env(db_url, WATCHER_CONFIG=str(write_config(tmp_path / "watcher.toml", registries=False)),
-                   WATCHER_SOURCE_URL=page, WATCHER_SCHEDULE="0 3 * * *")  # daily: the next tick is far away
     now = dt.datetime.now(UTC)
+    # Daily, three hours from now: the next tick is far away, and none fell in the last two hours.
+    env = base_env(db_url, WATCHER_CONFIG=str(write_config(tmp_path / "watcher.toml", registries=False)),
+                   WATCHER_SOURCE_URL=page, WATCHER_SCHEDULE=f"0 {(now + dt.timedelta(hours=3)).hour} * * *")
 
     _poll_row(engine, now - dt.timedelta(hours=2))  # recent: no catch-up
     recent = DaemonProcess(env)
@@ -135,7 +136,7 @@ def test_a_restart_catches_up_only_when_the_last_success_is_older_than_the_perio
 
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM polls"))
-    _poll_row(engine, now - dt.timedelta(days=1, minutes=5))  # older than the period (a day): poll at once
+    _poll_row(engine, now - dt.timedelta(days=1, minutes=5))  # yesterday's run was missed since: poll at once
     late = DaemonProcess(env)
     try:
         [decision] = late.wait_for(lambda: late.events("catch-up"), "the catch-up decision")
@@ -344,3 +345,30 @@ def test_an_error_in_the_first_run_does_not_end_the_worker(engine: sa.Engine) ->
         worker.join(5)
     assert calls == ["catch-up", "schedule"]
     assert not worker.is_alive()
+
+
+def test_catch_up_follows_the_schedule_s_fire_times_not_a_fixed_period(engine: sa.Engine) -> None:
+    """Weekdays at 03:00: a Friday run is not "overdue" over the weekend; a missed Monday run is."""
+    friday = dt.datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    now = [friday + dt.timedelta(hours=1)]
+    settings = Settings(clouds=("china",), daemon=DaemonSettings(schedule="0 3 * * 1-5"))
+    daemon = Daemon(settings, engine, _AlwaysLeads(), clock=lambda: now[0])
+    run = health.record_run_start(engine, friday + dt.timedelta(seconds=1), "schedule")
+    health.record_run_finish(engine, run, friday + dt.timedelta(minutes=1), True, "")
+    _poll_row(engine, friday + dt.timedelta(minutes=1))
+
+    for later in (dt.timedelta(days=1, hours=14), dt.timedelta(days=2, hours=23, minutes=59)):  # Sat 17:00, Sun
+        now[0] = friday + later
+        assert not daemon.catch_up_due(), now[0]
+        assert not daemon.catch_up_due(at_start=True), now[0]
+    now[0] = dt.datetime(2026, 11, 30, 3, 0, 10, tzinfo=UTC)  # Monday's run is 10 s late: the slack
+    assert not daemon.catch_up_due()
+    now[0] = dt.datetime(2026, 11, 30, 3, 5, tzinfo=UTC)  # Monday's run was missed (a sleep, downtime)
+    assert daemon.catch_up_due() and daemon.catch_up_due(at_start=True)
+
+    # A run that started at Monday's fire time covers it; the next one due is Tuesday's.
+    health.record_run_start(engine, dt.datetime(2026, 11, 30, 3, 0, tzinfo=UTC), "schedule")
+    now[0] = dt.datetime(2026, 12, 1, 2, 59, tzinfo=UTC)
+    assert not daemon.catch_up_due()
+    now[0] = dt.datetime(2026, 12, 1, 3, 1, tzinfo=UTC)
+    assert daemon.catch_up_due()

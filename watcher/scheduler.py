@@ -10,7 +10,7 @@ database, not in the scheduler.
 Threads: APScheduler's jobs only *request* a run; one worker thread does the
 runs, one at a time, and coalesces requests that piled up meanwhile. A
 watchdog request every few seconds compares the database's record with the
-schedule's period, so a start after downtime, a laptop that slept or a clock
+schedule's fire times, so a start after downtime, a laptop that slept or a clock
 that jumped leads to one run at once, not to a missed week.
 
 Shutdown: the main thread only waits for SIGTERM/SIGINT (blocked in every
@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 
 #: How long a run in progress may go on after SIGTERM before the process leaves (the bound is 10 s).
 SHUTDOWN_GRACE_SECONDS = 6.0
-#: A run is overdue when nothing ran for this many schedule periods (a sleep, a clock jump, downtime).
-OVERDUE_PERIODS = 1.5
+#: How late a fire time may be before the watchdog takes it as missed: the scheduled run itself
+#: (requested at the fire time) must have had the time to record its start first.
+CATCH_UP_SLACK = dt.timedelta(seconds=30)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -137,6 +138,19 @@ def make_trigger(schedule: str | None) -> CronTrigger:
                            day_of_week=_cron_day_of_week(day_of_week), timezone=dt.timezone.utc)
     except ValueError as exc:
         raise ConfigError(f"invalid schedule {expression!r}: {exc}") from None
+
+
+def missed_fire_time(trigger: CronTrigger, since: dt.datetime, now: dt.datetime,
+                     slack: dt.timedelta) -> dt.datetime | None:
+    """The schedule's first fire time after ``since`` when it passed more than ``slack`` before ``now``.
+
+    Compared with fire times, not with a period: a schedule's gaps may be
+    uneven (``0 3 * * 1-5`` rests over the weekend), and a fixed period taken
+    at start would find a run "overdue" where the schedule has none.
+    """
+    # Just after ``since``: a run that started exactly at a fire time covers that fire time.
+    fire = trigger.get_next_fire_time(None, since + dt.timedelta(microseconds=1))
+    return fire if fire is not None and now - fire > slack else None
 
 
 def schedule_period(trigger: CronTrigger, now: dt.datetime) -> dt.timedelta:
@@ -296,30 +310,32 @@ class Daemon:
     # -- catch-up
 
     def catch_up_due(self, *, at_start: bool = False) -> bool:
-        """Whether a run is overdue by the database's record, not the scheduler's memory.
+        """Whether a scheduled fire time was missed, by the database's record, not the scheduler's memory.
 
         At start: some configured cloud has not been polled successfully
-        (by the daemon or by ``watcher poll``) within one schedule period.
-        Later (after a sleep or a clock jump): no run started or finished for
-        ``OVERDUE_PERIODS`` periods. That one counts failed runs too, so a
-        failing source is tried again at the next tick, not every few seconds.
+        (by the daemon or by ``watcher poll``) since a fire time that has
+        passed. Later (after a sleep or a clock jump): a fire time passed
+        with no daemon run started or finished since the one before it. That
+        one counts failed runs too, so a failing source is tried again at the
+        next tick, not every few seconds.
         """
         now = self.clock()
         with self.engine.connect() as conn:
             if at_start:
                 reference = health.oldest_last_success(conn, self.settings.clouds)
-                limit = self.period
             else:
                 reference = health.last_activity(conn)
-                limit = self.period * OVERDUE_PERIODS
-        due = reference is None or now - reference >= limit
+        # Half a period at most, so a schedule of a few seconds is still watched.
+        missed = None if reference is None else missed_fire_time(self.trigger, reference, now,
+                                                                  min(CATCH_UP_SLACK, self.period / 2))
+        due = reference is None or missed is not None
         if at_start:
-            log.info("catch-up at start: %s (last successful poll %s, schedule period %s)",
+            log.info("catch-up at start: %s (last successful poll %s, missed fire time %s)",
                      "polling now" if due else "not due", reference.isoformat() if reference else "never",
-                     self.period, extra={"event": "catch-up", "outcome": "due" if due else "not-due"})
+                     _iso(missed), extra={"event": "catch-up", "outcome": "due" if due else "not-due"})
         elif due:
-            log.info("catch-up: no run since %s (period %s): polling now",
-                     reference.isoformat() if reference else "ever", self.period, extra={"event": "catch-up"})
+            log.info("catch-up: no run since %s, missed the run due at %s: polling now",
+                     reference.isoformat() if reference else "ever", _iso(missed), extra={"event": "catch-up"})
         return due
 
     def _catch_up_check(self, at_start: bool) -> Callable[[], bool]:
