@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from tests.ticket_helpers import import_made, import_real_pair, make_settings, week
 from watcher import db, notify, render, tickets
 from watcher.cli import main
+from watcher.models import OutboxMessage
 
 JSON_SECRET = "s3cr3tT0kenXq"
 MAIL_SECRET = "pAssw0rdZk9"
@@ -199,13 +200,14 @@ def test_down_destination_gets_the_ticket_once_it_is_back(engine, json_receiver,
     assert first.state == "pending" and first.attempts == 1 and "Connection error" in first.error
     (row,) = outbox_rows(engine)
     assert row["state"] == "pending" and row["last_error"]
+    # The backoff counts from when the failure was recorded, a moment after ``start``.
     assert notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=59)) == []  # backing off
-    (second,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=60))
+    (second,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=61))
     assert second.state == "pending" and second.attempts == 2
-    assert notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=60 + 119)) == []  # 120 s now
+    assert notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=61 + 119)) == []  # 120 s now
 
     json_receiver.start()
-    (third,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=180))
+    (third,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=61 + 121))
     assert third.state == "sent" and third.attempts == 3
     assert notify.deliver_due(engine, settings, now=start + dt.timedelta(days=30)) == []
     assert len(json_receiver.bodies) == 1 and "[watcher ticket 1]" in json_receiver.bodies[0]["title"]
@@ -218,7 +220,7 @@ def test_gives_up_after_max_attempts_and_says_so(engine, db_url):
     held_ticket_week(engine, settings)
     now = soon()
     assert notify.deliver_due(engine, settings, now=now)[0].state == "pending"
-    assert notify.deliver_due(engine, settings, now=now + dt.timedelta(seconds=1))[0].state == "failed"
+    assert notify.deliver_due(engine, settings, now=now + dt.timedelta(seconds=2))[0].state == "failed"
     assert notify.deliver_due(engine, settings, now=now + dt.timedelta(days=1)) == []
     result = CliRunner().invoke(main, ["--db", db_url, "notify", "status", "--json"], env={"WATCHER_NOTIFY_URLS": url})
     status = json.loads(result.output)
@@ -260,6 +262,39 @@ def test_a_row_is_claimed_by_one_process_only(engine):
     now = soon()
     assert notify._claim(engine, key, now, notify.DEFAULT_LEASE, []) is not None
     assert notify._claim(engine, key, now, notify.DEFAULT_LEASE, []) is None
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def test_a_batch_longer_than_the_lease_stamps_each_claim_when_it_is_made(engine, monkeypatch):
+    """Two sends of 10 minutes each (lease: 15): while the second one is under way, a concurrent
+    ``watcher notify`` must not take its row over as if the claim were 20 minutes old."""
+    urls = ("json://127.0.0.1:9/a", "json://127.0.0.1:9/b")
+    settings = make_settings(urls=urls)
+    held_ticket_week(engine, settings)
+    keys = [notify.destination_key(u) for u in urls]
+    start = soon()
+    clock = [start]
+    taken_over = []
+
+    def slow_send(destination, message):
+        clock[0] += dt.timedelta(minutes=10)
+        if len(taken_over) == 0 and outbox_rows(engine)[0]["state"] == "sent":  # during the second send
+            taken_over.append(notify._claim(engine, keys, clock[0], notify.DEFAULT_LEASE, []))
+        return notify.SendResult(True, "", "")
+
+    monkeypatch.setattr(notify, "send", slow_send)
+    results = notify.deliver_due(engine, settings, now=start, clock=lambda: clock[0])
+    assert [r.state for r in results] == ["sent", "sent"]
+    assert taken_over == [None]
+    table = OutboxMessage.__table__
+    with engine.connect() as conn:  # through the table's types: SQLite's raw text would give strings
+        first, second = (r._mapping for r in conn.execute(sa.select(table).order_by(table.c.id)))
+    assert _utc(first["claimed_at"]) == start and _utc(first["sent_at"]) == start + dt.timedelta(minutes=10)
+    assert _utc(second["claimed_at"]) == start + dt.timedelta(minutes=10)
+    assert _utc(second["sent_at"]) == start + dt.timedelta(minutes=20)
 
 
 def test_invalid_url_is_reported_masked(engine):

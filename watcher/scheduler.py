@@ -289,7 +289,7 @@ class Daemon:
 
     def _deliver(self, report: RunReport) -> None:
         try:
-            results = notify.deliver_due(self.engine, self.settings, now=self.clock())
+            results = notify.deliver_due(self.engine, self.settings, now=self.clock(), clock=self.clock)
         except WatcherError as exc:
             report.errors.append(f"notifications: {exc}")
             return
