@@ -66,7 +66,8 @@ def test_one_postgres_leader_at_a_time_and_a_takeover_when_it_dies(engine: sa.En
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_leader_whose_connection_died_reconnects_and_leads_in_the_same_request(engine: sa.Engine) -> None:
     """A server restart or a network cut between two ticks must not cost the run the next tick asks for."""
-    first = leader.PostgresLeadership(engine)
+    name = f"watcher-test-{uuid.uuid4().hex}"  # the database is shared by tests running in parallel
+    first = leader.PostgresLeadership(engine, name)
     try:
         assert first.try_lead() is True
         pid = first._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
@@ -77,7 +78,7 @@ def test_a_leader_whose_connection_died_reconnects_and_leads_in_the_same_request
         again = first._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         first._connection.commit()
         assert again != pid
-        other = leader.PostgresLeadership(engine)
+        other = leader.PostgresLeadership(engine, name)
         assert other.try_lead() is False  # and it is held
         other.release()
     finally:

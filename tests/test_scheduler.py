@@ -236,10 +236,22 @@ def test_kill_9_in_the_middle_of_an_import_loses_nothing(
 # ---------------------------------------------------------------- one run, in process
 
 
-def daemon_for(engine: sa.Engine, page: str, **daemon: float) -> Daemon:
+class _AlwaysLeads:
+    """For tests of one run: the real advisory lock is shared by every test on the PostgreSQL server."""
+
+    description = "leader (test)"
+
+    def try_lead(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def daemon_for(engine: sa.Engine, page: str, leadership: leader.Leadership | None = None, **daemon: float) -> Daemon:
     settings = Settings(clouds=("china",), fetch=FetchSettings(source_url=page, retries=0),
                         daemon=DaemonSettings(schedule="0 3 * * *", **daemon))
-    return Daemon(settings, engine, leader.leadership_for(engine))
+    return Daemon(settings, engine, leadership or leader.leadership_for(engine))
 
 
 def test_a_failing_run_is_retried_with_backoff_within_its_deadline(engine: sa.Engine, origin: Origin) -> None:
@@ -272,7 +284,7 @@ def test_a_run_that_dies_of_an_unexpected_error_is_recorded_failed_and_counts_ag
     engine: sa.Engine, origin: Origin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     page = serve_new_china_file(origin)
-    daemon = daemon_for(engine, page, run_deadline_seconds=5.0)
+    daemon = daemon_for(engine, page, _AlwaysLeads(), run_deadline_seconds=5.0)
 
     def broken_delivery(*args, **kwargs):
         raise TypeError("unsupported operand type(s) for *: 'float' and 'str'")  # e.g. a bad setting
@@ -297,7 +309,7 @@ def test_a_database_error_in_the_health_check_does_not_escape_the_run(
     engine: sa.Engine, origin: Origin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     page = serve_new_china_file(origin)
-    daemon = daemon_for(engine, page, run_deadline_seconds=5.0)
+    daemon = daemon_for(engine, page, _AlwaysLeads(), run_deadline_seconds=5.0)
 
     def database_gone(*args, **kwargs):
         raise sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
@@ -310,16 +322,6 @@ def test_a_database_error_in_the_health_check_does_not_escape_the_run(
     assert report is not None and report.ok, report  # the run itself succeeded and is recorded so
     [run] = rows(engine, "SELECT finished_at, ok FROM daemon_runs")
     assert run["finished_at"] is not None and run["ok"]
-
-
-class _AlwaysLeads:
-    description = "leader (test)"
-
-    def try_lead(self) -> bool:
-        return True
-
-    def release(self) -> None:
-        pass
 
 
 def test_an_error_in_the_first_run_does_not_end_the_worker(engine: sa.Engine) -> None:
