@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import hashlib
 import json
 import logging
 import socket
@@ -295,6 +296,18 @@ def test_a_batch_longer_than_the_lease_stamps_each_claim_when_it_is_made(engine,
     assert _utc(first["claimed_at"]) == start and _utc(first["sent_at"]) == start + dt.timedelta(minutes=10)
     assert _utc(second["claimed_at"]) == start + dt.timedelta(minutes=10)
     assert _utc(second["sent_at"]) == start + dt.timedelta(minutes=20)
+
+
+def test_destinations_are_stored_under_a_slow_salted_key_not_a_plain_hash_of_the_url(engine):
+    url = f"json://user:{JSON_SECRET}@127.0.0.1:9/hook"
+    settings = make_settings(urls=(url,))
+    held_ticket_week(engine, settings)
+    [row] = outbox_rows(engine)
+    plain = hashlib.sha256(url.encode()).hexdigest()  # what a dictionary attack on the password would match
+    assert row["destination"] != plain and len(row["destination"]) == 64
+    assert row["destination"] == hashlib.scrypt(url.encode(), salt=b"watcher-destination-v1", n=2**14, r=8, p=1,
+                                                dklen=32).hex()
+    assert notify.destination_key(f"  {url} ") == row["destination"]  # stable, whitespace aside
 
 
 def test_invalid_url_is_reported_masked(engine):
