@@ -178,7 +178,12 @@ def test_delivered_once_to_mail_json_and_mqtt_without_leaking_secrets(engine, db
     outputs = [runner.invoke(main, ["--db", db_url, *args], env=env).output
                for args in (["notify", "status"], ["notify", "status", "--json"], ["tickets", "show", "1"],
                             ["tickets", "show", "1", "--json"], ["notify", "test"], ["notify"])]
-    assert "json://user:****@127.0.0.1" in outputs[0] or "sent" in outputs[0]
+    assert outputs[0] == "0 pending, 0 sending, 3 sent, 0 failed\n", outputs[0]
+    status = json.loads(outputs[1])
+    assert status["counts"] == {"pending": 0, "sending": 0, "sent": 3, "failed": 0}
+    labels = sorted(m["destination"] for m in status["messages"])
+    assert [label.partition("://")[0] for label in labels] == ["json", "mailto", "mqtt"]
+    assert labels[0].startswith("json://user:****@127.0.0.1") and labels[1].startswith("mailto://bob:****@127.0.0.1")
     assert outputs[4].count("ok ") == 3, outputs[4]
     renders = [render.render(settings, fmt, tickets.view(ticket)) for fmt in render.FORMATS]
     with engine.connect() as conn:
@@ -256,13 +261,45 @@ def test_nothing_is_lost_across_a_crash(engine, db_url, json_receiver):
         second.dispose()
 
 
-def test_a_row_is_claimed_by_one_process_only(engine):
-    settings = make_settings(urls=("json://127.0.0.1:9/",))
+@pytest.mark.parametrize("claimers", [2, 4])
+def test_a_row_is_claimed_by_one_process_only(db_url, engine, claimers):
+    """Claimers with engines of their own (as separate processes have) race for the same due rows at once:
+    each row is won by exactly one of them."""
+    urls = tuple(f"json://127.0.0.1:9/{n}" for n in range(6))
+    settings = make_settings(urls=urls)
     held_ticket_week(engine, settings)
-    key = [notify.destination_key(settings.notify.urls[0])]
+    keys = [notify.destination_key(u) for u in urls]
     now = soon()
-    assert notify._claim(engine, key, now, notify.DEFAULT_LEASE, []) is not None
-    assert notify._claim(engine, key, now, notify.DEFAULT_LEASE, []) is None
+    engines = [db.open_database(db_url) for _ in range(claimers)]
+    start = threading.Barrier(claimers)
+    won: list[list[int]] = [[] for _ in range(claimers)]
+    errors: list[BaseException] = []
+
+    def claim_all(n: int) -> None:
+        try:
+            start.wait(10)
+            while (claim := notify._claim(engines[n], keys, now, notify.DEFAULT_LEASE, [])) is not None:
+                won[n].append(claim.id)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim_all, args=(n,)) for n in range(claimers)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        for other in engines:
+            other.dispose()
+    assert not errors, errors
+    claimed = [row_id for ids in won for row_id in ids]
+    assert len(claimed) == len(set(claimed)), won  # no row was won twice
+    # A claimer that keeps losing races gives up after a few tries; whatever it left is still due, once.
+    while (claim := notify._claim(engine, keys, now, notify.DEFAULT_LEASE, [])) is not None:
+        claimed.append(claim.id)
+    assert sorted(claimed) == [r["id"] for r in outbox_rows(engine)] and len(claimed) == 6
+    assert {r["state"] for r in outbox_rows(engine)} == {"sending"}
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
