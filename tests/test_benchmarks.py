@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from benchmarks.runner import main
 
@@ -38,5 +39,9 @@ def test_quick_run_writes_the_expected_json(tmp_path, servicetags_dir, capsys):
     assert len(document["synthetic"]["sqlite"]["weeks"]) == 6
     printed = capsys.readouterr().out
     assert "pending:" not in printed and "[5 sqlite]" in printed
-    assert "PASS" in printed or "FAIL" in printed
+    for fid in ("1", "2", "3", "4a", "4b", "4c", "4e", "5", "6a", "6b", "6c", "7a", "7b", "8a", "8b"):
+        status = by_id[(fid, "sqlite")]["status"]  # each figure's table row ends with its result
+        assert re.search(rf"^{re.escape(fid)} .* sqlite .* {status}$", printed, re.MULTILINE), (fid, printed)
+    counts = {s: sum(1 for f in figures if f["status"] == s) for s in ("PASS", "FAIL")}
+    assert f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, 0 pending;" in printed
     assert not list(tmp_path.glob("*.db*")), "scratch databases are removed"

@@ -63,6 +63,28 @@ def test_one_postgres_leader_at_a_time_and_a_takeover_when_it_dies(engine: sa.En
         second.release()
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_leader_whose_connection_died_reconnects_and_leads_in_the_same_request(engine: sa.Engine) -> None:
+    """A server restart or a network cut between two ticks must not cost the run the next tick asks for."""
+    name = f"watcher-test-{uuid.uuid4().hex}"  # the database is shared by tests running in parallel
+    first = leader.PostgresLeadership(engine, name)
+    try:
+        assert first.try_lead() is True
+        pid = first._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        first._connection.commit()
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        assert first.try_lead() is True  # reconnected and took the lock again, in this very call
+        again = first._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        first._connection.commit()
+        assert again != pid
+        other = leader.PostgresLeadership(engine, name)
+        assert other.try_lead() is False  # and it is held
+        other.release()
+    finally:
+        first.release()
+
+
 def test_a_second_daemon_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
     database = tmp_path / "watcher.db"
     first = leader.FileLeadership(database)

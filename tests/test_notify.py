@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import hashlib
 import json
 import logging
 import socket
@@ -24,6 +25,7 @@ from click.testing import CliRunner
 from tests.ticket_helpers import import_made, import_real_pair, make_settings, week
 from watcher import db, notify, render, tickets
 from watcher.cli import main
+from watcher.models import OutboxMessage
 
 JSON_SECRET = "s3cr3tT0kenXq"
 MAIL_SECRET = "pAssw0rdZk9"
@@ -176,7 +178,12 @@ def test_delivered_once_to_mail_json_and_mqtt_without_leaking_secrets(engine, db
     outputs = [runner.invoke(main, ["--db", db_url, *args], env=env).output
                for args in (["notify", "status"], ["notify", "status", "--json"], ["tickets", "show", "1"],
                             ["tickets", "show", "1", "--json"], ["notify", "test"], ["notify"])]
-    assert "json://user:****@127.0.0.1" in outputs[0] or "sent" in outputs[0]
+    assert outputs[0] == "0 pending, 0 sending, 3 sent, 0 failed\n", outputs[0]
+    status = json.loads(outputs[1])
+    assert status["counts"] == {"pending": 0, "sending": 0, "sent": 3, "failed": 0}
+    labels = sorted(m["destination"] for m in status["messages"])
+    assert [label.partition("://")[0] for label in labels] == ["json", "mailto", "mqtt"]
+    assert labels[0].startswith("json://user:****@127.0.0.1") and labels[1].startswith("mailto://bob:****@127.0.0.1")
     assert outputs[4].count("ok ") == 3, outputs[4]
     renders = [render.render(settings, fmt, tickets.view(ticket)) for fmt in render.FORMATS]
     with engine.connect() as conn:
@@ -199,13 +206,14 @@ def test_down_destination_gets_the_ticket_once_it_is_back(engine, json_receiver,
     assert first.state == "pending" and first.attempts == 1 and "Connection error" in first.error
     (row,) = outbox_rows(engine)
     assert row["state"] == "pending" and row["last_error"]
+    # The backoff counts from when the failure was recorded, a moment after ``start``.
     assert notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=59)) == []  # backing off
-    (second,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=60))
+    (second,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=61))
     assert second.state == "pending" and second.attempts == 2
-    assert notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=60 + 119)) == []  # 120 s now
+    assert notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=61 + 119)) == []  # 120 s now
 
     json_receiver.start()
-    (third,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=180))
+    (third,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=61 + 121))
     assert third.state == "sent" and third.attempts == 3
     assert notify.deliver_due(engine, settings, now=start + dt.timedelta(days=30)) == []
     assert len(json_receiver.bodies) == 1 and "[watcher ticket 1]" in json_receiver.bodies[0]["title"]
@@ -218,7 +226,7 @@ def test_gives_up_after_max_attempts_and_says_so(engine, db_url):
     held_ticket_week(engine, settings)
     now = soon()
     assert notify.deliver_due(engine, settings, now=now)[0].state == "pending"
-    assert notify.deliver_due(engine, settings, now=now + dt.timedelta(seconds=1))[0].state == "failed"
+    assert notify.deliver_due(engine, settings, now=now + dt.timedelta(seconds=2))[0].state == "failed"
     assert notify.deliver_due(engine, settings, now=now + dt.timedelta(days=1)) == []
     result = CliRunner().invoke(main, ["--db", db_url, "notify", "status", "--json"], env={"WATCHER_NOTIFY_URLS": url})
     status = json.loads(result.output)
@@ -253,13 +261,90 @@ def test_nothing_is_lost_across_a_crash(engine, db_url, json_receiver):
         second.dispose()
 
 
-def test_a_row_is_claimed_by_one_process_only(engine):
-    settings = make_settings(urls=("json://127.0.0.1:9/",))
+@pytest.mark.parametrize("claimers", [2, 4])
+def test_a_row_is_claimed_by_one_process_only(db_url, engine, claimers):
+    """Claimers with engines of their own (as separate processes have) race for the same due rows at once:
+    each row is won by exactly one of them."""
+    urls = tuple(f"json://127.0.0.1:9/{n}" for n in range(6))
+    settings = make_settings(urls=urls)
     held_ticket_week(engine, settings)
-    key = [notify.destination_key(settings.notify.urls[0])]
+    keys = [notify.destination_key(u) for u in urls]
     now = soon()
-    assert notify._claim(engine, key, now, notify.DEFAULT_LEASE, []) is not None
-    assert notify._claim(engine, key, now, notify.DEFAULT_LEASE, []) is None
+    engines = [db.open_database(db_url) for _ in range(claimers)]
+    start = threading.Barrier(claimers)
+    won: list[list[int]] = [[] for _ in range(claimers)]
+    errors: list[BaseException] = []
+
+    def claim_all(n: int) -> None:
+        try:
+            start.wait(10)
+            while (claim := notify._claim(engines[n], keys, now, notify.DEFAULT_LEASE, [])) is not None:
+                won[n].append(claim.id)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim_all, args=(n,)) for n in range(claimers)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        for other in engines:
+            other.dispose()
+    assert not errors, errors
+    claimed = [row_id for ids in won for row_id in ids]
+    assert len(claimed) == len(set(claimed)), won  # no row was won twice
+    # A claimer that keeps losing races gives up after a few tries; whatever it left is still due, once.
+    while (claim := notify._claim(engine, keys, now, notify.DEFAULT_LEASE, [])) is not None:
+        claimed.append(claim.id)
+    assert sorted(claimed) == [r["id"] for r in outbox_rows(engine)] and len(claimed) == 6
+    assert {r["state"] for r in outbox_rows(engine)} == {"sending"}
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def test_a_batch_longer_than_the_lease_stamps_each_claim_when_it_is_made(engine, monkeypatch):
+    """Two sends of 10 minutes each (lease: 15): while the second one is under way, a concurrent
+    ``watcher notify`` must not take its row over as if the claim were 20 minutes old."""
+    urls = ("json://127.0.0.1:9/a", "json://127.0.0.1:9/b")
+    settings = make_settings(urls=urls)
+    held_ticket_week(engine, settings)
+    keys = [notify.destination_key(u) for u in urls]
+    start = soon()
+    clock = [start]
+    taken_over = []
+
+    def slow_send(destination, message):
+        clock[0] += dt.timedelta(minutes=10)
+        if len(taken_over) == 0 and outbox_rows(engine)[0]["state"] == "sent":  # during the second send
+            taken_over.append(notify._claim(engine, keys, clock[0], notify.DEFAULT_LEASE, []))
+        return notify.SendResult(True, "", "")
+
+    monkeypatch.setattr(notify, "send", slow_send)
+    results = notify.deliver_due(engine, settings, now=start, clock=lambda: clock[0])
+    assert [r.state for r in results] == ["sent", "sent"]
+    assert taken_over == [None]
+    table = OutboxMessage.__table__
+    with engine.connect() as conn:  # through the table's types: SQLite's raw text would give strings
+        first, second = (r._mapping for r in conn.execute(sa.select(table).order_by(table.c.id)))
+    assert _utc(first["claimed_at"]) == start and _utc(first["sent_at"]) == start + dt.timedelta(minutes=10)
+    assert _utc(second["claimed_at"]) == start + dt.timedelta(minutes=10)
+    assert _utc(second["sent_at"]) == start + dt.timedelta(minutes=20)
+
+
+def test_destinations_are_stored_under_a_slow_salted_key_not_a_plain_hash_of_the_url(engine):
+    url = f"json://user:{JSON_SECRET}@127.0.0.1:9/hook"
+    settings = make_settings(urls=(url,))
+    held_ticket_week(engine, settings)
+    [row] = outbox_rows(engine)
+    plain = hashlib.sha256(url.encode()).hexdigest()  # what a dictionary attack on the password would match
+    assert row["destination"] != plain and len(row["destination"]) == 64
+    assert row["destination"] == hashlib.scrypt(url.encode(), salt=b"watcher-destination-v1", n=2**14, r=8, p=1,
+                                                dklen=32).hex()
+    assert notify.destination_key(f"  {url} ") == row["destination"]  # stable, whitespace aside
 
 
 def test_invalid_url_is_reported_masked(engine):

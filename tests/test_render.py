@@ -2,11 +2,15 @@
 (nftables with `nft -c`), autoescaping, and the sandbox around user templates."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import ipaddress
 import re
+import resource
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -227,6 +231,39 @@ def test_broken_user_templates_are_reported_at_check_time(tmp_path, name, text, 
     view = render.sample_views()[0]
     with pytest.raises(RenderError, match=message):
         render.render(settings, next(f for f, n in render.FORMATS.items() if n == name), view)
+
+
+@contextlib.contextmanager
+def address_space_limited(extra: int):
+    """This process may grow by about ``extra`` bytes meanwhile (Linux: the soft RLIMIT_AS)."""
+    size = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = size + extra if hard == resource.RLIM_INFINITY else min(size + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_templates_that_would_allocate_without_bound_are_refused_before_they_do(tmp_path):
+    settings = user_settings(tmp_path, {
+        "ticket.md.j2": '{{ "x" * 10**9 }}',
+        "ticket.txt.j2": '{% set s = [0] * 10**8 %}{{ s | length }}',  # tiny output: the cap alone never sees it
+        "summary.txt.j2": "{{ 10 * 'ab' }} {% set n = 7 ** (10 ** 6) %}{{ n > 1 }}",
+        "rules/csv.j2": "{{ 2 ** 64 }} {{ (-3) ** 3 }} {{ 'ab' * 3 }} {{ 1.5 ** 2 }}",  # small ones still work
+    }, cap=50_000)
+    started = time.monotonic()
+    with address_space_limited(512 * 1024 * 1024):  # should the guard regress: a MemoryError, not the OOM killer
+        results = {r.template: r for r in render.check_templates(settings)}
+    assert time.monotonic() - started < 10
+    for name in ("ticket.md.j2", "ticket.txt.j2", "summary.txt.j2"):
+        assert not results[name].ok and "refused by the sandbox" in str(results[name].error), results[name]
+    assert "exceeds the output cap of 50000 bytes" in str(results["ticket.md.j2"].error)
+    assert "power of more than 4096 bits" in str(results["summary.txt.j2"].error)
+    assert results["rules/csv.j2"].ok
+    assert render.render(settings, "csv", render.sample_views()[0]) == "18446744073709551616 -27 ababab 2.25"
 
 
 def test_user_template_overrides_and_check_templates_cli(tmp_path):

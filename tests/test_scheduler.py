@@ -4,6 +4,8 @@ nothing to ``kill -9`` in the middle of an import."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from tests.daemon_helpers import (
     write_config,
 )
 from tests.httpstub import Origin, drip, html_reply
-from watcher import db, leader, polls
+from watcher import db, health, leader, notify, polls
 from watcher.errors import ConfigError
 from watcher.scheduler import Daemon, default_schedule, make_trigger, schedule_period
 from watcher.settings import DaemonSettings, FetchSettings, Settings
@@ -110,14 +112,15 @@ def _poll_row(engine: sa.Engine, finished: dt.datetime) -> None:
                       url="https://example.test/ServiceTags_China_20260713.json", outcome="skipped-known-url")
 
 
-def test_a_restart_catches_up_only_when_the_last_success_is_older_than_the_period(
+def test_a_restart_catches_up_only_when_a_fire_time_passed_since_the_last_success(
     engine: sa.Engine, db_url: str, origin: Origin, tmp_path: Path
 ) -> None:
     seed_old_china(engine)
     page = serve_new_china_file(origin)
-    env = base_env(db_url, WATCHER_CONFIG=str(write_config(tmp_path / "watcher.toml", registries=False)),
-                   WATCHER_SOURCE_URL=page, WATCHER_SCHEDULE="0 3 * * *")  # daily: the next tick is far away
     now = dt.datetime.now(UTC)
+    # Daily, three hours from now: the next tick is far away, and none fell in the last two hours.
+    env = base_env(db_url, WATCHER_CONFIG=str(write_config(tmp_path / "watcher.toml", registries=False)),
+                   WATCHER_SOURCE_URL=page, WATCHER_SCHEDULE=f"0 {(now + dt.timedelta(hours=3)).hour} * * *")
 
     _poll_row(engine, now - dt.timedelta(hours=2))  # recent: no catch-up
     recent = DaemonProcess(env)
@@ -133,7 +136,7 @@ def test_a_restart_catches_up_only_when_the_last_success_is_older_than_the_perio
 
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM polls"))
-    _poll_row(engine, now - dt.timedelta(days=1, minutes=5))  # older than the period (a day): poll at once
+    _poll_row(engine, now - dt.timedelta(days=1, minutes=5))  # yesterday's run was missed since: poll at once
     late = DaemonProcess(env)
     try:
         [decision] = late.wait_for(lambda: late.events("catch-up"), "the catch-up decision")
@@ -233,10 +236,22 @@ def test_kill_9_in_the_middle_of_an_import_loses_nothing(
 # ---------------------------------------------------------------- one run, in process
 
 
-def daemon_for(engine: sa.Engine, page: str, **daemon: float) -> Daemon:
+class _AlwaysLeads:
+    """For tests of one run: the real advisory lock is shared by every test on the PostgreSQL server."""
+
+    description = "leader (test)"
+
+    def try_lead(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def daemon_for(engine: sa.Engine, page: str, leadership: leader.Leadership | None = None, **daemon: float) -> Daemon:
     settings = Settings(clouds=("china",), fetch=FetchSettings(source_url=page, retries=0),
                         daemon=DaemonSettings(schedule="0 3 * * *", **daemon))
-    return Daemon(settings, engine, leader.leadership_for(engine))
+    return Daemon(settings, engine, leadership or leader.leadership_for(engine))
 
 
 def test_a_failing_run_is_retried_with_backoff_within_its_deadline(engine: sa.Engine, origin: Origin) -> None:
@@ -263,3 +278,99 @@ def test_a_run_that_keeps_failing_stops_at_its_deadline_and_is_recorded_failed(e
     assert 2 <= len(report.outcomes) < 10 and {o.outcome for o in report.outcomes} == {"error"}
     [run] = rows(engine, "SELECT ok, error FROM daemon_runs")
     assert run["ok"] is not None and not run["ok"] and run["error"].startswith("china: ") and "500" in run["error"]
+
+
+def test_a_run_that_dies_of_an_unexpected_error_is_recorded_failed_and_counts_against_health(
+    engine: sa.Engine, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = serve_new_china_file(origin)
+    daemon = daemon_for(engine, page, _AlwaysLeads(), run_deadline_seconds=5.0)
+
+    def broken_delivery(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for *: 'float' and 'str'")  # e.g. a bad setting
+
+    monkeypatch.setattr(notify, "deliver_due", broken_delivery)
+    try:
+        reports = [daemon.run_once("schedule") for _ in range(3)]
+    finally:
+        daemon.leadership.release()
+    assert all(r is not None and not r.ok for r in reports)
+    assert reports[0].errors == ["internal error: TypeError: unsupported operand type(s) for *: 'float' and 'str'"]
+    runs = rows(engine, "SELECT finished_at, ok, error FROM daemon_runs ORDER BY id")
+    assert len(runs) == 3
+    assert all(r["finished_at"] is not None and r["ok"] is not None and not r["ok"] for r in runs)
+    assert all(r["error"].startswith("internal error: TypeError: unsupported operand") for r in runs)
+    with engine.connect() as conn:
+        assert health.consecutive_failures(conn) == 3
+        assert not health.evaluate(conn, daemon.settings, dt.datetime.now(UTC)).healthy
+
+
+def test_a_database_error_in_the_health_check_does_not_escape_the_run(
+    engine: sa.Engine, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = serve_new_china_file(origin)
+    daemon = daemon_for(engine, page, _AlwaysLeads(), run_deadline_seconds=5.0)
+
+    def database_gone(*args, **kwargs):
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(health, "evaluate", database_gone)
+    try:
+        report = daemon.run_once("schedule")
+    finally:
+        daemon.leadership.release()
+    assert report is not None and report.ok, report  # the run itself succeeded and is recorded so
+    [run] = rows(engine, "SELECT finished_at, ok FROM daemon_runs")
+    assert run["finished_at"] is not None and run["ok"]
+
+
+def test_an_error_in_the_first_run_does_not_end_the_worker(engine: sa.Engine) -> None:
+    settings = Settings(clouds=("china",), daemon=DaemonSettings(schedule="0 3 * * *"))
+    daemon = Daemon(settings, engine, _AlwaysLeads())
+    calls: list[str] = []
+
+    def run_once(reason: str, **kwargs) -> None:
+        calls.append(reason)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the start-up catch-up")
+
+    daemon.run_once = run_once  # type: ignore[method-assign]
+    worker = threading.Thread(target=daemon._work, daemon=True)
+    worker.start()
+    try:
+        daemon.request_run("schedule")
+        deadline = time.monotonic() + 5
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        daemon.stopping.set()
+        worker.join(5)
+    assert calls == ["catch-up", "schedule"]
+    assert not worker.is_alive()
+
+
+def test_catch_up_follows_the_schedule_s_fire_times_not_a_fixed_period(engine: sa.Engine) -> None:
+    """Weekdays at 03:00: a Friday run is not "overdue" over the weekend; a missed Monday run is."""
+    friday = dt.datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    now = [friday + dt.timedelta(hours=1)]
+    settings = Settings(clouds=("china",), daemon=DaemonSettings(schedule="0 3 * * 1-5"))
+    daemon = Daemon(settings, engine, _AlwaysLeads(), clock=lambda: now[0])
+    run = health.record_run_start(engine, friday + dt.timedelta(seconds=1), "schedule")
+    health.record_run_finish(engine, run, friday + dt.timedelta(minutes=1), True, "")
+    _poll_row(engine, friday + dt.timedelta(minutes=1))
+
+    for later in (dt.timedelta(days=1, hours=14), dt.timedelta(days=2, hours=23, minutes=59)):  # Sat 17:00, Sun
+        now[0] = friday + later
+        assert not daemon.catch_up_due(), now[0]
+        assert not daemon.catch_up_due(at_start=True), now[0]
+    now[0] = dt.datetime(2026, 11, 30, 3, 0, 10, tzinfo=UTC)  # Monday's run is 10 s late: the slack
+    assert not daemon.catch_up_due()
+    now[0] = dt.datetime(2026, 11, 30, 3, 5, tzinfo=UTC)  # Monday's run was missed (a sleep, downtime)
+    assert daemon.catch_up_due() and daemon.catch_up_due(at_start=True)
+
+    # A run that started at Monday's fire time covers it; the next one due is Tuesday's.
+    health.record_run_start(engine, dt.datetime(2026, 11, 30, 3, 0, tzinfo=UTC), "schedule")
+    now[0] = dt.datetime(2026, 12, 1, 2, 59, tzinfo=UTC)
+    assert not daemon.catch_up_due()
+    now[0] = dt.datetime(2026, 12, 1, 3, 1, tzinfo=UTC)
+    assert daemon.catch_up_due()

@@ -113,23 +113,32 @@ class PostgresLeadership:
             )
 
     def try_lead(self) -> bool:
-        try:
-            if self._connection is None or self._connection.closed or self._connection.invalidated:
-                self._connection = self._engine.connect()
-                self._leading = False
-            if self._leading:
-                # Still ours? A dropped connection loses the lock with the session.
-                self._connection.execute(text("SELECT 1"))
-                self._connection.commit()
-                return True
-            self._leading = bool(
-                self._connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
-            )
+        # A connection that died since the last request (a server restart, a network cut) is replaced at
+        # once and the lock tried again, so the run this request is for is not lost; a fresh connection
+        # that fails means the database is down, and is not tried twice.
+        while True:
+            reused = self._connection is not None
+            try:
+                return self._try_lead_once()
+            except SQLAlchemyError as exc:
+                log.warning("leader election: database unavailable (%s)", exc.__class__.__name__)
+                self._drop()
+                if not reused:
+                    return False
+
+    def _try_lead_once(self) -> bool:
+        if self._connection is None or self._connection.closed or self._connection.invalidated:
+            self._connection = self._engine.connect()
+            self._leading = False
+        if self._leading:
+            # Still ours? A dropped connection loses the lock with the session.
+            self._connection.execute(text("SELECT 1"))
             self._connection.commit()
-        except SQLAlchemyError as exc:
-            log.warning("leader election: database unavailable (%s)", exc.__class__.__name__)
-            self._drop()
-            return False
+            return True
+        self._leading = bool(
+            self._connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
+        )
+        self._connection.commit()
         return self._leading
 
     def _drop(self) -> None:

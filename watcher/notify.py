@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import logging
 import re
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import quote, unquote, urlsplit
 
 import apprise
@@ -53,6 +55,8 @@ OUTBOX_STATES = ("pending", "sending", "sent", "failed")
 DEFAULT_LEASE = dt.timedelta(minutes=15)
 MAX_BACKOFF = dt.timedelta(days=1)
 MASK = "****"
+#: Changing it changes every destination key: queued messages would no longer match their destination.
+DESTINATION_SALT = b"watcher-destination-v1"
 
 
 # ---------------------------------------------------------------- destinations
@@ -76,9 +80,18 @@ class Destination:
         return redact(text, self.secrets)
 
 
+@functools.lru_cache(maxsize=64)
 def destination_key(url: str) -> str:
-    """A stable identity for a destination that does not reveal its URL."""
-    return hashlib.sha256(url.strip().encode("utf-8")).hexdigest()
+    """A stable identity for a destination that does not reveal its URL (64 hex characters).
+
+    The URL holds the password, and the key is stored in ``outbox`` and
+    ``health_alerts``: a fast unsalted hash would let whoever reads the
+    database try a dictionary of passwords offline. scrypt with a fixed,
+    application-specific salt keeps the key stable across processes while
+    making each guess cost ~16 MiB and tens of milliseconds; it is a pure
+    function of the URL, so it is computed once per process.
+    """
+    return hashlib.scrypt(url.strip().encode("utf-8"), salt=DESTINATION_SALT, n=2**14, r=8, p=1, dklen=32).hex()
 
 
 def _secret_parts(url: str, privacy_url: str | None) -> tuple[str, ...]:
@@ -278,8 +291,10 @@ def _due(table, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta, skip
 
 
 def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta,
-           skip: Sequence[int]) -> _Claim | None:
+           skip: Sequence[int], claimed_at: dt.datetime | None = None) -> _Claim | None:
+    """Claim one row due at ``now``; the claim is stamped ``claimed_at`` (the time of claiming, default ``now``)."""
     table = OutboxMessage.__table__
+    claimed_at = claimed_at or now
     for _ in range(5):
         with db.writer(engine).begin() as conn:
             query = (select(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts)
@@ -292,7 +307,7 @@ def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.time
             token = str(uuid.uuid4())
             claimed = conn.execute(
                 update(table).where(table.c.id == row.id, _due(table, keys, now, lease, ()))
-                .values(state="sending", claim_token=token, claimed_at=now, attempts=table.c.attempts + 1)
+                .values(state="sending", claim_token=token, claimed_at=claimed_at, attempts=table.c.attempts + 1)
             ).rowcount
             if claimed == 1:
                 return _Claim(row.id, row.ticket_id, row.destination, row.attempts + 1, token)
@@ -318,22 +333,38 @@ def _record(engine: Engine, claim: _Claim, result: SendResult, settings: Setting
     return values["state"]
 
 
+def _advancing_from(start: dt.datetime) -> Callable[[], dt.datetime]:
+    """A clock that reads ``start`` now and moves on with the real time from there."""
+    origin = time.monotonic()
+    return lambda: start + dt.timedelta(seconds=time.monotonic() - origin)
+
+
 def deliver_due(
     engine: Engine,
     settings: Settings,
     *,
     now: dt.datetime | None = None,
     lease: dt.timedelta = DEFAULT_LEASE,
+    clock: Callable[[], dt.datetime] | None = None,
 ) -> list[DeliveryResult]:
-    """Send every queued message that is due now, one row at a time; each result is recorded at once."""
-    at = now or _utcnow()
+    """Send every queued message that is due at ``now``, one row at a time; each result is recorded at once.
+
+    ``now`` is only the cut-off for what is due. Each claim, backoff and
+    ``sent_at`` is stamped with a fresh ``clock()`` reading (default: the real
+    time, or ``now`` moving on with it): a batch can take longer than the
+    lease, and a row claimed late in it must not look expired to a concurrent
+    ``watcher notify``, which would send it a second time.
+    """
+    if clock is None:
+        clock = _utcnow if now is None else _advancing_from(now)
+    at = now or clock()
     by_key = {d.key: d for d in destinations(settings)}
     renderer = Renderer(settings.tickets)
     results: list[DeliveryResult] = []
     attempted: list[int] = []
     messages: dict[int, Message | RenderError] = {}
     try:
-        while (claim := _claim(engine, list(by_key), at, lease, attempted)) is not None:
+        while (claim := _claim(engine, list(by_key), at, lease, attempted, clock())) is not None:
             attempted.append(claim.id)
             destination = by_key[claim.destination]
             message = messages.get(claim.ticket_id)
@@ -348,7 +379,7 @@ def deliver_due(
                 outcome = SendResult(False, f"rendering failed: {message}", "")
             else:
                 outcome = send(destination, message)
-            state = _record(engine, claim, outcome, settings, at)
+            state = _record(engine, claim, outcome, settings, clock())
             results.append(DeliveryResult(claim.id, claim.ticket_id, destination.label, state, claim.attempts,
                                           outcome.error))
     except SQLAlchemyError as exc:

@@ -159,15 +159,45 @@ FILTERS: dict[str, Callable[..., Any]] = {
 # ---------------------------------------------------------------- environment
 
 
+#: The largest integer power a template may compute, in bits (an estimate from above, checked before computing).
+MAX_POWER_BITS = 4096
+_SEQUENCES = (str, bytes, list, tuple)
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with ``*`` and ``**`` checked before they allocate.
+
+    The output cap only sees what a template emits: ``{{ "x" * 10**9 }}`` or
+    ``{% set n = 9 ** 10**9 %}`` would take gigabytes or minutes before a
+    single byte of output. Both are refused from the operands' sizes instead.
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+    output_cap = 2 * 1024 * 1024
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if (isinstance(sequence, _SEQUENCES) and isinstance(times, int)
+                        and len(sequence) * times > self.output_cap):
+                    raise jinja2.exceptions.SecurityError(
+                        f"a repetition of {len(sequence)} items {times} times exceeds the output cap "
+                        f"of {self.output_cap} bytes")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int):
+            if right > 0 and abs(left) > 1 and abs(left).bit_length() * right > MAX_POWER_BITS:
+                raise jinja2.exceptions.SecurityError(f"a power of more than {MAX_POWER_BITS} bits")
+        return super().call_binop(context, operator, left, right)
+
+
 @functools.lru_cache(maxsize=8)
-def _environment(template_dir: str | None) -> ImmutableSandboxedEnvironment:
-    """One sandboxed environment per template folder, shared so templates compile once per process.
+def _environment(template_dir: str | None, output_cap: int) -> ImmutableSandboxedEnvironment:
+    """One sandboxed environment per template folder (and output cap), shared so templates compile once per process.
 
     ``auto_reload`` makes a running daemon pick up edited user templates (a
     stat per render); built-in templates never change under it.
     """
     builtin = _PackageLoader(resources.files("watcher.templates"))
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedSandbox(
         loader=_UserFirstLoader(template_dir, builtin) if template_dir else builtin,
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False,
@@ -178,6 +208,7 @@ def _environment(template_dir: str | None) -> ImmutableSandboxedEnvironment:
         auto_reload=True,
     )
     env.filters.update(FILTERS)
+    env.output_cap = output_cap
     return env
 
 
@@ -189,7 +220,7 @@ class Renderer:
         self.cap = settings.output_cap_bytes
         if self.template_dir and not Path(self.template_dir).is_dir():
             raise RenderError(f"template folder {self.template_dir} does not exist")
-        self.env = _environment(self.template_dir)
+        self.env = _environment(self.template_dir, self.cap)
 
     def origin(self, fmt: str) -> str:
         """``user`` when the user's folder overrides the format's template, else ``built-in``."""

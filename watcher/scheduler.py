@@ -10,7 +10,7 @@ database, not in the scheduler.
 Threads: APScheduler's jobs only *request* a run; one worker thread does the
 runs, one at a time, and coalesces requests that piled up meanwhile. A
 watchdog request every few seconds compares the database's record with the
-schedule's period, so a start after downtime, a laptop that slept or a clock
+schedule's fire times, so a start after downtime, a laptop that slept or a clock
 that jumped leads to one run at once, not to a missed week.
 
 Shutdown: the main thread only waits for SIGTERM/SIGINT (blocked in every
@@ -57,8 +57,9 @@ log = logging.getLogger(__name__)
 
 #: How long a run in progress may go on after SIGTERM before the process leaves (the bound is 10 s).
 SHUTDOWN_GRACE_SECONDS = 6.0
-#: A run is overdue when nothing ran for this many schedule periods (a sleep, a clock jump, downtime).
-OVERDUE_PERIODS = 1.5
+#: How late a fire time may be before the watchdog takes it as missed: the scheduled run itself
+#: (requested at the fire time) must have had the time to record its start first.
+CATCH_UP_SLACK = dt.timedelta(seconds=30)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -139,6 +140,19 @@ def make_trigger(schedule: str | None) -> CronTrigger:
         raise ConfigError(f"invalid schedule {expression!r}: {exc}") from None
 
 
+def missed_fire_time(trigger: CronTrigger, since: dt.datetime, now: dt.datetime,
+                     slack: dt.timedelta) -> dt.datetime | None:
+    """The schedule's first fire time after ``since`` when it passed more than ``slack`` before ``now``.
+
+    Compared with fire times, not with a period: a schedule's gaps may be
+    uneven (``0 3 * * 1-5`` rests over the weekend), and a fixed period taken
+    at start would find a run "overdue" where the schedule has none.
+    """
+    # Just after ``since``: a run that started exactly at a fire time covers that fire time.
+    fire = trigger.get_next_fire_time(None, since + dt.timedelta(microseconds=1))
+    return fire if fire is not None and now - fire > slack else None
+
+
 def schedule_period(trigger: CronTrigger, now: dt.datetime) -> dt.timedelta:
     """The gap between the next two runs of the schedule after ``now``."""
     first = trigger.get_next_fire_time(None, now)
@@ -210,6 +224,25 @@ class Daemon:
             log.error("run failed: %s", exc, extra={"event": "run", "outcome": "error"})
             report.errors.append(str(exc))
             return report
+        try:
+            self._poll_and_deliver(report)
+        except Exception as exc:  # a bug or an untranslated failure: the run is recorded failed, the daemon goes on
+            log.exception("run failed with an internal error")
+            report.errors.append(f"internal error: {type(exc).__name__}: {exc}")
+        report.ok = not report.errors
+        try:
+            health.record_run_finish(self.engine, run_id, self.clock(), report.ok, "; ".join(report.errors))
+            self._check_health()
+        except WatcherError as exc:
+            log.error("after the run: %s", exc)
+        except Exception:  # the run is recorded; a bug in the health check must not end the worker either
+            log.exception("after the run: internal error")
+        log.info("run finished (%s): %s", reason, "ok" if report.ok else "failed: " + "; ".join(report.errors),
+                 extra={"event": "run", "outcome": "ok" if report.ok else "failed"})
+        release_memory()
+        return report
+
+    def _poll_and_deliver(self, report: RunReport) -> None:
         deadline = time.monotonic() + self.settings.daemon.run_deadline_seconds
         clouds = list(self.settings.clouds)
         delay = self.settings.daemon.retry_backoff_seconds
@@ -228,16 +261,6 @@ class Daemon:
         report.errors += [f"{cloud}: {error}" for cloud, error in self._last_errors(report).items()]
         if not self.stopping.is_set():
             self._deliver(report)
-        report.ok = not report.errors
-        try:
-            health.record_run_finish(self.engine, run_id, self.clock(), report.ok, "; ".join(report.errors))
-            self._check_health()
-        except WatcherError as exc:
-            log.error("after the run: %s", exc)
-        log.info("run finished (%s): %s", reason, "ok" if report.ok else "failed: " + "; ".join(report.errors),
-                 extra={"event": "run", "outcome": "ok" if report.ok else "failed"})
-        release_memory()
-        return report
 
     def _poll(self, clouds: list[str], report: RunReport) -> list[str]:
         """Poll each cloud in turn (stopping between clouds on shutdown); returns the clouds that failed."""
@@ -266,7 +289,7 @@ class Daemon:
 
     def _deliver(self, report: RunReport) -> None:
         try:
-            results = notify.deliver_due(self.engine, self.settings, now=self.clock())
+            results = notify.deliver_due(self.engine, self.settings, now=self.clock(), clock=self.clock)
         except WatcherError as exc:
             report.errors.append(f"notifications: {exc}")
             return
@@ -278,8 +301,7 @@ class Daemon:
 
     def _check_health(self) -> None:
         now = self.clock()
-        with self.engine.connect() as conn:
-            state = health.evaluate(conn, self.settings, now)
+        state = health.health_state(self.engine, self.settings, now)  # database errors come back as StoreError
         health.queue_alerts(self.engine, self.settings, state, now)
         for kind, destination, ok in health.send_alerts(self.engine, self.settings, now):
             log.info("health alert %s to %s: %s", kind, destination, "sent" if ok else "failed",
@@ -288,30 +310,32 @@ class Daemon:
     # -- catch-up
 
     def catch_up_due(self, *, at_start: bool = False) -> bool:
-        """Whether a run is overdue by the database's record, not the scheduler's memory.
+        """Whether a scheduled fire time was missed, by the database's record, not the scheduler's memory.
 
         At start: some configured cloud has not been polled successfully
-        (by the daemon or by ``watcher poll``) within one schedule period.
-        Later (after a sleep or a clock jump): no run started or finished for
-        ``OVERDUE_PERIODS`` periods. That one counts failed runs too, so a
-        failing source is tried again at the next tick, not every few seconds.
+        (by the daemon or by ``watcher poll``) since a fire time that has
+        passed. Later (after a sleep or a clock jump): a fire time passed
+        with no daemon run started or finished since the one before it. That
+        one counts failed runs too, so a failing source is tried again at the
+        next tick, not every few seconds.
         """
         now = self.clock()
         with self.engine.connect() as conn:
             if at_start:
                 reference = health.oldest_last_success(conn, self.settings.clouds)
-                limit = self.period
             else:
                 reference = health.last_activity(conn)
-                limit = self.period * OVERDUE_PERIODS
-        due = reference is None or now - reference >= limit
+        # Half a period at most, so a schedule of a few seconds is still watched.
+        missed = None if reference is None else missed_fire_time(self.trigger, reference, now,
+                                                                  min(CATCH_UP_SLACK, self.period / 2))
+        due = reference is None or missed is not None
         if at_start:
-            log.info("catch-up at start: %s (last successful poll %s, schedule period %s)",
+            log.info("catch-up at start: %s (last successful poll %s, missed fire time %s)",
                      "polling now" if due else "not due", reference.isoformat() if reference else "never",
-                     self.period, extra={"event": "catch-up", "outcome": "due" if due else "not-due"})
+                     _iso(missed), extra={"event": "catch-up", "outcome": "due" if due else "not-due"})
         elif due:
-            log.info("catch-up: no run since %s (period %s): polling now",
-                     reference.isoformat() if reference else "ever", self.period, extra={"event": "catch-up"})
+            log.info("catch-up: no run since %s, missed the run due at %s: polling now",
+                     reference.isoformat() if reference else "ever", _iso(missed), extra={"event": "catch-up"})
         return due
 
     def _catch_up_check(self, at_start: bool) -> Callable[[], bool]:
@@ -331,7 +355,7 @@ class Daemon:
         self._requests.put(reason)
 
     def _work(self) -> None:
-        self.run_once("catch-up", only_if=self._catch_up_check(at_start=True))
+        self._guarded(lambda: self.run_once("catch-up", only_if=self._catch_up_check(at_start=True)))
         while not self.stopping.is_set():
             try:
                 reasons = {self._requests.get(timeout=0.5)}
@@ -342,13 +366,18 @@ class Daemon:
                     reasons.add(self._requests.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                if "schedule" in reasons:
-                    self.run_once("schedule")
-                else:
-                    self.run_once("catch-up", only_if=self._catch_up_check(at_start=False))
-            except Exception:  # never let a bug end the daemon silently: log it, wait for the next tick
-                log.exception("run failed with an internal error")
+            if "schedule" in reasons:
+                self._guarded(lambda: self.run_once("schedule"))
+            else:
+                self._guarded(lambda: self.run_once("catch-up", only_if=self._catch_up_check(at_start=False)))
+
+    @staticmethod
+    def _guarded(run: Callable[[], object]) -> None:
+        """Never let a bug end the worker thread (the first run included): log it, wait for the next tick."""
+        try:
+            run()
+        except Exception:
+            log.exception("run failed with an internal error")
 
     # -- serving
 
