@@ -47,6 +47,17 @@ def _advisory_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+def _per_schema(engine: Engine, name: str) -> str:
+    """A lock name for this watcher's schema: advisory locks are per database, and two
+    watchers in two schemas of one database are two deployments, each with its own leader."""
+    try:
+        with engine.connect() as conn:
+            schema = conn.execute(text("SELECT current_schema()")).scalar()
+    except SQLAlchemyError as exc:
+        raise LeadershipError(f"cannot reach the database for leader election: {exc.__class__.__name__}") from None
+    return f"{name}:{schema}"
+
+
 class PostgresLeadership:
     """Leader election with ``pg_try_advisory_lock`` on a dedicated connection."""
 
@@ -207,7 +218,7 @@ class FileLeadership:
 def leadership_for(engine: Engine) -> Leadership:
     """The leader election that fits the database, checked and ready (raises LeadershipError)."""
     if engine.dialect.name == "postgresql":
-        leadership = PostgresLeadership(engine)
+        leadership = PostgresLeadership(engine, _per_schema(engine, LOCK_NAME))
         leadership.check_session_semantics()
         return leadership
     database = make_url(str(engine.url)).database
@@ -228,8 +239,8 @@ def schema_lock(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "postgresql":
         yield
         return
-    key = _advisory_key(MIGRATION_LOCK_NAME)
     try:
+        key = _advisory_key(_per_schema(engine, MIGRATION_LOCK_NAME))
         conn = engine.connect()
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
         conn.commit()
