@@ -55,7 +55,7 @@ def test_config_check_passes_the_example_and_masks_secrets(tmp_path: Path) -> No
 
 def test_config_check_reports_every_broken_part(tmp_path: Path) -> None:
     path = tmp_path / "watcher.toml"
-    path.write_text('[daemon]\nschedule = "61 * * * *"\nhttp_port = 70000\n[tickets]\n'
+    path.write_text('[daemon]\nschedule = "61 * * * *"\n[tickets]\n'
                     f'template_dir = "{tmp_path / "tpl"}"\n')
     (tmp_path / "tpl").mkdir()
     (tmp_path / "tpl" / "ticket.md.j2").write_text("{{ no_such_variable }}")
@@ -65,10 +65,18 @@ def test_config_check_reports_every_broken_part(tmp_path: Path) -> None:
     assert result.exit_code == 1
     failed = [line for line in result.output.splitlines() if line.startswith("FAILED")]
     parts = {line.split()[1].rstrip(":") for line in failed}
-    assert {"database", "schedule", "health", "notify", "templates"} <= parts, failed
+    assert {"database", "schedule", "notify", "templates"} <= parts, failed
     assert PASSWORD not in result.output + result.stderr
     assert "postgresql+psycopg://watcher:***@127.0.0.1:1/nowhere" in result.output
     assert "configuration problem(s)" in result.stderr
+
+
+def test_a_setting_of_the_wrong_type_or_range_is_refused_when_the_config_loads(tmp_path: Path) -> None:
+    path = tmp_path / "watcher.toml"
+    path.write_text("[daemon]\nhttp_port = 70000\n")
+    result = invoke("--config", str(path), "config", "check")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: daemon.http_port must be from 1 to 65535, not 70000"
 
 
 def test_the_example_documents_every_daemon_setting() -> None:
