@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 from alembic import command
 from alembic.config import Config
@@ -144,21 +145,23 @@ def head_revision() -> str:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    try:
-        command.upgrade(alembic_config(engine), revision)
-    except CommandError as exc:
-        raise StoreError(f"cannot migrate to revision {revision!r}: {exc}") from None
-    except SQLAlchemyError as exc:
-        raise StoreError(f"database migration failed on {safe_url(str(engine.url))}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from None
+    _migrate(command.upgrade, engine, revision, "migrate to")
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    _migrate(command.downgrade, engine, revision, "migrate down to")
+
+
+def _migrate(step: Callable[[Config, str], None], engine: Engine, revision: str, doing: str) -> None:
+    """Run one Alembic command; its failures become one clear StoreError."""
     try:
-        command.downgrade(alembic_config(engine), revision)
+        step(alembic_config(engine), revision)
     except CommandError as exc:
-        raise StoreError(f"cannot migrate down to revision {revision!r}: {exc}") from None
+        raise StoreError(f"cannot {doing} revision {revision!r}: {exc}") from None
     except SQLAlchemyError as exc:
-        raise StoreError(f"database downgrade failed: {exc}") from None
+        detail = getattr(exc, "orig", None) or exc
+        raise StoreError(f"cannot {doing} revision {revision!r} on {safe_url(str(engine.url))}: "
+                         f"{exc.__class__.__name__}: {detail}") from None
 
 
 def ensure_schema(engine: Engine) -> None:
