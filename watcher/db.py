@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from .errors import StoreError
+from .errors import StoreError, database_detail
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,8 @@ def _migrate(step: Callable[[Config, str], None], engine: Engine, revision: str,
     except CommandError as exc:
         raise StoreError(f"cannot {doing} revision {revision!r}: {exc}") from None
     except SQLAlchemyError as exc:
-        detail = getattr(exc, "orig", None) or exc
         raise StoreError(f"cannot {doing} revision {revision!r} on {safe_url(str(engine.url))}: "
-                         f"{exc.__class__.__name__}: {detail}") from None
+                         f"{exc.__class__.__name__}: {database_detail(exc)}") from None
 
 
 def ensure_schema(engine: Engine) -> None:

@@ -70,3 +70,8 @@ class NotifyError(WatcherError):
 
 class LeadershipError(WatcherError):
     """Another watcher daemon already runs against this database."""
+
+
+def database_detail(exc: BaseException) -> str:
+    """The first line of what the database driver said (SQLAlchemy wraps it in ``orig``)."""
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]

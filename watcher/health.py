@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import db, notify, polls, status
-from .errors import StoreError
+from .errors import StoreError, database_detail
 from .models import DaemonRun, HealthAlert, OutboxMessage, Poll, Publication, Ticket
 from .settings import Settings
 
@@ -45,7 +45,7 @@ def _store(what: str, work: Callable[[], T]) -> T:
     try:
         return work()
     except SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        detail = database_detail(exc)
         raise StoreError(f"database error while {what}: {detail}") from None
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import LeadershipError
+from .errors import LeadershipError, database_detail
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class PostgresLeadership:
                 with first.begin():
                     first.execute(text("SELECT pg_advisory_unlock_all()"))
         except SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            detail = database_detail(exc)
             raise LeadershipError(f"cannot check the database session for leader election: {detail}") from None
         if pid in borrowed or again != pid or not held:
             raise LeadershipError(
@@ -245,7 +245,7 @@ def schema_lock(engine: Engine) -> Iterator[None]:
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
         conn.commit()
     except SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        detail = database_detail(exc)
         raise LeadershipError(f"cannot take the schema migration lock: {detail}") from None
     try:
         yield

@@ -62,6 +62,11 @@ NAMING_CONVENTION = {
 }
 
 
+def utcnow() -> dt.datetime:
+    """Now, timezone-aware UTC: every timestamp the watcher writes is UTC."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
 def day_key(day: dt.date) -> int:
     return day.year * 10000 + day.month * 100 + day.day
 

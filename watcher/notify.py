@@ -44,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import db, store, tickets
 from .errors import NotifyError, RenderError, StoreError
-from .models import OutboxMessage, Ticket
+from .models import OutboxMessage, Ticket, utcnow
 from .render import Renderer
 from .settings import Settings
 
@@ -157,9 +157,6 @@ def destinations(settings: Settings) -> list[Destination]:
 # ---------------------------------------------------------------- queueing
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
 
 def enqueue(conn: Connection, ticket_ids: Sequence[int], settings: Settings, now: dt.datetime | None = None) -> int:
     """Queue each ticket for each valid destination, in the caller's transaction; returns rows added."""
@@ -169,7 +166,7 @@ def enqueue(conn: Connection, ticket_ids: Sequence[int], settings: Settings, now
         log.warning("notification destination %s is not a valid apprise URL; nothing is queued for it", invalid.label)
     if not targets or not ticket_ids:
         return 0
-    at = now or _utcnow()
+    at = now or utcnow()
     rows = [
         {"ticket_id": t, "destination": d.key, "destination_label": d.label[:1024], "state": "pending",
          "attempts": 0, "next_attempt_at": at, "last_error": "", "created_at": at}
@@ -356,7 +353,7 @@ def deliver_due(
     ``watcher notify``, which would send it a second time.
     """
     if clock is None:
-        clock = _utcnow if now is None else _advancing_from(now)
+        clock = utcnow if now is None else _advancing_from(now)
     at = now or clock()
     by_key = {d.key: d for d in destinations(settings)}
     renderer = Renderer(settings.tickets)
@@ -437,7 +434,7 @@ class TestResult:
 
 def send_test(settings: Settings, now: dt.datetime | None = None) -> list[TestResult]:
     """A short test message to each configured destination, and each one's result."""
-    at = (now or _utcnow()).replace(microsecond=0).isoformat()
+    at = (now or utcnow()).replace(microsecond=0).isoformat()
     message = Message(
         title="[watcher test] notification test",
         body=f"This is a test message from the watcher, sent {at}. No action is needed.",

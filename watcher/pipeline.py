@@ -18,7 +18,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import fetch, notify, polls, store, tickets
-from .errors import FetchError, ImplausibleFileError, StoreError, WatcherError
+from .errors import FetchError, ImplausibleFileError, StoreError, WatcherError, database_detail
+from .models import utcnow
 from .settings import FetchSettings, Settings, check_cloud
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,6 @@ POLL_OUTCOMES: tuple[PollOutcomeKind, ...] = (
     "new", "unchanged", "skipped-known-url", "already-imported", "quarantined", "error",
 )
 
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,7 @@ def poll(
     url: str | None = None,
     force: bool = False,
     client: httpx.Client | None = None,
-    now: Callable[[], dt.datetime] = _utcnow,
+    now: Callable[[], dt.datetime] = utcnow,
 ) -> list[PollOutcome]:
     """Poll each cloud (default ``settings.clouds``) once; one outcome per cloud, every attempt recorded.
 
@@ -195,7 +193,7 @@ def _poll_cloud(
     except WatcherError as exc:
         outcome = attempt.finish("error", now(), error=fetch.redact_text(str(exc)))
     except SQLAlchemyError as exc:  # the poll's own reads; the import translates its errors itself
-        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        detail = database_detail(exc)
         outcome = attempt.finish("error", now(), error=fetch.redact_text(f"database error while polling: {detail}"))
     except Exception as exc:
         # A bug, not a condition: record the attempt so status shows it, then let it surface.

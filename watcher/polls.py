@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
-from .errors import StoreError
+from .errors import StoreError, database_detail
 from .fetch import redact_text
 from .models import Poll, Publication
 from .store import PublicationInfo, publication_from_row
@@ -89,7 +89,7 @@ def record_poll(
         with db.writer(engine).begin() as conn:
             return conn.execute(insert(Poll.__table__).returning(Poll.__table__.c.id), values).scalar_one()
     except SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        detail = database_detail(exc)
         raise StoreError(f"could not record the {cloud} poll: {detail}") from None
 
 

@@ -51,6 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import health, notify, pipeline
 from .errors import ConfigError, WatcherError
 from .leader import Leadership
+from .models import utcnow
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,6 @@ def release_memory() -> None:
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
 
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 # ---------------------------------------------------------------- the schedule
@@ -184,7 +182,7 @@ class Daemon:
         engine: Engine,
         leadership: Leadership,
         *,
-        clock: Callable[[], dt.datetime] = _utcnow,
+        clock: Callable[[], dt.datetime] = utcnow,
         grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
     ):
         self.settings = settings

@@ -35,8 +35,8 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, sele
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import db, diff as diffs
-from .errors import ConflictError, NotFoundError, ParseError, StoreError
-from .models import Publication, Tag, TagVersion, day_from_key, day_key
+from .errors import ConflictError, NotFoundError, ParseError, StoreError, database_detail
+from .models import Publication, Tag, TagVersion, day_from_key, day_key, utcnow
 from .parse import ParsedFile, ServiceTag, content_hash, decode_document, file_cloud, normalize_prefixes, parse_document
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,7 @@ publication_from_row = _publication
 
 
 def _translate(exc: SQLAlchemyError, doing: str) -> StoreError:
-    detail = getattr(exc, "orig", None) or exc
-    return StoreError(f"database error while {doing}: {str(detail).splitlines()[0]}")
+    return StoreError(f"database error while {doing}: {database_detail(exc)}")
 
 
 def publications(conn: Connection, cloud: str) -> list[PublicationInfo]:
@@ -376,7 +375,7 @@ def import_bytes(
     try:
         with db.writer(engine).begin() as conn:
             _lock_cloud(conn, cloud)
-            result = _import(conn, document, source, cloud, sha256, file_date, now or _utcnow)
+            result = _import(conn, document, source, cloud, sha256, file_date, now or utcnow)
             if result.outcome == "imported" and on_imported is not None:
                 on_imported(conn, result)
             return result
@@ -393,9 +392,6 @@ def date_from_source(source: str) -> dt.date:
         raise ParseError(f"{source}: no publication date: name the file ServiceTags_<Cloud>_<YYYYMMDD>.json or give a date")
     return found
 
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def _lock_cloud(conn: Connection, cloud: str) -> None:

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import db, diff as diffs
 from . import store
 from .errors import NotFoundError, StoreError, TransitionError
-from .models import Ticket, TicketEvent, day_from_key
+from .models import Ticket, TicketEvent, day_from_key, utcnow
 from .settings import Settings
 from .watches import EXTRA_WATCH, ResolvedWatch, WatchedTag, resolve_watches
 
@@ -279,9 +279,6 @@ def _verify(watch: ResolvedWatch, tags: list[dict[str, Any]], date: str, cloud: 
 # ---------------------------------------------------------------- creation
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
 
 def _has_later_publication(conn: Connection, pub: store.PublicationInfo) -> bool:
     later = [p for p in store.publications(conn, pub.cloud) if p.file_date > pub.file_date]
@@ -294,7 +291,7 @@ def create_tickets(
     settings: Settings,
     *,
     implausible: Sequence[str] = (),
-    now: Callable[[], dt.datetime] = _utcnow,
+    now: Callable[[], dt.datetime] = utcnow,
 ) -> list[int]:
     """Tickets for the watches whose tags an import changed, in the import's transaction.
 
@@ -410,7 +407,7 @@ def transition(
     actor: str,
     comment: str = "",
     *,
-    now: Callable[[], dt.datetime] = _utcnow,
+    now: Callable[[], dt.datetime] = utcnow,
 ) -> TicketInfo:
     """Take one review step (release, approve, reject, applied) and record who took it."""
     if action not in ACTIONS:
