@@ -93,6 +93,22 @@ def test_crlf_copy_of_a_stored_file_is_already_imported(engine):
     assert row_counts(engine) == before
 
 
+def test_a_week_in_other_line_endings_changes_nothing_and_its_entries_are_recognised_after(engine):
+    from watcher import parse
+
+    imp(engine, "20250101", {"A": ["10.0.0.0/24"], "B": ["10.1.0.0/24"]}, crlf=True)
+    before = row_counts(engine)
+    lf_week = build_file({"A": ["10.0.0.0/24"], "B": ["10.1.0.0/24"]}, change_number=2)
+    result = store.import_bytes(engine, lf_week, file_name("20250108"))
+    assert result.changed_tags == () and row_counts(engine)[1:] == before[1:]  # a publication, no versions
+    # The versions now carry the LF entries' fingerprints: the next such week skips decoding them.
+    document = parse.decode_document(lf_week, "x")
+    with engine.connect() as conn:
+        known = store.versions_at(conn, "public", store.publications(conn, "public")[-1].day).known_entries()
+    parsed = parse.parse_document(document, file_name("20250115"), sha256="-", known_entries=known)
+    assert parsed.tags == () and sorted(parsed.unchanged) == ["A", "B"]
+
+
 def test_a_different_file_for_a_stored_date_is_a_conflict(engine):
     imp(engine, "20250101", {"A": ["10.0.0.0/24"]})
     before = row_counts(engine)

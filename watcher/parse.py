@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Iterable, Mapping, Sequence
 
+import msgspec
 import orjson
 import xxhash
 
@@ -68,7 +69,6 @@ class ParsedFile:
     tags: tuple[ServiceTag, ...]
     #: tags whose entry is byte-for-byte the one known (see ``known_entries``)
     unchanged: tuple[str, ...]
-    prefix_count: int
 
     @property
     def tag_count(self) -> int:
@@ -80,8 +80,15 @@ class ParsedFile:
 
 
 def entry_fingerprint(entry: Any) -> bytes:
-    """A stable 128-bit fingerprint of one tag entry exactly as published."""
-    return xxhash.xxh3_128_digest(orjson.dumps(entry))
+    """A 128-bit fingerprint of one tag entry's JSON bytes exactly as published.
+
+    It says "these exact bytes were seen before", nothing more: an entry whose
+    bytes differ (other line endings, re-indented, keys reordered) is decoded
+    and compared by content, and only its content decides whether the tag
+    changed; the store then keeps the new fingerprint, so only the first file
+    in a new layout pays for the comparison.
+    """
+    return xxhash.xxh3_128_digest(entry)
 
 
 def content_hash(prefixes: Iterable[str]) -> bytes:
@@ -121,16 +128,26 @@ def normalize_prefix(text: str) -> str:
     return f"{socket.inet_ntop(family, packed)}/{length}"
 
 
-def normalize_prefixes(
-    tag_name: str, raw: Sequence[str], source: str, known: Sequence[str] = (), cache: dict[str, str] | None = None
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Sorted, de-duplicated canonical prefixes of one tag, and notes on what was repaired.
+@dataclass(frozen=True)
+class PrefixChange:
+    """A tag's canonical prefixes in a new file, and how they differ from its previous ones."""
 
-    ``known`` is the tag's previous canonical prefix list, sorted. Strings found
-    in it are canonical by construction and skip the parser, and the result is
-    built from it plus what changed, so a weekly change costs what it adds, not
-    the size of the tag. ``cache`` (text -> canonical) may be shared across the
-    tags of one file.
+    prefixes: tuple[str, ...]       # sorted, distinct, canonical
+    added: set[str]
+    removed: set[str]
+    notes: tuple[str, ...]          # what was repaired: host bits, duplicates
+
+
+def normalize_against(
+    tag_name: str, raw: Sequence[str], source: str, old: Sequence[str] = (), cache: dict[str, str] | None = None
+) -> PrefixChange:
+    """Canonicalise a tag's published prefixes against its previous canonical list ``old`` (sorted).
+
+    Strings found in ``old`` are canonical by construction and skip the
+    parser, and the result is built from ``old`` plus what changed, so a weekly
+    change costs what it adds, not the size of the tag (AzureCloud has 13,000
+    prefixes and changes every week). ``cache`` (text -> canonical) may be
+    shared across the tags of one file. Raises ParseError on an invalid prefix.
     """
     published = set(raw)
     notes: list[str] = []
@@ -140,7 +157,8 @@ def normalize_prefixes(
             if text in seen:
                 notes.append(f"{tag_name}: duplicate prefix {text} ignored")
             seen.add(text)
-    unknown = published.difference(known)
+    old_set = set(old)
+    unknown = published - old_set if old_set else published
     fresh: set[str] = set()
     cache = {} if cache is None else cache
     for text in unknown:
@@ -155,15 +173,30 @@ def normalize_prefixes(
             if canonical in published or canonical in fresh:
                 notes.append(f"{tag_name}: duplicate prefix {canonical} ignored")
         fresh.add(canonical)
-    if not unknown and len(published) == len(known):
-        return tuple(known), tuple(sorted(set(notes)))
-    notes = sorted(set(notes))  # each repair once; sets iterate in no particular order
-    if not known:
-        return tuple(sorted(fresh)), tuple(notes)
-    kept = [p for p in known if p in published]
-    fresh.difference_update(kept)
-    # Two sorted runs: timsort merges them in linear time.
-    return tuple(sorted(kept + sorted(fresh))), tuple(notes)
+    removed = old_set - published
+    if fresh and removed:
+        removed -= fresh  # published with host bits set, but the same network
+    added = fresh - old_set if old_set else fresh
+    if not added and not removed:
+        prefixes = tuple(old)
+    elif not old:
+        prefixes = tuple(sorted(added))
+    else:
+        kept = [p for p in old if p not in removed] if removed else list(old)
+        # Two sorted runs: timsort merges them in linear time.
+        prefixes = tuple(sorted(kept + sorted(added)))
+    return PrefixChange(prefixes, added, removed, tuple(sorted(set(notes))))
+
+
+def normalize_prefixes(
+    tag_name: str, raw: Sequence[str], source: str, known: Sequence[str] = (), cache: dict[str, str] | None = None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Sorted, de-duplicated canonical prefixes of one tag, and notes on what was repaired.
+
+    ``known`` is the tag's previous canonical prefix list, sorted (see ``normalize_against``).
+    """
+    change = normalize_against(tag_name, raw, source, tuple(sorted(known)), cache)
+    return change.prefixes, change.notes
 
 
 def date_from_file_name(name: str) -> dt.date | None:
@@ -187,9 +220,41 @@ def read_file_bytes(path: Path) -> bytes:
     return data
 
 
-def _decode(data: bytes, source: str) -> dict[str, Any]:
+class _TopLevel(msgspec.Struct):
+    """The top level of a file; each tag entry stays undecoded JSON until it is needed."""
+
+    changeNumber: int
+    cloud: str
+    values: list[msgspec.Raw]
+
+
+@dataclass(frozen=True)
+class Document:
+    """A file whose top level is checked; ``entries`` are the tag entries' JSON bytes, still undecoded.
+
+    Decoding ~93,000 prefix strings costs more than everything else an
+    incremental import does, so an entry is decoded only when its fingerprint
+    is not one the store already knows.
+    """
+
+    change_number: int
+    cloud: str                      # as the file spells it
+    entries: Sequence[Any]          # buffers of JSON bytes (msgspec.Raw)
+
+
+def _decode(data: bytes, source: str) -> Document:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    try:
+        top = msgspec.json.decode(data, type=_TopLevel)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        _explain_invalid(data, source)  # raises the precise error, when the slow path finds one
+        raise ParseError(f"{source}: not a service-tag file: {exc}") from None
+    return Document(top.changeNumber, top.cloud, top.values)
+
+
+def _explain_invalid(data: bytes, source: str) -> None:
+    """Raise the ParseError that names what is wrong with a file the fast decoder refused."""
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -200,7 +265,6 @@ def _decode(data: bytes, source: str) -> dict[str, Any]:
     for key, kind in (("changeNumber", int), ("cloud", str), ("values", list)):
         if not isinstance(document.get(key), kind) or isinstance(document.get(key), bool):
             raise ParseError(f"{source}: missing or invalid top-level {key!r}")
-    return document
 
 
 def _tag(entry: Any, index: int, source: str, entry_hash: bytes) -> ServiceTag:
@@ -238,34 +302,35 @@ def _tag(entry: Any, index: int, source: str, entry_hash: bytes) -> ServiceTag:
     )
 
 
-def decode_document(data: bytes, source: str) -> dict[str, Any]:
-    """JSON-decode a file's bytes (BOM, LF or CRLF) and check its top level."""
+def decode_document(data: bytes, source: str) -> Document:
+    """Check a file's top level (BOM, LF or CRLF) and split it into undecoded tag entries."""
     return _decode(data, source)
 
 
-def file_cloud(document: dict[str, Any], source: str) -> str:
+def file_cloud(document: Document, source: str) -> str:
     """Our name for the cloud a decoded file belongs to."""
-    value = document["cloud"]
+    value = document.cloud
     if value.lower() not in FILE_CLOUD_NAMES:
         raise ParseError(f"{source}: unknown cloud {value!r} (known: {', '.join(CLOUD_FILE_NAMES.values())})")
     return FILE_CLOUD_NAMES[value.lower()]
 
 
 def parse_document(
-    document: dict[str, Any],
+    document: Document,
     source: str,
     *,
     sha256: str,
     file_date: dt.date | None = None,
-    known_entries: Mapping[str, bytes] | None = None,
+    known_entries: Mapping[bytes, str] | None = None,
 ) -> ParsedFile:
     """Validate a decoded file's structure and fingerprint each tag.
 
     ``source`` names the file in errors; the date comes from ``file_date`` or the
-    name. ``known_entries`` maps a tag name to the fingerprint of an entry that
-    was validated before (the tag's previous version): an identical entry is
-    listed in ``unchanged`` and not validated again. Prefixes are checked by
-    ``normalize_prefixes`` (``validate_prefixes`` for a whole file).
+    name. ``known_entries`` maps the fingerprint of an entry validated before
+    (a tag's previous version) to its tag name: an entry with those exact
+    bytes is listed in ``unchanged`` and neither decoded nor validated again.
+    Prefixes are checked by ``normalize_prefixes`` (``validate_prefixes`` for a
+    whole file).
     """
     file_date = file_date or date_from_file_name(source)
     if file_date is None:
@@ -274,27 +339,28 @@ def parse_document(
     known = known_entries or {}
     tags: list[ServiceTag] = []
     unchanged: list[str] = []
-    prefix_count = 0
-    for index, entry in enumerate(document["values"]):
-        fingerprint = entry_fingerprint(entry)
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if name is not None and known.get(name) == fingerprint:
+    for index, raw in enumerate(document.entries):
+        fingerprint = entry_fingerprint(raw)
+        name = known.get(fingerprint)
+        if name is not None:
             unchanged.append(name)
-        else:
-            tags.append(_tag(entry, index, source, fingerprint))
-        prefix_count += len(entry["properties"]["addressPrefixes"])
+            continue
+        try:
+            entry = orjson.loads(memoryview(raw))
+        except orjson.JSONDecodeError as exc:  # the top-level decoder checked it; this is a safety net
+            raise ParseError(f"{source}: values[{index}] is not valid JSON: {exc}") from None
+        tags.append(_tag(entry, index, source, fingerprint))
     names = [t.name for t in tags] + unchanged
     if len(set(names)) != len(names):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         raise ParseError(f"{source}: tag {duplicates[0]!r} appears more than once")
     return ParsedFile(
         cloud=cloud,
-        change_number=document["changeNumber"],
+        change_number=document.change_number,
         file_date=file_date,
         sha256=sha256,
         tags=tuple(tags),
         unchanged=tuple(unchanged),
-        prefix_count=prefix_count,
     )
 
 

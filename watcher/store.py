@@ -20,7 +20,9 @@ one transaction, so a publication is stored whole or not at all.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import hashlib
 import ipaddress
 import logging
@@ -37,7 +39,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import db, diff as diffs
 from .errors import ConflictError, NotFoundError, ParseError, StoreError, database_detail
 from .models import Publication, Tag, TagVersion, day_from_key, day_key, utcnow
-from .parse import ParsedFile, ServiceTag, content_hash, decode_document, file_cloud, normalize_prefixes, parse_document
+from .parse import (
+    ParsedFile, ServiceTag, content_hash, decode_document, file_cloud, normalize_against, normalize_prefixes,
+    parse_document,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +235,7 @@ class _Versions(Mapping[str, VersionInfo]):
     the few tags that changed, so the bulk read is three narrow columns.
     """
 
-    def __init__(self, conn: Connection | None, day: int, fingerprints: dict[str, tuple[int, bool, bytes]],
+    def __init__(self, conn: Connection | None, day: int, fingerprints: dict[str, tuple[int, bool, bytes, int]],
                  rows: dict[str, tuple] | None = None):
         self._conn = conn
         self._day = day
@@ -268,9 +273,12 @@ class _Versions(Mapping[str, VersionInfo]):
             for row in self._conn.execute(query, {"day": self._day, "ids": list(batch)}).all():
                 self._rows[wanted[row[0]]] = tuple(row)
 
-    def entry_hashes(self) -> dict[str, bytes]:
-        """Tag name -> fingerprint of its published entry, for the tags published."""
-        return {name: bytes(f[2]) for name, f in self._fingerprints.items() if f[1]}
+    def known_entries(self) -> dict[bytes, str]:
+        """Fingerprint of a published entry -> its tag name, for the tags published."""
+        return {bytes(f[2]): name for name, f in self._fingerprints.items() if f[1]}
+
+    def prefix_count(self, name: str) -> int:
+        return self._fingerprints[name][3]
 
     def present_names(self) -> list[str]:
         return [name for name, f in self._fingerprints.items() if f[1]]
@@ -283,15 +291,18 @@ def versions_at(conn: Connection, cloud: str, day: int, names: Sequence[str] | N
     are index ranges, so the cost follows the number of tags and what changed
     since ``day``, never the length of the history.
     """
-    fingerprints: dict[str, tuple[int, bool, bytes]] = {}
+    fingerprints: dict[str, tuple[int, bool, bytes, int]] = {}
     if names is None:
         tag_names = dict(_fetch_all(conn, "SELECT id, name FROM tags WHERE cloud = :cloud", {"cloud": cloud}))
         for condition in ("valid_until IS NULL", "valid_until > :day"):
-            query = f"SELECT tag_id, present, entry_hash FROM tag_versions WHERE {condition} AND valid_from <= :day"
-            for tag, present, entry_hash in _fetch_all(conn, query, {"day": day}):
+            query = (
+                "SELECT tag_id, present, entry_hash, prefix_count FROM tag_versions "
+                f"WHERE {condition} AND valid_from <= :day"
+            )
+            for tag, present, entry_hash, count in _fetch_all(conn, query, {"day": day}):
                 name = tag_names.get(tag)
                 if name is not None:  # other clouds' versions share the index range
-                    fingerprints[name] = (tag, present, entry_hash)
+                    fingerprints[name] = (tag, present, entry_hash, count)
         return _Versions(conn, day, fingerprints)
     lookup = text("SELECT id, name FROM tags WHERE cloud = :cloud AND name IN :names").bindparams(
         bindparam("names", expanding=True)
@@ -307,7 +318,7 @@ def versions_at(conn: Connection, cloud: str, day: int, names: Sequence[str] | N
             for row in conn.execute(query, {"day": day, "ids": list(tag_names)}).all():
                 name = tag_names[row[0]]
                 rows[name] = tuple(row)
-                fingerprints[name] = (row[0], row[3], row[12])
+                fingerprints[name] = (row[0], row[3], row[12], row[10])
     return _Versions(conn, day, fingerprints, rows)
 
 
@@ -351,6 +362,9 @@ class _Plan:
     split_spans: list[dict[str, Any]] = field(default_factory=list)   # ... and resumes at S
     move_span_starts: list[dict[str, Any]] = field(default_factory=list)  # span from S now from d
     new_spans: list[tuple[str, str]] = field(default_factory=list)    # (tag, prefix) from d
+    #: versions whose content is the file's but whose entry bytes differ: (tag_id, valid_from, entry_hash)
+    refingerprint: list[tuple[int, int, bytes]] = field(default_factory=list)
+    prefix_count: int = 0                                             # of the whole publication
     changes: list[TagChange] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -366,6 +380,29 @@ def import_bytes(
     now: Callable[[], dt.datetime] | None = None,
 ) -> ImportResult:
     """Import one file's bytes as a publication; idempotent and atomic."""
+    with _no_collector_pauses():
+        return _import_bytes(engine, data, source, file_date, expected_cloud, on_imported, now)
+
+
+@contextlib.contextmanager
+def _no_collector_pauses():
+    """Keep Python's cyclic garbage collector out of an import.
+
+    An import allocates tens of thousands of short-lived strings and tuples
+    that reference counting frees; each allocation burst would otherwise start
+    a full collection that walks every object of the process (tens of ms in a
+    daemon holding SQLAlchemy, Jinja and apprise), for no cycles to find.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _import_bytes(engine, data, source, file_date, expected_cloud, on_imported, now) -> ImportResult:
     document = decode_document(data, source)
     cloud = file_cloud(document, source)
     if expected_cloud and cloud != expected_cloud:
@@ -421,8 +458,7 @@ def _import(conn, document, source, cloud, sha256, day: dt.date, now) -> ImportR
     previous, following = _neighbours(conn, cloud, day)
     before = versions_at(conn, cloud, previous.day) if previous else _Versions(None, 0, {})
     clock.lap("read versions")
-    known = before.entry_hashes()
-    parsed = parse_document(document, source, sha256=sha256, file_date=day, known_entries=known)
+    parsed = parse_document(document, source, sha256=sha256, file_date=day, known_entries=before.known_entries())
     clock.lap("validate")
     plan = _plan(conn, parsed, source, before, following)
     clock.lap("plan")
@@ -463,7 +499,7 @@ def _compare_with_existing(conn, document, source, existing: PublicationInfo, sh
     stored = {n: v for n, v in versions.items() if v.present}
     parsed = parse_document(
         document, source, sha256=sha256, file_date=existing.file_date,
-        known_entries={n: v.entry_hash for n, v in stored.items()},
+        known_entries={v.entry_hash: n for n, v in stored.items()},
     )
     differs = set(parsed.tag_names) != set(stored) or parsed.change_number != existing.change_number
     for tag in parsed.tags:
@@ -502,30 +538,35 @@ def _plan(conn, parsed: ParsedFile, source: str, before: _Versions, following) -
 
     items: list[tuple[str, ServiceTag | None]] = [(t.name, t) for t in parsed.tags] + [(n, None) for n in withdrawn]
     seen_prefixes: dict[str, str] = {}  # a prefix is often in several tags (AzureCloud has them all)
+    plan.prefix_count = sum(before.prefix_count(name) for name in parsed.unchanged)
     for name, item in items:
         old_version = before.get(name)
         tag_id = old_version.tag_id if old_version else known_ids.get(name)
         old = old_contents[old_version.content_hash] if old_version is not None else ()
         if item is not None:
-            prefixes, notes = normalize_prefixes(name, item.raw_prefixes, source, known=old, cache=seen_prefixes)
-            plan.notes.extend(notes)
+            change = normalize_against(name, item.raw_prefixes, source, old, cache=seen_prefixes)
+            plan.notes.extend(change.notes)
+            prefixes, added, removed = change.prefixes, change.added, change.removed
             digest = content_hash(prefixes)
             plan.contents[digest] = prefixes
+            plan.prefix_count += len(prefixes)
             new_version = VersionInfo(
                 tag_id or 0, name, d, None, True, item.change_number, item.metadata, len(prefixes), digest,
                 item.entry_hash,
             )
         else:
-            prefixes = ()
+            prefixes, added, removed = (), set(), set(old)
             new_version = absent_version(tag_id, name, d)
         if tag_id is None:
             plan.new_tags.append(name)
         if old_version is not None and new_version.same_as(old_version):
-            continue  # e.g. prefixes reordered: nothing to record
+            # E.g. prefixes reordered or the entry re-indented: nothing to record but its new
+            # fingerprint, so that the next file with these bytes skips the work again.
+            if new_version.entry_hash != old_version.entry_hash:
+                plan.refingerprint.append((old_version.tag_id, old_version.valid_from, new_version.entry_hash))
+            continue
         next_version = after.get(name)
         nxt = set(old_contents[next_version.content_hash]) if next_version is not None else set()
-        new_set, old_set = set(prefixes), set(old)
-        added, removed = new_set - old_set, old_set - new_set
         _plan_spans(plan, name, tag_id, d, next_day, nxt, added, removed)
         _plan_versions(plan, name, tag_id, new_version, old_version, next_version, next_day)
         plan.changes.append(_tag_change(name, old_version, new_version, len(added), len(removed)))
@@ -595,7 +636,7 @@ def _write(conn, parsed: ParsedFile, source, plan: _Plan, previous, following, i
         {
             "cloud": parsed.cloud, "file_date": parsed.file_date, "change_number": parsed.change_number,
             "sha256": parsed.sha256, "source": source[:1024], "imported_at": imported_at,
-            "tag_count": parsed.tag_count, "prefix_count": parsed.prefix_count,
+            "tag_count": parsed.tag_count, "prefix_count": plan.prefix_count,
         },
     ).scalar_one()
     ids = {v.name: v.tag_id for v in plan.versions if v.tag_id}
@@ -605,6 +646,11 @@ def _write(conn, parsed: ParsedFile, source, plan: _Plan, previous, following, i
     if plan.versions:
         _write_contents(conn, plan.contents)
     _write_versions(conn, plan, ids, publication_id, d, previous, following)
+    if plan.refingerprint:
+        conn.execute(
+            text("UPDATE tag_versions SET entry_hash = :h WHERE tag_id = :t AND valid_from = :f"),
+            [{"t": t, "f": f, "h": h} for t, f, h in plan.refingerprint],
+        )
     _write_spans(conn, plan, ids, d, next_day)
     return publication_id
 
