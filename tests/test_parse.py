@@ -149,3 +149,35 @@ def test_invalid_prefix_is_named_with_its_tag():
     parsed = parse_bytes(data, "ServiceTags_Public_20250101.json")
     with pytest.raises(ParseError, match=r"tag 'Storage.EastUS': invalid prefix '10.0.0.0/40'"):
         validate_prefixes(parsed, "ServiceTags_Public_20250101.json")
+
+
+def test_a_tags_prefixes_are_canonicalised_exactly_like_ipaddress_whatever_path_they_take():
+    rng = random.Random(11)
+    texts = ["::/0", "0.0.0.0/0", "::ffff:1.2.3.4/128", "10.0.0.1/24", "2603:1030:40F::/48", "2603:1030:0:0::/32",
+             "10.0.0.0/8", "1.2.3.4/32", "::1/128", "64:ff9b::/96"]
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            value, width = rng.getrandbits(32), 32
+            text = f"{ipaddress.IPv4Address(value)}/{rng.randint(0, width)}"
+        else:
+            value = rng.getrandbits(rng.choice((16, 48, 96, 128)))
+            text = f"{ipaddress.IPv6Address(value)}/{rng.randint(0, 128)}"
+        texts.append(text.upper() if rng.random() < 0.1 else text)
+    expected = sorted({str(ipaddress.ip_network(t, strict=False)) for t in texts})
+    prefixes, notes = normalize_prefixes("T", texts, "f")
+    assert list(prefixes) == expected
+    assert all(("normalised to" in n) or ("duplicate" in n) for n in notes)
+    # Against a previous list, through the shared cache: the same answer.
+    again, _ = normalize_prefixes("T", texts, "f", known=expected[: len(expected) // 2])
+    assert list(again) == expected
+
+
+@pytest.mark.parametrize("text", ["10.0.0.0/+8", "10.0.0.0/ 8", "10.0.0.0/08", "2603::/+48", "1.2.3.4/33", "::/129"])
+def test_prefix_lengths_that_int_would_accept_are_not_taken_as_canonical(text):
+    try:
+        expected = str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        with pytest.raises(ParseError):
+            normalize_prefixes("T", [text], "f")
+    else:
+        assert normalize_prefixes("T", [text], "f")[0] == (expected,)

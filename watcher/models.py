@@ -111,7 +111,7 @@ class Content(Base):
 
     hash: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
     prefix_count: Mapped[int] = mapped_column(Integer)
-    #: zlib-compressed, newline-separated, sorted canonical prefixes
+    #: newline-separated, sorted canonical prefixes; zlib-compressed unless short (see store._pack)
     prefixes: Mapped[bytes] = mapped_column(LargeBinary)
 
 
@@ -147,8 +147,12 @@ class PrefixSpan(Base):
     # writes its ~93,000 rows in key order, with no second index to maintain.
     __table_args__ = ({"sqlite_with_rowid": False},)
 
-    prefix: Mapped[str] = mapped_column(String(43), primary_key=True)
-    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
+    # Byte order on PostgreSQL: the key is ASCII, and locale-aware comparison
+    # only slows the index down. No foreign key to tags: see migration 0005.
+    prefix: Mapped[str] = mapped_column(
+        String(43).with_variant(String(43, collation="C"), "postgresql"), primary_key=True
+    )
+    tag_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     first_day: Mapped[int] = mapped_column(Integer, primary_key=True)
     until_day: Mapped[int | None] = mapped_column(Integer)
 

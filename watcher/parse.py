@@ -15,7 +15,7 @@ import hashlib
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterable, Mapping, Sequence
 
@@ -96,6 +96,44 @@ def content_hash(prefixes: Iterable[str]) -> bytes:
     return xxhash.xxh3_128_digest("\n".join(prefixes).encode())
 
 
+_HOST_MASKS_V4 = {str(n): (1 << (32 - n)) - 1 for n in range(33)}
+_HOST_MASKS_V6 = {str(n): (1 << (128 - n)) - 1 for n in range(129)}
+
+
+def _canonical_prefixes(texts: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split prefix strings into those already canonical and the rest, at C speed per string.
+
+    A string is canonical when socket's C parser reads it, writes it back
+    unchanged, its host bits are zero and its length is written plainly; an
+    IPv6 address whose top 80 bits are zero goes to the rest, because
+    ``inet_ntop`` and ``ipaddress`` write some of those differently. Nearly all
+    published prefixes are canonical; ``normalize_prefix`` decides the rest.
+    """
+    pton, ntop, from_bytes = socket.inet_pton, socket.inet_ntop, int.from_bytes
+    v4, v6, masks_v4, masks_v6 = socket.AF_INET, socket.AF_INET6, _HOST_MASKS_V4, _HOST_MASKS_V6
+    canonical: list[str] = []
+    other: list[str] = []
+    for text in texts:
+        addr, _, bits = text.partition("/")
+        try:
+            if ":" in addr:
+                packed = pton(v6, addr)
+                if from_bytes(packed, "big") & masks_v6[bits] or not packed[:10].strip(b"\0") \
+                        or ntop(v6, packed) != addr:
+                    other.append(text)
+                    continue
+            else:
+                packed = pton(v4, addr)
+                if from_bytes(packed, "big") & masks_v4[bits] or ntop(v4, packed) != addr:
+                    other.append(text)
+                    continue
+        except (OSError, KeyError):
+            other.append(text)
+            continue
+        canonical.append(text)
+    return canonical, other
+
+
 def normalize_prefix(text: str) -> str:
     """Return the canonical form of a CIDR prefix (host bits cleared); ValueError if invalid.
 
@@ -128,6 +166,14 @@ def normalize_prefix(text: str) -> str:
     return f"{socket.inet_ntop(family, packed)}/{length}"
 
 
+@dataclass
+class PrefixCache:
+    """What a file's prefix strings were found to be, shared by its tags (AzureCloud repeats them all)."""
+
+    canonical: set[str] = field(default_factory=set)
+    repaired: dict[str, str] = field(default_factory=dict)  # text -> canonical form
+
+
 @dataclass(frozen=True)
 class PrefixChange:
     """A tag's canonical prefixes in a new file, and how they differ from its previous ones."""
@@ -139,15 +185,15 @@ class PrefixChange:
 
 
 def normalize_against(
-    tag_name: str, raw: Sequence[str], source: str, old: Sequence[str] = (), cache: dict[str, str] | None = None
+    tag_name: str, raw: Sequence[str], source: str, old: Sequence[str] = (), cache: PrefixCache | None = None
 ) -> PrefixChange:
     """Canonicalise a tag's published prefixes against its previous canonical list ``old`` (sorted).
 
     Strings found in ``old`` are canonical by construction and skip the
     parser, and the result is built from ``old`` plus what changed, so a weekly
     change costs what it adds, not the size of the tag (AzureCloud has 13,000
-    prefixes and changes every week). ``cache`` (text -> canonical) may be
-    shared across the tags of one file. Raises ParseError on an invalid prefix.
+    prefixes and changes every week). ``cache`` may be shared across the
+    tags of one file. Raises ParseError on an invalid prefix.
     """
     published = set(raw)
     notes: list[str] = []
@@ -159,19 +205,28 @@ def normalize_against(
             seen.add(text)
     old_set = set(old)
     unknown = published - old_set if old_set else published
-    fresh: set[str] = set()
-    cache = {} if cache is None else cache
-    for text in unknown:
-        canonical = cache.get(text)
-        if canonical is None:
-            try:
-                canonical = cache[text] = normalize_prefix(text)
-            except ValueError as exc:
-                raise ParseError(f"{source}: tag {tag_name!r}: invalid prefix {text!r} ({exc})") from None
-        if canonical != text:
-            notes.append(f"{tag_name}: prefix {text} normalised to {canonical}")
-            if canonical in published or canonical in fresh:
-                notes.append(f"{tag_name}: duplicate prefix {canonical} ignored")
+    cache = PrefixCache() if cache is None else cache
+    unseen = unknown.difference(cache.canonical)
+    if cache.repaired:
+        unseen.difference_update(cache.repaired)
+    good, other = _canonical_prefixes(unseen)
+    cache.canonical.update(good)
+    for text in other:
+        try:
+            canonical = normalize_prefix(text)
+        except ValueError as exc:
+            raise ParseError(f"{source}: tag {tag_name!r}: invalid prefix {text!r} ({exc})") from None
+        if canonical == text:  # canonical, but outside the fast path (e.g. ::/0)
+            cache.canonical.add(text)
+        else:
+            cache.repaired[text] = canonical
+    repaired = unknown.intersection(cache.repaired) if cache.repaired else set()
+    fresh = unknown - repaired if repaired else set(unknown)
+    for text in sorted(repaired):
+        canonical = cache.repaired[text]
+        notes.append(f"{tag_name}: prefix {text} normalised to {canonical}")
+        if canonical in published or canonical in fresh:
+            notes.append(f"{tag_name}: duplicate prefix {canonical} ignored")
         fresh.add(canonical)
     removed = old_set - published
     if fresh and removed:
@@ -189,7 +244,7 @@ def normalize_against(
 
 
 def normalize_prefixes(
-    tag_name: str, raw: Sequence[str], source: str, known: Sequence[str] = (), cache: dict[str, str] | None = None
+    tag_name: str, raw: Sequence[str], source: str, known: Collection[str] = (), cache: PrefixCache | None = None
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Sorted, de-duplicated canonical prefixes of one tag, and notes on what was repaired.
 

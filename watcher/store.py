@@ -30,6 +30,7 @@ import re
 import time
 import zlib
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -40,7 +41,7 @@ from . import db, diff as diffs
 from .errors import ConflictError, NotFoundError, ParseError, StoreError, database_detail
 from .models import Publication, Tag, TagVersion, day_from_key, day_key, utcnow
 from .parse import (
-    ParsedFile, ServiceTag, content_hash, decode_document, file_cloud, normalize_against, normalize_prefixes,
+    ParsedFile, PrefixCache, ServiceTag, content_hash, decode_document, file_cloud, normalize_against, normalize_prefixes,
     parse_document,
 )
 
@@ -335,15 +336,25 @@ def load_contents(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, tupl
     return found
 
 
+#: Contents shorter than this are stored as plain text: zlib's set-up costs more
+#: than the bytes it saves, and most tags hold a handful of prefixes.
+_COMPRESS_FROM = 512
+
+
 def _unpack(packed: bytes) -> tuple[str, ...]:
-    text_ = zlib.decompress(packed).decode()
+    data = bytes(packed)
+    # A zlib stream starts with 0x78 ("x"), which no prefix text does.
+    text_ = (zlib.decompress(data) if data[:1] == b"x" else data).decode()
     return tuple(text_.split("\n")) if text_ else ()
 
 
 def _pack(prefixes: Sequence[str]) -> bytes:
+    data = "\n".join(prefixes).encode()
+    if len(data) < _COMPRESS_FROM:
+        return data
     # Level 1: a week's import compresses a few hundred KB; stronger levels cost
     # milliseconds for a few percent.
-    return zlib.compress("\n".join(prefixes).encode(), 1)
+    return zlib.compress(data, 1)
 
 
 # ---------------------------------------------------------------- import
@@ -410,12 +421,16 @@ def _import_bytes(engine, data, source, file_date, expected_cloud, on_imported, 
     file_date = file_date or date_from_source(source)
     sha256 = hashlib.sha256(data).hexdigest()
     try:
+        started = time.perf_counter()
         with db.writer(engine).begin() as conn:
             _lock_cloud(conn, cloud)
             result = _import(conn, document, source, cloud, sha256, file_date, now or utcnow)
             if result.outcome == "imported" and on_imported is not None:
                 on_imported(conn, result)
-            return result
+            committing = time.perf_counter()
+        log.debug("%s: transaction %.0f ms, of which commit %.0f ms", source,
+                  (time.perf_counter() - started) * 1000, (time.perf_counter() - committing) * 1000)
+        return result
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
         # The bulk paths use the driver's cursor directly, so its own errors arrive untranslated.
         raise _translate(exc, f"importing {source}") from exc
@@ -537,7 +552,7 @@ def _plan(conn, parsed: ParsedFile, source: str, before: _Versions, following) -
     known_ids = _tag_ids(conn, parsed.cloud, [n for n in touched_names if n not in before])
 
     items: list[tuple[str, ServiceTag | None]] = [(t.name, t) for t in parsed.tags] + [(n, None) for n in withdrawn]
-    seen_prefixes: dict[str, str] = {}  # a prefix is often in several tags (AzureCloud has them all)
+    seen_prefixes = PrefixCache()  # a prefix is often in several tags (AzureCloud has them all)
     plan.prefix_count = sum(before.prefix_count(name) for name in parsed.unchanged)
     for name, item in items:
         old_version = before.get(name)
@@ -574,6 +589,10 @@ def _plan(conn, parsed: ParsedFile, source: str, before: _Versions, following) -
 
 
 def _tag_ids(conn, cloud: str, names: Sequence[str]) -> dict[str, int]:
+    if len(names) > 500:  # a first import: one read of the cloud's tags beats batches of IN lists
+        wanted = set(names)
+        rows = _fetch_all(conn, "SELECT name, id FROM tags WHERE cloud = :cloud", {"cloud": cloud})
+        return {name: tag_id for name, tag_id in rows if name in wanted}
     found: dict[str, int] = {}
     statement = text("SELECT name, id FROM tags WHERE cloud = :cloud AND name IN :names").bindparams(
         bindparam("names", expanding=True)
@@ -639,19 +658,25 @@ def _write(conn, parsed: ParsedFile, source, plan: _Plan, previous, following, i
             "tag_count": parsed.tag_count, "prefix_count": plan.prefix_count,
         },
     ).scalar_one()
+    clock = _Stopwatch()
     ids = {v.name: v.tag_id for v in plan.versions if v.tag_id}
     if plan.new_tags:
         _bulk_insert(conn, "tags", ("cloud", "name"), [(parsed.cloud, n) for n in plan.new_tags])
         ids.update(_tag_ids(conn, parsed.cloud, plan.new_tags))
+    clock.lap("tags")
     if plan.versions:
         _write_contents(conn, plan.contents)
+    clock.lap("contents")
     _write_versions(conn, plan, ids, publication_id, d, previous, following)
     if plan.refingerprint:
         conn.execute(
             text("UPDATE tag_versions SET entry_hash = :h WHERE tag_id = :t AND valid_from = :f"),
             [{"t": t, "f": f, "h": h} for t, f, h in plan.refingerprint],
         )
+    clock.lap("versions")
     _write_spans(conn, plan, ids, d, next_day)
+    clock.lap("spans")
+    log.debug("wrote %s %s: %s", parsed.cloud, parsed.file_date, clock)
     return publication_id
 
 
@@ -675,7 +700,10 @@ def _write_versions(conn, plan: _Plan, ids, publication_id, d, previous, followi
     rows = [_version_row(ver, ids[ver.name], publication_id, d) for ver in plan.versions]
     rows += [_version_row(ver, ids[ver.name], following.id, next_day) for ver in plan.restore_at_next]
     _bulk_insert(conn, "tag_versions", _VERSION_INSERT_COLUMNS, rows)
-    _relink_versions(conn, [ids[ver.name] for ver in plan.versions], d, next_day)
+    # A tag new to the database has no version but the one written at d (and the
+    # one at S, when there is a next publication): with no S there is no link to set.
+    unlinked = set(plan.new_tags) if next_day is None else set()
+    _relink_versions(conn, [ids[ver.name] for ver in plan.versions if ver.name not in unlinked], d, next_day)
 
 
 def _relink_versions(conn, tag_id_list: list[int], d: int, next_day: int | None) -> None:
@@ -735,6 +763,7 @@ def _write_spans(conn, plan: _Plan, ids, d: int, next_day: int | None) -> None:
         rows.sort(key=itemgetter(0))
         _bulk_insert(conn, "prefix_spans", ("prefix", "tag_id", "first_day", "until_day"), rows)
     if len(plan.new_spans) > ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
+        log.debug("analyze after %d spans", len(plan.new_spans))
         # Fresh tables have no statistics; without them PostgreSQL plans the
         # next imports' look-ups as if the tables were empty.
         conn.execute(text("ANALYZE tags, tag_versions, contents, prefix_spans"))
@@ -756,10 +785,22 @@ def _bulk_insert(conn, table: str, columns: Sequence[str], rows: Sequence[tuple]
                 for row in rows:
                     copy.write_row(row)
         return
+    # Many rows per statement: SQLite's per-statement work (reset, bind, step)
+    # costs about as much as inserting the row, so this halves a first import's
+    # span writes. 900 parameters stay under every SQLite's limit (999 before 3.32).
+    per_statement = max(1, 900 // len(columns))
+    one_row = f"({', '.join('?' for _ in columns)})"
+    insert_into = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    whole = len(rows) - len(rows) % per_statement
     cursor = raw.cursor()
     try:
-        placeholders = ", ".join("?" for _ in columns)
-        cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows)
+        if whole:
+            cursor.executemany(
+                insert_into + ", ".join([one_row] * per_statement),
+                (list(chain.from_iterable(rows[start:start + per_statement])) for start in range(0, whole, per_statement)),
+            )
+        if whole < len(rows):
+            cursor.executemany(insert_into + one_row, rows[whole:])
     finally:
         cursor.close()
 
