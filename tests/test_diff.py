@@ -74,3 +74,64 @@ def test_collapse_keeps_object_counts_low():
     assert collapse(["10.0.0.0/25", "10.0.0.128/25", "10.0.1.0/24", "2001:db8::/33", "2001:db8:8000::/33"]) == [
         "10.0.0.0/23", "2001:db8::/32",
     ]
+
+
+def _random_prefix(rng):
+    """A canonical prefix from a few crowded blocks, so that random ones nest and touch."""
+    if rng.random() < 0.5:
+        base = rng.choice([0x0A000000, 0x14000000, 0x00000000, 0xFFFF0000])
+        length = rng.choice([0, 4, 8, 12, 15, 16, 17, 20, 23, 24, 25, 28, 31, 32])
+        value = (base | rng.getrandbits(18)) & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+        return str(ipaddress.IPv4Network((value, length)))
+    base = rng.choice([0x2603_1030 << 96, 0x2603_0000 << 96, 0, 0x0000_FFFF << 96, 0x2A01_0111_F100 << 80])
+    length = rng.choice([0, 8, 16, 20, 31, 32, 33, 47, 48, 49, 56, 63, 64, 65, 96, 128])
+    value = (base | rng.getrandbits(rng.choice([8, 20, 40, 70]))) & ~((1 << (128 - length)) - 1) & ((1 << 128) - 1)
+    return str(ipaddress.IPv6Network((value, length)))
+
+
+def test_looking_only_near_the_changes_gives_what_comparing_everything_gives(monkeypatch):
+    """The local path (a few changes in a big tag) against the full interval merge and brute force."""
+    rng = random.Random(13)
+    for _ in range(300):
+        before = {_random_prefix(rng) for _ in range(rng.randint(20, 120))}
+        after = set(before)
+        for _ in range(rng.randint(1, 3)):
+            after.discard(rng.choice(sorted(after)))
+            after.add(_random_prefix(rng))
+        local = net_change(before, after, before_sorted=sorted(before), after_sorted=sorted(after))
+        monkeypatch.setattr(diff, "LOCAL_DIFF_RATIO", 0)
+        full = net_change(before, after)
+        monkeypatch.undo()
+        assert local == full, (sorted(before - after), sorted(after - before))
+
+
+def test_local_and_full_diffs_agree_on_every_changed_tag_of_the_real_weeks(public_files, monkeypatch):
+    import gzip
+    import json
+
+    def tags(path):
+        document = json.loads(gzip.decompress(path.read_bytes()))
+        return {v["name"]: frozenset(v["properties"]["addressPrefixes"]) for v in document["values"]}
+
+    older, newer = tags(public_files[0]), tags(public_files[-1])
+    changed = [n for n in newer if n in older and older[n] != newer[n]]
+    assert "AzureCloud" in changed and len(changed) > 100
+    for name in changed:
+        local = net_change(older[name], newer[name], before_sorted=sorted(older[name]),
+                           after_sorted=sorted(newer[name]))
+        monkeypatch.setattr(diff, "LOCAL_DIFF_RATIO", 0)
+        assert local == net_change(older[name], newer[name]), name
+        monkeypatch.undo()
+
+
+def test_intervals_become_the_cidrs_ipaddress_would_give():
+    rng = random.Random(3)
+    for _ in range(2000):
+        family, width = rng.choice([(4, 32), (6, 128)])
+        start = rng.getrandbits(rng.choice([8, 24, width]))
+        end = min(start + rng.getrandbits(rng.choice([1, 8, 20, width // 2])), (1 << width) - 1)
+        cls = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        expected = [str(n) for n in ipaddress.summarize_address_range(cls(start), cls(end))]
+        assert diff.intervals_to_cidrs(family, [(start, end)]) == expected
+    assert diff.intervals_to_cidrs(4, [(0, 2**32 - 1)]) == ["0.0.0.0/0"]
+    assert diff.intervals_to_cidrs(6, [(0, 2**128 - 1)]) == ["::/0"]

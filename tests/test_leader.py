@@ -43,7 +43,8 @@ def receiver():
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_one_postgres_leader_at_a_time_and_a_takeover_when_it_dies(engine: sa.Engine) -> None:
-    first, second = leader.PostgresLeadership(engine), leader.PostgresLeadership(engine)
+    name = f"watcher-test-{uuid.uuid4().hex}"  # the database is shared by tests running in parallel
+    first, second = leader.PostgresLeadership(engine, name), leader.PostgresLeadership(engine, name)
     first.check_session_semantics()  # directly on PostgreSQL: sessions hold
     try:
         assert first.try_lead() is True

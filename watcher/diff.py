@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
-from typing import Iterable, Literal
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Collection, Iterable, Literal, Sequence
 
 Status = Literal["appeared", "withdrawn", "changed", "unchanged"]
 Interval = tuple[int, int]  # inclusive first and last address
@@ -36,6 +37,15 @@ class TagState:
 
     change_number: int | None
     prefixes: frozenset[str]
+    #: the same prefixes as a sorted tuple, when the caller has it (the store does)
+    ordered: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of_sorted(cls, change_number: int | None, ordered: tuple[str, ...]) -> "TagState":
+        return cls(change_number, frozenset(ordered), ordered)
+
+    def sorted_prefixes(self) -> tuple[str, ...]:
+        return self.ordered if self.ordered is not None else tuple(sorted(self.prefixes))
 
 
 @dataclass(frozen=True)
@@ -124,25 +134,140 @@ def subtract(minuend: list[Interval], subtrahend: list[Interval]) -> list[Interv
 
 
 def intervals_to_cidrs(family: int, intervals: list[Interval]) -> list[str]:
-    cls = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+    """The fewest CIDRs covering each interval exactly (what ``ipaddress.summarize_address_range`` gives)."""
+    width = 32 if family == 4 else 128
     cidrs: list[str] = []
     for start, end in intervals:
-        cidrs.extend(str(n) for n in ipaddress.summarize_address_range(cls(start), cls(end)))
+        while start <= end:
+            # The largest block aligned at ``start`` that does not pass ``end``.
+            size_bits = (start & -start).bit_length() - 1 if start else width
+            span_bits = (end - start + 1).bit_length() - 1
+            bits = min(size_bits, span_bits)
+            cidrs.append(_cidr_text(family, start, width - bits))
+            start += 1 << bits
     return cidrs
 
 
+def _cidr_text(family: int, network: int, length: int) -> str:
+    if family == 4:
+        return f"{socket.inet_ntop(socket.AF_INET, network.to_bytes(4, 'big'))}/{length}"
+    if network >> 48:  # inet_ntop and ipaddress write the same text unless the top 80 bits are zero
+        return f"{socket.inet_ntop(socket.AF_INET6, network.to_bytes(16, 'big'))}/{length}"
+    return str(ipaddress.IPv6Network((network, length)))
+
+
 def net_change(
-    before: Iterable[str], after: Iterable[str], cache: ParseCache | None = None
+    before: Iterable[str], after: Iterable[str], cache: ParseCache | None = None,
+    *, before_sorted: Sequence[str] | None = None, after_sorted: Sequence[str] | None = None,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(address space newly covered, address space no longer covered) as minimal CIDR lists."""
+    """(address space newly covered, address space no longer covered) as minimal CIDR lists.
+
+    ``before_sorted``/``after_sorted`` (the same prefixes, sorted) let a small
+    change to a big tag look only at the prefixes near what changed.
+    """
     cache = {} if cache is None else cache
-    old, new = merged_intervals(before, cache), merged_intervals(after, cache)
-    added: list[str] = []
-    removed: list[str] = []
-    for family in (4, 6):
-        added += intervals_to_cidrs(family, subtract(new[family], old[family]))
-        removed += intervals_to_cidrs(family, subtract(old[family], new[family]))
-    return tuple(added), tuple(removed)
+    old_set = before if isinstance(before, (set, frozenset)) else frozenset(before)
+    new_set = after if isinstance(after, (set, frozenset)) else frozenset(after)
+    added, removed = new_set - old_set, old_set - new_set
+    if not added and not removed:
+        return (), ()
+    if (len(added) + len(removed)) * LOCAL_DIFF_RATIO < len(old_set) + len(new_set):
+        old_sorted = before_sorted if before_sorted is not None else sorted(old_set)
+        new_sorted = after_sorted if after_sorted is not None else sorted(new_set)
+        gained = uncovered(added, old_set, old_sorted, cache)
+        lost = uncovered(removed, new_set, new_sorted, cache)
+    else:
+        old, new = merged_intervals(old_set, cache), merged_intervals(new_set, cache)
+        gained = {family: subtract(new[family], old[family]) for family in (4, 6)}
+        lost = {family: subtract(old[family], new[family]) for family in (4, 6)}
+    return (
+        tuple(intervals_to_cidrs(4, gained[4]) + intervals_to_cidrs(6, gained[6])),
+        tuple(intervals_to_cidrs(4, lost[4]) + intervals_to_cidrs(6, lost[6])),
+    )
+
+
+_LENGTH_TEXT = [str(n) for n in range(129)]
+
+#: Below one changed prefix in this many, a diff looks only near the changes.
+LOCAL_DIFF_RATIO = 8
+
+
+def uncovered(
+    prefixes: Iterable[str], other: Collection[str], other_sorted: Sequence[str], cache: ParseCache
+) -> dict[int, list[Interval]]:
+    """Per family, the merged address intervals of ``prefixes`` that no prefix of ``other`` covers.
+
+    Two CIDR blocks either nest or do not meet, so only ``other``'s supernets
+    and subnets of a prefix matter. Its supernets up to the depth of its
+    leading groups are looked up by name; every other overlapping prefix shares
+    those leading groups, so its canonical text starts with theirs and lies in
+    one contiguous range of ``other_sorted``. Canonical text makes this exact:
+    IPv4 writes every octet; IPv6 never compresses a non-zero group.
+    """
+    result: dict[int, list[Interval]] = {4: [], 6: []}
+    prefixes = list(prefixes)
+    # Which prefix lengths ``other`` has at all: most supernets need not be looked up.
+    # Reading them costs a pass over ``other``, worth it only for many look-ups.
+    lengths = {p[p.rfind("/") + 1:] for p in other} if len(prefixes) * 64 > len(other) else None
+    for prefix in prefixes:
+        family, start, end = cache.get(prefix) or cache.setdefault(prefix, _parse(prefix))
+        length = int(prefix.rpartition("/")[2])
+        depth, lead = _leading_groups(prefix, family, length)
+        if _has_supernet(family, start, min(length, depth), other, lengths):
+            continue
+        if lead:
+            low = bisect_left(other_sorted, lead)
+            high = bisect_left(other_sorted, lead[:-1] + chr(ord(lead[-1]) + 1))
+            candidates = other_sorted[low:high]
+        else:  # no leading group to narrow by (rare: very short or zero-led prefixes)
+            candidates = other_sorted
+        inside: list[Interval] = []
+        for candidate in candidates:
+            c_family, c_start, c_end = cache.get(candidate) or cache.setdefault(candidate, _parse(candidate))
+            if c_family != family or c_end < start or c_start > end:
+                continue
+            if c_start <= start and end <= c_end:  # a supernet deeper than ``depth``
+                break
+            inside.append((c_start, c_end))
+        else:
+            result[family].extend(subtract([(start, end)], _merge(inside)))
+    return {family: _merge(intervals) for family, intervals in result.items()}
+
+
+def _leading_groups(prefix: str, family: int, length: int) -> tuple[int, str]:
+    """(bits, text) of the leading groups within the prefix length that every overlapping prefix writes alike.
+
+    IPv4: up to three whole octets. IPv6: up to four whole groups, each non-zero
+    (a zero group may be written "0" or folded into "::").
+    """
+    if family == 4:
+        octets = min(length // 8, 3)
+        if not octets:
+            return 0, ""
+        parts = prefix.split(".", octets)
+        return 8 * octets, ".".join(parts[:octets]) + "."
+    groups = []
+    for part in prefix.split(":", 4)[:min(length // 16, 4)]:
+        if not part or part == "0" or "/" in part:
+            break
+        groups.append(part)
+    return (16 * len(groups), ":".join(groups) + ":") if groups else (0, "")
+
+
+def _has_supernet(family: int, start: int, below: int, other: Collection[str], lengths: set[str] | None) -> bool:
+    """Whether ``other`` (which has prefixes of ``lengths``, if known) names one shorter than ``below`` containing ``start``."""
+    if family == 4:
+        width, af = 32, socket.AF_INET
+    else:
+        width, af = 128, socket.AF_INET6
+    ntop = socket.inet_ntop
+    for length in range(below):
+        if lengths is not None and _LENGTH_TEXT[length] not in lengths:
+            continue
+        network = start & ~_MASKS[family][length] & ((1 << width) - 1)
+        if f"{ntop(af, network.to_bytes(width // 8, 'big'))}/{length}" in other:
+            return True
+    return False
 
 
 def collapse(prefixes: Iterable[str]) -> list[str]:
@@ -202,7 +327,11 @@ def diff_tag(tag: str, before: TagState | None, after: TagState | None, cache: P
         status = "withdrawn"
     else:
         status = "changed" if added or removed else "unchanged"
-    net_added, net_removed = net_change(old, new, cache) if (added or removed) else ((), ())
+    net_added, net_removed = net_change(
+        old, new, cache,
+        before_sorted=before.sorted_prefixes() if before else (),
+        after_sorted=after.sorted_prefixes() if after else (),
+    ) if (added or removed) else ((), ())
     anomalies = change_number_anomalies(
         before.change_number if before else None,
         after.change_number if after else None,

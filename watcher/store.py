@@ -892,7 +892,7 @@ def tag_states(conn: Connection, cloud: str, day: int, names: Sequence[str] | No
     """Tag name -> state at ``day``, for the tags published then (all, or those named)."""
     versions = {n: v for n, v in versions_at(conn, cloud, day, names).items() if v.present}
     contents = load_contents(conn, [v.content_hash for v in versions.values()])
-    return {n: diffs.TagState(v.change_number, frozenset(contents[v.content_hash])) for n, v in versions.items()}
+    return {n: diffs.TagState.of_sorted(v.change_number, contents[v.content_hash]) for n, v in versions.items()}
 
 
 def changed_tag_names(conn: Connection, cloud: str, first_day: int, last_day: int) -> list[str]:
