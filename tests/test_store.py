@@ -8,7 +8,7 @@ from tests.conftest import file_bytes, plain_name
 from tests.factory import build_file, file_name
 from watcher import diff, store
 from watcher.errors import ConflictError, NotFoundError, ParseError, StoreError
-from watcher.models import PrefixSpan, Publication, Tag, TagVersion
+from watcher.models import EntryManifest, PrefixSpan, Publication, Tag, TagVersion
 
 
 def imp(engine, date, tags, number=1, **kw):
@@ -43,9 +43,28 @@ def timeline(engine, cloud="public"):
     return pubs, versions, spans
 
 
+def assert_manifest_is_the_newest_publication(engine, newest_file: bytes, cloud="public"):
+    """The entry manifest holds the newest file's entries: their fingerprints, and the stored ids and counts."""
+    from watcher import parse
+
+    with engine.connect() as conn:
+        newest = store.publications(conn, cloud)[-1]
+        from_manifest = store._versions_before(conn, cloud, newest)
+        from_versions = store.versions_at(conn, cloud, newest.day)
+        row = conn.execute(sa.select(EntryManifest.publication_id).where(EntryManifest.cloud == cloud)).scalar()
+    assert row == newest.id
+    entries = parse.decode_document(newest_file, "newest").entries
+    assert sorted(from_manifest.known_entries()) == sorted(parse.entry_fingerprint(e) for e in entries)
+    assert sorted(from_manifest.present_names()) == sorted(from_versions.present_names())
+    for name in from_versions.present_names():
+        tag_id, _, count = from_versions.manifest_entry(name)
+        assert (from_manifest.manifest_entry(name)[0], from_manifest.manifest_entry(name)[2]) == (tag_id, count), name
+
+
 def test_real_public_weeks_import_and_diff(engine, public_files):
     results = [store.import_bytes(engine, file_bytes(p), plain_name(p)) for p in public_files]
     assert [r.outcome for r in results] == ["imported"] * 9
+    assert_manifest_is_the_newest_publication(engine, file_bytes(public_files[-1]))
     noop = results[2]  # 2025-08-18 changes nothing but the global changeNumber
     assert noop.publication.file_date == dt.date(2025, 8, 18) and noop.changed_tags == ()
     assert sum(c.status == "appeared" for c in results[5].changes) == 35  # 2025-09-08 adds 35 tags
@@ -173,6 +192,26 @@ def test_tags_appear_are_withdrawn_and_come_back(engine):
         _, entries = store.history(conn, "public", "Storage.UKNorth")
         assert [e.present for e in entries] == [True, False, True]
         assert store.present_tag_names(conn, "public", pubs[1]) == ["A", "Storage.NewRegion"]
+    assert_manifest_is_the_newest_publication(engine, build_file(
+        {"A": ["10.1.0.0/24"], "Storage.NewRegion": ["10.2.0.0/24"], "Storage.UKNorth": ["10.0.0.0/24"]}))
+
+
+def test_without_a_usable_manifest_the_import_reads_the_versions_and_stores_the_same(engine, tmp_path):
+    from watcher.db import open_database
+
+    reference = open_database(f"sqlite:///{tmp_path / 'reference.db'}")
+    _import_weeks(reference, sorted(WEEKS))
+    for date in sorted(WEEKS):
+        imp(engine, date, WEEKS[date], number=int(date[-2:]))
+        with engine.begin() as conn:  # lost (an older database) or damaged, by turns
+            if date.endswith(("08", "22")):
+                conn.execute(sa.delete(EntryManifest.__table__))
+            else:
+                conn.execute(sa.update(EntryManifest.__table__).values(tag_ids=b"\x01"))
+    assert timeline(engine) == timeline(reference)
+    imp(engine, "20250205", WEEKS["20250101"], number=40)
+    assert_manifest_is_the_newest_publication(engine, build_file(WEEKS["20250101"], change_number=40))
+    reference.dispose()
 
 
 def test_host_bits_are_normalised_and_reported(engine):
@@ -207,6 +246,8 @@ def test_out_of_order_import_stores_the_same_history(db_url, seed, tmp_path):
     shuffled = open_database(db_url)
     _import_weeks(shuffled, shuffled_order)
     assert timeline(shuffled) == timeline(in_order)
+    newest = max(WEEKS)
+    assert_manifest_is_the_newest_publication(shuffled, build_file(WEEKS[newest], change_number=int(newest[-2:])))
     for date, tags in WEEKS.items():
         for name in ("A", "B", "Gone", "New"):
             expected = set(tags[name][1]) if name in tags else None
@@ -226,6 +267,7 @@ def test_out_of_order_real_files_store_the_same_history(db_url, public_files, tm
     for path in (subset[4], subset[1], subset[3], subset[0], subset[2]):
         store.import_bytes(shuffled, file_bytes(path), plain_name(path))
     assert timeline(shuffled) == timeline(reference)
+    assert_manifest_is_the_newest_publication(shuffled, file_bytes(subset[4]))
     reference.dispose()
     shuffled.dispose()
 
@@ -304,3 +346,16 @@ def test_a_driver_error_in_the_bulk_path_is_a_store_error_and_changes_nothing(tm
         imp(engine, "20250108", {"A": ["10.0.0.0/24", "10.0.1.0/24"]})
     assert row_counts(engine) == before
     engine.dispose()
+
+
+def test_contents_read_back_whatever_way_they_were_stored():
+    import zlib
+
+    big = tuple(f"10.{i // 256}.{i % 256}.0/24" for i in range(2000))
+    small = ("10.0.0.0/24", "2603:1030::/32")
+    assert store._pack(small) == "\n".join(small).encode()  # short: plain text
+    assert store._pack(big)[:4] == b"\x28\xb5\x2f\xfd"  # long: zstd
+    for prefixes in (big, small, ()):
+        assert store._unpack(store._pack(prefixes)) == prefixes
+        # Databases written before zstd hold zlib streams.
+        assert store._unpack(zlib.compress("\n".join(prefixes).encode(), 1)) == prefixes

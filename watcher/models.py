@@ -33,6 +33,9 @@ Review and delivery (revision 0002):
 
 The daemon (revision 0004): ``daemon_runs`` (who ran when, and how it went)
 and ``health_alerts`` (one row per destination each time health flips).
+
+``entry_manifests`` (revision 0006) caches, per cloud, the newest
+publication's entry fingerprints, so that a weekly import reads one row.
 """
 from __future__ import annotations
 
@@ -97,6 +100,24 @@ class Publication(Base):
     prefix_count: Mapped[int] = mapped_column(Integer)
 
 
+class EntryManifest(Base):
+    """The newest publication's published tags, per cloud: what the next week's import compares with.
+
+    Derived from ``tag_versions`` (see migration 0006). Parallel arrays, in
+    the order of ``names`` (UTF-8, newline-separated): 16-byte entry
+    fingerprints, and little-endian unsigned 32-bit tag ids and prefix counts.
+    """
+
+    __tablename__ = "entry_manifests"
+
+    cloud: Mapped[str] = mapped_column(String(16), primary_key=True)
+    publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"))
+    names: Mapped[bytes] = mapped_column(LargeBinary)
+    fingerprints: Mapped[bytes] = mapped_column(LargeBinary)
+    tag_ids: Mapped[bytes] = mapped_column(LargeBinary)
+    prefix_counts: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class Tag(Base):
     __tablename__ = "tags"
     __table_args__ = (UniqueConstraint("cloud", "name"),)
@@ -111,7 +132,7 @@ class Content(Base):
 
     hash: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
     prefix_count: Mapped[int] = mapped_column(Integer)
-    #: newline-separated, sorted canonical prefixes; zlib-compressed unless short (see store._pack)
+    #: newline-separated, sorted canonical prefixes; zstd-compressed unless short (see store._pack)
     prefixes: Mapped[bytes] = mapped_column(LargeBinary)
 
 

@@ -393,13 +393,12 @@ def parse_document(
     cloud = file_cloud(document, source)
     known = known_entries or {}
     tags: list[ServiceTag] = []
-    unchanged: list[str] = []
-    for index, raw in enumerate(document.entries):
-        fingerprint = entry_fingerprint(raw)
-        name = known.get(fingerprint)
-        if name is not None:
-            unchanged.append(name)
-            continue
+    digest = xxhash.xxh3_128_digest  # entry_fingerprint, without a call per entry
+    fingerprints = [digest(raw) for raw in document.entries]
+    found = [known.get(fingerprint) for fingerprint in fingerprints] if known else [None] * len(fingerprints)
+    unchanged = [name for name in found if name is not None]
+    for index in [i for i, name in enumerate(found) if name is None]:
+        raw, fingerprint = document.entries[index], fingerprints[index]
         try:
             entry = orjson.loads(memoryview(raw))
         except orjson.JSONDecodeError as exc:  # the top-level decoder checked it; this is a safety net
