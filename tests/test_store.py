@@ -59,6 +59,8 @@ def assert_manifest_is_the_newest_publication(engine, newest_file: bytes, cloud=
     for name in from_versions.present_names():
         tag_id, _, count = from_versions.manifest_entry(name)
         assert (from_manifest.manifest_entry(name)[0], from_manifest.manifest_entry(name)[2]) == (tag_id, count), name
+    # The publication's prefix count is the sum over its published tags, however it was added up.
+    assert newest.prefix_count == sum(from_versions.manifest_entry(n)[2] for n in from_versions.present_names())
 
 
 def test_real_public_weeks_import_and_diff(engine, public_files):

@@ -37,7 +37,8 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, String, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import column as sa_column
 from sqlalchemy.exc import SQLAlchemyError
 import zstandard
 
@@ -195,6 +196,25 @@ def publication_by_day(conn: Connection, cloud: str, day: dt.date) -> Publicatio
     return _publication(row) if row else None
 
 
+_PLACEMENT = text(
+    "SELECT * FROM (SELECT 'same bytes' AS place, p.* FROM publications p WHERE cloud = :cloud AND sha256 = :sha256 "
+    "LIMIT 1) AS a UNION ALL "
+    "SELECT * FROM (SELECT 'same day' AS place, p.* FROM publications p WHERE cloud = :cloud AND file_date = :day) AS b "
+    "UNION ALL SELECT * FROM (SELECT 'previous' AS place, p.* FROM publications p WHERE cloud = :cloud "
+    "AND file_date < :day ORDER BY file_date DESC LIMIT 1) AS c UNION ALL "
+    "SELECT * FROM (SELECT 'following' AS place, p.* FROM publications p WHERE cloud = :cloud AND file_date > :day "
+    "ORDER BY file_date LIMIT 1) AS d"
+).bindparams(bindparam("day", type_=Publication.__table__.c.file_date.type)).columns(
+    sa_column("place", String()), *Publication.__table__.columns
+)
+
+
+def _placement(conn: Connection, cloud: str, sha256: str, day: dt.date) -> dict[str, PublicationInfo]:
+    """Where a file goes, in one round trip: a publication with its bytes or its date, and its neighbours."""
+    rows = conn.execute(_PLACEMENT, {"cloud": cloud, "sha256": sha256, "day": day})
+    return {row.place: _publication(row) for row in rows}
+
+
 def _neighbours(conn: Connection, cloud: str, day: dt.date) -> tuple[PublicationInfo | None, PublicationInfo | None]:
     table = Publication.__table__
     before = conn.execute(
@@ -241,12 +261,14 @@ class _Versions(Mapping[str, VersionInfo]):
     """
 
     def __init__(self, conn: Connection | None, day: int, fingerprints: dict[str, tuple[int, bool, bytes, int]],
-                 rows: dict[str, tuple] | None = None):
+                 rows: dict[str, tuple] | None = None, manifest: "_Manifest | None" = None):
         self._conn = conn
         self._day = day
         self._fingerprints = fingerprints
         self._rows: dict[str, tuple] = rows or {}
         self._built: dict[str, VersionInfo] = {}
+        #: set when the versions come from the entry manifest (all of them published)
+        self.manifest = manifest
 
     def __getitem__(self, name: str) -> VersionInfo:
         version = self._built.get(name)
@@ -280,7 +302,24 @@ class _Versions(Mapping[str, VersionInfo]):
 
     def known_entries(self) -> dict[bytes, str]:
         """Fingerprint of a published entry -> its tag name, for the tags published."""
+        if self.manifest is not None:
+            return dict(zip(self.manifest.fingerprint_list, self.manifest.names))
         return {bytes(f[2]): name for name, f in self._fingerprints.items() if f[1]}
+
+    def is_present(self, name: str) -> bool:
+        found = self._fingerprints.get(name)
+        return found is not None and found[1]
+
+    def present_count(self) -> int:
+        if self.manifest is not None:
+            return len(self.manifest.names)
+        return sum(1 for f in self._fingerprints.values() if f[1])
+
+    def prefix_total(self, unchanged: Sequence[str], touched: Iterable[str]) -> int:
+        """The prefixes of the ``unchanged`` tags: all published ones but the ``touched``."""
+        if self.manifest is None:
+            return sum(row[3] for row in self.rows_of(unchanged))
+        return sum(self.manifest.counts) - sum(self._fingerprints[n][3] for n in touched if self.is_present(n))
 
     def prefix_count(self, name: str) -> int:
         return self._fingerprints[name][3]
@@ -402,6 +441,7 @@ class _Plan:
     #: every tag of the file that was decoded: (name, tag id or None if new, fingerprint, prefix count)
     present: list[tuple[str, int | None, bytes, int]] = field(default_factory=list)
     new_tag_ids: dict[str, int] = field(default_factory=dict)         # filled in by _write
+    withdrawn: list[str] = field(default_factory=list)                # published before, not now
     changes: list[TagChange] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -509,17 +549,14 @@ def _lock_cloud(conn: Connection, cloud: str) -> None:
 
 
 def _import(conn, document, source, cloud, sha256, day: dt.date, now) -> ImportResult:
-    same_bytes = conn.execute(
-        select(Publication.__table__).where(Publication.cloud == cloud, Publication.sha256 == sha256)
-    ).first()
-    if same_bytes:
-        return ImportResult("already imported", _publication(same_bytes), reason="the same file (SHA-256) is already stored")
-    existing = publication_by_day(conn, cloud, day)
-    if existing is not None:
-        return _compare_with_existing(conn, document, source, existing, sha256)
+    place = _placement(conn, cloud, sha256, day)
+    if "same bytes" in place:
+        return ImportResult("already imported", place["same bytes"], reason="the same file (SHA-256) is already stored")
+    if "same day" in place:
+        return _compare_with_existing(conn, document, source, place["same day"], sha256)
 
     clock = _Stopwatch()
-    previous, following = _neighbours(conn, cloud, day)
+    previous, following = place.get("previous"), place.get("following")
     before = _versions_before(conn, cloud, previous)
     clock.lap("read versions")
     parsed = parse_document(document, source, sha256=sha256, file_date=day, known_entries=before.known_entries())
@@ -551,9 +588,12 @@ def _versions_before(conn, cloud: str, previous: PublicationInfo | None) -> _Ver
         "WHERE cloud = :cloud", {"cloud": cloud},
     )
     if rows and rows[0][0] == previous.id:
-        fingerprints = _read_manifest(*rows[0][1:])
-        if fingerprints is not None:
-            return _Versions(conn, previous.day, fingerprints)
+        manifest = _read_manifest(*rows[0][1:])
+        if manifest is not None:
+            fingerprints = dict(zip(manifest.names, zip(
+                manifest.ids, repeat(True), manifest.fingerprint_list, manifest.counts
+            )))
+            return _Versions(conn, previous.day, fingerprints, manifest=manifest)
         log.warning("the %s entry manifest is unreadable; reading the versions instead", cloud)
     return versions_at(conn, cloud, previous.day)
 
@@ -573,10 +613,26 @@ def _read_uint32s(data: bytes) -> array:
     return values
 
 
-def _read_manifest(names: bytes, fingerprints: bytes, tag_ids: bytes, counts: bytes):
-    """name -> (tag id, present, entry fingerprint, prefix count), or None if the arrays do not agree."""
+@dataclass
+class _Manifest:
+    """A stored entry manifest: parallel lists, in the order of ``names``."""
+
+    names: list[str]
+    names_blob: bytes
+    fingerprints: bytes               # 16 bytes per tag
+    ids: array
+    counts: array
+
+    @property
+    def fingerprint_list(self) -> list[bytes]:
+        return [self.fingerprints[start:start + 16] for start in range(0, len(self.fingerprints), 16)]
+
+
+def _read_manifest(names: bytes, fingerprints: bytes, tag_ids: bytes, counts: bytes) -> _Manifest | None:
+    """The manifest, or None if its arrays do not agree."""
+    names_blob = bytes(names)
     try:
-        text_ = bytes(names).decode()
+        text_ = names_blob.decode()
         ids, prefix_counts = _read_uint32s(bytes(tag_ids)), _read_uint32s(bytes(counts))
     except (UnicodeDecodeError, ValueError):
         return None
@@ -584,16 +640,29 @@ def _read_manifest(names: bytes, fingerprints: bytes, tag_ids: bytes, counts: by
     fps = bytes(fingerprints)
     if not len(name_list) == len(ids) == len(prefix_counts) == len(fps) // 16 or len(fps) % 16:
         return None
-    fingerprint_list = [fps[start:start + 16] for start in range(0, len(fps), 16)]
-    return dict(zip(name_list, zip(ids, repeat(True), fingerprint_list, prefix_counts)))
+    return _Manifest(name_list, names_blob, fps, ids, prefix_counts)
 
 
 def _write_manifest(conn, cloud: str, publication_id: int, parsed: ParsedFile, before: _Versions, plan: _Plan) -> None:
+    old = before.manifest
+    table = EntryManifest.__table__
+    if old is not None and not plan.withdrawn and all(before.is_present(e[0]) for e in plan.present):
+        # The same tags as the week before: patch what changed, in place.
+        position = {name: index for index, name in enumerate(old.names)} if plan.present else {}
+        fingerprints, counts = bytearray(old.fingerprints), array("I", old.counts)
+        for name, _, fingerprint, count in plan.present:
+            index = position[name]
+            fingerprints[16 * index:16 * index + 16] = fingerprint
+            counts[index] = count
+        conn.execute(update(table).where(table.c.cloud == cloud).values(
+            publication_id=publication_id, fingerprints=bytes(fingerprints), prefix_counts=_uint32s(counts),
+        ))
+        return
     known = before.rows_of(parsed.unchanged)  # (tag id, present, fingerprint, count), in that order
     names = list(parsed.unchanged) + [e[0] for e in plan.present]
     ids = [k[0] for k in known] + [e[1] or plan.new_tag_ids[e[0]] for e in plan.present]
-    conn.execute(delete(EntryManifest.__table__).where(EntryManifest.cloud == cloud))
-    conn.execute(insert(EntryManifest.__table__), {
+    conn.execute(delete(table).where(table.c.cloud == cloud))
+    conn.execute(insert(table), {
         "cloud": cloud, "publication_id": publication_id,
         "names": "\n".join(names).encode(),
         "fingerprints": b"".join([bytes(k[2]) for k in known] + [e[2] for e in plan.present]),
@@ -651,9 +720,14 @@ def _plan(conn, parsed: ParsedFile, source: str, before: _Versions, following) -
     plan = _Plan()
     d = day_key(parsed.file_date)
     next_day = following.day if following else None
-    in_file = set(parsed.tag_names)
-    withdrawn = [name for name in before.present_names() if name not in in_file]
-    touched_names = [t.name for t in parsed.tags] + withdrawn
+    changed_names = [t.name for t in parsed.tags]
+    if len(parsed.unchanged) + sum(map(before.is_present, changed_names)) == before.present_count():
+        withdrawn: list[str] = []  # every tag published before is in the file
+    else:
+        in_file = set(parsed.tag_names)
+        withdrawn = [name for name in before.present_names() if name not in in_file]
+    plan.withdrawn = withdrawn
+    touched_names = changed_names + withdrawn
     before.load(touched_names)
     after = versions_at(conn, parsed.cloud, next_day, touched_names) if following else {}
     old_contents = load_contents(
@@ -664,7 +738,7 @@ def _plan(conn, parsed: ParsedFile, source: str, before: _Versions, following) -
 
     items: list[tuple[str, ServiceTag | None]] = [(t.name, t) for t in parsed.tags] + [(n, None) for n in withdrawn]
     seen_prefixes = PrefixCache()  # a prefix is often in several tags (AzureCloud has them all)
-    plan.prefix_count = sum(row[3] for row in before.rows_of(parsed.unchanged))
+    plan.prefix_count = before.prefix_total(parsed.unchanged, touched_names)
     for name, item in items:
         old_version = before.get(name)
         tag_id = old_version.tag_id if old_version else known_ids.get(name)
