@@ -181,3 +181,14 @@ def test_prefix_lengths_that_int_would_accept_are_not_taken_as_canonical(text):
             normalize_prefixes("T", [text], "f")
     else:
         assert normalize_prefixes("T", [text], "f")[0] == (expected,)
+
+
+def test_a_big_tag_loses_exactly_its_removed_prefixes():
+    from watcher.parse import _without
+
+    rng = random.Random(21)
+    ordered = sorted({f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.0/24" for _ in range(3000)})
+    for count in (1, 2, 50, 400, 2999):
+        members = set(rng.sample(ordered, count))
+        assert _without(ordered, members) == [p for p in ordered if p not in members]
+    assert _without(ordered, {ordered[0], ordered[-1]}) == ordered[1:-1]
