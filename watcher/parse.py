@@ -18,7 +18,7 @@ import socket
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Annotated, Any, Collection, Iterable, Mapping, Sequence
 
 import msgspec
 import orjson
@@ -336,6 +336,36 @@ def _explain_invalid(data: bytes, source: str) -> None:
             raise ParseError(f"{source}: missing or invalid top-level {key!r}")
 
 
+class _Properties(msgspec.Struct):
+    changeNumber: int
+    region: str
+    regionId: int
+    platform: str
+    systemService: str
+    addressPrefixes: list[str]
+    networkFeatures: list[str] | None = None
+
+
+class _Entry(msgspec.Struct):
+    """A tag entry as the files have it; msgspec checks every type while decoding (bool is not int)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    id: str
+    properties: _Properties
+
+
+_decode_entry = msgspec.json.Decoder(_Entry).decode
+
+
+def _explain_invalid_entry(raw: Any, index: int, source: str) -> None:
+    """Raise the ParseError naming the tag and the field of an entry the typed decoder refused."""
+    try:
+        entry = orjson.loads(memoryview(raw))
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"{source}: values[{index}] is not valid JSON: {exc}") from None
+    _tag(entry, index, source, b"")
+
+
 def _tag(entry: Any, index: int, source: str, entry_hash: bytes) -> ServiceTag:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
         raise ParseError(f"{source}: values[{index}] has no tag name")
@@ -414,10 +444,17 @@ def parse_document(
     for index in [i for i, name in enumerate(found) if name is None]:
         raw, fingerprint = document.entries[index], fingerprints[index]
         try:
-            entry = orjson.loads(memoryview(raw))
-        except orjson.JSONDecodeError as exc:  # the top-level decoder checked it; this is a safety net
-            raise ParseError(f"{source}: values[{index}] is not valid JSON: {exc}") from None
-        tags.append(_tag(entry, index, source, fingerprint))
+            entry = _decode_entry(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            _explain_invalid_entry(raw, index, source)  # raises the error that names the tag and the field
+            raise ParseError(f"{source}: values[{index}] is not a valid tag entry: {exc}") from None
+        props = entry.properties
+        tags.append(ServiceTag(
+            name=entry.name, change_number=props.changeNumber, region=props.region, region_id=props.regionId,
+            platform=props.platform, system_service=props.systemService,
+            network_features=tuple(props.networkFeatures or ()), raw_prefixes=props.addressPrefixes,
+            entry_hash=fingerprint,
+        ))
     names = [t.name for t in tags] + unchanged
     if len(set(names)) != len(names):
         duplicates = sorted({n for n in names if names.count(n) > 1})

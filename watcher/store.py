@@ -35,7 +35,7 @@ from array import array
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import itemgetter
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine, String, bindparam, delete, func, insert, select, text, update
 from sqlalchemy import column as sa_column
@@ -253,6 +253,15 @@ def _fetch_all(conn: Connection, sql: str, params: dict[str, Any]) -> list[tuple
         cursor.close()
 
 
+def _fetch_in(conn: Connection, sql: str, values: Sequence[Any]) -> list[tuple]:
+    """Rows of ``sql`` whose ``IN ({})`` takes ``values``, in batches, through the driver."""
+    rows: list[tuple] = []
+    for batch in _chunks(values, 900):
+        names = {f"v{i}": value for i, value in enumerate(batch)}
+        rows += _fetch_all(conn, sql.format(", ".join(f":{name}" for name in names)), names)
+    return rows
+
+
 class _Versions(Mapping[str, VersionInfo]):
     """Versions by tag name; full rows are read for the tags asked for, on first access.
 
@@ -280,6 +289,9 @@ class _Versions(Mapping[str, VersionInfo]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._fingerprints
+
+    def get(self, name: str, default: VersionInfo | None = None) -> VersionInfo | None:
+        return self[name] if name in self._fingerprints else default
 
     def __iter__(self):
         return iter(self._fingerprints)
@@ -434,7 +446,7 @@ class _Plan:
     end_spans: list[dict[str, Any]] = field(default_factory=list)     # span covering P ends at d
     split_spans: list[dict[str, Any]] = field(default_factory=list)   # ... and resumes at S
     move_span_starts: list[dict[str, Any]] = field(default_factory=list)  # span from S now from d
-    new_spans: list[tuple[str, str]] = field(default_factory=list)    # (tag, prefix) from d
+    new_spans: list[tuple[str, Collection[str]]] = field(default_factory=list)  # (tag, prefixes) from d
     #: versions whose content is the file's but whose entry bytes differ: (tag_id, valid_from, entry_hash)
     refingerprint: list[tuple[int, int, bytes]] = field(default_factory=list)
     prefix_count: int = 0                                             # of the whole publication
@@ -648,6 +660,9 @@ def _write_manifest(conn, cloud: str, publication_id: int, parsed: ParsedFile, b
     table = EntryManifest.__table__
     if old is not None and not plan.withdrawn and all(before.is_present(e[0]) for e in plan.present):
         # The same tags as the week before: patch what changed, in place.
+        if not plan.present:  # nothing did: rewriting the arrays would only leave dead copies (PostgreSQL)
+            conn.execute(update(table).where(table.c.cloud == cloud).values(publication_id=publication_id))
+            return
         position = {name: index for index, name in enumerate(old.names)} if plan.present else {}
         fingerprints, counts = bytearray(old.fingerprints), array("I", old.counts)
         for name, _, fingerprint, count in plan.present:
@@ -794,13 +809,14 @@ def _plan_spans(plan: _Plan, name, tag_id, d, next_day, nxt: set[str], added, re
         if prefix in nxt:  # present again at S: the span that covered P and S is split
             plan.split_spans.append({"tag_id": tag_id, "prefix": prefix, "d": d, "s": next_day})
     if not nxt:  # the usual case: the newest publication
-        plan.new_spans.extend((name, prefix) for prefix in added)
+        if added:
+            plan.new_spans.append((name, added))
         return
     for prefix in added:
         if prefix in nxt:  # not present at P, present at S: its span started at S
             plan.move_span_starts.append({"tag_id": tag_id, "prefix": prefix, "s": next_day, "d": d})
         else:
-            plan.new_spans.append((name, prefix))
+            plan.new_spans.append((name, (prefix,)))
 
 
 def _plan_versions(plan: _Plan, name, tag_id, new_version, old_version, next_version, next_day) -> None:
@@ -869,10 +885,7 @@ def _write(conn, parsed: ParsedFile, source, plan: _Plan, previous, following, i
 
 def _write_contents(conn, contents: dict[bytes, tuple[str, ...]]) -> None:
     contents = {EMPTY_HASH: (), **contents}  # what withdrawn versions point to
-    stored = set()
-    statement = text("SELECT hash FROM contents WHERE hash IN :hashes").bindparams(bindparam("hashes", expanding=True))
-    for batch in _chunks(list(contents)):
-        stored.update(bytes(h) for (h,) in conn.execute(statement, {"hashes": list(batch)}))
+    stored = {bytes(h) for (h,) in _fetch_in(conn, "SELECT hash FROM contents WHERE hash IN ({})", list(contents))}
     missing = [(h, len(p), _pack(p)) for h, p in contents.items() if h not in stored]
     _bulk_insert(conn, "contents", ("hash", "prefix_count", "prefixes"), missing)
 
@@ -945,15 +958,17 @@ def _write_spans(conn, plan: _Plan, ids, d: int, next_day: int | None) -> None:
             "UPDATE prefix_spans SET first_day = :d WHERE tag_id = :tag_id AND prefix = :prefix AND first_day = :s"
         ), plan.move_span_starts)
     if plan.new_spans:
+        rows = list(chain.from_iterable(
+            zip(prefixes, repeat(ids[name]), repeat(d), repeat(next_day)) for name, prefixes in plan.new_spans
+        ))
         # In key order: the B-tree grows at its right edge instead of splitting pages all over.
-        rows = [(prefix, ids[name], d, next_day) for name, prefix in plan.new_spans]
         rows.sort(key=itemgetter(0))
         _bulk_insert(conn, "prefix_spans", ("prefix", "tag_id", "first_day", "until_day"), rows)
-    if len(plan.new_spans) > ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
-        log.debug("analyze after %d spans", len(plan.new_spans))
-        # Fresh tables have no statistics; without them PostgreSQL plans the
-        # next imports' look-ups as if the tables were empty.
-        conn.execute(text("ANALYZE tags, tag_versions, contents, prefix_spans"))
+        if len(rows) > ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
+            log.debug("analyze after %d spans", len(rows))
+            # Fresh tables have no statistics; without them PostgreSQL plans the
+            # next imports' look-ups as if the tables were empty.
+            conn.execute(text("ANALYZE tags, tag_versions, contents, prefix_spans"))
 
 
 def _bulk_insert(conn, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
