@@ -253,12 +253,25 @@ def _fetch_all(conn: Connection, sql: str, params: dict[str, Any]) -> list[tuple
         cursor.close()
 
 
-def _fetch_in(conn: Connection, sql: str, values: Sequence[Any]) -> list[tuple]:
+def _execute_many(conn: Connection, sql: str, params: Sequence[dict[str, Any]]) -> None:
+    """``sql`` (``:name`` parameters) once per dictionary, through the driver (see ``_fetch_all``)."""
+    if not params:
+        return
+    if conn.dialect.name == "postgresql":
+        sql = re.sub(r":(\w+)", r"%(\1)s", sql)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.executemany(sql, params)
+    finally:
+        cursor.close()
+
+
+def _fetch_in(conn: Connection, sql: str, values: Sequence[Any], params: dict[str, Any] | None = None) -> list[tuple]:
     """Rows of ``sql`` whose ``IN ({})`` takes ``values``, in batches, through the driver."""
     rows: list[tuple] = []
     for batch in _chunks(values, 900):
         names = {f"v{i}": value for i, value in enumerate(batch)}
-        rows += _fetch_all(conn, sql.format(", ".join(f":{name}" for name in names)), names)
+        rows += _fetch_all(conn, sql.format(", ".join(f":{name}" for name in names)), {**(params or {}), **names})
     return rows
 
 
@@ -304,13 +317,10 @@ class _Versions(Mapping[str, VersionInfo]):
         wanted = {self._fingerprints[n][0]: n for n in names if n in self._fingerprints and n not in self._rows}
         if not wanted or self._conn is None:
             return
-        query = text(
-            f"SELECT {_VERSION_COLUMNS} FROM tag_versions WHERE tag_id IN :ids AND valid_from <= :day "
-            "AND (valid_until IS NULL OR valid_until > :day)"
-        ).bindparams(bindparam("ids", expanding=True))
-        for batch in _chunks(list(wanted)):
-            for row in self._conn.execute(query, {"day": self._day, "ids": list(batch)}).all():
-                self._rows[wanted[row[0]]] = tuple(row)
+        query = (f"SELECT {_VERSION_COLUMNS} FROM tag_versions WHERE tag_id IN ({{}}) AND valid_from <= :day "
+                 "AND (valid_until IS NULL OR valid_until > :day)")
+        for row in _fetch_in(self._conn, query, list(wanted), {"day": self._day}):
+            self._rows[wanted[row[0]]] = tuple(row)
 
     def known_entries(self) -> dict[bytes, str]:
         """Fingerprint of a published entry -> its tag name, for the tags published."""
@@ -391,12 +401,8 @@ def load_contents(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, tupl
     """Prefix sets by content hash."""
     wanted = sorted(set(hashes) - {EMPTY_HASH})
     found: dict[bytes, tuple[str, ...]] = {EMPTY_HASH: ()}
-    statement = text("SELECT hash, prefixes FROM contents WHERE hash IN :hashes").bindparams(
-        bindparam("hashes", expanding=True)
-    )
-    for batch in _chunks(wanted):
-        for digest, packed in conn.execute(statement, {"hashes": list(batch)}):
-            found[bytes(digest)] = _unpack(packed)
+    for digest, packed in _fetch_in(conn, "SELECT hash, prefixes FROM contents WHERE hash IN ({})", wanted):
+        found[bytes(digest)] = _unpack(packed)
     return found
 
 
@@ -913,14 +919,13 @@ def _relink_versions(conn, tag_id_list: list[int], d: int, next_day: int | None)
     """
     if not tag_id_list:
         return
-    v = TagVersion.__table__
-    statement = text(
-        "SELECT tag_id, valid_from, valid_until FROM tag_versions WHERE tag_id IN :ids "
+    statement = (
+        "SELECT tag_id, valid_from, valid_until FROM tag_versions WHERE tag_id IN ({}) "
         "AND (valid_until IS NULL OR valid_until >= :low) AND valid_from <= :high ORDER BY tag_id, valid_from"
-    ).bindparams(bindparam("ids", expanding=True))
+    )
     fixes = []
-    for batch in _chunks(tag_id_list):
-        rows = conn.execute(statement, {"ids": list(batch), "low": d, "high": next_day or d}).all()
+    for batch in _chunks(tag_id_list, 900):
+        rows = _fetch_in(conn, statement, list(batch), {"low": d, "high": next_day or d})
         for index, (tag_id, valid_from, valid_until) in enumerate(rows):
             successor = rows[index + 1] if index + 1 < len(rows) and rows[index + 1][0] == tag_id else None
             if successor:
@@ -929,12 +934,8 @@ def _relink_versions(conn, tag_id_list: list[int], d: int, next_day: int | None)
                 wanted = None if next_day is None else _next_version_day(conn, tag_id, valid_from)
             if wanted != valid_until:
                 fixes.append({"b_tag": tag_id, "b_from": valid_from, "b_until": wanted})
-    if fixes:
-        conn.execute(
-            update(v).where(v.c.tag_id == bindparam("b_tag"), v.c.valid_from == bindparam("b_from"))
-            .values(valid_until=bindparam("b_until")),
-            fixes,
-        )
+    _execute_many(conn, "UPDATE tag_versions SET valid_until = :b_until WHERE tag_id = :b_tag AND valid_from = :b_from",
+                  fixes)
 
 
 def _next_version_day(conn, tag_id: int, valid_from: int) -> int | None:
@@ -952,7 +953,7 @@ def _write_spans(conn, plan: _Plan, ids, d: int, next_day: int | None) -> None:
             f"SELECT tag_id, prefix, :s, until_day FROM prefix_spans WHERE {covering_p}"
         ), plan.split_spans)
     if plan.end_spans:
-        conn.execute(text(f"UPDATE prefix_spans SET until_day = :d WHERE {covering_p}"), plan.end_spans)
+        _execute_many(conn, f"UPDATE prefix_spans SET until_day = :d WHERE {covering_p}", plan.end_spans)
     if plan.move_span_starts:
         conn.execute(text(
             "UPDATE prefix_spans SET first_day = :d WHERE tag_id = :tag_id AND prefix = :prefix AND first_day = :s"
