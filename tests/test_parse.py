@@ -172,7 +172,8 @@ def test_a_tags_prefixes_are_canonicalised_exactly_like_ipaddress_whatever_path_
     assert list(again) == expected
 
 
-@pytest.mark.parametrize("text", ["10.0.0.0/+8", "10.0.0.0/ 8", "10.0.0.0/08", "2603::/+48", "1.2.3.4/33", "::/129"])
+@pytest.mark.parametrize("text", ["10.0.0.0/+8", "10.0.0.0/ 8", "10.0.0.0/08", "2603::/+48", "1.2.3.4/33", "::/129",
+                                  "10.0.0.0\x00/8", "\uff11.2.3.4/32", "10.0.0.0/\u0668"])
 def test_prefix_lengths_that_int_would_accept_are_not_taken_as_canonical(text):
     try:
         expected = str(ipaddress.ip_network(text, strict=False))

@@ -128,7 +128,7 @@ def _canonical_prefixes(texts: Iterable[str]) -> tuple[list[str], list[str]]:
                 if from_bytes(packed, "big") & masks_v4[bits] or ntop(v4, packed) != addr:
                     other.append(text)
                     continue
-        except (OSError, KeyError):
+        except (OSError, KeyError, ValueError):  # ValueError: an embedded NUL
             other.append(text)
             continue
         canonical.append(text)
