@@ -43,6 +43,17 @@ def timeline(engine, cloud="public"):
     return pubs, versions, spans
 
 
+def assert_versions_are_linked(engine):
+    """Each version holds until the next one of its tag starts; the last is current."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(TagVersion.tag_id, TagVersion.valid_from, TagVersion.valid_until)
+                            .order_by(TagVersion.tag_id, TagVersion.valid_from)).all()
+    assert rows
+    for row, after in zip(rows, rows[1:] + [None]):
+        expected = after.valid_from if after is not None and after.tag_id == row.tag_id else None
+        assert row.valid_until == expected, (row, after)
+
+
 def assert_manifest_is_the_newest_publication(engine, newest_file: bytes, cloud="public"):
     """The entry manifest holds the newest file's entries: their fingerprints, and the stored ids and counts."""
     from watcher import parse
@@ -66,6 +77,7 @@ def assert_manifest_is_the_newest_publication(engine, newest_file: bytes, cloud=
 def test_real_public_weeks_import_and_diff(engine, public_files):
     results = [store.import_bytes(engine, file_bytes(p), plain_name(p)) for p in public_files]
     assert [r.outcome for r in results] == ["imported"] * 9
+    assert_versions_are_linked(engine)
     assert_manifest_is_the_newest_publication(engine, file_bytes(public_files[-1]))
     noop = results[2]  # 2025-08-18 changes nothing but the global changeNumber
     assert noop.publication.file_date == dt.date(2025, 8, 18) and noop.changed_tags == ()
@@ -196,6 +208,7 @@ def test_tags_appear_are_withdrawn_and_come_back(engine):
         assert store.present_tag_names(conn, "public", pubs[1]) == ["A", "Storage.NewRegion"]
     assert_manifest_is_the_newest_publication(engine, build_file(
         {"A": ["10.1.0.0/24"], "Storage.NewRegion": ["10.2.0.0/24"], "Storage.UKNorth": ["10.0.0.0/24"]}))
+    assert_versions_are_linked(engine)
 
 
 def test_without_a_usable_manifest_the_import_reads_the_versions_and_stores_the_same(engine, tmp_path):
@@ -212,6 +225,7 @@ def test_without_a_usable_manifest_the_import_reads_the_versions_and_stores_the_
                 conn.execute(sa.update(EntryManifest.__table__).values(tag_ids=b"\x01"))
     assert timeline(engine) == timeline(reference)
     imp(engine, "20250205", WEEKS["20250101"], number=40)
+    assert_versions_are_linked(engine)
     assert_manifest_is_the_newest_publication(engine, build_file(WEEKS["20250101"], change_number=40))
     reference.dispose()
 

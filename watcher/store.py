@@ -460,6 +460,7 @@ class _Plan:
     present: list[tuple[str, int | None, bytes, int]] = field(default_factory=list)
     new_tag_ids: dict[str, int] = field(default_factory=dict)         # filled in by _write
     withdrawn: list[str] = field(default_factory=list)                # published before, not now
+    predecessors: dict[str, int] = field(default_factory=dict)        # tag -> valid_from of the version at P
     changes: list[TagChange] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -827,6 +828,8 @@ def _plan_spans(plan: _Plan, name, tag_id, d, next_day, nxt: set[str], added, re
 
 def _plan_versions(plan: _Plan, name, tag_id, new_version, old_version, next_version, next_day) -> None:
     plan.versions.append(new_version)
+    if old_version is not None:
+        plan.predecessors[name] = old_version.valid_from
     if next_day is None:
         return
     if next_version is not None and next_version.valid_from == next_day:
@@ -906,10 +909,23 @@ def _write_versions(conn, plan: _Plan, ids, publication_id, d, previous, followi
     rows = [_version_row(ver, ids[ver.name], publication_id, d) for ver in plan.versions]
     rows += [_version_row(ver, ids[ver.name], following.id, next_day) for ver in plan.restore_at_next]
     _bulk_insert(conn, "tag_versions", _VERSION_INSERT_COLUMNS, rows)
-    # A tag new to the database has no version but the one written at d (and the
-    # one at S, when there is a next publication): with no S there is no link to set.
-    unlinked = set(plan.new_tags) if next_day is None else set()
-    _relink_versions(conn, [ids[ver.name] for ver in plan.versions if ver.name not in unlinked], d, next_day)
+    if next_day is not None:
+        _relink_versions(conn, [ids[ver.name] for ver in plan.versions], d, next_day)
+        return
+    # The file is the newest: each new version's predecessor is the one that held at
+    # P, current until now, and it ends at d. A tag new to the database has none;
+    # one known only by name here (a tag coming back) is looked up.
+    new_tags = set(plan.new_tags)
+    ends, unknown = [], []
+    for ver in plan.versions:
+        start = plan.predecessors.get(ver.name)
+        if start is not None:
+            ends.append({"b_tag": ids[ver.name], "b_from": start, "b_until": d})
+        elif ver.name not in new_tags:
+            unknown.append(ids[ver.name])
+    _execute_many(conn, "UPDATE tag_versions SET valid_until = :b_until WHERE tag_id = :b_tag AND valid_from = :b_from",
+                  ends)
+    _relink_versions(conn, unknown, d, None)
 
 
 def _relink_versions(conn, tag_id_list: list[int], d: int, next_day: int | None) -> None:
