@@ -9,17 +9,18 @@ anything queued by the earlier files is delivered before the last import.
 Timed, between two runs of ``json.loads`` of the last file: reading the
 publication's tickets, ``render.render`` of each in every ticket and rule
 format, and ``notify.deliver_due`` sending every queued message to an HTTP
-server on 127.0.0.1 (a thread of this process) through apprise's ``json://``.
+server on 127.0.0.1 (a process of its own) through apprise's ``json://``.
 The receiver's count of posts is checked against the tickets × destinations.
 """
 from __future__ import annotations
 
 import json
 import statistics
-import threading
+import subprocess
+import sys
 import time
+import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,46 +47,47 @@ TARGET = 4.0
 
 
 class Receiver:
-    """An HTTP server on 127.0.0.1 (a free port) that counts the JSON bodies posted to it."""
+    """An HTTP server on 127.0.0.1 (a free port), in a process of its own, that counts the JSON bodies posted to it.
+
+    A real destination never shares the watcher's interpreter; in a thread of
+    this process it would compete with the sender for the GIL. See ``receiver.py``.
+    """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.titles: list[str] = []
-        self.bytes = 0
-        receiver = self
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.receiver"], stdout=subprocess.PIPE,
+                                        cwd=Path(__file__).resolve().parent.parent, text=True)
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        if not line.strip().isdigit():
+            self.process.kill()
+            raise RuntimeError(f"the json:// receiver did not start: {line!r}")
+        self.port = int(line)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                body = json.loads(data)
-                with receiver.lock:
-                    receiver.titles.append(str(body.get("title", "")))
-                    receiver.bytes += len(data)
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+    def _request(self, method: str, path: str) -> dict[str, Any]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
+                                         data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            body = answer.read()
+        return json.loads(body) if body else {}
 
     def reset(self) -> None:
-        with self.lock:
-            self.titles.clear()
-            self.bytes = 0
+        self._request("POST", "/__reset")
+
+    @property
+    def titles(self) -> list[str]:
+        return self._request("GET", "/__stats")["titles"]
+
+    @property
+    def bytes(self) -> int:
+        return self._request("GET", "/__stats")["bytes"]
 
     def count(self) -> int:
-        with self.lock:
-            return len(self.titles)
+        return len(self.titles)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.process.terminate()
+        self.process.wait(5)
+        if self.process.stdout:
+            self.process.stdout.close()
 
 
 def settings_for(receiver: Receiver) -> Settings:
