@@ -222,10 +222,12 @@ def send(destination: Destination, message: Message) -> SendResult:
     ok = False
     with tempfile.TemporaryDirectory(prefix="watcher-notify-") as folder, _apprise_log_captured() as captured:
         try:
-            plugin = apprise.Apprise.instantiate(destination.url)
+            # One destination per call, so apprise's thread pool (its default) would only add a thread.
+            asset = apprise.AppriseAsset(async_mode=False)
+            plugin = apprise.Apprise.instantiate(destination.url, asset=asset)
             if plugin is None:
                 raise NotifyError("not a valid apprise URL")
-            sender = apprise.Apprise()
+            sender = apprise.Apprise(asset=asset)
             sender.add(plugin)
             attach = None
             if getattr(plugin, "attachment_support", False):
@@ -297,7 +299,15 @@ def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.time
             query = (select(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts)
                      .where(_due(table, keys, now, lease, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1))
             if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
+                # The queue idiom: one statement picks a row no one else holds and takes it.
+                token = str(uuid.uuid4())
+                picked = query.with_only_columns(table.c.id).with_for_update(skip_locked=True).scalar_subquery()
+                row = conn.execute(
+                    update(table).where(table.c.id == picked)
+                    .values(state="sending", claim_token=token, claimed_at=claimed_at, attempts=table.c.attempts + 1)
+                    .returning(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts)
+                ).first()
+                return None if row is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token)
             row = conn.execute(query).first()
             if row is None:
                 return None
