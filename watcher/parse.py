@@ -1,11 +1,12 @@
 """Parse stage: bytes of a service-tag file -> validated, normalised records.
 
 Pure: no I/O beyond reading a path the caller names. The expensive part of a
-file is its ~93,000 prefixes, so each tag entry is fingerprinted first; an
-entry whose fingerprint the store already knows (the tag's previous version)
-was validated when it was first imported and is not validated again, and a
-changed tag only parses the prefixes it did not have. That keeps a weekly
-import proportional to what changed, not to the size of the file.
+file is its ~93,000 prefixes, so only the top level is decoded at first and
+each tag entry stays raw JSON bytes, fingerprinted; an entry whose bytes the
+store already knows (last week's) was validated when it was first imported and
+is neither decoded nor validated again, and a changed tag only parses the
+prefixes it did not have. That keeps a weekly import proportional to what
+changed, not to the size of the file.
 """
 from __future__ import annotations
 

@@ -17,6 +17,10 @@ publication (day S, when the file is older than the newest one):
 
 Contents (prefix sets) are stored once per distinct set. Everything happens in
 one transaction, so a publication is stored whole or not at all.
+
+What the previous publication had comes from the cloud's entry manifest when
+that publication is the newest (the weekly case: one row), and from the
+versions in force at P otherwise.
 """
 from __future__ import annotations
 
