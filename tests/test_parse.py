@@ -193,3 +193,29 @@ def test_a_big_tag_loses_exactly_its_removed_prefixes():
         members = set(rng.sample(ordered, count))
         assert _without(ordered, members) == [p for p in ordered if p not in members]
     assert _without(ordered, {ordered[0], ordered[-1]}) == ordered[1:-1]
+
+
+def _props(**changes):
+    import json
+
+    props = {"changeNumber": 1, "region": "", "regionId": 0, "platform": "Azure", "systemService": "",
+             "addressPrefixes": ["10.0.0.0/8"], **changes}
+    return json.dumps(props).encode()
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"changeNumber":1,"cloud":"Public","values":[{"name":"A\xff","id":"A","properties":' + _props() + b'}]}',
+     "not valid JSON"),
+    (b'{"changeNumber":1,"cloud":"Pub\xfflic","values":[]}', "not valid JSON"),
+    # Invalid UTF-8 where the parser never looks is still an invalid file.
+    (b'{"changeNumber":1,"cloud":"Public","values":[{"name":"A","id":"A","x":"\xff","properties":' + _props() + b'}]}',
+     "not valid JSON"),
+    (b'{"changeNumber":4294967296,"cloud":"Public","values":[]}', r"\$\.changeNumber"),
+    (b'{"changeNumber":1,"cloud":"Public","values":[{"name":"A","id":"A","properties":'
+     + _props(changeNumber=2**40) + b'}]}', r"tag 'A': .*changeNumber"),
+    (b'{"changeNumber":1,"cloud":"Public","values":[{"name":"A","id":"A","properties":'
+     + _props(regionId=-1) + b'}]}', r"tag 'A': .*regionId"),
+])
+def test_bytes_that_are_not_utf8_and_numbers_the_database_cannot_hold_are_clear_errors(data, message):
+    with pytest.raises(ParseError, match=message):
+        parse_bytes(data, "ServiceTags_Public_20250101.json")

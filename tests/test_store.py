@@ -375,3 +375,14 @@ def test_contents_read_back_whatever_way_they_were_stored():
         assert store._unpack(store._pack(prefixes)) == prefixes
         # Databases written before zstd hold zlib streams.
         assert store._unpack(zlib.compress("\n".join(prefixes).encode(), 1)) == prefixes
+
+
+def test_the_manifest_holds_any_tag_name(engine, caplog):
+    odd = "Tag\nwith a newline, \"quotes\" and ünïcode"
+    imp(engine, "20250101", {odd: ["10.0.0.0/24"], "B": ["10.1.0.0/24"]})
+    imp(engine, "20250108", {odd: ["10.0.1.0/24"], "B": ["10.1.0.0/24"]})
+    with caplog.at_level("WARNING", logger="watcher.store"):
+        result = imp(engine, "20250115", {odd: ["10.0.2.0/24"], "B": ["10.1.0.0/24"]})
+    assert [(c.tag, c.status) for c in result.changed_tags] == [(odd, "changed")]
+    assert "manifest" not in caplog.text  # read, not refused
+    assert prefixes_at(engine, odd, "latest") == {"10.0.2.0/24"}

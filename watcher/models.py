@@ -104,7 +104,7 @@ class EntryManifest(Base):
     """The newest publication's published tags, per cloud: what the next week's import compares with.
 
     Derived from ``tag_versions`` (see migration 0006). Parallel arrays, in
-    the order of ``names`` (UTF-8, newline-separated): 16-byte entry
+    the order of ``names`` (a JSON list): 16-byte entry
     fingerprints, and little-endian unsigned 32-bit tag ids and prefix counts.
     """
 

@@ -19,7 +19,7 @@ import socket
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Collection, Iterable, Mapping, Sequence
+from typing import Annotated, Any, Collection, Iterable, Mapping, NoReturn, Sequence
 
 import msgspec
 import orjson
@@ -290,10 +290,14 @@ def read_file_bytes(path: Path) -> bytes:
     return data
 
 
+#: changeNumbers and region ids are stored as 32-bit integers (both databases).
+_Number = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+
+
 class _TopLevel(msgspec.Struct):
     """The top level of a file; each tag entry stays undecoded JSON until it is needed."""
 
-    changeNumber: int
+    changeNumber: _Number
     cloud: str
     values: list[msgspec.Raw]
 
@@ -316,8 +320,12 @@ def _decode(data: bytes, source: str) -> Document:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
+        if not data.isascii():
+            # JSON is UTF-8, and the entries kept as raw bytes are not checked until they are
+            # decoded (some never are); real files are ASCII, so this costs nothing for them.
+            data.decode("utf-8")
         top = msgspec.json.decode(data, type=_TopLevel)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         _explain_invalid(data, source)  # raises the precise error, when the slow path finds one
         raise ParseError(f"{source}: not a service-tag file: {exc}") from None
     return Document(top.changeNumber, top.cloud, top.values)
@@ -338,9 +346,9 @@ def _explain_invalid(data: bytes, source: str) -> None:
 
 
 class _Properties(msgspec.Struct):
-    changeNumber: int
+    changeNumber: _Number
     region: str
-    regionId: int
+    regionId: _Number
     platform: str
     systemService: str
     addressPrefixes: list[str]
@@ -358,13 +366,15 @@ class _Entry(msgspec.Struct):
 _decode_entry = msgspec.json.Decoder(_Entry).decode
 
 
-def _explain_invalid_entry(raw: Any, index: int, source: str) -> None:
+def _explain_invalid_entry(raw: Any, index: int, source: str, problem: Exception) -> NoReturn:
     """Raise the ParseError naming the tag and the field of an entry the typed decoder refused."""
     try:
         entry = orjson.loads(memoryview(raw))
     except orjson.JSONDecodeError as exc:
         raise ParseError(f"{source}: values[{index}] is not valid JSON: {exc}") from None
-    _tag(entry, index, source, b"")
+    tag = _tag(entry, index, source, b"")  # raises for a missing or mistyped field
+    # Typed right but out of range (a number that does not fit the database).
+    raise ParseError(f"{source}: tag {tag.name!r}: {problem}") from None
 
 
 def _tag(entry: Any, index: int, source: str, entry_hash: bytes) -> ServiceTag:
@@ -446,9 +456,8 @@ def parse_document(
         raw, fingerprint = document.entries[index], fingerprints[index]
         try:
             entry = _decode_entry(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            _explain_invalid_entry(raw, index, source)  # raises the error that names the tag and the field
-            raise ParseError(f"{source}: values[{index}] is not a valid tag entry: {exc}") from None
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+            _explain_invalid_entry(raw, index, source, exc)
         props = entry.properties
         tags.append(ServiceTag(
             name=entry.name, change_number=props.changeNumber, region=props.region, region_id=props.regionId,

@@ -41,6 +41,7 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Sequence
 
+import orjson
 from sqlalchemy import Connection, Engine, String, bindparam, delete, func, insert, select, text, update
 from sqlalchemy import column as sa_column
 from sqlalchemy.exc import SQLAlchemyError
@@ -200,14 +201,16 @@ def publication_by_day(conn: Connection, cloud: str, day: dt.date) -> Publicatio
     return _publication(row) if row else None
 
 
+_PUBLICATION_COLUMNS = ", ".join(f"p.{c.name}" for c in Publication.__table__.columns)  # in the model's order
 _PLACEMENT = text(
-    "SELECT * FROM (SELECT 'same bytes' AS place, p.* FROM publications p WHERE cloud = :cloud AND sha256 = :sha256 "
-    "LIMIT 1) AS a UNION ALL "
-    "SELECT * FROM (SELECT 'same day' AS place, p.* FROM publications p WHERE cloud = :cloud AND file_date = :day) AS b "
-    "UNION ALL SELECT * FROM (SELECT 'previous' AS place, p.* FROM publications p WHERE cloud = :cloud "
+    f"SELECT * FROM (SELECT 'same bytes' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
+    "AND sha256 = :sha256 LIMIT 1) AS a UNION ALL "
+    f"SELECT * FROM (SELECT 'same day' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
+    "AND file_date = :day) AS b UNION ALL "
+    f"SELECT * FROM (SELECT 'previous' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
     "AND file_date < :day ORDER BY file_date DESC LIMIT 1) AS c UNION ALL "
-    "SELECT * FROM (SELECT 'following' AS place, p.* FROM publications p WHERE cloud = :cloud AND file_date > :day "
-    "ORDER BY file_date LIMIT 1) AS d"
+    f"SELECT * FROM (SELECT 'following' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
+    "AND file_date > :day ORDER BY file_date LIMIT 1) AS d"
 ).bindparams(bindparam("day", type_=Publication.__table__.c.file_date.type)).columns(
     sa_column("place", String()), *Publication.__table__.columns
 )
@@ -655,13 +658,13 @@ def _read_manifest(names: bytes, fingerprints: bytes, tag_ids: bytes, counts: by
     """The manifest, or None if its arrays do not agree."""
     names_blob = bytes(names)
     try:
-        text_ = names_blob.decode()
+        name_list = orjson.loads(names_blob)
         ids, prefix_counts = _read_uint32s(bytes(tag_ids)), _read_uint32s(bytes(counts))
-    except (UnicodeDecodeError, ValueError):
+    except (orjson.JSONDecodeError, ValueError):
         return None
-    name_list = text_.split("\n") if text_ else []
     fps = bytes(fingerprints)
-    if not len(name_list) == len(ids) == len(prefix_counts) == len(fps) // 16 or len(fps) % 16:
+    if not isinstance(name_list, list) or not len(name_list) == len(ids) == len(prefix_counts) == len(fps) // 16 \
+            or len(fps) % 16:
         return None
     return _Manifest(name_list, names_blob, fps, ids, prefix_counts)
 
@@ -690,7 +693,7 @@ def _write_manifest(conn, cloud: str, publication_id: int, parsed: ParsedFile, b
     conn.execute(delete(table).where(table.c.cloud == cloud))
     conn.execute(insert(table), {
         "cloud": cloud, "publication_id": publication_id,
-        "names": "\n".join(names).encode(),
+        "names": orjson.dumps(names),
         "fingerprints": b"".join([bytes(k[2]) for k in known] + [e[2] for e in plan.present]),
         "tag_ids": _uint32s(ids),
         "prefix_counts": _uint32s([k[3] for k in known] + [e[3] for e in plan.present]),
