@@ -41,6 +41,16 @@ def receiver():
 # ---------------------------------------------------------------- the locks
 
 
+def terminate_and_wait(conn: sa.Connection, pid: int) -> None:
+    """Kill a backend and wait until it is gone: pg_terminate_backend only signals it, and its
+    advisory locks are released when the process has exited."""
+    conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    deadline = time.monotonic() + 10
+    while conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).scalar():
+        assert time.monotonic() < deadline, f"backend {pid} did not exit"
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_one_postgres_leader_at_a_time_and_a_takeover_when_it_dies(engine: sa.Engine) -> None:
     name = f"watcher-test-{uuid.uuid4().hex}"  # the database is shared by tests running in parallel
@@ -54,7 +64,7 @@ def test_one_postgres_leader_at_a_time_and_a_takeover_when_it_dies(engine: sa.En
         pid = first._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         first._connection.commit()
         with engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            terminate_and_wait(conn, pid)
         assert second.try_lead() is True
         assert first.try_lead() is False  # reconnects, finds the lock taken
         second.release()
@@ -74,7 +84,7 @@ def test_a_leader_whose_connection_died_reconnects_and_leads_in_the_same_request
         pid = first._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         first._connection.commit()
         with engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            terminate_and_wait(conn, pid)
         assert first.try_lead() is True  # reconnected and took the lock again, in this very call
         again = first._connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         first._connection.commit()
