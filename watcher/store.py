@@ -982,12 +982,10 @@ def _write_spans(conn, plan: _Plan, ids, d: int, next_day: int | None) -> None:
             "UPDATE prefix_spans SET first_day = :d WHERE tag_id = :tag_id AND prefix = :prefix AND first_day = :s"
         ), plan.move_span_starts)
     if plan.new_spans:
-        rows = list(chain.from_iterable(
-            zip(prefixes, repeat(ids[name]), repeat(d), repeat(next_day)) for name, prefixes in plan.new_spans
-        ))
+        rows = list(chain.from_iterable(zip(prefixes, repeat(ids[name])) for name, prefixes in plan.new_spans))
         # In key order: the B-tree grows at its right edge instead of splitting pages all over.
         rows.sort(key=itemgetter(0))
-        _bulk_insert(conn, "prefix_spans", ("prefix", "tag_id", "first_day", "until_day"), rows)
+        _bulk_insert(conn, "prefix_spans", ("prefix", "tag_id"), rows, same={"first_day": d, "until_day": next_day})
         if len(rows) > ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
             log.debug("analyze after %d spans", len(rows))
             # Fresh tables have no statistics; without them PostgreSQL plans the
@@ -995,28 +993,34 @@ def _write_spans(conn, plan: _Plan, ids, d: int, next_day: int | None) -> None:
             conn.execute(text("ANALYZE tags, tag_versions, contents, prefix_spans"))
 
 
-def _bulk_insert(conn, table: str, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+def _bulk_insert(conn, table: str, columns: Sequence[str], rows: Sequence[tuple],
+                 same: Mapping[str, int | None] | None = None) -> None:
     """Insert many rows with the driver's fastest path: COPY on PostgreSQL, executemany on SQLite.
 
     A first import writes ~3,000 tags, versions and contents and ~93,000
     spans; building SQLAlchemy parameter dictionaries for them costs more than
-    the database's work.
+    the database's work. ``same`` gives columns whose value (an integer or
+    NULL) every row shares.
     """
     if not rows:
         return
+    same = dict(same or {})
     raw = conn.connection.driver_connection
     if conn.dialect.name == "postgresql":
+        constant = tuple(same.values())
         with raw.cursor() as cursor:
-            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY {table} ({', '.join([*columns, *same])}) FROM STDIN") as copy:
                 for row in rows:
-                    copy.write_row(row)
+                    copy.write_row(row + constant if constant else row)
         return
     # Many rows per statement: SQLite's per-statement work (reset, bind, step)
     # costs about as much as inserting the row, so this halves a first import's
     # span writes. 900 parameters stay under every SQLite's limit (999 before 3.32).
+    # Shared values are written into the statement, not bound once per row.
     per_statement = max(1, 900 // len(columns))
-    one_row = f"({', '.join('?' for _ in columns)})"
-    insert_into = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    literals = ["NULL" if value is None else str(int(value)) for value in same.values()]
+    one_row = f"({', '.join(['?'] * len(columns) + literals)})"
+    insert_into = f"INSERT INTO {table} ({', '.join([*columns, *same])}) VALUES "
     whole = len(rows) - len(rows) % per_statement
     cursor = raw.cursor()
     try:
