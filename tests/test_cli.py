@@ -118,3 +118,36 @@ def test_readme_mentions_every_top_level_command():
     readme = (REPO / "README.md").read_text()
     for name in main.commands:
         assert f"watcher {name}" in readme, name
+
+
+def test_import_shows_a_progress_bar_on_a_terminal_and_none_when_piped(tmp_path, public_files):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    files = [str(p) for p in public_files[:2]]
+
+    def import_with(stderr, db):
+        return subprocess.run([sys.executable, "-m", "watcher.cli", "--db", f"sqlite:///{tmp_path / db}", "import", *files],
+                              stdout=subprocess.PIPE, stderr=stderr, cwd=REPO, timeout=120)
+
+    primary, secondary = pty.openpty()
+    try:
+        done = import_with(secondary, "tty.db")
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the terminal is closed once everything was read
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(primary)
+    assert done.returncode == 0 and b"importing" in seen and b"2/2" in seen
+    piped = import_with(subprocess.PIPE, "pipe.db")
+    assert piped.returncode == 0 and b"importing" not in piped.stderr
+    assert piped.stdout.count(b"imported") == done.stdout.count(b"imported") == 2
