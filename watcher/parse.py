@@ -93,9 +93,14 @@ def entry_fingerprint(entry: Any) -> bytes:
     return xxhash.xxh3_128_digest(entry)
 
 
-def content_hash(prefixes: Iterable[str]) -> bytes:
-    """The fingerprint of a canonical (sorted, normalised) prefix set."""
-    return xxhash.xxh3_128_digest("\n".join(prefixes).encode())
+def encode_prefixes(prefixes: Iterable[str]) -> bytes:
+    """A prefix set as stored and fingerprinted: newline-separated UTF-8."""
+    return "\n".join(prefixes).encode()
+
+
+def content_hash(prefixes: Iterable[str], encoded: bytes | None = None) -> bytes:
+    """The fingerprint of a canonical (sorted, normalised) prefix set (``encoded``: its encoding, if at hand)."""
+    return xxhash.xxh3_128_digest(encode_prefixes(prefixes) if encoded is None else encoded)
 
 
 _HOST_MASKS_V4 = {str(n): (1 << (32 - n)) - 1 for n in range(33)}
@@ -139,33 +144,11 @@ def _canonical_prefixes(texts: Iterable[str]) -> tuple[list[str], list[str]]:
 def normalize_prefix(text: str) -> str:
     """Return the canonical form of a CIDR prefix (host bits cleared); ValueError if invalid.
 
-    socket's C parsers do the common case ~5x faster than ``ipaddress``, and give
-    the same text; where they would not (IPv6 addresses whose top 80 bits are
-    zero, which ``inet_ntop`` writes in dotted form; anything that does not
-    parse), ``ipaddress`` decides.
+    ``ipaddress`` decides, unless the text is canonical already (see ``_canonical_prefixes``).
     """
-    addr, slash, bits = text.partition("/")
-    if not slash or not bits.isdigit() or not bits.isascii() or "." in addr and ":" in addr:
-        return str(ipaddress.ip_network(text, strict=False))
-    length = int(bits)
-    if ":" in addr:
-        family, width = socket.AF_INET6, 128
-    else:
-        family, width = socket.AF_INET, 32
-    if length > width:
-        raise ValueError(f"prefix length /{length} is too long")
-    try:
-        packed = socket.inet_pton(family, addr)
-    except OSError:
-        return str(ipaddress.ip_network(text, strict=False))
-    host_mask = (1 << (width - length)) - 1
-    value = int.from_bytes(packed, "big")
-    if value & host_mask:
-        value &= ~host_mask
-        packed = value.to_bytes(width // 8, "big")
-    if family == socket.AF_INET6 and not packed[:10].strip(b"\0"):
-        return str(ipaddress.IPv6Network((value, length)))
-    return f"{socket.inet_ntop(family, packed)}/{length}"
+    if _canonical_prefixes((text,))[0]:
+        return text
+    return str(ipaddress.ip_network(text, strict=False))
 
 
 @dataclass

@@ -51,8 +51,8 @@ from . import db, diff as diffs
 from .errors import ConflictError, NotFoundError, ParseError, StoreError, database_detail
 from .models import EntryManifest, Publication, Tag, TagVersion, day_from_key, day_key, utcnow
 from .parse import (
-    ParsedFile, PrefixCache, ServiceTag, content_hash, decode_document, file_cloud, normalize_against, normalize_prefixes,
-    parse_document,
+    ParsedFile, PrefixCache, ServiceTag, content_hash, decode_document, encode_prefixes, file_cloud, normalize_against,
+    normalize_prefixes, parse_document,
 )
 
 log = logging.getLogger(__name__)
@@ -222,17 +222,6 @@ def _placement(conn: Connection, cloud: str, sha256: str, day: dt.date) -> dict[
     return {row.place: _publication(row) for row in rows}
 
 
-def _neighbours(conn: Connection, cloud: str, day: dt.date) -> tuple[PublicationInfo | None, PublicationInfo | None]:
-    table = Publication.__table__
-    before = conn.execute(
-        select(table).where(table.c.cloud == cloud, table.c.file_date < day).order_by(table.c.file_date.desc()).limit(1)
-    ).first()
-    after = conn.execute(
-        select(table).where(table.c.cloud == cloud, table.c.file_date > day).order_by(table.c.file_date).limit(1)
-    ).first()
-    return (_publication(before) if before else None, _publication(after) if after else None)
-
-
 def tag_ids(conn: Connection, cloud: str) -> dict[str, int]:
     """Every tag the cloud has ever had: name -> id."""
     return dict(conn.execute(select(Tag.name, Tag.id).where(Tag.cloud == cloud)).all())
@@ -244,17 +233,20 @@ def _chunks(items: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
+def _driver_sql(conn: Connection, sql: str) -> str:
+    """``:name`` parameters as the driver takes them (sqlite3 as they are, psycopg as ``%(name)s``)."""
+    return re.sub(r":(\w+)", r"%(\1)s", sql) if conn.dialect.name == "postgresql" else sql
+
+
 def _fetch_all(conn: Connection, sql: str, params: dict[str, Any]) -> list[tuple]:
     """Plain tuples straight from the driver, for the few reads of thousands of rows per import.
 
     ``sql`` uses ``:name`` parameters (no lists); SQLAlchemy's Row objects cost
     more than the query itself here.
     """
-    if conn.dialect.name == "postgresql":
-        sql = re.sub(r":(\w+)", r"%(\1)s", sql)
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute(sql, params)
+        cursor.execute(_driver_sql(conn, sql), params)
         return cursor.fetchall()
     finally:
         cursor.close()
@@ -264,11 +256,9 @@ def _execute_many(conn: Connection, sql: str, params: Sequence[dict[str, Any]]) 
     """``sql`` (``:name`` parameters) once per dictionary, through the driver (see ``_fetch_all``)."""
     if not params:
         return
-    if conn.dialect.name == "postgresql":
-        sql = re.sub(r":(\w+)", r"%(\1)s", sql)
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.executemany(sql, params)
+        cursor.executemany(_driver_sql(conn, sql), params)
     finally:
         cursor.close()
 
@@ -349,9 +339,6 @@ class _Versions(Mapping[str, VersionInfo]):
         if self.manifest is None:
             return sum(row[3] for row in self.rows_of(unchanged))
         return sum(self.manifest.counts) - sum(self._fingerprints[n][3] for n in touched if self.is_present(n))
-
-    def prefix_count(self, name: str) -> int:
-        return self._fingerprints[name][3]
 
     def rows_of(self, names: Iterable[str]) -> list[tuple[int, bool, bytes, int]]:
         """(tag id, present, entry fingerprint, prefix count) of each named tag, in order."""
@@ -440,8 +427,11 @@ def _unpack(packed: bytes) -> tuple[str, ...]:
 
 
 def _pack(prefixes: Sequence[str]) -> bytes:
-    data = "\n".join(prefixes).encode()
-    return data if len(data) < _COMPRESS_FROM else _zstd()[0].compress(data)
+    return _compress(encode_prefixes(prefixes))
+
+
+def _compress(encoded: bytes) -> bytes:
+    return encoded if len(encoded) < _COMPRESS_FROM else _zstd()[0].compress(encoded)
 
 
 # ---------------------------------------------------------------- import
@@ -452,7 +442,7 @@ class _Plan:
     """The writes one import makes, computed before any of them."""
 
     new_tags: list[str] = field(default_factory=list)
-    contents: dict[bytes, tuple[str, ...]] = field(default_factory=dict)
+    contents: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # hash -> (prefix count, encoding)
     versions: list[VersionInfo] = field(default_factory=list)         # new versions at d
     restore_at_next: list[VersionInfo] = field(default_factory=list)  # versions written again at S
     drop_at_next: list[str] = field(default_factory=list)             # tags whose row at S goes
@@ -776,8 +766,9 @@ def _plan(conn, parsed: ParsedFile, source: str, before: _Versions, following) -
             change = normalize_against(name, item.raw_prefixes, source, old, cache=seen_prefixes)
             plan.notes.extend(change.notes)
             prefixes, added, removed = change.prefixes, change.added, change.removed
-            digest = content_hash(prefixes)
-            plan.contents[digest] = prefixes
+            encoded = encode_prefixes(prefixes)
+            digest = content_hash(prefixes, encoded)
+            plan.contents[digest] = (len(prefixes), encoded)
             plan.prefix_count += len(prefixes)
             plan.present.append((name, tag_id, item.entry_hash, len(prefixes)))
             new_version = VersionInfo(
@@ -899,10 +890,10 @@ def _write(conn, parsed: ParsedFile, source, plan: _Plan, previous, following, i
     return publication_id
 
 
-def _write_contents(conn, contents: dict[bytes, tuple[str, ...]]) -> None:
-    contents = {EMPTY_HASH: (), **contents}  # what withdrawn versions point to
+def _write_contents(conn, contents: dict[bytes, tuple[int, bytes]]) -> None:
+    contents = {EMPTY_HASH: (0, b""), **contents}  # what withdrawn versions point to
     stored = {bytes(h) for (h,) in _fetch_in(conn, "SELECT hash FROM contents WHERE hash IN ({})", list(contents))}
-    missing = [(h, len(p), _pack(p)) for h, p in contents.items() if h not in stored]
+    missing = [(h, count, _compress(encoded)) for h, (count, encoded) in contents.items() if h not in stored]
     _bulk_insert(conn, "contents", ("hash", "prefix_count", "prefixes"), missing)
 
 
@@ -947,16 +938,16 @@ def _relink_versions(conn, tag_id_list: list[int], d: int, next_day: int | None)
         "AND (valid_until IS NULL OR valid_until >= :low) AND valid_from <= :high ORDER BY tag_id, valid_from"
     )
     fixes = []
-    for batch in _chunks(tag_id_list, 900):
-        rows = _fetch_in(conn, statement, list(batch), {"low": d, "high": next_day or d})
-        for index, (tag_id, valid_from, valid_until) in enumerate(rows):
-            successor = rows[index + 1] if index + 1 < len(rows) and rows[index + 1][0] == tag_id else None
-            if successor:
-                wanted = successor[1]
-            else:  # the newest version in the window: current, unless a later one exists
-                wanted = None if next_day is None else _next_version_day(conn, tag_id, valid_from)
-            if wanted != valid_until:
-                fixes.append({"b_tag": tag_id, "b_from": valid_from, "b_until": wanted})
+    # Each batch is ordered by tag, and a tag's rows are all in one batch.
+    rows = _fetch_in(conn, statement, tag_id_list, {"low": d, "high": next_day or d})
+    for index, (tag_id, valid_from, valid_until) in enumerate(rows):
+        successor = rows[index + 1] if index + 1 < len(rows) and rows[index + 1][0] == tag_id else None
+        if successor:
+            wanted = successor[1]
+        else:  # the newest version in the window: current, unless a later one exists
+            wanted = None if next_day is None else _next_version_day(conn, tag_id, valid_from)
+        if wanted != valid_until:
+            fixes.append({"b_tag": tag_id, "b_from": valid_from, "b_until": wanted})
     _execute_many(conn, "UPDATE tag_versions SET valid_until = :b_until WHERE tag_id = :b_tag AND valid_from = :b_from",
                   fixes)
 
