@@ -46,7 +46,11 @@ def terminate_and_wait(conn: sa.Connection, pid: int) -> None:
     advisory locks are released when the process has exited."""
     conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     deadline = time.monotonic() + 10
-    while conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).scalar():
+    while True:
+        alive = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).scalar()
+        conn.commit()  # pg_stat_activity is read once per transaction: each look needs a new one
+        if not alive:
+            return
         assert time.monotonic() < deadline, f"backend {pid} did not exit"
         time.sleep(0.02)
 
