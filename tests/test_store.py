@@ -60,7 +60,7 @@ def assert_manifest_is_the_newest_publication(engine, newest_file: bytes, cloud=
 
     with engine.connect() as conn:
         newest = store.publications(conn, cloud)[-1]
-        from_manifest = store._versions_before(conn, cloud, newest)
+        from_manifest = store.versions_before(conn, cloud, newest)
         from_versions = store.versions_at(conn, cloud, newest.day)
         row = conn.execute(sa.select(EntryManifest.publication_id).where(EntryManifest.cloud == cloud)).scalar()
     assert row == newest.id
@@ -68,10 +68,11 @@ def assert_manifest_is_the_newest_publication(engine, newest_file: bytes, cloud=
     assert sorted(from_manifest.known_entries()) == sorted(parse.entry_fingerprint(e) for e in entries)
     assert sorted(from_manifest.present_names()) == sorted(from_versions.present_names())
     for name in from_versions.present_names():
-        tag_id, _, count = from_versions.manifest_entry(name)
-        assert (from_manifest.manifest_entry(name)[0], from_manifest.manifest_entry(name)[2]) == (tag_id, count), name
+        tag_id, _, _, count = from_versions.rows_of([name])[0]
+        manifest_id, _, _, manifest_count = from_manifest.rows_of([name])[0]
+        assert (manifest_id, manifest_count) == (tag_id, count), name
     # The publication's prefix count is the sum over its published tags, however it was added up.
-    assert newest.prefix_count == sum(from_versions.manifest_entry(n)[2] for n in from_versions.present_names())
+    assert newest.prefix_count == sum(count for _, _, _, count in from_versions.rows_of(from_versions.present_names()))
 
 
 def test_real_public_weeks_import_and_diff(engine, public_files):
@@ -369,12 +370,12 @@ def test_contents_read_back_whatever_way_they_were_stored():
 
     big = tuple(f"10.{i // 256}.{i % 256}.0/24" for i in range(2000))
     small = ("10.0.0.0/24", "2603:1030::/32")
-    assert store._pack(small) == "\n".join(small).encode()  # short: plain text
-    assert store._pack(big)[:4] == b"\x28\xb5\x2f\xfd"  # long: zstd
+    assert store.pack(small) == "\n".join(small).encode()  # short: plain text
+    assert store.pack(big)[:4] == b"\x28\xb5\x2f\xfd"  # long: zstd
     for prefixes in (big, small, ()):
-        assert store._unpack(store._pack(prefixes)) == prefixes
+        assert store.unpack(store.pack(prefixes)) == prefixes
         # Databases written before zstd hold zlib streams.
-        assert store._unpack(zlib.compress("\n".join(prefixes).encode(), 1)) == prefixes
+        assert store.unpack(zlib.compress("\n".join(prefixes).encode(), 1)) == prefixes
 
 
 def test_the_manifest_holds_any_tag_name(engine, caplog):

@@ -23,6 +23,13 @@ they are put into an error.
 """
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import sys
+from typing import Iterator
+
+from sqlalchemy.exc import SQLAlchemyError
+
 
 class WatcherError(Exception):
     """Base of every error the watcher reports to a user."""
@@ -74,4 +81,33 @@ class LeadershipError(WatcherError):
 
 def database_detail(exc: BaseException) -> str:
     """The first line of what the database driver said (SQLAlchemy wraps it in ``orig``)."""
-    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(getattr(exc, "orig", None) or exc).__name__
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """An error raised by SQLAlchemy or by a database driver used directly (sqlite3, psycopg)."""
+    if isinstance(exc, (SQLAlchemyError, sqlite3.Error)):
+        return True
+    psycopg = sys.modules.get("psycopg")  # loaded only when a PostgreSQL engine was made
+    return psycopg is not None and isinstance(exc, psycopg.Error)
+
+
+@contextlib.contextmanager
+def translate_db_errors(doing: str) -> Iterator[None]:
+    """Turn database errors raised inside the block into a ``StoreError`` that says what was being done.
+
+        with translate_db_errors(f"reading the history of {tag}"):
+            ...
+
+    The watcher's own errors pass through unchanged; so does anything that is
+    not a database error (a bug should surface as one).
+    """
+    try:
+        yield
+    except WatcherError:
+        raise
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+        raise StoreError(f"database error while {doing}: {database_detail(exc)}") from exc

@@ -42,11 +42,12 @@ import apprise
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import db, store, tickets
+from . import db, tickets
 from .errors import NotifyError, RenderError, StoreError
 from .models import OutboxMessage, Ticket, utcnow
 from .render import Renderer
 from .settings import Settings
+from .store.records import ImportResult
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def enqueue(conn: Connection, ticket_ids: Sequence[int], settings: Settings, now
     return len(rows)
 
 
-def enqueue_for_import(conn: Connection, result: store.ImportResult, settings: Settings) -> None:
+def enqueue_for_import(conn: Connection, result: ImportResult, settings: Settings) -> None:
     """Pipeline hook: queue the tickets the import just created (runs after ``tickets.create_tickets``)."""
     if result.outcome != "imported":
         return

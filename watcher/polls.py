@@ -17,7 +17,7 @@ from . import db
 from .errors import StoreError, database_detail
 from .fetch import redact_text
 from .models import Poll, Publication
-from .store import PublicationInfo, publication_from_row
+from .store.records import PublicationInfo, publication_from_row
 
 #: Outcomes after which nothing is left to do until Microsoft publishes again.
 SUCCESS_OUTCOMES = ("new", "unchanged", "skipped-known-url", "already-imported")

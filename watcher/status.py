@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 from . import polls
 from .polls import PollRecord
 from .settings import Settings
-from .store import PublicationInfo
+from .store.records import PublicationInfo
 
 
 @dataclass(frozen=True)

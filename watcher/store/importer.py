@@ -1,0 +1,444 @@
+"""Importing a file: place it among the stored publications, plan, and write the plan.
+
+An import inserts one publication into each tag's timeline at the file's date,
+whatever order files arrive in; only tags whose entry differs from their
+previous version are looked at (see ``planner`` for what is written). Contents
+(prefix sets) are stored once per distinct set. Everything happens in one
+transaction, so a publication is stored whole or not at all.
+
+What the previous publication had comes from the cloud's entry manifest when
+that publication is the newest (the weekly case: one row), and from the
+versions in force at P otherwise.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gc
+import hashlib
+import logging
+import threading
+import time
+from array import array
+from itertools import chain, repeat
+from operator import itemgetter
+from typing import Any, Callable, Iterator, Sequence
+
+import orjson
+from sqlalchemy import Connection, Engine, String, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import column as sa_column
+
+from .. import db, diff as diffs
+from ..errors import ConflictError, ParseError, translate_db_errors
+from ..models import EntryManifest, Publication, TagVersion, utcnow
+from ..parse import (
+    ParsedFile, content_hash, decode_document, file_cloud, normalize_prefixes, parse_document,
+)
+from .planner import ImportPlan, plan_import, withdrawn_tags
+from .records import EMPTY_HASH, ImportHook, ImportResult, PublicationInfo, VersionInfo, publication_from_row
+from .sql import bulk_insert, compress, execute_many, fetch_in
+from .versions import Versions, load_contents, tag_ids_of, uint32s, versions_at, versions_before
+
+log = logging.getLogger(__name__)
+
+ANALYZE_AFTER_ROWS = 20_000
+
+VERSION_INSERT_COLUMNS = (
+    "tag_id", "valid_from", "publication_id", "present", "change_number", "region", "region_id", "platform",
+    "system_service", "network_features", "prefix_count", "content_hash", "entry_hash",
+)
+
+
+def import_bytes(
+    engine: Engine,
+    data: bytes,
+    source: str,
+    *,
+    file_date: dt.date | None = None,
+    expected_cloud: str | None = None,
+    on_imported: ImportHook | None = None,
+    now: Callable[[], dt.datetime] | None = None,
+) -> ImportResult:
+    """Import one file's bytes as a publication; idempotent and atomic."""
+    with _no_collector_pauses():
+        return _import_bytes(engine, data, source, file_date, expected_cloud, on_imported, now or utcnow)
+
+
+@contextlib.contextmanager
+def _no_collector_pauses() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector out of an import.
+
+    An import allocates tens of thousands of short-lived strings and tuples
+    that reference counting frees; each allocation burst would otherwise start
+    a full collection that walks every object of the process (tens of ms in a
+    daemon holding SQLAlchemy, Jinja and apprise), for no cycles to find.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _import_bytes(engine: Engine, data: bytes, source: str, file_date: dt.date | None, expected_cloud: str | None,
+                  on_imported: ImportHook | None, now: Callable[[], dt.datetime]) -> ImportResult:
+    hashing = _Sha256(data)
+    try:
+        document = decode_document(data, source)
+        cloud = file_cloud(document, source)
+        if expected_cloud and cloud != expected_cloud:
+            raise ParseError(f"{source}: is a {cloud} file, expected {expected_cloud}")
+        file_date = file_date or date_from_source(source)
+    finally:
+        sha256 = hashing.hexdigest()
+    # The bulk paths use the driver's cursor directly, so its own errors are translated too.
+    with translate_db_errors(f"importing {source}"):
+        started = time.perf_counter()
+        with db.writer(engine).begin() as conn:
+            _lock_cloud(conn, cloud)
+            result = _import(conn, document, source, cloud, sha256, file_date, now)
+            if result.outcome == "imported" and on_imported is not None:
+                on_imported(conn, result)
+            committing = time.perf_counter()
+        log.debug("%s: transaction %.0f ms, of which commit %.0f ms", source,
+                  (time.perf_counter() - started) * 1000, (time.perf_counter() - committing) * 1000)
+        return result
+
+
+class _Sha256:
+    """SHA-256 of a file's bytes, computed on a second thread while the first decodes them.
+
+    hashlib releases the GIL while it hashes a large buffer, so on a machine
+    with two cores the hash of a 5 MB file costs no wall-clock time.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._digest = ""
+        self._thread = threading.Thread(target=self._run, args=(data,), name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self, data: bytes) -> None:
+        self._digest = hashlib.sha256(data).hexdigest()
+
+    def hexdigest(self) -> str:
+        self._thread.join()
+        return self._digest
+
+
+def date_from_source(source: str) -> dt.date:
+    from ..parse import date_from_file_name
+
+    found = date_from_file_name(source)
+    if found is None:
+        raise ParseError(f"{source}: no publication date: name the file ServiceTags_<Cloud>_<YYYYMMDD>.json or give a date")
+    return found
+
+
+def _lock_cloud(conn: Connection, cloud: str) -> None:
+    """Serialise imports of one cloud (SQLite's BEGIN IMMEDIATE already does).
+
+    The key includes the schema: advisory locks are per database, and two
+    watchers in two schemas of one database have nothing to serialise.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended('watcher-import:' || current_schema() || ':' || :cloud, 0))"),
+            {"cloud": cloud},
+        )
+
+
+_PUBLICATION_COLUMNS = ", ".join(f"p.{c.name}" for c in Publication.__table__.columns)  # in the model's order
+_PLACEMENT = text(
+    f"SELECT * FROM (SELECT 'same bytes' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
+    "AND sha256 = :sha256 LIMIT 1) AS a UNION ALL "
+    f"SELECT * FROM (SELECT 'same day' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
+    "AND file_date = :day) AS b UNION ALL "
+    f"SELECT * FROM (SELECT 'previous' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
+    "AND file_date < :day ORDER BY file_date DESC LIMIT 1) AS c UNION ALL "
+    f"SELECT * FROM (SELECT 'following' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
+    "AND file_date > :day ORDER BY file_date LIMIT 1) AS d"
+).bindparams(bindparam("day", type_=Publication.__table__.c.file_date.type)).columns(
+    sa_column("place", String()), *Publication.__table__.columns
+)
+
+
+def _placement(conn: Connection, cloud: str, sha256: str, day: dt.date) -> dict[str, PublicationInfo]:
+    """Where a file goes, in one round trip: a publication with its bytes or its date, and its neighbours."""
+    rows = conn.execute(_PLACEMENT, {"cloud": cloud, "sha256": sha256, "day": day})
+    return {row.place: publication_from_row(row) for row in rows}
+
+
+def _import(conn: Connection, document: Any, source: str, cloud: str, sha256: str, day: dt.date,
+            now: Callable[[], dt.datetime]) -> ImportResult:
+    place = _placement(conn, cloud, sha256, day)
+    if "same bytes" in place:
+        return ImportResult("already imported", place["same bytes"], reason="the same file (SHA-256) is already stored")
+    if "same day" in place:
+        return _compare_with_existing(conn, document, source, place["same day"], sha256)
+
+    clock = _Stopwatch()
+    previous, following = place.get("previous"), place.get("following")
+    before = versions_before(conn, cloud, previous)
+    clock.lap("read versions")
+    parsed = parse_document(document, source, sha256=sha256, file_date=day, known_entries=before.known_entries())
+    clock.lap("validate")
+    plan = _plan(conn, parsed, source, before, following)
+    clock.lap("plan")
+    publication_id, new_tag_ids = _write(conn, parsed, source, plan, following, now())
+    if following is None:  # the newest publication now: the next week's import starts from it
+        _write_manifest(conn, cloud, publication_id, parsed, before, plan, new_tag_ids)
+    clock.lap("write")
+    log.debug("imported %s %s: %s", cloud, day, clock)
+    row = conn.execute(select(Publication.__table__).where(Publication.id == publication_id)).one()
+    return ImportResult(
+        "imported",
+        publication_from_row(row),
+        changes=tuple(sorted(plan.changes, key=lambda c: c.tag)),
+        anomalies=diffs.publication_anomalies(previous.change_number if previous else None, parsed.change_number),
+        notes=tuple(plan.notes),
+        previous_day=previous.day if previous else None,
+    )
+
+
+def _plan(conn: Connection, parsed: ParsedFile, source: str, before: Versions,
+          following: PublicationInfo | None) -> ImportPlan:
+    """Read what the planner needs for the tags the file touches, and plan."""
+    withdrawn = withdrawn_tags(parsed, before)
+    touched_names = [t.name for t in parsed.tags] + withdrawn
+    before.load(touched_names)
+    after: dict[str, VersionInfo] | Versions = (
+        versions_at(conn, parsed.cloud, following.day, touched_names) if following else {}
+    )
+    old_contents = load_contents(
+        conn, [before[n].content_hash for n in touched_names if n in before]
+        + [after[n].content_hash for n in touched_names if n in after]
+    )
+    return plan_import(
+        parsed, source, before=before, after=after, next_day=following.day if following else None,
+        contents=old_contents, tag_ids=tag_ids_of(conn, parsed.cloud, [n for n in touched_names if n not in before]),
+        withdrawn=withdrawn, unchanged_prefixes=before.prefix_total(parsed.unchanged, touched_names),
+    )
+
+
+def _compare_with_existing(conn: Connection, document: Any, source: str, existing: PublicationInfo,
+                           sha256: str) -> ImportResult:
+    """A file for a date already stored: the same content is fine, other content is a conflict."""
+    versions = versions_at(conn, existing.cloud, existing.day)
+    versions.load(versions)
+    stored = {n: v for n, v in versions.items() if v.present}
+    parsed = parse_document(
+        document, source, sha256=sha256, file_date=existing.file_date,
+        known_entries={v.entry_hash: n for n, v in stored.items()},
+    )
+    differs = set(parsed.tag_names) != set(stored) or parsed.change_number != existing.change_number
+    for tag in parsed.tags:
+        if differs:
+            break
+        prefixes, _ = normalize_prefixes(tag.name, tag.raw_prefixes, source)
+        version = stored[tag.name]
+        differs = (content_hash(prefixes), tag.change_number, tag.metadata) != (
+            version.content_hash, version.change_number, version.metadata
+        )
+    if differs:
+        raise ConflictError(
+            f"{source}: a different {existing.cloud} file for {existing.file_date} is already stored "
+            f"(SHA-256 {existing.sha256[:12]}…, from {existing.source}); nothing was imported"
+        )
+    return ImportResult(
+        "already imported", existing,
+        reason="the same content is already stored for this date (the bytes differ, e.g. line endings)",
+    )
+
+
+class _Stopwatch:
+    """Where an import's time goes, for the debug log and the benchmarks."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in self.laps.items())
+
+
+# ---------------------------------------------------------------- writing the plan
+
+
+def _write(conn: Connection, parsed: ParsedFile, source: str, plan: ImportPlan, following: PublicationInfo | None,
+           imported_at: dt.datetime) -> tuple[int, dict[str, int]]:
+    """Write the publication and its plan; its id, and the ids of the tags new to the database."""
+    publication_id = conn.execute(
+        insert(Publication.__table__).returning(Publication.__table__.c.id),
+        {
+            "cloud": parsed.cloud, "file_date": parsed.file_date, "change_number": parsed.change_number,
+            "sha256": parsed.sha256, "source": source[:1024], "imported_at": imported_at,
+            "tag_count": parsed.tag_count, "prefix_count": plan.prefix_count,
+        },
+    ).scalar_one()
+    clock = _Stopwatch()
+    ids = {v.name: v.tag_id for v in plan.versions if v.tag_id}
+    new_tag_ids: dict[str, int] = {}
+    if plan.new_tags:
+        bulk_insert(conn, "tags", ("cloud", "name"), [(parsed.cloud, n) for n in plan.new_tags])
+        new_tag_ids = tag_ids_of(conn, parsed.cloud, plan.new_tags)
+        ids.update(new_tag_ids)
+    clock.lap("tags")
+    if plan.versions:
+        _write_contents(conn, plan)
+    clock.lap("contents")
+    _write_versions(conn, plan, ids, publication_id, following)
+    if plan.refingerprint:
+        conn.execute(
+            text("UPDATE tag_versions SET entry_hash = :h WHERE tag_id = :t AND valid_from = :f"),
+            [{"t": r.tag_id, "f": r.valid_from, "h": r.entry_hash} for r in plan.refingerprint],
+        )
+    clock.lap("versions")
+    _write_spans(conn, plan, ids)
+    clock.lap("spans")
+    log.debug("wrote %s %s: %s", parsed.cloud, parsed.file_date, clock)
+    return publication_id, new_tag_ids
+
+
+def _write_contents(conn: Connection, plan: ImportPlan) -> None:
+    contents = {EMPTY_HASH: (0, b""), **plan.contents}  # what withdrawn versions point to
+    stored = {bytes(h) for (h,) in fetch_in(conn, "SELECT hash FROM contents WHERE hash IN ({})", list(contents))}
+    missing = [(h, count, compress(encoded)) for h, (count, encoded) in contents.items() if h not in stored]
+    bulk_insert(conn, "contents", ("hash", "prefix_count", "prefixes"), missing)
+
+
+def _version_row(version: VersionInfo, tag_id: int, publication_id: int, valid_from: int) -> tuple:
+    """A row for ``VERSION_INSERT_COLUMNS`` (``valid_until`` is linked afterwards)."""
+    return (tag_id, valid_from, publication_id, version.present, version.change_number, *version.metadata,
+            version.prefix_count, version.content_hash, version.entry_hash)
+
+
+_SET_VALID_UNTIL = "UPDATE tag_versions SET valid_until = :b_until WHERE tag_id = :b_tag AND valid_from = :b_from"
+
+
+def _write_versions(conn: Connection, plan: ImportPlan, ids: dict[str, int], publication_id: int,
+                    following: PublicationInfo | None) -> None:
+    v = TagVersion.__table__
+    d, next_day = plan.day, plan.next_day
+    if plan.drop_at_next:
+        conn.execute(
+            delete(v).where(v.c.tag_id.in_([ids[n] for n in plan.drop_at_next]), v.c.valid_from == next_day)
+        )
+    rows = [_version_row(ver, ids[ver.name], publication_id, d) for ver in plan.versions]
+    if following is not None and next_day is not None:
+        rows += [_version_row(ver, ids[ver.name], following.id, next_day) for ver in plan.restore_at_next]
+    bulk_insert(conn, "tag_versions", VERSION_INSERT_COLUMNS, rows)
+    if next_day is not None:
+        _relink_versions(conn, [ids[ver.name] for ver in plan.versions], d, next_day)
+        return
+    # The file is the newest: each new version's predecessor is the one that held at
+    # P, current until now, and it ends at d. A tag new to the database has none;
+    # one known only by name here (a tag coming back) is looked up.
+    new_tags = set(plan.new_tags)
+    ends, unknown = [], []
+    for ver in plan.versions:
+        start = plan.predecessors.get(ver.name)
+        if start is not None:
+            ends.append({"b_tag": ids[ver.name], "b_from": start, "b_until": d})
+        elif ver.name not in new_tags:
+            unknown.append(ids[ver.name])
+    execute_many(conn, _SET_VALID_UNTIL, ends)
+    _relink_versions(conn, unknown, d, None)
+
+
+def _relink_versions(conn: Connection, tag_id_list: list[int], d: int, next_day: int | None) -> None:
+    """Set ``valid_until`` of the versions around d to the valid_from of their successor.
+
+    Only the version before d, the one at d and the one at S can have changed.
+    """
+    if not tag_id_list:
+        return
+    statement = (
+        "SELECT tag_id, valid_from, valid_until FROM tag_versions WHERE tag_id IN ({}) "
+        "AND (valid_until IS NULL OR valid_until >= :low) AND valid_from <= :high ORDER BY tag_id, valid_from"
+    )
+    fixes = []
+    # Each batch is ordered by tag, and a tag's rows are all in one batch.
+    rows = fetch_in(conn, statement, tag_id_list, {"low": d, "high": next_day or d})
+    for index, (tag_id, valid_from, valid_until) in enumerate(rows):
+        successor = rows[index + 1] if index + 1 < len(rows) and rows[index + 1][0] == tag_id else None
+        if successor:
+            wanted = successor[1]
+        else:  # the newest version in the window: current, unless a later one exists
+            wanted = None if next_day is None else _next_version_day(conn, tag_id, valid_from)
+        if wanted != valid_until:
+            fixes.append({"b_tag": tag_id, "b_from": valid_from, "b_until": wanted})
+    execute_many(conn, _SET_VALID_UNTIL, fixes)
+
+
+def _next_version_day(conn: Connection, tag_id: int, valid_from: int) -> int | None:
+    return conn.execute(
+        select(func.min(TagVersion.valid_from)).where(TagVersion.tag_id == tag_id, TagVersion.valid_from > valid_from)
+    ).scalar()
+
+
+def _write_spans(conn: Connection, plan: ImportPlan, ids: dict[str, int]) -> None:
+    d, s = plan.day, plan.next_day
+    covering_p = "tag_id = :tag_id AND prefix = :prefix AND first_day < :d AND (until_day IS NULL OR until_day > :d)"
+    if plan.split_spans:
+        # Copy the span's tail first: it keeps the end the span had before it is cut at d.
+        conn.execute(text(
+            "INSERT INTO prefix_spans (tag_id, prefix, first_day, until_day) "
+            f"SELECT tag_id, prefix, :s, until_day FROM prefix_spans WHERE {covering_p}"
+        ), [{"tag_id": t, "prefix": p, "d": d, "s": s} for t, p in plan.split_spans])
+    if plan.end_spans:
+        execute_many(conn, f"UPDATE prefix_spans SET until_day = :d WHERE {covering_p}",
+                     [{"tag_id": t, "prefix": p, "d": d} for t, p in plan.end_spans])
+    if plan.move_span_starts:
+        conn.execute(text(
+            "UPDATE prefix_spans SET first_day = :d WHERE tag_id = :tag_id AND prefix = :prefix AND first_day = :s"
+        ), [{"tag_id": t, "prefix": p, "s": s, "d": d} for t, p in plan.move_span_starts])
+    if plan.new_spans:
+        rows = list(chain.from_iterable(zip(prefixes, repeat(ids[name])) for name, prefixes in plan.new_spans))
+        # In key order: the B-tree grows at its right edge instead of splitting pages all over.
+        rows.sort(key=itemgetter(0))
+        bulk_insert(conn, "prefix_spans", ("prefix", "tag_id"), rows, same={"first_day": d, "until_day": s})
+        if len(rows) > ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
+            log.debug("analyze after %d spans", len(rows))
+            # Fresh tables have no statistics; without them PostgreSQL plans the
+            # next imports' look-ups as if the tables were empty.
+            conn.execute(text("ANALYZE tags, tag_versions, contents, prefix_spans"))
+
+
+def _write_manifest(conn: Connection, cloud: str, publication_id: int, parsed: ParsedFile, before: Versions,
+                    plan: ImportPlan, new_tag_ids: dict[str, int]) -> None:
+    """Make the cloud's entry manifest describe the new newest publication."""
+    old = before.manifest
+    table = EntryManifest.__table__
+    if old is not None and not plan.withdrawn and all(before.is_present(e.name) for e in plan.present):
+        # The same tags as the week before: patch what changed, in place.
+        if not plan.present:  # nothing did: rewriting the arrays would only leave dead copies (PostgreSQL)
+            conn.execute(update(table).where(table.c.cloud == cloud).values(publication_id=publication_id))
+            return
+        position = {name: index for index, name in enumerate(old.names)}
+        fingerprints, counts = bytearray(old.fingerprints), array("I", old.counts)
+        for entry in plan.present:
+            index = position[entry.name]
+            fingerprints[16 * index:16 * index + 16] = entry.fingerprint
+            counts[index] = entry.prefix_count
+        conn.execute(update(table).where(table.c.cloud == cloud).values(
+            publication_id=publication_id, fingerprints=bytes(fingerprints), prefix_counts=uint32s(counts),
+        ))
+        return
+    known = before.rows_of(parsed.unchanged)  # fingerprints of the unchanged tags, in that order
+    names = list(parsed.unchanged) + [e.name for e in plan.present]
+    ids = [tag_id for tag_id, _, _, _ in known] + [e.tag_id or new_tag_ids[e.name] for e in plan.present]
+    conn.execute(delete(table).where(table.c.cloud == cloud))
+    conn.execute(insert(table), {
+        "cloud": cloud, "publication_id": publication_id,
+        "names": orjson.dumps(names),
+        "fingerprints": b"".join([bytes(fp) for _, _, fp, _ in known] + [e.fingerprint for e in plan.present]),
+        "tag_ids": uint32s(ids),
+        "prefix_counts": uint32s([count for _, _, _, count in known] + [e.prefix_count for e in plan.present]),
+    })

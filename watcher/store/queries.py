@@ -1,0 +1,226 @@
+"""Reading the stored history: publications, a tag's history and snapshot, look-ups and diffs.
+
+Every public function here translates database errors into a ``StoreError``
+that names what was being read, so a face shows one line instead of a traceback.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from typing import Sequence
+
+from sqlalchemy import Connection, bindparam, func, select, text
+
+from .. import diff as diffs
+from ..errors import NotFoundError, translate_db_errors
+from ..models import Publication, Tag, TagVersion, day_from_key
+from .records import HistoryEntry, LookupHit, PublicationInfo, TagSnapshot, publication_from_row
+from .sql import fetch_all, unpack
+from .versions import VERSION_COLUMNS, load_contents, version_from_row, versions_at
+
+
+def publications(conn: Connection, cloud: str) -> list[PublicationInfo]:
+    """The cloud's publications, oldest first."""
+    with translate_db_errors(f"listing the {cloud} publications"):
+        rows = conn.execute(
+            select(Publication.__table__).where(Publication.cloud == cloud).order_by(Publication.file_date)
+        )
+        return [publication_from_row(r) for r in rows]
+
+
+def publication_by_day(conn: Connection, cloud: str, day: dt.date) -> PublicationInfo | None:
+    with translate_db_errors(f"reading the {cloud} publication of {day}"):
+        row = conn.execute(
+            select(Publication.__table__).where(Publication.cloud == cloud, Publication.file_date == day)
+        ).first()
+        return publication_from_row(row) if row else None
+
+
+def tag_ids(conn: Connection, cloud: str) -> dict[str, int]:
+    """Every tag the cloud has ever had: name -> id."""
+    with translate_db_errors(f"reading the {cloud} tags"):
+        return dict(conn.execute(select(Tag.name, Tag.id).where(Tag.cloud == cloud)).all())
+
+
+def parse_publication_ref(ref: str) -> str | dt.date:
+    """``latest``, ``previous`` or a date (``YYYYMMDD`` or ``YYYY-MM-DD``)."""
+    ref = ref.strip().lower()
+    if ref in ("latest", "previous"):
+        return ref
+    for fmt in ("%Y%m%d", "%Y-%m-%d"):
+        try:
+            return dt.datetime.strptime(ref, fmt).date()
+        except ValueError:
+            pass
+    raise NotFoundError(f"{ref!r} is not a publication: use latest, previous, YYYYMMDD or YYYY-MM-DD")
+
+
+def resolve_publication(conn: Connection, cloud: str, ref: str) -> PublicationInfo:
+    """The publication a reference names; a date means the publication in force on that day."""
+    wanted = parse_publication_ref(ref)
+    table = Publication.__table__
+    query = select(table).where(table.c.cloud == cloud).order_by(table.c.file_date.desc())
+    with translate_db_errors(f"finding the {cloud} publication {ref!r}"):
+        if isinstance(wanted, dt.date):
+            row = conn.execute(query.where(table.c.file_date <= wanted).limit(1)).first()
+            if row is None:
+                raise NotFoundError(f"no {cloud} publication on or before {wanted}")
+            return publication_from_row(row)
+        rows = conn.execute(query.limit(2)).all()
+    index = 0 if wanted == "latest" else 1
+    if len(rows) <= index:
+        have = "no publication" if not rows else "only one publication"
+        raise NotFoundError(f"{wanted}: the database has {have} for the {cloud} cloud; import some files first")
+    return publication_from_row(rows[index])
+
+
+def tag_name(conn: Connection, cloud: str, name: str) -> str:
+    """A tag's stored name, found case-insensitively (an exact match wins)."""
+    with translate_db_errors(f"looking up the {cloud} tag {name!r}"):
+        if conn.execute(select(Tag.id).where(Tag.cloud == cloud, Tag.name == name)).first() is not None:
+            return name  # the unique index answers the common case
+        found = list(conn.execute(
+            select(Tag.name).where(Tag.cloud == cloud, func.lower(Tag.name) == name.lower())
+        ).scalars())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NotFoundError(f"unknown {cloud} tag {name!r}")
+    raise NotFoundError(f"tag name {name!r} is ambiguous: {', '.join(found)}")
+
+
+def snapshot(conn: Connection, cloud: str, name: str, publication: PublicationInfo) -> TagSnapshot | None:
+    """A tag's prefixes as published in ``publication``; None if it was not published then.
+
+    One query (tag, version in force, content) for the usual exact name; a
+    name in other letter case is resolved first.
+    """
+    columns = ", ".join(f"v.{c.strip()}" for c in VERSION_COLUMNS.split(","))
+    query = (
+        f"SELECT {columns}, c.prefixes FROM tags t JOIN tag_versions v ON v.tag_id = t.id "
+        "JOIN contents c ON c.hash = v.content_hash WHERE t.cloud = :cloud AND t.name = :name "
+        "AND v.valid_from <= :day AND (v.valid_until IS NULL OR v.valid_until > :day)"
+    )
+    with translate_db_errors(f"reading {name} in the {cloud} publication of {publication.file_date}"):
+        rows = fetch_all(conn, query, {"cloud": cloud, "name": name, "day": publication.day})
+    if not rows:
+        real_name = tag_name(conn, cloud, name)  # raises for an unknown tag
+        if real_name == name:
+            return None  # the tag exists but has no version yet at that publication
+        return snapshot(conn, cloud, real_name, publication)
+    *version_row, packed = rows[0]
+    version = version_from_row(name, version_row)
+    if not version.present:
+        return None
+    return TagSnapshot(name, publication, version, unpack(packed))
+
+
+def tag_states(conn: Connection, cloud: str, day: int, names: Sequence[str] | None) -> dict[str, diffs.TagState]:
+    """Tag name -> state at ``day``, for the tags published then (all, or those named)."""
+    with translate_db_errors(f"reading the {cloud} tags of {day_from_key(day)}"):
+        versions = {n: v for n, v in versions_at(conn, cloud, day, names).items() if v.present}
+        contents = load_contents(conn, [v.content_hash for v in versions.values()])
+    return {n: diffs.TagState.of_sorted(v.change_number, contents[v.content_hash]) for n, v in versions.items()}
+
+
+def changed_tag_names(conn: Connection, cloud: str, first_day: int, last_day: int) -> list[str]:
+    """Tags with any version row in (first_day, last_day]: the only ones that can differ."""
+    low, high = min(first_day, last_day), max(first_day, last_day)
+    v = TagVersion.__table__
+    with translate_db_errors(f"finding the {cloud} tags that changed"):
+        return list(conn.execute(
+            select(Tag.name).distinct().join(v, Tag.id == v.c.tag_id)
+            .where(Tag.cloud == cloud, v.c.valid_from > low, v.c.valid_from <= high)
+        ).scalars())
+
+
+def diff_publications(
+    conn: Connection, cloud: str, old: PublicationInfo, new: PublicationInfo, names: Sequence[str] | None = None
+) -> list[diffs.TagDiff]:
+    """Per-tag diffs from ``old`` to ``new``: the named tags, or every tag that changed."""
+    if names is None:
+        wanted = changed_tag_names(conn, cloud, old.day, new.day)
+    else:
+        wanted = list(dict.fromkeys(tag_name(conn, cloud, n) for n in names))
+    before = tag_states(conn, cloud, old.day, wanted)
+    after = tag_states(conn, cloud, new.day, wanted)
+    result = []
+    cache: diffs.ParseCache = {}
+    for name in wanted:
+        if name not in before and name not in after:
+            continue  # not published at either point
+        change = diffs.diff_tag(name, before.get(name), after.get(name), cache)
+        if names is None and change.status == "unchanged" and not change.anomalies:
+            continue
+        result.append(change)
+    return sorted(result, key=lambda c: c.tag)
+
+
+def history(conn: Connection, cloud: str, name: str) -> tuple[str, list[HistoryEntry]]:
+    """Each version of a tag, with what it added and removed relative to the version before."""
+    real_name = tag_name(conn, cloud, name)
+    v = TagVersion.__table__
+    with translate_db_errors(f"reading the history of {real_name}"):
+        identity = conn.execute(select(Tag.id).where(Tag.cloud == cloud, Tag.name == real_name)).scalar_one()
+        versions = list(conn.execute(select(v).where(v.c.tag_id == identity).order_by(v.c.valid_from)))
+        contents = load_contents(conn, [bytes(r.content_hash) for r in versions])
+    entries: list[HistoryEntry] = []
+    previous_set: frozenset[str] = frozenset()
+    previous_number: int | None = None
+    for version in versions:
+        current = frozenset(contents[bytes(version.content_hash)])
+        added, removed = len(current - previous_set), len(previous_set - current)
+        entries.append(HistoryEntry(
+            date=day_from_key(version.valid_from), present=version.present, change_number=version.change_number,
+            prefix_count=version.prefix_count, added=added, removed=removed,
+            anomalies=diffs.change_number_anomalies(previous_number, version.change_number, bool(added or removed)),
+        ))
+        previous_set, previous_number = current, (version.change_number if version.present else None)
+    return real_name, entries
+
+
+def containing_networks(address: str) -> list[str]:
+    """Every canonical CIDR that contains ``address`` (33 for IPv4, 129 for IPv6)."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        raise NotFoundError(f"{address!r} is not an IP address") from None
+    width = ip.max_prefixlen
+    network = ipaddress.IPv4Network if ip.version == 4 else ipaddress.IPv6Network
+    return [str(network((int(ip) >> (width - n) << (width - n), n))) for n in range(width + 1)]
+
+
+def lookup(conn: Connection, cloud: str, address: str, publication: PublicationInfo) -> list[LookupHit]:
+    """Tags whose prefixes contain ``address`` in ``publication``, and since when.
+
+    At most 33 (IPv4) or 129 (IPv6) exact look-ups in the prefix index; the
+    query deliberately starts from ``prefix_spans`` (joining ``tags`` first
+    would probe every tag of the cloud), and tag names are matched afterwards.
+    """
+    candidates = containing_networks(address)
+    day = publication.day
+    with translate_db_errors(f"looking up {address} in the {cloud} publication of {publication.file_date}"):
+        spans = conn.execute(
+            text("SELECT tag_id, prefix, first_day FROM prefix_spans WHERE prefix IN :candidates "
+                 "AND first_day <= :day AND (until_day IS NULL OR until_day > :day)")
+            .bindparams(bindparam("candidates", expanding=True)),
+            {"candidates": candidates, "day": day},
+        ).all()
+        if not spans:
+            return []
+        names = dict(conn.execute(
+            select(Tag.id, Tag.name).where(Tag.cloud == cloud, Tag.id.in_(list({s[0] for s in spans})))
+        ).all())
+    hits = (LookupHit(names[tag], prefix, day_from_key(first)) for tag, prefix, first in spans if tag in names)
+    return sorted(hits, key=lambda h: (h.tag, h.prefix))
+
+
+def present_tag_names(conn: Connection, cloud: str, publication: PublicationInfo | None = None) -> list[str]:
+    """Names of the tags published in ``publication`` (default: the latest of the cloud)."""
+    if publication is None:
+        try:
+            publication = resolve_publication(conn, cloud, "latest")
+        except NotFoundError:
+            return []
+    with translate_db_errors(f"reading the {cloud} tags of {publication.file_date}"):
+        return sorted(n for n, v in versions_at(conn, cloud, publication.day).items() if v.present)
