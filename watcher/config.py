@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from . import db, fetch, notify, render, scheduler, store
-from .errors import ConfigError, WatcherError
+from .errors import ConfigError, StoreError, WatcherError, translate_db_errors
 from .settings import Settings
 from .watches import resolve_watches
 
@@ -133,10 +133,10 @@ def _check_database(settings: Settings) -> Check:
     except WatcherError as exc:
         return Check("database", False, str(exc))
     try:
-        with engine.connect() as conn:
+        with translate_db_errors(f"connecting to {shown}"), engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        return Check("database", False, f"{shown}: {str(getattr(exc, 'orig', exc)).splitlines()[0]}")
+    except StoreError as exc:
+        return Check("database", False, str(exc))
     finally:
         engine.dispose()
     return Check("database", True, f"{shown} answers")

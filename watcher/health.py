@@ -20,33 +20,22 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import db, notify, polls, status
-from .errors import StoreError, database_detail
+from .errors import translate_db_errors
 from .models import DaemonRun, HealthAlert, OutboxMessage, Poll, Publication, Ticket
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 ALERT_KINDS = ("unhealthy", "recovered")
-T = TypeVar("T")
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return None if value is None else polls.as_utc(value)
-
-
-def _store(what: str, work: Callable[[], T]) -> T:
-    """Run ``work``, translating database errors into a StoreError that says what was being done."""
-    try:
-        return work()
-    except SQLAlchemyError as exc:
-        detail = database_detail(exc)
-        raise StoreError(f"database error while {what}: {detail}") from None
 
 
 # ---------------------------------------------------------------- daemon runs
@@ -57,24 +46,17 @@ def runner_name() -> str:
 
 
 def record_run_start(engine: Engine, now: dt.datetime, reason: str) -> int:
-    def work() -> int:
-        with db.writer(engine).begin() as conn:
-            return conn.execute(
-                insert(DaemonRun.__table__).returning(DaemonRun.__table__.c.id),
-                {"started_at": now, "runner": runner_name()[:200], "reason": reason[:32], "ok": None, "error": ""},
-            ).scalar_one()
-
-    return _store("recording the start of a run", work)
+    with translate_db_errors("recording the start of a run"), db.writer(engine).begin() as conn:
+        return conn.execute(
+            insert(DaemonRun.__table__).returning(DaemonRun.__table__.c.id),
+            {"started_at": now, "runner": runner_name()[:200], "reason": reason[:32], "ok": None, "error": ""},
+        ).scalar_one()
 
 
 def record_run_finish(engine: Engine, run_id: int, now: dt.datetime, ok: bool, error: str) -> None:
     table = DaemonRun.__table__
-
-    def work() -> None:
-        with db.writer(engine).begin() as conn:
-            conn.execute(update(table).where(table.c.id == run_id).values(finished_at=now, ok=ok, error=error[:4000]))
-
-    _store("recording the end of a run", work)
+    with translate_db_errors("recording the end of a run"), db.writer(engine).begin() as conn:
+        conn.execute(update(table).where(table.c.id == run_id).values(finished_at=now, ok=ok, error=error[:4000]))
 
 
 @dataclass(frozen=True)
@@ -175,11 +157,8 @@ def evaluate(conn: Connection, settings: Settings, now: dt.datetime) -> Health:
 
 
 def health_state(engine: Engine, settings: Settings, now: dt.datetime) -> Health:
-    def work() -> Health:
-        with engine.connect() as conn:
-            return evaluate(conn, settings, now)
-
-    return _store("checking health", work)
+    with translate_db_errors("checking health"), engine.connect() as conn:
+        return evaluate(conn, settings, now)
 
 
 # ---------------------------------------------------------------- alerts
@@ -195,29 +174,30 @@ def queue_alerts(engine: Engine, settings: Settings, health: Health, now: dt.dat
 
     Only the leader calls this, after its run, so flips are not queued twice.
     """
-
-    def work() -> str | None:
-        with db.writer(engine).begin() as conn:
-            last = last_alert_kind(conn)
-            if not health.healthy and last != "unhealthy":
-                kind, reason = "unhealthy", "; ".join(health.reasons)
-            elif health.healthy and last == "unhealthy":
-                kind, reason = "recovered", "runs succeed and publications are current again"
-            else:
-                return None
-            base = {"kind": kind, "reason": reason, "created_at": now, "attempts": 0, "last_error": ""}
-            rows = [{**base, "destination": d.key, "destination_label": d.label[:1024], "state": "pending"}
-                    for d in notify.destinations(settings) if d.valid]
-            if not rows:  # remember the state even with nobody to tell, so no stale alert is sent later
-                rows = [{**base, "destination": "", "destination_label": "", "state": "sent",
-                         "last_error": "no destination configured"}]
-            conn.execute(insert(HealthAlert.__table__), rows)
-            return kind
-
-    kind = _store("queueing a health alert", work)
+    with translate_db_errors("queueing a health alert"), db.writer(engine).begin() as conn:
+        kind = _queue_alert_rows(conn, settings, health, now)
     if kind is not None:
         log.warning("watcher %s: %s", kind, "; ".join(health.reasons) or "recovered",
                     extra={"event": "health", "outcome": kind})
+    return kind
+
+
+def _queue_alert_rows(conn: Connection, settings: Settings, health: Health, now: dt.datetime) -> str | None:
+    """Queue the alert rows of a flip of the health state, if it flipped; the kind queued."""
+    last = last_alert_kind(conn)
+    if not health.healthy and last != "unhealthy":
+        kind, reason = "unhealthy", "; ".join(health.reasons)
+    elif health.healthy and last == "unhealthy":
+        kind, reason = "recovered", "runs succeed and publications are current again"
+    else:
+        return None
+    base = {"kind": kind, "reason": reason, "created_at": now, "attempts": 0, "last_error": ""}
+    rows = [{**base, "destination": d.key, "destination_label": d.label[:1024], "state": "pending"}
+            for d in notify.destinations(settings) if d.valid]
+    if not rows:  # remember the state even with nobody to tell, so no stale alert is sent later
+        rows = [{**base, "destination": "", "destination_label": "", "state": "sent",
+                 "last_error": "no destination configured"}]
+    conn.execute(insert(HealthAlert.__table__), rows)
     return kind
 
 
@@ -234,27 +214,20 @@ def send_alerts(engine: Engine, settings: Settings, now: dt.datetime) -> list[tu
     """Send pending alerts; each result is recorded at once. Returns (kind, destination, ok)."""
     table = HealthAlert.__table__
     by_key = {d.key: d for d in notify.destinations(settings)}
-
-    def pending() -> list[Any]:
-        with engine.connect() as conn:
-            return conn.execute(select(table).where(table.c.state == "pending").order_by(table.c.id)).all()
-
+    with translate_db_errors("reading health alerts"), engine.connect() as conn:
+        pending = conn.execute(select(table).where(table.c.state == "pending").order_by(table.c.id)).all()
     results = []
-    for alert in _store("reading health alerts", pending):
+    for alert in pending:
         destination = by_key.get(alert.destination)
         if destination is None:
             continue  # that destination was removed from the config; the alert waits for it
         outcome = notify.send(destination, alert_message(alert.kind, alert.reason, _aware(alert.created_at)))
         attempts = alert.attempts + 1
         state = "sent" if outcome.ok else ("failed" if attempts >= settings.notify.max_attempts else "pending")
-
-        def record(alert_id: int = alert.id) -> None:
-            with db.writer(engine).begin() as conn:
-                conn.execute(update(table).where(table.c.id == alert_id).values(
-                    state=state, attempts=attempts, last_error=outcome.error, sent_at=now if outcome.ok else None,
-                ))
-
-        _store("recording a health alert", record)
+        with translate_db_errors("recording a health alert"), db.writer(engine).begin() as conn:
+            conn.execute(update(table).where(table.c.id == alert.id).values(
+                state=state, attempts=attempts, last_error=outcome.error, sent_at=now if outcome.ok else None,
+            ))
         results.append((alert.kind, destination.label, outcome.ok))
     return results
 

@@ -40,10 +40,9 @@ from urllib.parse import quote, unquote, urlsplit
 
 import apprise
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import db, tickets
-from .errors import NotifyError, RenderError, StoreError
+from .errors import NotifyError, RenderError, translate_db_errors
 from .models import OutboxMessage, Ticket, utcnow
 from .render import Renderer
 from .settings import Settings
@@ -371,7 +370,7 @@ def deliver_due(
     results: list[DeliveryResult] = []
     attempted: list[int] = []
     messages: dict[int, Message | RenderError] = {}
-    try:
+    with translate_db_errors("delivering notifications"):
         while (claim := _claim(engine, list(by_key), at, lease, attempted, clock())) is not None:
             attempted.append(claim.id)
             destination = by_key[claim.destination]
@@ -390,9 +389,6 @@ def deliver_due(
             state = _record(engine, claim, outcome, settings, clock())
             results.append(DeliveryResult(claim.id, claim.ticket_id, destination.label, state, claim.attempts,
                                           outcome.error))
-    except SQLAlchemyError as exc:
-        raise StoreError(f"database error while delivering notifications: "
-                         f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}") from exc
     return results
 
 

@@ -15,10 +15,9 @@ from typing import Any, Callable, Literal, Sequence
 
 import httpx
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import fetch, notify, polls, store, tickets
-from .errors import FetchError, ImplausibleFileError, StoreError, WatcherError, database_detail
+from .errors import FetchError, ImplausibleFileError, StoreError, WatcherError, translate_db_errors
 from .models import utcnow
 from .settings import FetchSettings, Settings, check_cloud
 
@@ -189,12 +188,10 @@ def _poll_cloud(
 ) -> PollOutcome:
     attempt = _start(settings.fetch, cloud, now)
     try:
-        outcome = _fetch_and_import(engine, settings, attempt, client, force, now)
+        with translate_db_errors("polling"):  # the poll's own reads; the import names its errors itself
+            outcome = _fetch_and_import(engine, settings, attempt, client, force, now)
     except WatcherError as exc:
         outcome = attempt.finish("error", now(), error=fetch.redact_text(str(exc)))
-    except SQLAlchemyError as exc:  # the poll's own reads; the import translates its errors itself
-        detail = database_detail(exc)
-        outcome = attempt.finish("error", now(), error=fetch.redact_text(f"database error while polling: {detail}"))
     except Exception as exc:
         # A bug, not a condition: record the attempt so status shows it, then let it surface.
         _save(engine, attempt.finish("error", now(), error=f"internal error: {type(exc).__name__}"))

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from sqlalchemy import Connection, Engine, insert, or_, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
-from .errors import StoreError, database_detail
+from .errors import translate_db_errors
 from .fetch import redact_text
 from .models import Poll, Publication
 from .store.records import PublicationInfo, publication_from_row
@@ -85,12 +84,8 @@ def record_poll(
         "error": redact_text(error) if error is not None else None,
         "publication_id": publication_id, "sha256": sha256,
     }
-    try:
-        with db.writer(engine).begin() as conn:
-            return conn.execute(insert(Poll.__table__).returning(Poll.__table__.c.id), values).scalar_one()
-    except SQLAlchemyError as exc:
-        detail = database_detail(exc)
-        raise StoreError(f"could not record the {cloud} poll: {detail}") from None
+    with translate_db_errors(f"recording the {cloud} poll"), db.writer(engine).begin() as conn:
+        return conn.execute(insert(Poll.__table__).returning(Poll.__table__.c.id), values).scalar_one()
 
 
 def polls(conn: Connection, cloud: str | None = None) -> list[PollRecord]:
@@ -99,7 +94,8 @@ def polls(conn: Connection, cloud: str | None = None) -> list[PollRecord]:
     query = select(table).order_by(table.c.started_at, table.c.id)
     if cloud is not None:
         query = query.where(table.c.cloud == cloud)
-    return [_record(r) for r in conn.execute(query)]
+    with translate_db_errors("reading the polls"):
+        return [_record(r) for r in conn.execute(query)]
 
 
 def _latest(conn: Connection, cloud: str, outcomes: Iterable[str] | None) -> PollRecord | None:
@@ -107,7 +103,8 @@ def _latest(conn: Connection, cloud: str, outcomes: Iterable[str] | None) -> Pol
     query = select(table).where(table.c.cloud == cloud)
     if outcomes is not None:
         query = query.where(table.c.outcome.in_(list(outcomes)))
-    row = conn.execute(query.order_by(table.c.started_at.desc(), table.c.id.desc()).limit(1)).first()
+    with translate_db_errors(f"reading the last {cloud} poll"):
+        row = conn.execute(query.order_by(table.c.started_at.desc(), table.c.id.desc()).limit(1)).first()
     return _record(row) if row else None
 
 
@@ -130,23 +127,26 @@ def publication_for_url(conn: Connection, cloud: str, safe_url: str) -> Publicat
     polled = select(table.c.publication_id).where(
         table.c.cloud == cloud, table.c.url == safe_url, table.c.publication_id.is_not(None)
     )
-    row = conn.execute(
-        select(pubs).where(pubs.c.cloud == cloud, or_(pubs.c.source == safe_url, pubs.c.id.in_(polled)))
-        .order_by(pubs.c.file_date.desc()).limit(1)
-    ).first()
+    with translate_db_errors(f"finding the {cloud} publication of a URL"):
+        row = conn.execute(
+            select(pubs).where(pubs.c.cloud == cloud, or_(pubs.c.source == safe_url, pubs.c.id.in_(polled)))
+            .order_by(pubs.c.file_date.desc()).limit(1)
+        ).first()
     return publication_from_row(row) if row else None
 
 
 def publication_with_sha256(conn: Connection, cloud: str, sha256: str) -> PublicationInfo | None:
     pubs = Publication.__table__
-    row = conn.execute(select(pubs).where(pubs.c.cloud == cloud, pubs.c.sha256 == sha256).limit(1)).first()
+    with translate_db_errors(f"finding a {cloud} publication by its SHA-256"):
+        row = conn.execute(select(pubs).where(pubs.c.cloud == cloud, pubs.c.sha256 == sha256).limit(1)).first()
     return publication_from_row(row) if row else None
 
 
 def newest_publication(conn: Connection, cloud: str) -> PublicationInfo | None:
     """The publication with the latest file date of ``cloud``; None before the first import."""
     pubs = Publication.__table__
-    row = conn.execute(
-        select(pubs).where(pubs.c.cloud == cloud).order_by(pubs.c.file_date.desc()).limit(1)
-    ).first()
+    with translate_db_errors(f"reading the newest {cloud} publication"):
+        row = conn.execute(
+            select(pubs).where(pubs.c.cloud == cloud).order_by(pubs.c.file_date.desc()).limit(1)
+        ).first()
     return publication_from_row(row) if row else None

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import db, diff as diffs
 from . import store
-from .errors import NotFoundError, StoreError, TransitionError
+from .errors import NotFoundError, StoreError, TransitionError, translate_db_errors
 from .models import Ticket, TicketEvent, day_from_key, utcnow
 from .settings import Settings
 from .watches import EXTRA_WATCH, ResolvedWatch, WatchedTag, resolve_watches
@@ -368,7 +367,8 @@ def _ticket(row: Any) -> TicketInfo:
 
 
 def get_ticket(conn: Connection, ticket_id: int) -> TicketInfo:
-    row = conn.execute(select(Ticket.__table__).where(Ticket.id == ticket_id)).first()
+    with translate_db_errors(f"reading ticket {ticket_id}"):
+        row = conn.execute(select(Ticket.__table__).where(Ticket.id == ticket_id)).first()
     if row is None:
         raise NotFoundError(f"no ticket {ticket_id}")
     return _ticket(row)
@@ -382,18 +382,21 @@ def list_tickets(conn: Connection, state: str | None = None, ids: Iterable[int] 
         query = query.where(Ticket.state == state)
     if ids is not None:
         query = query.where(Ticket.id.in_(list(ids)))
-    return [_ticket(r) for r in conn.execute(query)]
+    with translate_db_errors("listing tickets"):
+        return [_ticket(r) for r in conn.execute(query)]
 
 
 def tickets_of_publication(conn: Connection, publication_id: int) -> list[int]:
-    return list(conn.execute(
-        select(Ticket.id).where(Ticket.publication_id == publication_id).order_by(Ticket.id)
-    ).scalars())
+    with translate_db_errors(f"listing the tickets of publication {publication_id}"):
+        return list(conn.execute(
+            select(Ticket.id).where(Ticket.publication_id == publication_id).order_by(Ticket.id)
+        ).scalars())
 
 
 def ticket_events(conn: Connection, ticket_id: int) -> list[TicketEventInfo]:
     e = TicketEvent.__table__
-    rows = conn.execute(select(e).where(e.c.ticket_id == ticket_id).order_by(e.c.id))
+    with translate_db_errors(f"reading the events of ticket {ticket_id}"):
+        rows = conn.execute(select(e).where(e.c.ticket_id == ticket_id).order_by(e.c.id)).all()
     return [TicketEventInfo(r.at, r.actor, r.action, r.from_state, r.to_state, r.comment) for r in rows]
 
 
@@ -416,7 +419,7 @@ def transition(
         raise TransitionError("say who takes the step (--by NAME)")
     allowed, target = ACTIONS[action]
     table = Ticket.__table__
-    try:
+    with translate_db_errors(f"recording {action} on ticket {ticket_id}"):
         with db.writer(engine).begin() as conn:
             ticket = get_ticket(conn, ticket_id)
             if ticket.state not in allowed:
@@ -439,9 +442,6 @@ def transition(
                 "from_state": ticket.state, "to_state": target, "comment": comment,
             })
             return get_ticket(conn, ticket_id)
-    except SQLAlchemyError as exc:
-        raise StoreError(f"database error while recording {action} on ticket {ticket_id}: "
-                         f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}") from exc
 
 
 def view(ticket: TicketInfo) -> dict[str, Any]:
