@@ -145,7 +145,7 @@ def versions_at(conn: Connection, cloud: str, day: int, names: Sequence[str] | N
     lookup = text("SELECT id, name FROM tags WHERE cloud = :cloud AND name IN :names").bindparams(
         bindparam("names", expanding=True)
     )
-    query = text(
+    in_force = text(
         f"SELECT {VERSION_COLUMNS} FROM tag_versions WHERE tag_id IN :ids AND valid_from <= :day "
         "AND (valid_until IS NULL OR valid_until > :day)"
     ).bindparams(bindparam("ids", expanding=True))
@@ -153,7 +153,7 @@ def versions_at(conn: Connection, cloud: str, day: int, names: Sequence[str] | N
     for batch in chunks(list(names)):
         tag_names = dict(conn.execute(lookup, {"cloud": cloud, "names": list(batch)}).all())
         if tag_names:
-            for row in conn.execute(query, {"day": day, "ids": list(tag_names)}).all():
+            for row in conn.execute(in_force, {"day": day, "ids": list(tag_names)}).all():
                 name = tag_names[row[0]]
                 rows[name] = tuple(row)
                 fingerprints[name] = _fingerprint_of(row)
