@@ -132,7 +132,7 @@ class Content(Base):
 
     hash: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
     prefix_count: Mapped[int] = mapped_column(Integer)
-    #: newline-separated, sorted canonical prefixes; zstd-compressed unless short (see store._pack)
+    #: newline-separated, sorted canonical prefixes; zstd-compressed unless short (see store.sql.pack)
     prefixes: Mapped[bytes] = mapped_column(LargeBinary)
 
 
