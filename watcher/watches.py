@@ -140,3 +140,10 @@ def resolve_watches(settings: Settings, tag_names_by_cloud: dict[str, list[str]]
             tags = _extra(settings.extra_tags, tag_names_by_cloud.get(cloud, []), EXTRA_WATCH, warnings)
             resolved.append(ResolvedWatch(EXTRA_WATCH, cloud, (), False, tuple(_unique(tags)), tuple(warnings)))
     return resolved
+
+
+def watched_tags(settings: Settings, cloud: str, tag_names: list[str]) -> tuple[list[str], list[str]]:
+    """The tags of ``cloud`` that the configured watches name, once each, and the watches' warnings."""
+    watches = [w for w in resolve_watches(settings, {cloud: tag_names}) if w.cloud == cloud]
+    tags = list(dict.fromkeys(t for w in watches for t in w.tag_names))
+    return tags, [warning for w in watches for warning in w.warnings]

@@ -65,3 +65,11 @@ def emit_json(data: Any) -> None:
 def echo_lines(lines: list[str]) -> None:
     for line in lines:
         click.echo(line)
+
+
+def present(as_json: bool, data: Callable[[], Any], text: Callable[[], list[str]]) -> None:
+    """Print ``data()`` (built by ``to_json()`` methods) as JSON, or the text view's lines."""
+    if as_json:
+        emit_json(data())
+    else:
+        echo_lines(text())

@@ -9,7 +9,7 @@ import click
 
 from .. import db, leader, logs, overview, pipeline, scheduler
 from . import views
-from .app import CLOUD_CHOICE, LOG_FORMAT_CHOICE, AppContext, echo_lines, emit_json, json_option, pass_app
+from .app import CLOUD_CHOICE, LOG_FORMAT_CHOICE, AppContext, emit_json, json_option, pass_app, present
 
 
 @click.command("poll")
@@ -46,10 +46,7 @@ def status_command(app: AppContext, as_json: bool, check: bool) -> None:
     """Per cloud: last poll, last success, newest publication, staleness; the daemon's schedule, leader and health."""
     with app.engine.connect() as conn:
         report = overview.status_report(conn, app.settings, dt.datetime.now(dt.timezone.utc))
-    if as_json:
-        emit_json(report.to_json())
-    else:
-        echo_lines(views.status_lines(report))
+    present(as_json, report.to_json, lambda: views.status_lines(report))
     if check and not report.health.healthy:
         raise click.ClickException("unhealthy: " + "; ".join(report.health.reasons))
 

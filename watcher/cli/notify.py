@@ -5,7 +5,7 @@ import click
 
 from .. import notify
 from . import views
-from .app import AppContext, echo_lines, emit_json, json_option, pass_app
+from .app import AppContext, echo_lines, json_option, pass_app, present
 
 
 @click.group("notify", invoke_without_command=True)
@@ -24,10 +24,7 @@ def notify_group(ctx: click.Context, app: AppContext) -> None:
 def notify_status(app: AppContext, as_json: bool) -> None:
     """Queued, sent and failed notifications, per ticket and destination."""
     report = notify.outbox_report(app.engine, app.settings)
-    if as_json:
-        emit_json(report.to_json())
-    else:
-        echo_lines(views.outbox_lines(report))
+    present(as_json, report.to_json, lambda: views.outbox_lines(report))
 
 
 @notify_group.command("test")

@@ -11,9 +11,9 @@ from sqlalchemy import Connection
 
 from .. import pipeline, store
 from ..parse import FILE_NAME_RE, read_file_bytes
-from ..watches import resolve_watches
+from ..watches import resolve_watches, watched_tags
 from . import views
-from .app import AppContext, cloud_option, echo_lines, emit_json, json_option, pass_app
+from .app import AppContext, cloud_option, emit_json, json_option, pass_app, present
 
 PUBLICATION_HELP = "Publication: YYYYMMDD, YYYY-MM-DD, latest or previous."
 
@@ -86,10 +86,7 @@ def publications_command(app: AppContext, cloud: str, as_json: bool) -> None:
     cloud = cloud.lower()
     with app.engine.connect() as conn:
         pubs = store.publications(conn, cloud)
-    if as_json:
-        emit_json([p.to_json() for p in pubs])
-    else:
-        echo_lines(views.publication_lines(cloud, pubs))
+    present(as_json, lambda: [p.to_json() for p in pubs], lambda: views.publication_lines(cloud, pubs))
 
 
 @click.command("history")
@@ -101,19 +98,13 @@ def history_command(app: AppContext, tag: str, cloud: str, as_json: bool) -> Non
     """Show each version of TAG: date, changeNumber, prefix count, +added/-removed."""
     with app.engine.connect() as conn:
         name, entries = store.history(conn, cloud.lower(), tag)
-    if as_json:
-        emit_json([e.to_json(name) for e in entries])
-    else:
-        echo_lines(views.history_lines(entries))
+    present(as_json, lambda: [e.to_json(name) for e in entries], lambda: views.history_lines(entries))
 
 
 def _watched_tags(app: AppContext, conn: Connection, cloud: str) -> list[str]:
-    names = store.present_tag_names(conn, cloud)
-    watches = [w for w in resolve_watches(app.settings, {cloud: names}) if w.cloud == cloud]
-    for w in watches:
-        for warning in w.warnings:
-            click.echo(f"warning: {warning}", err=True)
-    tags = list(dict.fromkeys(t for w in watches for t in w.tag_names))
+    tags, warnings = watched_tags(app.settings, cloud, store.present_tag_names(conn, cloud))
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     if not tags:
         raise click.ClickException(
             "no watched tags: name tags, use --all, or list registries in the config file (--config)"
@@ -140,10 +131,7 @@ def diff_command(app: AppContext, tags: tuple[str, ...], from_ref: str, to_ref: 
         new = store.resolve_publication(conn, cloud, to_ref)
         names = None if all_tags else (list(tags) or _watched_tags(app, conn, cloud))
         changes = store.diff_publications(conn, cloud, old, new, names)
-    if as_json:
-        emit_json([c.to_json(old, new) for c in changes])
-    else:
-        echo_lines(views.diff_lines(old, new, changes))
+    present(as_json, lambda: [c.to_json(old, new) for c in changes], lambda: views.diff_lines(old, new, changes))
 
 
 @click.command("show")
@@ -160,10 +148,7 @@ def show_command(app: AppContext, tag: str, at_ref: str, cloud: str, as_json: bo
         snap = store.snapshot(conn, cloud, tag, pub)
     if snap is None:
         raise click.ClickException(f"tag {tag!r} was not published in the {cloud} file of {pub.file_date}")
-    if as_json:
-        emit_json(snap.to_json())
-    else:
-        echo_lines(views.snapshot_lines(snap))
+    present(as_json, snap.to_json, lambda: views.snapshot_lines(snap))
 
 
 @click.command("lookup")
@@ -178,10 +163,7 @@ def lookup_command(app: AppContext, ip: str, at_ref: str, cloud: str, as_json: b
     with app.engine.connect() as conn:
         pub = store.resolve_publication(conn, cloud, at_ref)
         hits = store.lookup(conn, cloud, ip, pub)
-    if as_json:
-        emit_json([h.to_json() for h in hits])
-    else:
-        echo_lines(views.lookup_lines(ip, pub, hits))
+    present(as_json, lambda: [h.to_json() for h in hits], lambda: views.lookup_lines(ip, pub, hits))
 
 
 @click.command("watches")
@@ -193,10 +175,7 @@ def watches_command(app: AppContext, as_json: bool) -> None:
     with app.engine.connect() as conn:
         names = {c: store.present_tag_names(conn, c) for c in clouds}
     watches = resolve_watches(app.settings, names)
-    if as_json:
-        emit_json([w.to_json() for w in watches])
-    else:
-        echo_lines(views.watch_lines(watches))
+    present(as_json, lambda: [w.to_json() for w in watches], lambda: views.watch_lines(watches))
 
 
 COMMANDS = (import_command, publications_command, history_command, diff_command, show_command, lookup_command,

@@ -5,7 +5,7 @@ import click
 
 from .. import notify, render, tickets
 from . import views
-from .app import AppContext, echo_lines, emit_json, json_option, pass_app
+from .app import AppContext, echo_lines, emit_json, json_option, pass_app, present
 
 
 @click.group("tickets")
@@ -21,10 +21,7 @@ def tickets_list(app: AppContext, state: str | None, as_json: bool) -> None:
     """List tickets: id, state, registry, publication date, title."""
     with app.engine.connect() as conn:
         found = tickets.list_tickets(conn, state)
-    if as_json:
-        emit_json([t.to_json() for t in found])
-    else:
-        echo_lines(views.ticket_list_lines(found, state))
+    present(as_json, lambda: [t.to_json() for t in found], lambda: views.ticket_list_lines(found, state))
 
 
 @tickets_group.command("show")
