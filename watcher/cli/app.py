@@ -57,6 +57,11 @@ def cloud_option(f: F) -> F:
                         help="Which cloud's publications.")(f)
 
 
+def at_option(help_text: str) -> Callable[[F], F]:
+    """``--at PUB``: which publication to read (passed as ``at_ref``)."""
+    return click.option("--at", "at_ref", default="latest", show_default=True, metavar="PUB", help=help_text)
+
+
 def emit_json(data: Any) -> None:
     """Print data that ``to_json()`` methods built (plain JSON types)."""
     click.echo(json.dumps(data, indent=2, default=str))

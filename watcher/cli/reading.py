@@ -13,7 +13,7 @@ from .. import pipeline, store
 from ..parse import FILE_NAME_RE, read_file_bytes
 from ..watches import resolve_watches, watched_tags
 from . import views
-from .app import AppContext, cloud_option, emit_json, json_option, pass_app, present
+from .app import AppContext, at_option, cloud_option, emit_json, json_option, pass_app, present
 
 PUBLICATION_HELP = "Publication: YYYYMMDD, YYYY-MM-DD, latest or previous."
 
@@ -136,7 +136,7 @@ def diff_command(app: AppContext, tags: tuple[str, ...], from_ref: str, to_ref: 
 
 @click.command("show")
 @click.argument("tag")
-@click.option("--at", "at_ref", default="latest", show_default=True, metavar="PUB", help=PUBLICATION_HELP)
+@at_option(PUBLICATION_HELP)
 @cloud_option
 @json_option
 @pass_app
@@ -153,7 +153,7 @@ def show_command(app: AppContext, tag: str, at_ref: str, cloud: str, as_json: bo
 
 @click.command("lookup")
 @click.argument("ip")
-@click.option("--at", "at_ref", default="latest", show_default=True, metavar="PUB", help="Publication to search.")
+@at_option("Publication to search.")
 @cloud_option
 @json_option
 @pass_app
