@@ -114,6 +114,17 @@ def test_every_command_has_help_text():
         assert result.exit_code == 0 and "Usage:" in result.output, path
 
 
+def test_every_option_has_help_text_and_json_is_one_shared_option():
+    json_helps = set()
+    for path, command in [((), main), *_commands(main)]:
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, (path, param.name)
+                if "--json" in param.opts:
+                    json_helps.add(param.help)
+    assert json_helps == {"Print JSON instead of text."}
+
+
 def test_readme_mentions_every_top_level_command():
     readme = (REPO / "README.md").read_text()
     for name in main.commands:

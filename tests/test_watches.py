@@ -1,7 +1,9 @@
+import orjson
+
 from tests.conftest import file_bytes, plain_name
 from watcher.parse import parse_bytes
 from watcher.settings import RegistryWatch, Settings
-from watcher.watches import EXTRA_WATCH, resolve_registry, resolve_watches
+from watcher.watches import EXTRA_WATCH, resolve_registry, resolve_watches, watched_tags
 
 
 def real_names(public_files):
@@ -50,3 +52,21 @@ def test_extra_tags_and_patterns_and_mcr():
     registry, extra = resolve_watches(settings, {"public": names})
     assert registry.tag_names == ["Storage.GermanyNorth", "MicrosoftContainerRegistry", "Storage.GermanyWestCentral"]
     assert (extra.name, extra.tag_names) == (EXTRA_WATCH, ["Sql"])
+
+
+def test_watched_tags_of_a_cloud_once_each_with_the_warnings(public_files):
+    names = real_names(public_files)
+    settings = Settings(registries=(RegistryWatch("a", ("eastus2",)), RegistryWatch("b", ("eastus2", "germanywc"))))
+    tags, warnings = watched_tags(settings, "public", names)
+    assert tags == ["AzureContainerRegistry.EastUS2", "Storage.EastUS2"]
+    assert len(warnings) == 2 and all("germanywc" in w for w in warnings)
+    assert watched_tags(settings, "china", []) == ([], [])
+
+
+def test_a_resolved_watch_to_json_is_plain_data(public_files):
+    watch = resolve_registry(RegistryWatch("contoso", ("eastus2",), data_endpoint=True), real_names(public_files))
+    data = watch.to_json()
+    assert data["registry"] == "contoso" and data["login_server"] == "contoso.azurecr.io"
+    assert data["tags"][0] == {"tag": "AzureContainerRegistry.EastUS2", "role": "registry", "region": "eastus2",
+                               "endpoints": ["contoso.azurecr.io"]}
+    assert orjson.loads(orjson.dumps(data)) == data

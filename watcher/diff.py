@@ -17,7 +17,7 @@ import ipaddress
 import socket
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Collection, Iterable, Literal, Sequence
+from typing import Any, Collection, Iterable, Literal, Protocol, Sequence
 
 Status = Literal["appeared", "withdrawn", "changed", "unchanged"]
 Interval = tuple[int, int]  # inclusive first and last address
@@ -48,6 +48,16 @@ class TagState:
         return self.ordered if self.ordered is not None else tuple(sorted(self.prefixes))
 
 
+class ComparedPublication(Protocol):
+    """What a diff's JSON needs of the publications it compares (the store's ``PublicationInfo``)."""
+
+    @property
+    def file_date(self) -> Any: ...
+
+    @property
+    def change_number(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class TagDiff:
     tag: str
@@ -72,6 +82,27 @@ class TagDiff:
     @property
     def net_removed_addresses(self) -> tuple[int, int]:
         return address_counts(self.net_removed)
+
+    def to_json(self, old: ComparedPublication, new: ComparedPublication) -> dict[str, Any]:
+        """The documented shape of ``watcher diff --json``; ``old`` and ``new`` are the publications compared.
+
+        In ``from`` and ``to``, ``change_number`` is the tag's and ``file_change_number`` the file's.
+        """
+        return {
+            "tag": self.tag,
+            "status": self.status,
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "net_added": sorted(self.net_added),
+            "net_removed": sorted(self.net_removed),
+            "anomalies": list(self.anomalies),
+            "from": {"date": old.file_date.isoformat(),
+                     "change_number": self.before.change_number if self.before else None,
+                     "file_change_number": old.change_number},
+            "to": {"date": new.file_date.isoformat(),
+                   "change_number": self.after.change_number if self.after else None,
+                   "file_change_number": new.change_number},
+        }
 
 
 _MASKS = {4: [(1 << (32 - n)) - 1 for n in range(33)], 6: [(1 << (128 - n)) - 1 for n in range(129)]}

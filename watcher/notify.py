@@ -408,6 +408,31 @@ class OutboxEntry:
     sent_at: dt.datetime | None
     last_error: str
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "ticket": self.ticket_id, "ticket_uid": self.ticket_uid, "destination": self.destination,
+            "configured": self.configured, "state": self.state, "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at.isoformat(),
+            "sent_at": self.sent_at.isoformat() if self.sent_at else None, "error": self.last_error,
+        }
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    """The outbox at a glance: how many messages per state, and each message."""
+
+    counts: dict[str, int]
+    entries: tuple[OutboxEntry, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "messages": [e.to_json() for e in self.entries]}
+
+
+def outbox_report(engine: Engine, settings: Settings) -> OutboxStatus:
+    """``outbox_status`` of every ticket, with the count of messages per state."""
+    entries = outbox_status(engine, settings)
+    return OutboxStatus(state_counts(entries), tuple(entries))
+
 
 def outbox_status(engine: Engine, settings: Settings, ticket_id: int | None = None) -> list[OutboxEntry]:
     configured = {d.key for d in destinations(settings)}

@@ -115,10 +115,8 @@ class PollOutcome:
             "error": self.error,
             "notes": list(self.notes),
             "quarantined_at": self.quarantined_at,
-            "publication": None if pub is None else {
-                "id": pub.id, "date": pub.file_date.isoformat(), "change_number": pub.change_number,
-                "sha256": pub.sha256, "tags": pub.tag_count, "prefixes": pub.prefix_count,
-            },
+            "publication": None if pub is None else pub.to_json(),
+            "import": None if self.result is None else self.result.to_json(),
             "poll_id": self.poll_id,
         }
 

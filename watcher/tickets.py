@@ -75,6 +75,15 @@ class TicketInfo:
     def held(self) -> bool:
         return self.state == "hold"
 
+    def to_json(self) -> dict[str, Any]:
+        """The documented shape of ``watcher tickets list --json``."""
+        return {
+            "id": self.id, "uid": self.uid, "state": self.state, "registry": self.watch, "cloud": self.cloud,
+            "date": self.file_date.isoformat(), "title": self.title,
+            "held_for": list(self.context["hold"]["reasons"]), "removals_allowed": self.removals_allowed,
+            "created_at": self.created_at.isoformat(), "updated_at": self.updated_at.isoformat(),
+        }
+
 
 @dataclass(frozen=True)
 class TicketEventInfo:
@@ -84,6 +93,10 @@ class TicketEventInfo:
     from_state: str | None
     to_state: str
     comment: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "by": self.actor, "action": self.action, "from": self.from_state,
+                "to": self.to_state, "comment": self.comment}
 
 
 # ---------------------------------------------------------------- context

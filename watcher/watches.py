@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from .settings import RegistryWatch, Settings
 
@@ -30,6 +30,9 @@ class WatchedTag:
     role: str          # "registry", "data", "mcr" or "extra"
     region: str | None  # the ARM location it serves, for regional tags
     endpoints: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tag": self.tag, "role": self.role, "region": self.region, "endpoints": list(self.endpoints)}
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,17 @@ class ResolvedWatch:
     @property
     def login_server(self) -> str | None:
         return None if self.name == EXTRA_WATCH else f"{self.name}.azurecr.io"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "registry": self.name,
+            "login_server": self.login_server,
+            "cloud": self.cloud,
+            "regions": list(self.regions),
+            "data_endpoint": self.data_endpoint,
+            "tags": [t.to_json() for t in self.tags],
+            "warnings": list(self.warnings),
+        }
 
 
 def regional_tag(service: str, region: str, names_by_lower: dict[str, str]) -> str | None:
@@ -126,3 +140,10 @@ def resolve_watches(settings: Settings, tag_names_by_cloud: dict[str, list[str]]
             tags = _extra(settings.extra_tags, tag_names_by_cloud.get(cloud, []), EXTRA_WATCH, warnings)
             resolved.append(ResolvedWatch(EXTRA_WATCH, cloud, (), False, tuple(_unique(tags)), tuple(warnings)))
     return resolved
+
+
+def watched_tags(settings: Settings, cloud: str, tag_names: list[str]) -> tuple[list[str], list[str]]:
+    """The tags of ``cloud`` that the configured watches name, once each, and the watches' warnings."""
+    watches = [w for w in resolve_watches(settings, {cloud: tag_names}) if w.cloud == cloud]
+    tags = list(dict.fromkeys(t for w in watches for t in w.tag_names))
+    return tags, [warning for w in watches for warning in w.warnings]

@@ -38,6 +38,24 @@ class PublicationInfo:
     def day(self) -> int:
         return day_key(self.file_date)
 
+    def to_json(self) -> dict[str, Any]:
+        """The one JSON shape of a publication, wherever one is printed (publications, poll, status, import)."""
+        imported_at = self.imported_at
+        # SQLite hands back naive datetimes; the store only ever writes UTC.
+        imported_at = (imported_at.replace(tzinfo=dt.timezone.utc) if imported_at.tzinfo is None
+                       else imported_at.astimezone(dt.timezone.utc))
+        return {
+            "id": self.id,
+            "cloud": self.cloud,
+            "date": self.file_date.isoformat(),
+            "change_number": self.change_number,
+            "sha256": self.sha256,
+            "source": self.source,
+            "imported_at": imported_at.isoformat(),
+            "tags": self.tag_count,
+            "prefixes": self.prefix_count,
+        }
+
 
 def publication_from_row(row: Any) -> PublicationInfo:
     """A ``publications`` row (any object with its columns as attributes) as a value."""
@@ -69,6 +87,23 @@ class VersionInfo:
             other.present, other.content_hash, other.change_number, other.metadata
         )
 
+    def to_json(self) -> dict[str, Any]:
+        region, region_id, platform, system_service, network_features = self.metadata
+        return {
+            "tag": self.name,
+            "valid_from": day_from_key(self.valid_from).isoformat(),
+            "valid_until": None if self.valid_until is None else day_from_key(self.valid_until).isoformat(),
+            "present": self.present,
+            "change_number": self.change_number,
+            "region": region,
+            "region_id": region_id,
+            "platform": platform,
+            "system_service": system_service,
+            "network_features": network_features,
+            "prefixes": self.prefix_count,
+            "content_hash": self.content_hash.hex(),
+        }
+
 
 def absent_version(tag_id: int | None, name: str, valid_from: int) -> VersionInfo:
     """The version that records a tag as not published."""
@@ -87,6 +122,13 @@ class TagChange:
     change_number_after: int | None
     anomalies: tuple[str, ...]
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag, "status": self.status, "added": self.added, "removed": self.removed,
+            "change_number_before": self.change_number_before, "change_number_after": self.change_number_after,
+            "anomalies": list(self.anomalies),
+        }
+
 
 @dataclass(frozen=True)
 class ImportResult:
@@ -102,6 +144,17 @@ class ImportResult:
     @property
     def changed_tags(self) -> tuple[TagChange, ...]:
         return tuple(c for c in self.changes if c.status != "unchanged" or c.added or c.removed)
+
+    def to_json(self) -> dict[str, Any]:
+        """The outcome, the publication's keys (as ``PublicationInfo.to_json``) and the tags that changed."""
+        return {
+            "outcome": self.outcome,
+            "reason": self.reason,
+            **self.publication.to_json(),
+            "anomalies": list(self.anomalies),
+            "notes": list(self.notes),
+            "changes": [c.to_json() for c in self.changed_tags],
+        }
 
 
 #: Called inside the import transaction, so that work derived from a new
@@ -120,6 +173,16 @@ class TagSnapshot:
     def since(self) -> dt.date:
         return day_from_key(self.version.valid_from)
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "cloud": self.publication.cloud,
+            "date": self.publication.file_date.isoformat(),
+            "change_number": self.version.change_number,
+            "since": self.since.isoformat(),
+            "prefixes": list(self.prefixes),
+        }
+
 
 @dataclass(frozen=True)
 class HistoryEntry:
@@ -131,9 +194,20 @@ class HistoryEntry:
     removed: int
     anomalies: tuple[str, ...]
 
+    def to_json(self, tag: str) -> dict[str, Any]:
+        """``tag``: the tag's name, which the entry itself does not carry."""
+        return {
+            "tag": tag, "date": self.date.isoformat(), "present": self.present, "change_number": self.change_number,
+            "prefixes": self.prefix_count, "added": self.added, "removed": self.removed,
+            "anomalies": list(self.anomalies),
+        }
+
 
 @dataclass(frozen=True)
 class LookupHit:
     tag: str
     prefix: str
     since: dt.date
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tag": self.tag, "prefix": self.prefix, "since": self.since.isoformat()}

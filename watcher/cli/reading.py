@@ -1,0 +1,182 @@
+"""Getting publications in and reading them: import, publications, history, diff, show, lookup, watches."""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import click
+from sqlalchemy import Connection
+
+from .. import pipeline, store
+from ..parse import FILE_NAME_RE, read_file_bytes
+from ..watches import resolve_watches, watched_tags
+from . import views
+from .app import AppContext, at_option, cloud_option, emit_json, json_option, pass_app, present
+
+PUBLICATION_HELP = "Publication: YYYYMMDD, YYYY-MM-DD, latest or previous."
+
+
+def _files(paths: Iterable[str]) -> list[Path]:
+    """Files named, and the service-tag files inside folders named, oldest date first."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and FILE_NAME_RE.search(p.name))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise click.ClickException(f"no such file or folder: {raw}")
+    return sorted(found, key=lambda p: (m.group("date") if (m := FILE_NAME_RE.search(p.name)) else "", str(p)))
+
+
+class _plain:
+    """A stand-in for click.progressbar when output is not a terminal."""
+
+    def __init__(self, items: list[Path]):
+        self.items = items
+
+    def __enter__(self) -> list[Path]:
+        return self.items
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@click.command("import")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--date", "file_date", type=click.DateTime(["%Y%m%d", "%Y-%m-%d"]),
+              help="Publication date, for a file whose name does not carry one.")
+@json_option
+@pass_app
+def import_command(app: AppContext, paths: tuple[str, ...], file_date: dt.datetime | None, as_json: bool) -> None:
+    """Import service-tag files (.json or .json.gz) or folders of them, oldest first.
+
+    Each file is imported whole or not at all; a file that fails stops the
+    import, and the files before it stay imported (and are listed).
+    """
+    files = _files(paths)
+    if not files:
+        raise click.ClickException("no ServiceTags_<Cloud>_<YYYYMMDD>.json files found in " + ", ".join(paths))
+    results: list[store.ImportResult] = []
+    show_bar = sys.stderr.isatty() and not as_json and len(files) > 1
+    try:
+        with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
+            for path in bar:
+                result = pipeline.import_publication(
+                    app.engine, app.settings, read_file_bytes(path), str(path),
+                    file_date=file_date.date() if file_date else None,
+                )
+                results.append(result)
+                if not as_json:
+                    click.echo(views.describe_import(result))
+    finally:
+        if as_json:
+            emit_json([r.to_json() for r in results])
+
+
+@click.command("publications")
+@cloud_option
+@json_option
+@pass_app
+def publications_command(app: AppContext, cloud: str, as_json: bool) -> None:
+    """List the imported publications of a cloud, oldest first."""
+    cloud = cloud.lower()
+    with app.engine.connect() as conn:
+        pubs = store.publications(conn, cloud)
+    present(as_json, lambda: [p.to_json() for p in pubs], lambda: views.publication_lines(cloud, pubs))
+
+
+@click.command("history")
+@click.argument("tag")
+@cloud_option
+@json_option
+@pass_app
+def history_command(app: AppContext, tag: str, cloud: str, as_json: bool) -> None:
+    """Show each version of TAG: date, changeNumber, prefix count, +added/-removed."""
+    with app.engine.connect() as conn:
+        name, entries = store.history(conn, cloud.lower(), tag)
+    present(as_json, lambda: [e.to_json(name) for e in entries], lambda: views.history_lines(entries))
+
+
+def _watched_tags(app: AppContext, conn: Connection, cloud: str) -> list[str]:
+    tags, warnings = watched_tags(app.settings, cloud, store.present_tag_names(conn, cloud))
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not tags:
+        raise click.ClickException(
+            "no watched tags: name tags, use --all, or list registries in the config file (--config)"
+        )
+    return tags
+
+
+@click.command("diff")
+@click.argument("tags", nargs=-1, metavar="[TAG...]")
+@click.option("--from", "from_ref", default="previous", show_default=True, metavar="PUB", help=PUBLICATION_HELP)
+@click.option("--to", "to_ref", default="latest", show_default=True, metavar="PUB", help="Publication to compare with.")
+@cloud_option
+@click.option("--all", "all_tags", is_flag=True, help="Every tag that changed, not just the watched ones.")
+@json_option
+@pass_app
+def diff_command(app: AppContext, tags: tuple[str, ...], from_ref: str, to_ref: str, cloud: str,
+                 all_tags: bool, as_json: bool) -> None:
+    """What changed for tags between two publications (default: previous -> latest, the watched tags)."""
+    cloud = cloud.lower()
+    if tags and all_tags:
+        raise click.UsageError("name tags or use --all, not both")
+    with app.engine.connect() as conn:
+        old = store.resolve_publication(conn, cloud, from_ref)
+        new = store.resolve_publication(conn, cloud, to_ref)
+        names = None if all_tags else (list(tags) or _watched_tags(app, conn, cloud))
+        changes = store.diff_publications(conn, cloud, old, new, names)
+    present(as_json, lambda: [c.to_json(old, new) for c in changes], lambda: views.diff_lines(old, new, changes))
+
+
+@click.command("show")
+@click.argument("tag")
+@at_option(PUBLICATION_HELP)
+@cloud_option
+@json_option
+@pass_app
+def show_command(app: AppContext, tag: str, at_ref: str, cloud: str, as_json: bool) -> None:
+    """Print TAG's prefixes as published at a publication."""
+    cloud = cloud.lower()
+    with app.engine.connect() as conn:
+        pub = store.resolve_publication(conn, cloud, at_ref)
+        snap = store.snapshot(conn, cloud, tag, pub)
+    if snap is None:
+        raise click.ClickException(f"tag {tag!r} was not published in the {cloud} file of {pub.file_date}")
+    present(as_json, snap.to_json, lambda: views.snapshot_lines(snap))
+
+
+@click.command("lookup")
+@click.argument("ip")
+@at_option("Publication to search.")
+@cloud_option
+@json_option
+@pass_app
+def lookup_command(app: AppContext, ip: str, at_ref: str, cloud: str, as_json: bool) -> None:
+    """Which tags' prefixes contain IP, and since when."""
+    cloud = cloud.lower()
+    with app.engine.connect() as conn:
+        pub = store.resolve_publication(conn, cloud, at_ref)
+        hits = store.lookup(conn, cloud, ip, pub)
+    present(as_json, lambda: [h.to_json() for h in hits], lambda: views.lookup_lines(ip, pub, hits))
+
+
+@click.command("watches")
+@json_option
+@pass_app
+def watches_command(app: AppContext, as_json: bool) -> None:
+    """The tags the configured registries resolve to, per registry."""
+    clouds = {r.cloud for r in app.settings.registries} | set(app.settings.clouds)
+    with app.engine.connect() as conn:
+        names = {c: store.present_tag_names(conn, c) for c in clouds}
+    watches = resolve_watches(app.settings, names)
+    present(as_json, lambda: [w.to_json() for w in watches], lambda: views.watch_lines(watches))
+
+
+COMMANDS = (import_command, publications_command, history_command, diff_command, show_command, lookup_command,
+            watches_command)
