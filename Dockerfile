@@ -5,8 +5,6 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md alembic.ini ./
 COPY watcher ./watcher
-COPY migrations ./migrations
-COPY templates ./templates
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && pip wheel --no-cache-dir --wheel-dir /wheels /wheels/*.whl
 

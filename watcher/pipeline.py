@@ -17,7 +17,7 @@ import httpx
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import fetch, notify, polls, store, tickets
+from . import fetch, notify, polls, redact, store, tickets
 from .errors import FetchError, ImplausibleFileError, StoreError, WatcherError, database_detail
 from .models import utcnow
 from .settings import FetchSettings, Settings, check_cloud
@@ -175,7 +175,7 @@ def poll(
 
 def _start(settings: FetchSettings, cloud: str, now: Callable[[], dt.datetime]) -> _Attempt:
     if settings.source_url:
-        where = fetch.redact_url(settings.source_url)
+        where = redact.redact_url(settings.source_url)
     else:
         try:
             where = fetch.page_url_for(cloud)
@@ -191,10 +191,10 @@ def _poll_cloud(
     try:
         outcome = _fetch_and_import(engine, settings, attempt, client, force, now)
     except WatcherError as exc:
-        outcome = attempt.finish("error", now(), error=fetch.redact_text(str(exc)))
+        outcome = attempt.finish("error", now(), error=redact.redact_text(str(exc)))
     except SQLAlchemyError as exc:  # the poll's own reads; the import translates its errors itself
         detail = database_detail(exc)
-        outcome = attempt.finish("error", now(), error=fetch.redact_text(f"database error while polling: {detail}"))
+        outcome = attempt.finish("error", now(), error=redact.redact_text(f"database error while polling: {detail}"))
     except Exception as exc:
         # A bug, not a condition: record the attempt so status shows it, then let it surface.
         _save(engine, attempt.finish("error", now(), error=f"internal error: {type(exc).__name__}"))

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
 from .errors import StoreError, database_detail
-from .fetch import redact_text
+from .redact import redact_text
 from .models import Poll, Publication
 from .store import PublicationInfo, publication_from_row
 
