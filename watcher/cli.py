@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 import click
 from sqlalchemy import Engine
 
-from . import __version__, db, health, leader, logs, notify, pipeline, render, scheduler, status, store, tickets
+from . import __version__, daemon, db, health, logs, notify, pipeline, render, scheduler, status, store, tickets
 from . import config as configuration
 from .diff import TagDiff, address_counts
 from .errors import ConfigError, WatcherError
@@ -729,18 +729,7 @@ def run_command(app: AppContext, schedule: str | None, http_port: int | None, lo
     )
     settings = dataclasses.replace(app.settings, daemon=daemon_settings)
     logs.configure_logging(log_format or app.log_format, logging.INFO, app.secrets, quiet_libraries=True)
-    scheduler.make_trigger(settings.daemon.schedule)  # a bad schedule stops the start, before any lock
-    engine = db.create_db_engine(settings.database_url)
-    try:
-        leadership = leader.leadership_for(engine)
-        try:
-            with leader.schema_lock(engine):
-                db.ensure_schema(engine)
-            scheduler.Daemon(settings, engine, leadership).serve_forever()
-        finally:
-            leadership.release()
-    finally:
-        engine.dispose()
+    daemon.run_daemon(settings)
 
 
 @main.command("init")
@@ -780,6 +769,18 @@ def config_check(app: AppContext, as_json: bool) -> None:
     if failed:
         raise click.ClickException(f"{len(failed)} configuration problem(s): "
                                    + "; ".join(f"{c.part}: {c.detail}" for c in failed))
+
+
+@main.command("serve")
+@click.option("--host", metavar="HOST", help="Address to listen on ([web] http_host, WATCHER_HTTP_HOST; default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Port to listen on, 0 for a free one ([web] http_port; default 8080).")
+@click.option("--log-format", type=LOG_FORMAT_CHOICE, help="Log lines for people, or one JSON object per line.")
+@pass_app
+def serve_command(app: AppContext, host: str | None, port: int | None, log_format: str | None) -> None:
+    """Serve the HTTP app (/healthz, /metrics) until SIGTERM or SIGINT; prints "listening on URL" when ready."""
+    logs.configure_logging(log_format or app.log_format, logging.INFO, app.secrets, quiet_libraries=True)
+    daemon.serve(app.settings, click.echo, host, port)
 
 
 if __name__ == "__main__":  # pragma: no cover

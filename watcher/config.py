@@ -169,7 +169,7 @@ def _check_http_port(settings: Settings) -> Check:
         return Check("health endpoint", True, "off (set [daemon] http_port or WATCHER_HTTP_PORT)")
     if not isinstance(port, int) or not 0 < port < 65536:
         return Check("health endpoint", False, f"http_port {port!r} is not a port number")
-    return Check("health endpoint", True, f"/healthz and /metrics on port {port}")
+    return Check("health endpoint", True, f"/healthz and /metrics on {settings.web.http_host}:{port}")
 
 
 def _check_destinations(settings: Settings) -> list[Check]:

@@ -72,7 +72,7 @@ def configure_logging(
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
     if quiet_libraries:
-        for noisy in ("httpx", "httpcore", "apscheduler"):
+        for noisy in ("httpx", "httpcore", "apscheduler", "uvicorn"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     return handler
 

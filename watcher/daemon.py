@@ -1,0 +1,76 @@
+"""Wiring of ``watcher run`` and ``watcher serve``: the engine, the leader, the schema lock, the HTTP server.
+
+The CLI only parses options and calls one of these; the daemon itself (its
+schedule, runs and shutdown) is ``scheduler.Daemon``, the HTTP app ``web``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Callable
+
+from sqlalchemy import Engine
+
+from . import db, leader, scheduler, web
+from .leader import Leadership
+from .models import utcnow
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def daemon_view(settings: Settings, leadership: Leadership,
+                clock: Callable[[], dt.datetime] = utcnow) -> web.DaemonView:
+    """What ``/healthz`` says about this process's daemon: who leads, its schedule, its next run."""
+    schedule = settings.daemon.schedule or scheduler.default_schedule()
+    trigger = scheduler.make_trigger(schedule)
+    return web.DaemonView(leader=lambda: leadership.description, schedule=schedule,
+                          next_run=lambda: trigger.get_next_fire_time(None, clock()))
+
+
+def run_daemon(settings: Settings, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
+    """Run the daemon until SIGTERM or SIGINT, serving the HTTP app on ``[daemon] http_port`` when set.
+
+    A bad schedule, a database that cannot be migrated or a port in use stop
+    the start, before any run. Several replicas may run on one PostgreSQL
+    database (one leads each run); on SQLite, one per database file.
+    """
+    scheduler.make_trigger(settings.daemon.schedule)  # a bad schedule stops the start, before any lock
+    engine = db.create_db_engine(settings.database_url)
+    try:
+        leadership = leader.leadership_for(engine)
+        try:
+            with leader.schema_lock(engine):
+                db.ensure_schema(engine)
+            services = []
+            if settings.daemon.http_port is not None:
+                services.append(http_server(settings, engine, daemon_view(settings, leadership, clock),
+                                            settings.web.http_host, settings.daemon.http_port, clock=clock))
+            scheduler.Daemon(settings, engine, leadership, clock=clock, services=services).serve_forever()
+        finally:
+            leadership.release()
+    finally:
+        engine.dispose()
+
+
+def http_server(settings: Settings, engine: Engine, view: web.DaemonView, host: str, port: int, *,
+                clock: Callable[[], dt.datetime] = utcnow) -> web.HttpServer:
+    """The web app on a bound socket (bound now: a port in use is an error at once)."""
+    app = web.create_app(settings, engine, view, clock=clock)
+    return web.HttpServer(app, settings.web, web.bind(host, port))
+
+
+def serve(settings: Settings, on_ready: Callable[[str], None], host: str | None = None,
+          port: int | None = None) -> None:
+    """``watcher serve``: the web app alone until SIGTERM or SIGINT; ``on_ready`` gets ``listening on URL``."""
+    engine = db.create_db_engine(settings.database_url)
+    try:
+        with leader.schema_lock(engine):
+            db.ensure_schema(engine)
+        server = http_server(settings, engine, web.standalone_view(settings),
+                             host if host is not None else settings.web.http_host,
+                             port if port is not None else settings.web.http_port)
+        server.serve(on_ready=lambda: on_ready(f"listening on {server.url}"))
+        log.info("HTTP server stopped", extra={"event": "stop"})
+    finally:
+        engine.dispose()
