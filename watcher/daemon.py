@@ -63,14 +63,17 @@ def http_server(settings: Settings, engine: Engine, view: web.DaemonView, host: 
 def serve(settings: Settings, on_ready: Callable[[str], None], host: str | None = None,
           port: int | None = None) -> None:
     """``watcher serve``: the web app alone until SIGTERM or SIGINT; ``on_ready`` gets ``listening on URL``."""
+    # Bound first: a port in use is the one error line, before the database is touched.
+    sock = web.bind(host if host is not None else settings.web.http_host,
+                    port if port is not None else settings.web.http_port)
     engine = db.create_db_engine(settings.database_url)
     try:
         with leader.schema_lock(engine):
             db.ensure_schema(engine)
-        server = http_server(settings, engine, web.standalone_view(settings),
-                             host if host is not None else settings.web.http_host,
-                             port if port is not None else settings.web.http_port)
+        app = web.create_app(settings, engine, web.standalone_view(settings))
+        server = web.HttpServer(app, settings.web, sock)
         server.serve(on_ready=lambda: on_ready(f"listening on {server.url}"))
         log.info("HTTP server stopped", extra={"event": "stop"})
     finally:
+        sock.close()
         engine.dispose()

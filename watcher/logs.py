@@ -56,8 +56,8 @@ def configure_logging(
 
     Replaces a handler installed by an earlier call, and leaves other handlers
     alone (a test's log capture keeps working). ``quiet_libraries`` keeps
-    libraries that log each request at INFO (httpx) at WARNING: the daemon's
-    own lines say what was fetched.
+    libraries that log each request or step at INFO (httpx, uvicorn, alembic's
+    migration context) at WARNING: the watcher's own lines say what was done.
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"unknown log format {log_format!r}")
@@ -72,7 +72,7 @@ def configure_logging(
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
     if quiet_libraries:
-        for noisy in ("httpx", "httpcore", "apscheduler", "uvicorn"):
+        for noisy in ("httpx", "httpcore", "apscheduler", "uvicorn", "alembic"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     return handler
 
