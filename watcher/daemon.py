@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from . import db, leader, scheduler, web
+from . import db, fetch, leader, pipeline, polls, scheduler, web
+from .errors import WatcherError
 from .leader import Leadership
 from .models import utcnow
 from .settings import Settings
@@ -26,6 +28,49 @@ def daemon_view(settings: Settings, leadership: Leadership,
     trigger = scheduler.make_trigger(schedule)
     return web.DaemonView(leader=lambda: leadership.description, schedule=schedule,
                           next_run=lambda: trigger.get_next_fire_time(None, clock()))
+
+
+def importing_whole_folder(poll: scheduler.PollFunction = pipeline.poll) -> scheduler.PollFunction:
+    """``poll``, except that a cloud with nothing stored and a local folder as its source gets the whole folder.
+
+    A poll takes the newest file only: a first run on a folder of weekly files
+    would leave one publication, and nothing to diff. So the first poll of
+    such a cloud imports every file of the folder, oldest first (each one a
+    recorded poll of that file, with its tickets), and then polls as usual,
+    which finds the newest one stored. A failure stops there: the run's retry
+    and the next run go on from what was stored.
+    """
+
+    def poll_clouds(engine: Engine, settings: Settings, clouds: list[str], **options: Any) -> list[pipeline.PollOutcome]:
+        outcomes: list[pipeline.PollOutcome] = []  # one per cloud, as ``poll`` gives: the older files' are logged
+        for cloud in clouds:
+            failed = None
+            for older in _unimported_folder(engine, settings, cloud)[:-1]:
+                [outcome] = poll(engine, settings, [cloud], url=older.url, **options)
+                if not outcome.ok:
+                    failed = outcome
+                    break
+            outcomes += [failed] if failed is not None else poll(engine, settings, [cloud], **options)
+        return outcomes
+
+    return poll_clouds
+
+
+def _unimported_folder(engine: Engine, settings: Settings, cloud: str) -> list[fetch.FileLink]:
+    """The folder's files when the source is a local folder and ``cloud`` has no publication yet; else none."""
+    try:
+        files = fetch.folder_files(settings.fetch.source_url, cloud)
+        if len(files) < 2:
+            return []
+        with engine.connect() as conn:
+            if polls.newest_publication(conn, cloud) is not None:
+                return []
+    except (WatcherError, SQLAlchemyError) as exc:  # the poll itself reports and records the problem
+        log.debug("%s: not importing the whole source folder: %s", cloud, exc)
+        return []
+    log.info("%s: nothing stored yet; importing the %d files of the source folder, oldest first", cloud, len(files),
+             extra={"event": "poll", "cloud": cloud})
+    return files
 
 
 def run_daemon(settings: Settings, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
@@ -46,7 +91,8 @@ def run_daemon(settings: Settings, *, clock: Callable[[], dt.datetime] = utcnow)
             if settings.daemon.http_port is not None:
                 services.append(http_server(settings, engine, daemon_view(settings, leadership, clock),
                                             settings.web.http_host, settings.daemon.http_port, clock=clock))
-            scheduler.Daemon(settings, engine, leadership, clock=clock, services=services).serve_forever()
+            scheduler.Daemon(settings, engine, leadership, clock=clock, poll=importing_whole_folder(),
+                             services=services).serve_forever()
         finally:
             leadership.release()
     finally:

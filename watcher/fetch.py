@@ -635,20 +635,38 @@ def _discover_local(path: Path, cloud: str) -> FileLink:
     raise FetchError(f"source {path} does not exist")
 
 
-def _newest_in_folder(folder: Path, cloud: str) -> FileLink:
+def folder_files(source: str | None, cloud: str) -> list[FileLink]:
+    """Every dated file of ``cloud`` in a local source folder, oldest first, one per date.
+
+    Empty when the source is not a local folder (Microsoft's page, a mirror, one file).
+    """
+    if not source or _is_remote(source):
+        return []
+    path = _local_path(source)
+    if not path.is_dir():
+        return []
+    one_per_date = {link.file_date: link for link in reversed(_links_in_folder(path, _polled_cloud(cloud)))}
+    return [one_per_date[date] for date in sorted(one_per_date)]
+
+
+def _links_in_folder(folder: Path, cloud: str) -> list[FileLink]:
     folder = folder.resolve()
     try:
         entries = [p for p in folder.iterdir() if p.is_file()]
     except OSError as exc:
         raise FetchError(f"cannot list source folder {folder}: {exc.strerror or exc}") from None
-    candidates = [
+    return [
         FileLink(cloud, p.as_uri(), p.name, date, page_url=folder.as_uri())
         for p in sorted(entries, key=lambda p: (p.name.endswith(".gz"), p.name))  # plain .json first on a tie
         if (date := _date_from_name(p.name, cloud)) is not None
     ]
+
+
+def _newest_in_folder(folder: Path, cloud: str) -> FileLink:
+    candidates = _links_in_folder(folder, cloud)
     if not candidates:
         raise FetchError(
-            f"no ServiceTags_{CLOUD_FILE_NAMES[cloud]}_<YYYYMMDD>.json or .json.gz file in source folder {folder}"
+            f"no ServiceTags_{CLOUD_FILE_NAMES[cloud]}_<YYYYMMDD>.json or .json.gz file in source folder {folder.resolve()}"
         )
     return _newest_first(candidates)[0]
 

@@ -100,7 +100,7 @@ def _secret_parts(url: str, privacy_url: str | None) -> tuple[str, ...]:
     The URL is cut at its delimiters; every piece the privacy form does not
     show is treated as secret. The password is always secret.
     """
-    shown = set(re.split(r"[/:@?&=#,;+\s]+", unquote(privacy_url or "")))
+    shown = set(re.split(r"[/:@?&=#,;+\s]+", unquote(privacy_url or ""))) | {url.partition("://")[0]}
     secrets = {p for p in re.split(r"[/:@?&=#,;+\s]+", unquote(url)) if len(p) >= 3 and p not in shown}
     try:
         password = urlsplit(url).password
