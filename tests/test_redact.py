@@ -72,3 +72,17 @@ def _settings(url: str):
     from watcher.settings import NotifySettings, Settings
 
     return Settings(notify=NotifySettings(urls=(url,)))
+
+
+def test_the_example_config_s_teams_destination_is_a_power_automate_workflow_with_its_parts_masked() -> None:
+    import re
+
+    from watcher import config
+
+    [teams] = re.findall(r'"(workflows://[^"]+)"', config.example_config())
+    assert "msteams://" not in config.example_config().replace("msteams:// targets", "")
+    real = teams.replace("WORKFLOW_ID", "8f2c1a6e9b0d4c7e").replace("SIGNATURE", "Sig0123456789abcdef")
+    [destination] = notify.destinations(_settings(real))
+    assert destination.valid and destination.scheme == "workflows"
+    assert "Sig0123456789abcdef" not in destination.label and "Sig0123456789abcdef" in destination.secrets
+    assert "workflows" not in destination.secrets  # the scheme is no secret: "workflows" stays readable in logs
