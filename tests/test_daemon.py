@@ -77,3 +77,18 @@ def test_watcher_run_on_the_folder_then_diff_all_works_and_serves_healthz(db_url
                           capture_output=True, text=True, timeout=120)
     assert diff.returncode == 0, diff.stderr
     assert "2026-07-13" in diff.stdout and "2026-07-20" in diff.stdout
+
+
+def test_watcher_run_with_its_http_port_in_use_stops_at_once_with_one_error_line(db_url: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = base_env(db_url, WATCHER_SOURCE_URL=CHINA.as_uri(), WATCHER_CLOUDS="china", WATCHER_HTTP_PORT=str(port))
+        result = subprocess.run(watcher_command("run"), env=env, cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"Error: cannot serve HTTP on 127.0.0.1:{port}: Address already in use"
+    assert rows(sa.create_engine(env["WATCHER_DATABASE_URL"]), "SELECT id FROM daemon_runs") == []

@@ -9,6 +9,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -26,7 +27,7 @@ from tests.test_health import parse_metrics
 from watcher import health, web
 from watcher.settings import Settings
 
-LISTENING = re.compile(r"^listening on http://(?P<host>[0-9.]+):(?P<port>\d+)$")
+LISTENING = re.compile(r"^listening on (?P<scheme>https?)://(?P<host>[0-9.]+):(?P<port>\d+)$")
 
 
 class Served:
@@ -43,7 +44,7 @@ class Served:
         match = LISTENING.match(self.first_line)
         assert match, (self.first_line, self.log_text())
         self.host, self.port = match["host"], int(match["port"])
-        self.url = f"http://{self.host}:{self.port}"
+        self.url = f"{match['scheme']}://{self.host}:{self.port}"
 
     def _read_stderr(self) -> None:
         for line in self.process.stderr:
@@ -212,6 +213,23 @@ def test_a_port_in_use_is_a_clear_error(db_url: str, config: Path) -> None:
                                 env=base_env(db_url, WATCHER_CONFIG=str(config)), timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip() == f"Error: cannot serve HTTP on 127.0.0.1:{port}: Address already in use"
+
+
+def test_with_a_certificate_and_key_it_serves_https(db_url: str, config: Path, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    config.write_text(config.read_text() + f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    server = Served(base_env(db_url, WATCHER_CONFIG=str(config)), "--port", "0")
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        answer = httpx.get(f"{server.url}/healthz", verify=ssl.create_default_context(cafile=str(cert)), timeout=10)
+        assert answer.status_code == 200 and answer.json()["healthy"] is True
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5)  # no plain HTTP on the TLS port
+    finally:
+        assert server.stop()[0] == 0
 
 
 def test_half_a_tls_setting_is_refused(db_url: str, config: Path) -> None:
