@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from tests.conftest import SHARED
 from tests.daemon_helpers import DaemonProcess, base_env, rows, watcher_command
 from tests.httpstub import free_port
+from tests.test_web import listening_addresses
 from watcher import fetch
 from watcher.daemon import importing_whole_folder
 from watcher.settings import FetchSettings, Settings
@@ -64,6 +65,7 @@ def test_watcher_run_on_the_folder_then_diff_all_works_and_serves_healthz(db_url
     daemon = DaemonProcess(env, cwd=tmp_path)
     try:
         daemon.wait_for(daemon.finished_runs, "the first run")
+        assert listening_addresses(port) == {"127.0.0.1"}  # loopback unless [web] http_host says otherwise
         answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         # The shipped files are older than a week: unhealthy, as the README says it will be.
         assert answer.status_code == 503 and "no new publication" in " ".join(answer.json()["reasons"])
