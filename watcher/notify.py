@@ -36,7 +36,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import apprise
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
@@ -44,6 +44,7 @@ from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 from . import db, tickets
 from .errors import NotifyError, RenderError, translate_db_errors
 from .models import OutboxMessage, Ticket, utcnow
+from .redact import ordered_secrets, redact_text
 from .render import Renderer
 from .settings import Settings
 from .store.records import ImportResult
@@ -54,7 +55,6 @@ EMAIL_SCHEMES = ("mailto", "mailtos")
 OUTBOX_STATES = ("pending", "sending", "sent", "failed")
 DEFAULT_LEASE = dt.timedelta(minutes=15)
 MAX_BACKOFF = dt.timedelta(days=1)
-MASK = "****"
 #: Changing it changes every destination key: queued messages would no longer match their destination.
 DESTINATION_SALT = b"watcher-destination-v1"
 
@@ -77,7 +77,7 @@ class Destination:
         return self.url.partition("://")[0].lower()
 
     def redact(self, text: str) -> str:
-        return redact(text, self.secrets)
+        return redact_text(text, self.secrets)
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,7 +100,7 @@ def _secret_parts(url: str, privacy_url: str | None) -> tuple[str, ...]:
     The URL is cut at its delimiters; every piece the privacy form does not
     show is treated as secret. The password is always secret.
     """
-    shown = set(re.split(r"[/:@?&=#,;+\s]+", unquote(privacy_url or "")))
+    shown = set(re.split(r"[/:@?&=#,;+\s]+", unquote(privacy_url or ""))) | {url.partition("://")[0]}
     secrets = {p for p in re.split(r"[/:@?&=#,;+\s]+", unquote(url)) if len(p) >= 3 and p not in shown}
     try:
         password = urlsplit(url).password
@@ -108,16 +108,7 @@ def _secret_parts(url: str, privacy_url: str | None) -> tuple[str, ...]:
         password = None
     if password:
         secrets.add(unquote(password))
-    # The URL-quoted forms may appear in logs too.
-    secrets |= {quote(s, safe="") for s in list(secrets)}
-    return tuple(sorted(secrets, key=len, reverse=True))
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
+    return ordered_secrets(secrets)  # the URL-quoted forms too: they may appear in apprise's log
 
 
 @contextlib.contextmanager

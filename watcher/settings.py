@@ -94,6 +94,19 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The HTTP listener of ``watcher serve`` and of ``watcher run`` (on ``[daemon] http_port``)."""
+
+    http_host: str = "127.0.0.1"           # loopback unless asked: the endpoints carry no authentication
+    http_port: int = 8080                  # ``watcher serve``'s port
+    tls_cert: str | None = None            # PEM files; both set = HTTPS
+    tls_key: str | None = None
+    read_timeout_seconds: float = 10.0     # a request must arrive whole within this, or the connection is closed
+    idle_timeout_seconds: float = 5.0      # keep-alive: an idle connection is closed after this
+    max_connections: int = 100             # over it, requests get 503 at once
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     clouds: tuple[str, ...] = ("public",)
@@ -103,6 +116,7 @@ class Settings:
     notify: NotifySettings = field(default_factory=NotifySettings)
     tickets: TicketSettings = field(default_factory=TicketSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     config_path: str | None = None
 
     def with_overrides(self, **changes: Any) -> "Settings":
@@ -118,10 +132,12 @@ def _as_str_tuple(value: Any, where: str) -> tuple[str, ...]:
 
 
 #: Bounds of numeric settings (inclusive); every other number must be at least 0.
-_MINIMUM = {"max_attempts": 1, "unhealthy_after_failures": 1, "stale_after_days": 1, "http_port": 1}
+_MINIMUM = {"max_attempts": 1, "unhealthy_after_failures": 1, "stale_after_days": 1, "http_port": 1,
+            "max_connections": 1}
 _MAXIMUM = {"http_port": 65535, "min_tag_ratio": 1.0, "removal_hold_ratio": 1.0}
 #: Durations and sizes that must be more than 0.
-_POSITIVE = {"timeout_seconds", "deadline_seconds", "max_bytes", "output_cap_bytes", "run_deadline_seconds"}
+_POSITIVE = {"timeout_seconds", "deadline_seconds", "max_bytes", "output_cap_bytes", "run_deadline_seconds",
+             "read_timeout_seconds", "idle_timeout_seconds"}
 
 
 def _typed(value: Any, hint: Any, where: str) -> Any:
@@ -195,7 +211,7 @@ def _registry(raw: Any, index: int) -> RegistryWatch:
 
 
 def settings_from_mapping(raw: Mapping[str, Any], config_path: str | None = None) -> Settings:
-    known = {"database_url", "clouds", "registries", "tags", "fetch", "notify", "tickets", "daemon"}
+    known = {"database_url", "clouds", "registries", "tags", "fetch", "notify", "tickets", "daemon", "web"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"config has unknown keys: {', '.join(sorted(unknown))}")
@@ -217,6 +233,7 @@ def settings_from_mapping(raw: Mapping[str, Any], config_path: str | None = None
         notify=_section(NotifySettings, raw.get("notify"), "notify"),
         tickets=_section(TicketSettings, raw.get("tickets"), "tickets"),
         daemon=_section(DaemonSettings, raw.get("daemon"), "daemon"),
+        web=_section(WebSettings, raw.get("web"), "web"),
         config_path=config_path,
     )
 
@@ -259,4 +276,6 @@ def apply_environment(settings: Settings, environ: Mapping[str, str]) -> Setting
             raise ConfigError("WATCHER_HTTP_PORT must be a port number") from None
         _check_range("http_port", port, "WATCHER_HTTP_PORT")
         settings = replace(settings, daemon=replace(settings.daemon, http_port=port))
+    if environ.get("WATCHER_HTTP_HOST"):
+        settings = replace(settings, web=replace(settings.web, http_host=environ["WATCHER_HTTP_HOST"]))
     return settings
