@@ -784,3 +784,5 @@ def config_check(app: AppContext, as_json: bool) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+from .cli_state import register as _register_state  # noqa: E402  (the state group and approved-state ticket commands)
+_register_state(main, tickets_group)

@@ -42,7 +42,7 @@ import apprise
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import db, store, tickets
+from . import review, db, store, tickets
 from .errors import NotifyError, RenderError, StoreError
 from .models import OutboxMessage, Ticket, utcnow
 from .render import Renderer
@@ -195,9 +195,15 @@ class Message:
     attachment: str
 
 
-def build_message(renderer: Renderer, ticket: tickets.TicketInfo) -> Message:
-    data = tickets.view(ticket)
-    prefix = "[HOLD] " if ticket.held else ""
+#: How a message's title says what the ticket asks for: rejected and superseded tickets are no work to do.
+STATE_PREFIX = {"hold": "[HOLD] ", "rejected": "[REJECTED, nothing to apply] ",
+                "superseded": "[SUPERSEDED, nothing to apply] ", "approved": "[APPROVED] ", "applied": "[APPLIED] "}
+
+
+def build_message(renderer: Renderer, ticket: tickets.TicketInfo, data: dict | None = None) -> Message:
+    """The message for a ticket as it stands when sent (``data``: its full view with the review trail)."""
+    data = tickets.view(ticket) if data is None else data
+    prefix = STATE_PREFIX.get(ticket.state, "")
     return Message(
         title=f"{ticket.ref} {prefix}{ticket.title}",
         body=renderer.render("summary", data),
@@ -378,7 +384,8 @@ def deliver_due(
             if message is None:
                 try:
                     with engine.connect() as conn:
-                        message = build_message(renderer, tickets.get_ticket(conn, claim.ticket_id))
+                        ticket = tickets.get_ticket(conn, claim.ticket_id)
+                        message = build_message(renderer, ticket, review.full_view(conn, ticket, settings))
                 except RenderError as exc:
                     message = exc
                 messages[claim.ticket_id] = message

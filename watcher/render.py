@@ -18,19 +18,27 @@ import csv
 import functools
 import datetime as dt
 import hashlib
+import html
 import io
 import ipaddress
+import json
 import re
+import shlex
+import string
+import sys
+import time
+import contextvars
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import diff as diffs
+from . import state as states
 from . import store, tickets
 from .errors import RenderError
 from .settings import Settings, TicketSettings
@@ -49,9 +57,11 @@ FORMATS: dict[str, str] = {
     "cisco-asa": "rules/cisco-asa.j2",
     "fortigate": "rules/fortigate.j2",
     "csv": "rules/csv.j2",
+    "terraform": "rules/terraform.j2",
+    "json": "rules/json.j2",
 }
 TICKET_FORMATS = ("md", "html", "txt")
-RULE_FORMATS = ("nftables", "iptables", "azure-nsg", "paloalto", "cisco-asa", "fortigate", "csv")
+RULE_FORMATS = ("nftables", "iptables", "azure-nsg", "paloalto", "cisco-asa", "fortigate", "csv", "terraform", "json")
 
 
 class _PackageLoader(jinja2.BaseLoader):
@@ -137,8 +147,66 @@ def address_name(cidr: str) -> str:
 
 def csv_row(values: Iterable[Any]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(["" if v is None else v for v in values])
+    # A leading = + - @ makes spreadsheets evaluate a cell: such text is quoted with a leading '.
+    cells = ["" if v is None else (f"'{v}" if isinstance(v, str) and v[:1] in "=+-@" else v) for v in values]
+    csv.writer(buffer, lineterminator="").writerow([one_line(c) if isinstance(c, str) else c for c in cells])
     return buffer.getvalue()
+
+
+# Escaping per target (defence in depth: names and prefixes are checked at parse time as well).
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u0085]")
+_PLAIN_CIDR = re.compile(r"^[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}$")
+
+
+def one_line(text: Any) -> str:
+    """Any text on one line: control characters (newlines included) become ``?``."""
+    return _CONTROL.sub("?", str(text))
+
+
+def cidr(prefix: Any) -> str:
+    """A plain IPv4 or IPv6 network, or an error: no scope id, no whitespace, nothing a firewall would parse twice."""
+    text = str(prefix)
+    if not _PLAIN_CIDR.match(text):
+        raise RenderError(f"refusing to render {one_line(text)[:80]!r}: not a plain CIDR prefix")
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        raise RenderError(f"refusing to render {text!r}: not a network prefix") from None
+    return str(network)
+
+
+def shell_word(text: Any) -> str:
+    """One POSIX shell word, single-quoted, on one line."""
+    return shlex.quote(one_line(text))
+
+
+def quoted(text: Any) -> str:
+    """A double-quoted string for nft, FortiOS and PAN-OS: one line, without quotes or backslashes inside."""
+    return '"' + one_line(text).replace("\\", "/").replace('"', "'") + '"'
+
+
+def hcl_string(text: Any) -> str:
+    """An HCL (Terraform) string literal: JSON quoting, and no ``${`` / ``%{`` template sequences."""
+    return json.dumps(one_line(text)).replace("${", "$${").replace("%{", "%%{")
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]|~])")
+
+
+def markdown(text: Any) -> str:
+    """Text for Markdown: HTML characters as entities, Markdown punctuation backslash-escaped, one line."""
+    escaped = html.escape(one_line(text), quote=False)
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", escaped)
+
+
+def short_name(base: str, suffix: str = "", max_length: int = 31) -> str:
+    """``base`` + ``suffix`` within ``max_length`` (ipset allows 31), a hash keeping long names unique."""
+    clean = re.sub(r"[^A-Za-z0-9_]+", "_", str(base))
+    if len(clean) + len(suffix) <= max_length:
+        return clean + suffix
+    digest = hashlib.blake2b(clean.encode(), digest_size=3).hexdigest()
+    return clean[: max_length - len(suffix) - len(digest) - 1] + "_" + digest + suffix
 
 
 def _percent(value: float) -> str:
@@ -153,6 +221,13 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "address_name": address_name,
     "csv_row": csv_row,
     "percent": _percent,
+    "one_line": one_line,
+    "cidr": cidr,
+    "shell": shell_word,
+    "quoted": quoted,
+    "hcl": hcl_string,
+    "md": markdown,
+    "short_name": short_name,
 }
 
 
@@ -161,18 +236,126 @@ FILTERS: dict[str, Callable[..., Any]] = {
 
 #: The largest integer power a template may compute, in bits (an estimate from above, checked before computing).
 MAX_POWER_BITS = 4096
+#: The widest padding, indent or slice count a template may ask for.
+MAX_WIDTH = 10_000
+#: Loop steps (range items and traced template lines) per render: far above what the built-ins need.
+MAX_STEPS = 5_000_000
 _SEQUENCES = (str, bytes, list, tuple)
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_WIDTH_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs"}
+
+
+class RenderLimit:
+    """One render's budget: a wall-clock deadline and a step count, checked as the template runs."""
+
+    def __init__(self, where: str, seconds: float, steps: int = MAX_STEPS):
+        self.where = where
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.steps_left = steps
+
+    def step(self, count: int = 1) -> None:
+        self.steps_left -= count
+        if self.steps_left < 0:
+            raise RenderError(f"{self.where}: more than {MAX_STEPS:,} loop steps (the template's loops are "
+                              f"limited)")
+        if self.steps_left % 1024 == 0 or count > 1:
+            self.check_time()
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise RenderError(f"{self.where}: took more than the render limit of {self.seconds:g} s")
+
+
+_LIMIT: contextvars.ContextVar[RenderLimit | None] = contextvars.ContextVar("render_limit", default=None)
+
+
+def _step() -> None:
+    limit = _LIMIT.get()
+    if limit is not None:
+        limit.step()
+
+
+def _check_width(value: Any, what: str) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_WIDTH:
+        raise jinja2.exceptions.SecurityError(f"{what} of {value} exceeds the limit of {MAX_WIDTH}")
+
+
+def _check_percent_format(fmt: str) -> None:
+    for match in _PERCENT_SPEC.finditer(fmt):
+        for number in match.groups():
+            if number == "*":
+                raise jinja2.exceptions.SecurityError("a '*' width in a % format is not allowed")
+            if number:
+                _check_width(int(number), "a % format width")
+
+
+def _check_brace_format(fmt: str) -> None:
+    for _, _, spec, _ in string.Formatter().parse(fmt):
+        if spec:
+            if "{" in spec:
+                raise jinja2.exceptions.SecurityError("nested format specifications are not allowed")
+            for number in re.findall(r"\d+", spec):
+                _check_width(int(number), "a format width")
+
+
+def _counting_range(*args: int) -> Iterator[int]:
+    """Jinja's sandboxed range (at most 100,000 items), each item counted against the render's budget."""
+    for item in jinja2.sandbox.safe_range(*args):
+        _step()
+        yield item
+
+
+def _bounded_filters() -> dict[str, Callable[..., Any]]:
+    from jinja2 import filters as builtin
+
+    def center(value: Any, width: int = 80) -> str:
+        _check_width(width, "center width")
+        return builtin.do_center(value, width)
+
+    def indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> str:
+        _check_width(width if isinstance(width, int) else len(str(width)), "indent width")
+        return builtin.do_indent(value, width, *args, **kwargs)
+
+    def format_(value: Any, *args: Any, **kwargs: Any) -> str:
+        _check_percent_format(str(value))
+        return builtin.do_format(value, *args, **kwargs)
+
+    def slice_(value: Any, slices: int, fill_with: Any = None) -> Any:
+        _check_width(slices, "slice count")
+        return builtin.do_slice(value, slices, fill_with)
+
+    @jinja2.pass_environment
+    def wordwrap(env: jinja2.Environment, value: Any, width: int = 79, *args: Any, **kwargs: Any) -> str:
+        _check_width(width, "wordwrap width")
+        return builtin.do_wordwrap(env, value, width, *args, **kwargs)
+
+    @jinja2.pass_environment
+    def truncate(env: jinja2.Environment, value: Any, length: int = 255, *args: Any, **kwargs: Any) -> str:
+        _check_width(length, "truncate length")
+        return builtin.do_truncate(env, value, length, *args, **kwargs)
+
+    return {"center": center, "indent": indent, "format": format_, "slice": slice_, "wordwrap": wordwrap,
+            "truncate": truncate}
+
+
+def _lipsum(n: int = 5, *args: Any, **kwargs: Any) -> str:
+    _check_width(n * 100, "lipsum size")
+    return jinja2.utils.generate_lorem_ipsum(n, *args, **kwargs)
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with ``*`` and ``**`` checked before they allocate.
+    """The immutable sandbox, with every way to allocate or loop without bound checked first.
 
-    The output cap only sees what a template emits: ``{{ "x" * 10**9 }}`` or
-    ``{% set n = 9 ** 10**9 %}`` would take gigabytes or minutes before a
-    single byte of output. Both are refused from the operands' sizes instead.
+    The output cap only sees what a template emits: ``{{ "x" * 10**9 }}``,
+    ``{% set n = 9 ** 10**9 %}``, ``'x'|center(10**9)``,
+    ``'{:>1000000000}'.format(x)`` or ``slice(10**8)`` would take gigabytes or
+    minutes before a single byte of output. They are refused from their
+    arguments instead; ``range`` items count against a per-render step budget,
+    and the render's clock is checked as it goes (``Renderer.render``).
     """
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
     output_cap = 2 * 1024 * 1024
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
@@ -186,7 +369,27 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         elif operator == "**" and isinstance(left, int) and isinstance(right, int):
             if right > 0 and abs(left) > 1 and abs(left).bit_length() * right > MAX_POWER_BITS:
                 raise jinja2.exceptions.SecurityError(f"a power of more than {MAX_POWER_BITS} bits")
+        elif operator == "%" and isinstance(left, str):
+            _check_percent_format(left)
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        if getattr(__obj, "__name__", "") in _WIDTH_METHODS and isinstance(getattr(__obj, "__self__", None), str):
+            for value in (*args, *kwargs.values()):
+                _check_width(value, f"{__obj.__name__} width")
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            _check_brace_format(fmt)
+            return wrapped(*args, **kwargs)
+
+        return checked
 
 
 @functools.lru_cache(maxsize=8)
@@ -208,6 +411,8 @@ def _environment(template_dir: str | None, output_cap: int) -> ImmutableSandboxe
         auto_reload=True,
     )
     env.filters.update(FILTERS)
+    env.filters.update(_bounded_filters())
+    env.globals.update(range=_counting_range, lipsum=_lipsum)
     env.output_cap = output_cap
     return env
 
@@ -218,6 +423,7 @@ class Renderer:
     def __init__(self, settings: TicketSettings):
         self.template_dir = settings.template_dir
         self.cap = settings.output_cap_bytes
+        self.seconds = settings.render_seconds
         if self.template_dir and not Path(self.template_dir).is_dir():
             raise RenderError(f"template folder {self.template_dir} does not exist")
         self.env = _environment(self.template_dir, self.cap)
@@ -232,15 +438,25 @@ class Renderer:
     def render(self, fmt: str, data: Mapping[str, Any]) -> str:
         name = template_name(fmt)
         where = f"{self.origin(fmt)} template {name}"
+        limit = RenderLimit(where, self.seconds)
+        token = _LIMIT.set(limit)
+        previous_trace = sys.gettrace()
         try:
             template = self.env.get_template(name)
+            if self.origin(fmt) == "user":
+                # A user template's own loops (over data, not range) are counted line by line;
+                # the built-ins are ours, and run untraced for speed.
+                sys.settrace(_tracer(template.filename or name, limit))
             chunks: list[str] = []
             size = 0
             for chunk in template.generate(**data):
-                size += len(chunk.encode("utf-8"))
-                if size > self.cap:
+                size += len(chunk)  # characters: at most 4 bytes each; the exact check is below
+                if size > self.cap and len("".join(chunks).encode("utf-8")) + len(chunk.encode("utf-8")) > self.cap:
                     raise RenderError(f"{where}: output exceeds the cap of {self.cap} bytes")
                 chunks.append(chunk)
+                if len(chunks) % 256 == 0:
+                    limit.check_time()
+            limit.check_time()
             return "".join(chunks)
         except RenderError:
             raise
@@ -252,8 +468,30 @@ class Renderer:
             raise RenderError(f"{where}: refused by the sandbox: {exc}") from None
         except jinja2.UndefinedError as exc:
             raise RenderError(f"{where}: {exc.message}") from None
+        except MemoryError:
+            raise RenderError(f"{where}: ran out of memory") from None
+        except RecursionError:
+            raise RenderError(f"{where}: recursion too deep") from None
         except Exception as exc:  # a user template can raise anything from a filter or a test
             raise RenderError(f"{where}: {type(exc).__name__}: {exc}") from None
+        finally:
+            sys.settrace(previous_trace)
+            _LIMIT.reset(token)
+
+
+def _tracer(filename: str, limit: RenderLimit) -> Callable[..., Any]:
+    """A trace function that counts the lines a template's own code runs (its loops included)."""
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line":
+            limit.step()
+        return local
+
+    def on_call(frame: Any, event: str, arg: Any) -> Any:
+        code_file = frame.f_code.co_filename
+        return local if code_file == filename or code_file == "<template>" else None
+
+    return on_call
 
 
 def template_name(fmt: str) -> str:
@@ -304,9 +542,7 @@ def check_templates(settings: Settings) -> list[TemplateCheck]:
 
 
 def sample_views() -> list[dict[str, Any]]:
-    """Two made-up tickets, one open and one held, covering every field a template may use."""
-    old = store.PublicationInfo(1, "public", dt.date(2025, 10, 13), 400, "0" * 64, "ServiceTags_Public_20251013.json",
-                                dt.datetime(2025, 10, 14, tzinfo=dt.timezone.utc), 3, 6)
+    """Made-up tickets (open, held, approved with a removal date, baseline) covering every field a template may use."""
     new = store.PublicationInfo(2, "public", dt.date(2025, 10, 28), 401, "f" * 64, "ServiceTags_Public_20251028.json",
                                 dt.datetime(2025, 10, 29, tzinfo=dt.timezone.utc), 3, 6)
     watch = ResolvedWatch(
@@ -315,23 +551,51 @@ def sample_views() -> list[dict[str, Any]]:
               WatchedTag("Storage.EastUS2", "data", "eastus2", ("example.eastus2.data.azurecr.io",))),
         warnings=(),
     )
-    changes = [
-        diffs.diff_tag("AzureContainerRegistry.EastUS2",
-                       diffs.TagState(5, frozenset({"20.10.0.0/24", "20.10.1.0/24"})),
-                       diffs.TagState(6, frozenset({"20.10.0.0/23"}))),
-        diffs.diff_tag("Storage.EastUS2",
-                       diffs.TagState(7, frozenset({"135.130.0.0/24", "2603:1030:400::/48", "2603:1030:40f::/48"})),
-                       diffs.TagState(8, frozenset({"135.130.0.0/24", "135.130.158.0/23", "2603:1030:400::/48",
-                                                   "2603:1030:40f::/49"}))),
-    ]
+    before = {"AzureContainerRegistry.EastUS2": diffs.TagState(5, frozenset({"20.10.0.0/24", "20.10.1.0/24"})),
+              "Storage.EastUS2": diffs.TagState(7, frozenset({"135.130.0.0/24", "2603:1030:400::/48",
+                                                              "2603:1030:40f::/48"}))}
+    after = {"AzureContainerRegistry.EastUS2": diffs.TagState(6, frozenset({"20.10.0.0/23"})),
+             "Storage.EastUS2": diffs.TagState(8, frozenset({"135.130.0.0/24", "135.130.158.0/23",
+                                                             "2603:1030:400::/48", "2603:1030:40f::/49"}))}
+    approved = states.ApprovedState(
+        id=1, cloud="public", watch="example", ticket_id=1, publication_id=1,
+        publication={"date": "2025-10-13", "change_number": 400},
+        approved_at=dt.datetime(2025, 10, 14, tzinfo=dt.timezone.utc), removals_at=None,
+        tags={n: states.TagApproval(t.sorted_prefixes(), t.change_number, {"date": "2025-10-13", "change_number": 400})
+              for n, t in before.items()},
+        final=states.family_lists(p for t in before.values() for p in t.prefixes), before=states.empty_lists())
     views = []
-    for ticket_id, (implausible, state) in enumerate((((), "open"), (("sample plausibility note",), "hold")), 1):
-        context = tickets.build_context(watch, old, new, changes, uid=f"00000000-0000-4000-8000-00000000000{ticket_id}",
+    cases = (("open", (), approved, None), ("hold", ("sample plausibility note",), approved, None),
+             ("approved", (), approved, "2025-11-04T00:00:00+00:00"), ("open", (), None, None))
+    for ticket_id, (state, implausible, base, removals_at) in enumerate(cases, 1):
+        changes = [diffs.diff_tag(n, before.get(n) if base else None, after[n]) for n in sorted(after)]
+        context = tickets.build_context(watch, base, new, changes, after,
+                                        uid=f"00000000-0000-4000-8000-00000000000{ticket_id}",
                                         removal_hold_ratio=0.3, implausible=implausible)
-        assert context is not None
         view = dict(context)
-        view["ticket"] = {"id": ticket_id, "uid": context["uid"], "state": state,
-                          "ref": f"[watcher ticket {ticket_id}]"}
+        view["ticket"] = {"id": ticket_id, "uid": context["uid"], "state": state, "kind": context["kind"],
+                          "ref": f"[watcher ticket {ticket_id}]", "superseded_by": None}
         view["removals_allowed"] = state != "hold"
+        view["trail"] = [{"at": "2025-10-29T00:00:00+00:00", "actor": "watcher", "action": "create",
+                          "to_state": state, "comment": ""}]
+        view["approval"] = {"removals_at": removals_at[:10] if removals_at else None, "additions_only": False}
+        final = states.family_lists(p for t in after.values() for p in t.prefixes)
+        old = base.final if base else states.empty_lists()
+        phase = "remove" if state == "approved" else "add"
+        objects = states.union(old, final) if phase == "add" else final
+        view["firewall"] = {
+            "phase": phase, "objects": objects,
+            "dropped": {f: [c for c in old[f] if c not in objects[f]] for f in states.FAMILIES},
+            "base": "wt_example", "nsg_priority": 3004, "nft": {"family": "inet", "table": "watcher"},
+            "removals_at": removals_at,
+        }
         views.append(view)
     return views
+
+
+def render_ticket(conn: Any, settings: Settings, ticket: tickets.TicketInfo, fmt: str, phase: str = "add") -> str:
+    """One format of a stored ticket: its text with the review trail, or its snippet for ``phase``."""
+    from . import review  # review depends on tickets only; imported here to keep module start-up light
+
+    data = review.full_view(conn, ticket, settings, phase if fmt in RULE_FORMATS else None)
+    return Renderer(settings.tickets).render(fmt, data)
