@@ -38,6 +38,7 @@ ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "applied": (("approved",), "applied"),
 }
 PHASES = ("add", "remove")
+NFT_FAMILIES = ("ip", "ip6", "inet", "bridge", "netdev")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_ACTOR = 200
 
@@ -181,6 +182,9 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
     objects = states.union(before, final) if phase == "add" else {f: list(final[f]) for f in states.FAMILIES}
     dropped = {f: [c for c in before.get(f, ()) if c not in set(objects[f])] for f in states.FAMILIES}
     family, _, table = settings.tickets.nft_table.partition(" ")
+    if family not in NFT_FAMILIES or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,30}", table or "watcher"):
+        raise RenderError(f"[tickets] nft_table {settings.tickets.nft_table!r} is not '<family> <name>' "
+                          f"(family one of {', '.join(NFT_FAMILIES)}, name letters, digits and _)")
     return {
         "phase": phase,
         "objects": objects,

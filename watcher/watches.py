@@ -112,8 +112,6 @@ def resolve_registry(registry: RegistryWatch, tag_names: Iterable[str]) -> Resol
                 continue
             endpoints = registry_endpoints(registry, region) if role == "registry" else data_endpoints(registry, region)
             tags.append(WatchedTag(found, role, region, endpoints))
-    if any(t.role == "data" for t in tags):
-        warnings.append(f"{registry.name}: {STORAGE_WARNING}")
     tags.extend(_extra(registry.extra_tags, names, registry.name, warnings))
     return ResolvedWatch(
         name=registry.name, cloud=registry.cloud, regions=registry.regions,
