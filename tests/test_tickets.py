@@ -190,7 +190,7 @@ def test_dangerous_changes_are_held_and_their_additions_can_be_approved_alone(en
     assert "  10.1.0.0/22,\n" in held_add and "  10.1.8.0/24,\n" in held_add  # old and new space
     with pytest.raises(TransitionError, match="is hold: approve needs a ticket that is open"):
         review.transition(engine, ticket.id, "approve", "bob")
-    review.transition(engine, ticket.id, "approve-additions", "bob")
+    review.transition(engine, ticket.id, "approve-adds", "bob")
     partial = current(engine)
     assert partial.additions_only and "10.1.8.0/24" in partial.final["v4"] and "10.1.0.0/22" in partial.final["v4"]
     released = review.transition(engine, ticket.id, "release", "alice", "checked with Microsoft's notes")
@@ -223,7 +223,7 @@ def test_review_steps_invalid_ones_and_the_four_eyes_rule(engine):
         review.transition(engine, baseline.id, "approve", "bob")
     import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24",)), 2)
     (held,) = all_tickets(engine, "hold")
-    review.transition(engine, held.id, "approve-additions", "erin")
+    review.transition(engine, held.id, "approve-adds", "erin")
     with pytest.raises(TransitionError, match="four-eyes rule: erin"):
         review.transition(engine, held.id, "release", "erin", settings=four_eyes)
     review.transition(engine, held.id, "release", "frank", settings=four_eyes)
@@ -232,7 +232,7 @@ def test_review_steps_invalid_ones_and_the_four_eyes_rule(engine):
         text = render.render_ticket(conn, settings, tickets.get_ticket(conn, held.id), "txt")
     assert trail == [("watcher", "create", None, "open"), ("bob", "approve", "open", "approved"),
                      ("dave", "applied", "approved", "applied")]
-    assert "frank release -> open" in text and "erin approve-additions -> hold" in text
+    assert "frank release -> open" in text and "erin approve-adds -> hold" in text
 
 
 def test_ticket_and_import_share_one_transaction(engine, monkeypatch):

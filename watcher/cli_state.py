@@ -179,7 +179,7 @@ def _review(action: str, help_text: str, additions: bool = False) -> click.Comma
     @click.option("--comment", default="", metavar="TEXT", help="Why (recorded with the step).")
     @click.pass_obj
     def command(app: Any, ticket_id: int, actor: str, comment: str, additions_only: bool = False) -> None:
-        step = "approve-additions" if additions_only else action
+        step = "approve-adds" if additions_only else action
         if additions_only:
             with app.engine.connect() as conn:
                 if tickets.get_ticket(conn, ticket_id).state != "hold":

@@ -4,7 +4,7 @@ Steps (``ACTIONS``)::
 
     release            hold -> open       (the removals may go, after review)
     approve            open -> approved   (the watch's approved state moves: watcher.state)
-    approve-additions  hold -> hold       (only the additions join the approved state)
+    approve-adds  hold -> hold       (only the additions join the approved state)
     reject             open|hold -> rejected   (the approved state stays)
     applied            approved -> applied
 
@@ -33,7 +33,7 @@ from .watches import EXTRA_WATCH, MCR_WATCH
 ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "release": (("hold",), "open"),
     "approve": (("open",), "approved"),
-    "approve-additions": (("hold",), "hold"),
+    "approve-adds": (("hold",), "hold"),
     "reject": (("open", "hold"), "rejected"),
     "applied": (("approved",), "applied"),
 }
@@ -99,8 +99,8 @@ def transition(
             ).rowcount
             if moved != 1:
                 raise TransitionError(f"ticket {ticket_id} changed while {action} was recorded; look again")
-            if action in ("approve", "approve-additions"):
-                _move_state(conn, ticket, events, settings, at, additions_only=action == "approve-additions")
+            if action in ("approve", "approve-adds"):
+                _move_state(conn, ticket, events, settings, at, additions_only=action == "approve-adds")
             conn.execute(insert(TicketEvent.__table__), {
                 "ticket_id": ticket_id, "at": at, "actor": actor, "action": action,
                 "from_state": ticket.state, "to_state": target, "comment": comment,
