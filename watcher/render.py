@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jinja2
+import markupsafe
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import diff as diffs
@@ -239,7 +240,7 @@ MAX_POWER_BITS = 4096
 #: The widest padding, indent or slice count a template may ask for.
 MAX_WIDTH = 10_000
 #: Loop steps (range items and traced template lines) per render: far above what the built-ins need.
-MAX_STEPS = 5_000_000
+MAX_STEPS = 1_000_000
 _SEQUENCES = (str, bytes, list, tuple)
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _WIDTH_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs"}
@@ -392,6 +393,16 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return checked
 
 
+def _one_line_output(value: Any) -> Any:
+    """Every ``{{ expression }}`` prints on one line, in every format: a newline in data (a tag name, a prefix
+    with a scope id) can never start a line of its own in a script. Line breaks come from template text only."""
+    if isinstance(value, markupsafe.Markup):
+        return markupsafe.Markup(_CONTROL.sub("?", str(value)))
+    if isinstance(value, str):
+        return _CONTROL.sub("?", value)
+    return value
+
+
 @functools.lru_cache(maxsize=8)
 def _environment(template_dir: str | None, output_cap: int) -> ImmutableSandboxedEnvironment:
     """One sandboxed environment per template folder (and output cap), shared so templates compile once per process.
@@ -409,6 +420,7 @@ def _environment(template_dir: str | None, output_cap: int) -> ImmutableSandboxe
         lstrip_blocks=True,
         keep_trailing_newline=True,
         auto_reload=True,
+        finalize=_one_line_output,
     )
     env.filters.update(FILTERS)
     env.filters.update(_bounded_filters())
@@ -458,8 +470,10 @@ class Renderer:
                     limit.check_time()
             limit.check_time()
             return "".join(chunks)
-        except RenderError:
-            raise
+        except RenderError as exc:
+            if str(exc).startswith(where):
+                raise
+            raise RenderError(f"{where}: {exc}") from None
         except jinja2.TemplateSyntaxError as exc:
             raise RenderError(f"{where}: syntax error on line {exc.lineno}: {exc.message}") from None
         except jinja2.TemplateNotFound as exc:
