@@ -5,8 +5,19 @@ template folder (``[tickets] template_dir``) overrides them file by file. All
 of them run in Jinja2's immutable sandbox with ``StrictUndefined``: a user
 template cannot reach Python internals, cannot change the data it is given,
 and a misspelt variable is an error, not an empty string. Output is capped
-(``output_cap_bytes``) while it is generated, so a runaway loop stops early.
-HTML templates are autoescaped; text templates are not escaped at all.
+(``output_cap_bytes``) while it is generated, and every render runs under the
+limits of ``watcher.sandbox`` (wall clock, loop steps, widths).
+
+Escaping, for defence in depth (names and prefixes are also checked at parse
+time): every ``{{ expression }}`` prints on one line in every format; rule
+snippets print prefixes through ``cidr`` (a plain network or a RenderError),
+shell words through ``shell``, HCL strings through ``hcl``; Markdown text
+through ``md`` (HTML characters as entities, Markdown punctuation escaped);
+HTML templates are autoescaped.
+
+Rule snippets are full state (``watcher.review.firewall``): they set the whole
+object contents of a watch for a phase, so applying one twice, or after any
+earlier one, leaves exactly the approved list.
 
 Broken templates are found by ``check_templates`` (rendering every format
 against sample tickets) when the configuration is checked, not at send time.
@@ -24,15 +35,12 @@ import ipaddress
 import json
 import re
 import shlex
-import string
 import sys
-import time
-import contextvars
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jinja2
 import markupsafe
@@ -42,6 +50,7 @@ from . import diff as diffs
 from . import state as states
 from . import store, tickets
 from .errors import RenderError
+from .sandbox import RenderLimit, ACTIVE_LIMIT, BoundedSandbox, bounded_filters, counting_range, bounded_lipsum, line_tracer
 from .settings import Settings, TicketSettings
 from .watches import ResolvedWatch, WatchedTag
 
@@ -235,164 +244,6 @@ FILTERS: dict[str, Callable[..., Any]] = {
 # ---------------------------------------------------------------- environment
 
 
-#: The largest integer power a template may compute, in bits (an estimate from above, checked before computing).
-MAX_POWER_BITS = 4096
-#: The widest padding, indent or slice count a template may ask for.
-MAX_WIDTH = 10_000
-#: Loop steps (range items and traced template lines) per render: far above what the built-ins need.
-MAX_STEPS = 1_000_000
-_SEQUENCES = (str, bytes, list, tuple)
-_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
-_WIDTH_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs"}
-
-
-class RenderLimit:
-    """One render's budget: a wall-clock deadline and a step count, checked as the template runs."""
-
-    def __init__(self, where: str, seconds: float, steps: int = MAX_STEPS):
-        self.where = where
-        self.seconds = seconds
-        self.deadline = time.monotonic() + seconds
-        self.steps_left = steps
-
-    def step(self, count: int = 1) -> None:
-        self.steps_left -= count
-        if self.steps_left < 0:
-            raise RenderError(f"{self.where}: more than {MAX_STEPS:,} loop steps (the template's loops are "
-                              f"limited)")
-        if self.steps_left % 1024 == 0 or count > 1:
-            self.check_time()
-
-    def check_time(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise RenderError(f"{self.where}: took more than the render limit of {self.seconds:g} s")
-
-
-_LIMIT: contextvars.ContextVar[RenderLimit | None] = contextvars.ContextVar("render_limit", default=None)
-
-
-def _step() -> None:
-    limit = _LIMIT.get()
-    if limit is not None:
-        limit.step()
-
-
-def _check_width(value: Any, what: str) -> None:
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_WIDTH:
-        raise jinja2.exceptions.SecurityError(f"{what} of {value} exceeds the limit of {MAX_WIDTH}")
-
-
-def _check_percent_format(fmt: str) -> None:
-    for match in _PERCENT_SPEC.finditer(fmt):
-        for number in match.groups():
-            if number == "*":
-                raise jinja2.exceptions.SecurityError("a '*' width in a % format is not allowed")
-            if number:
-                _check_width(int(number), "a % format width")
-
-
-def _check_brace_format(fmt: str) -> None:
-    for _, _, spec, _ in string.Formatter().parse(fmt):
-        if spec:
-            if "{" in spec:
-                raise jinja2.exceptions.SecurityError("nested format specifications are not allowed")
-            for number in re.findall(r"\d+", spec):
-                _check_width(int(number), "a format width")
-
-
-def _counting_range(*args: int) -> Iterator[int]:
-    """Jinja's sandboxed range (at most 100,000 items), each item counted against the render's budget."""
-    for item in jinja2.sandbox.safe_range(*args):
-        _step()
-        yield item
-
-
-def _bounded_filters() -> dict[str, Callable[..., Any]]:
-    from jinja2 import filters as builtin
-
-    def center(value: Any, width: int = 80) -> str:
-        _check_width(width, "center width")
-        return builtin.do_center(value, width)
-
-    def indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> str:
-        _check_width(width if isinstance(width, int) else len(str(width)), "indent width")
-        return builtin.do_indent(value, width, *args, **kwargs)
-
-    def format_(value: Any, *args: Any, **kwargs: Any) -> str:
-        _check_percent_format(str(value))
-        return builtin.do_format(value, *args, **kwargs)
-
-    def slice_(value: Any, slices: int, fill_with: Any = None) -> Any:
-        _check_width(slices, "slice count")
-        return builtin.do_slice(value, slices, fill_with)
-
-    @jinja2.pass_environment
-    def wordwrap(env: jinja2.Environment, value: Any, width: int = 79, *args: Any, **kwargs: Any) -> str:
-        _check_width(width, "wordwrap width")
-        return builtin.do_wordwrap(env, value, width, *args, **kwargs)
-
-    @jinja2.pass_environment
-    def truncate(env: jinja2.Environment, value: Any, length: int = 255, *args: Any, **kwargs: Any) -> str:
-        _check_width(length, "truncate length")
-        return builtin.do_truncate(env, value, length, *args, **kwargs)
-
-    return {"center": center, "indent": indent, "format": format_, "slice": slice_, "wordwrap": wordwrap,
-            "truncate": truncate}
-
-
-def _lipsum(n: int = 5, *args: Any, **kwargs: Any) -> str:
-    _check_width(n * 100, "lipsum size")
-    return jinja2.utils.generate_lorem_ipsum(n, *args, **kwargs)
-
-
-class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with every way to allocate or loop without bound checked first.
-
-    The output cap only sees what a template emits: ``{{ "x" * 10**9 }}``,
-    ``{% set n = 9 ** 10**9 %}``, ``'x'|center(10**9)``,
-    ``'{:>1000000000}'.format(x)`` or ``slice(10**8)`` would take gigabytes or
-    minutes before a single byte of output. They are refused from their
-    arguments instead; ``range`` items count against a per-render step budget,
-    and the render's clock is checked as it goes (``Renderer.render``).
-    """
-
-    intercepted_binops = frozenset({"*", "**", "%"})
-    output_cap = 2 * 1024 * 1024
-
-    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for sequence, times in ((left, right), (right, left)):
-                if (isinstance(sequence, _SEQUENCES) and isinstance(times, int)
-                        and len(sequence) * times > self.output_cap):
-                    raise jinja2.exceptions.SecurityError(
-                        f"a repetition of {len(sequence)} items {times} times exceeds the output cap "
-                        f"of {self.output_cap} bytes")
-        elif operator == "**" and isinstance(left, int) and isinstance(right, int):
-            if right > 0 and abs(left) > 1 and abs(left).bit_length() * right > MAX_POWER_BITS:
-                raise jinja2.exceptions.SecurityError(f"a power of more than {MAX_POWER_BITS} bits")
-        elif operator == "%" and isinstance(left, str):
-            _check_percent_format(left)
-        return super().call_binop(context, operator, left, right)
-
-    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-        if getattr(__obj, "__name__", "") in _WIDTH_METHODS and isinstance(getattr(__obj, "__self__", None), str):
-            for value in (*args, *kwargs.values()):
-                _check_width(value, f"{__obj.__name__} width")
-        return super().call(__context, __obj, *args, **kwargs)
-
-    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        wrapped = super().wrap_str_format(value)
-        if wrapped is None:
-            return None
-        fmt = value.__self__
-
-        def checked(*args: Any, **kwargs: Any) -> str:
-            _check_brace_format(fmt)
-            return wrapped(*args, **kwargs)
-
-        return checked
-
-
 def _one_line_output(value: Any) -> Any:
     """Every ``{{ expression }}`` prints on one line, in every format: a newline in data (a tag name, a prefix
     with a scope id) can never start a line of its own in a script. Line breaks come from template text only."""
@@ -411,7 +262,7 @@ def _environment(template_dir: str | None, output_cap: int) -> ImmutableSandboxe
     stat per render); built-in templates never change under it.
     """
     builtin = _PackageLoader(resources.files("watcher.templates"))
-    env = _BoundedSandbox(
+    env = BoundedSandbox(
         loader=_UserFirstLoader(template_dir, builtin) if template_dir else builtin,
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False,
@@ -423,8 +274,8 @@ def _environment(template_dir: str | None, output_cap: int) -> ImmutableSandboxe
         finalize=_one_line_output,
     )
     env.filters.update(FILTERS)
-    env.filters.update(_bounded_filters())
-    env.globals.update(range=_counting_range, lipsum=_lipsum)
+    env.filters.update(bounded_filters())
+    env.globals.update(range=counting_range, lipsum=bounded_lipsum)
     env.output_cap = output_cap
     return env
 
@@ -451,14 +302,14 @@ class Renderer:
         name = template_name(fmt)
         where = f"{self.origin(fmt)} template {name}"
         limit = RenderLimit(where, self.seconds)
-        token = _LIMIT.set(limit)
+        token = ACTIVE_LIMIT.set(limit)
         previous_trace = sys.gettrace()
         try:
             template = self.env.get_template(name)
             if self.origin(fmt) == "user":
                 # A user template's own loops (over data, not range) are counted line by line;
                 # the built-ins are ours, and run untraced for speed.
-                sys.settrace(_tracer(template.filename or name, limit))
+                sys.settrace(line_tracer(template.filename or name, limit))
             chunks: list[str] = []
             size = 0
             for chunk in template.generate(**data):
@@ -490,22 +341,7 @@ class Renderer:
             raise RenderError(f"{where}: {type(exc).__name__}: {exc}") from None
         finally:
             sys.settrace(previous_trace)
-            _LIMIT.reset(token)
-
-
-def _tracer(filename: str, limit: RenderLimit) -> Callable[..., Any]:
-    """A trace function that counts the lines a template's own code runs (its loops included)."""
-
-    def local(frame: Any, event: str, arg: Any) -> Any:
-        if event == "line":
-            limit.step()
-        return local
-
-    def on_call(frame: Any, event: str, arg: Any) -> Any:
-        code_file = frame.f_code.co_filename
-        return local if code_file == filename or code_file == "<template>" else None
-
-    return on_call
+            ACTIVE_LIMIT.reset(token)
 
 
 def template_name(fmt: str) -> str:
