@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from sqlalchemy import Connection, insert, select, update
 
 from . import diff as diffs
+from . import ticket_text
 from . import state as states
 from . import store
 from .errors import NotFoundError
@@ -105,31 +106,6 @@ class TicketEventInfo:
 # ---------------------------------------------------------------- context
 
 
-def _space_text(v4: int, v6: int) -> str:
-    parts = []
-    if v4:
-        parts.append(f"{v4:,} IPv4 address{'es' if v4 != 1 else ''}")
-    if v6:
-        bits = v6.bit_length() - 1
-        # IPv6 counts are too large to read; a power of two reads as a prefix size.
-        parts.append(f"2^{bits} IPv6 addresses (a /{128 - bits})" if v6 == 1 << bits else f"{v6:,} IPv6 addresses")
-    return " and ".join(parts) or "nothing"
-
-
-def _net_text(change: diffs.TagDiff) -> str:
-    if not (change.added or change.removed):
-        return "no change"
-    if change.reaggregation_only:
-        return "no net change (re-aggregation: the same addresses, published as different prefixes)"
-    added, removed = change.net_added_addresses, change.net_removed_addresses
-    parts = []
-    if change.net_added:
-        parts.append(f"adds {_space_text(*added)}")
-    if change.net_removed:
-        parts.append(f"removes {_space_text(*removed)}")
-    return "; ".join(parts)
-
-
 def _removal_shares(change: diffs.TagDiff) -> dict[int, float]:
     """Per family (4, 6), the share of the tag's space the change removes; families apart, because IPv6
     counts would drown any IPv4 removal."""
@@ -161,7 +137,7 @@ def _family_text(change: diffs.TagDiff, family: int) -> str | None:
             parts.append(f"/{old[0].split('/')[1]} narrowed to /{new[0].split('/')[1]}")
         parts.append(f"{share:.0%} of {name} space removed")
     if added:
-        parts.append(f"+{_space_text(*((added, 0) if family == 4 else (0, added)))}")
+        parts.append(f"+{ticket_text.space_text(*((added, 0) if family == 4 else (0, added)))}")
     return f"{name}: " + ", ".join(parts)
 
 
@@ -182,7 +158,7 @@ def _tag_context(watched: WatchedTag, change: diffs.TagDiff) -> dict[str, Any]:
         "removed": list(change.removed),
         "net_added": list(change.net_added),
         "net_removed": list(change.net_removed),
-        "net_text": _net_text(change),
+        "net_text": ticket_text.net_text(change),
         "families": [t for t in (_family_text(change, 4), _family_text(change, 6)) if t],
         "reaggregation_only": change.reaggregation_only,
         "removal_ratio": round(_removal_ratio(change), 4),
@@ -296,44 +272,10 @@ def build_context(
         "deadline": {"add_before": date, "remove_after": remove_after},
         "hold": {"held": bool(reasons), "reasons": reasons, "ratio": removal_hold_ratio},
         "totals": {"added": n_add, "removed": n_remove, "tags": len(target)},
-        "risk": _risk(tags, label, remove_after),
-        "rollback": _rollback(tags),
-        "verify": _verify(watch, tags, date, new.cloud),
+        "risk": ticket_text.risk_lines(tags, label, remove_after),
+        "rollback": ticket_text.rollback_lines(tags),
+        "verify": ticket_text.verify_lines(watch, tags, date, new.cloud),
     }
-
-
-def _risk(tags: list[dict[str, Any]], label: str, deadline: str) -> list[str]:
-    lines = []
-    if any(t["net_added"] for t in tags):
-        lines.append(f"Until the new ranges are allowed, connections to {label} may fail once Azure starts "
-                     f"using them: apply the additions as soon as the ticket is approved.")
-    if any(t["net_removed"] for t in tags):
-        lines.append(f"Removing rules before {deadline} can break connections that Azure still routes to the "
-                     "old ranges; removing late only leaves addresses allowed a little longer.")
-    if any(t["reaggregation_only"] for t in tags):
-        lines.append("Some changes are re-aggregation only: the same addresses stay allowed, only the rule "
-                     "objects are rewritten.")
-    if any(t["anomalies"] for t in tags):
-        lines.append("changeNumber anomalies were seen (listed per tag); the content comparison above is what "
-                     "counts.")
-    return lines or ["Low: the change adds and removes no address space."]
-
-
-def _rollback(tags: list[dict[str, Any]]) -> list[str]:
-    lines = ["Additions are safe to keep: they only allow Azure's own published ranges."]
-    if any(t["removed"] for t in tags):
-        lines.append("To undo a removal, apply the add phase again (`--phase add`): it allows the previous "
-                     "approved list as well as the new one.")
-    return lines
-
-
-def _verify(watch: ResolvedWatch, tags: list[dict[str, Any]], date: str, cloud: str) -> list[str]:
-    lines = [f"`watcher state show {watch.name} --cloud {cloud} --json` lists exactly what the firewall objects "
-             "should allow once this ticket is approved."]
-    if watch.login_server:
-        lines.append(f"From a host behind the firewall: `curl -sI https://{watch.login_server}/v2/` answers "
-                     "HTTP 401 (reachable), and `docker pull` of a small image from the registry succeeds.")
-    return lines
 
 
 # ---------------------------------------------------------------- creation
