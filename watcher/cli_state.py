@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import notify, render, review, state as states, tickets
-from .errors import ConfigError, NotFoundError
+from .errors import TransitionError
 from .settings import CLOUD_FILE_NAMES
 from .watches import resolve_watches
 
@@ -183,7 +183,7 @@ def _review(action: str, help_text: str, additions: bool = False) -> click.Comma
         if additions_only:
             with app.engine.connect() as conn:
                 if tickets.get_ticket(conn, ticket_id).state != "hold":
-                    raise ConfigError("--additions-only is for held tickets; approve an open ticket as a whole")
+                    raise TransitionError("--additions-only is for held tickets; approve an open ticket as a whole")
         ticket = review.transition(app.engine, ticket_id, step, actor, comment, settings=app.settings.tickets)
         if additions_only:
             click.echo(f"ticket {ticket.id} is still hold; its additions are approved (render --phase add)")
@@ -221,4 +221,4 @@ def register(main: click.Group, tickets_group: click.Group) -> None:
                                                  "may be approved."))
 
 
-__all__ = ["register", "state_group", "ticket_json", "NotFoundError"]
+__all__ = ["register", "state_group", "ticket_json"]

@@ -35,6 +35,7 @@ import ipaddress
 import json
 import re
 import shlex
+import socket
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -126,6 +127,7 @@ def only_v6(cidrs: Iterable[str]) -> list[str]:
     return [c for c in cidrs if family(c) == 6]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def netmask(cidr: str) -> str:
     """``10.0.0.0/23`` -> ``10.0.0.0 255.255.254.0`` (Cisco and FortiGate IPv4 syntax)."""
     network = ipaddress.IPv4Network(cidr)
@@ -177,13 +179,23 @@ def one_line(text: Any) -> str:
 def cidr(prefix: Any) -> str:
     """A plain IPv4 or IPv6 network, or an error: no scope id, no whitespace, nothing a firewall would parse twice."""
     text = str(prefix)
-    if not _PLAIN_CIDR.match(text):
+    if not _checked_cidr(text):
         raise RenderError(f"refusing to render {one_line(text)[:80]!r}: not a plain CIDR prefix")
+    return text
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _checked_cidr(text: str) -> bool:
+    """Plain notation (digits, hex, dots, colons, one slash) of an address the OS parses, with a valid length."""
+    if not _PLAIN_CIDR.match(text):
+        return False
+    address, _, length = text.partition("/")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        network = ipaddress.ip_network(text, strict=True)
-    except ValueError:
-        raise RenderError(f"refusing to render {text!r}: not a network prefix") from None
-    return str(network)
+        socket.inet_pton(family, address)
+    except OSError:
+        return False
+    return int(length) <= (128 if family == socket.AF_INET6 else 32)
 
 
 def shell_word(text: Any) -> str:
@@ -445,7 +457,17 @@ def sample_views() -> list[dict[str, Any]]:
 
 def render_ticket(conn: Any, settings: Settings, ticket: tickets.TicketInfo, fmt: str, phase: str = "add") -> str:
     """One format of a stored ticket: its text with the review trail, or its snippet for ``phase``."""
+    return render_formats(conn, settings, ticket, (fmt,), phase)[fmt]
+
+
+def render_formats(conn: Any, settings: Settings, ticket: tickets.TicketInfo, formats: Iterable[str],
+                   phase: str = "add") -> dict[str, str]:
+    """Several formats of a stored ticket from one view (read and computed once)."""
     from . import review  # review depends on tickets only; imported here to keep module start-up light
 
-    data = review.full_view(conn, ticket, settings, phase if fmt in RULE_FORMATS else None)
-    return Renderer(settings.tickets).render(fmt, data)
+    wanted = list(formats)
+    for fmt in wanted:
+        template_name(fmt)
+    data = review.full_view(conn, ticket, settings, phase if any(f in RULE_FORMATS for f in wanted) else None)
+    renderer = Renderer(settings.tickets)
+    return {fmt: renderer.render(fmt, data) for fmt in wanted}

@@ -158,7 +158,7 @@ def nsg_priority(settings: Settings, watch: str) -> int:
 
 
 def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: str,
-             at: dt.datetime | None = None) -> dict[str, Any]:
+             at: dt.datetime | None = None, recorded: list[states.ApprovedState] | None = None) -> dict[str, Any]:
     """The full object contents a snippet sets for ``phase``, and what earlier states left that must go."""
     if phase not in PHASES:
         raise RenderError(f"unknown phase {phase!r} (choose add or remove)")
@@ -166,7 +166,8 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
         successor = f"; see ticket {ticket.superseded_by}" if ticket.superseded_by else ""
         raise RenderError(f"ticket {ticket.id} is {ticket.state}: nothing to apply{successor} "
                           f"(`watcher state show {ticket.watch}` gives the approved list)")
-    recorded = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
+    if recorded is None:
+        recorded = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
     if recorded:
         mine = recorded[-1]
         before, final = mine.before, mine.final
@@ -180,7 +181,8 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
         raise RenderError(f"ticket {ticket.id} is held: its removals wait for a reviewer's release "
                           f"(render --phase add for the additions)")
     objects = states.union(before, final) if phase == "add" else {f: list(final[f]) for f in states.FAMILIES}
-    dropped = {f: [c for c in before.get(f, ()) if c not in set(objects[f])] for f in states.FAMILIES}
+    kept = {f: set(objects[f]) for f in states.FAMILIES}
+    dropped = {f: [c for c in before.get(f, ()) if c not in kept[f]] for f in states.FAMILIES}
     family, _, table = settings.tickets.nft_table.partition(" ")
     if family not in NFT_FAMILIES or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,30}", table or "watcher"):
         raise RenderError(f"[tickets] nft_table {settings.tickets.nft_table!r} is not '<family> <name>' "
@@ -207,5 +209,6 @@ def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: s
                         if approval and approval[-1].removals_at else None,
                         "additions_only": bool(approval) and approval[-1].removals_at is None}
     if phase is not None:
-        data["firewall"] = firewall(conn, ticket, settings, phase)
+        data["firewall"] = firewall(conn, ticket, settings, phase, recorded=approval)
     return data
+

@@ -40,7 +40,7 @@ from . import store
 from .errors import NotFoundError
 from .models import Ticket, TicketEvent, utcnow
 from .settings import Settings
-from .watches import EXTRA_WATCH, STORAGE_WARNING, ResolvedWatch, WatchedTag, resolve_watches
+from .watches import STORAGE_WARNING, ResolvedWatch, WatchedTag, resolve_watches
 
 STATES = ("open", "hold", "approved", "rejected", "applied", "superseded")
 LIVE_STATES = ("open", "hold")
