@@ -198,6 +198,29 @@ def _checked_cidr(text: str) -> bool:
     return int(length) <= (128 if family == socket.AF_INET6 else 32)
 
 
+class Block(str):
+    """Lines built by ``each`` from checked prefixes: their line breaks are the template's own, kept as they are."""
+
+
+def each(prefixes: Iterable[Any], pattern: str) -> Block:
+    """One ``pattern`` per prefix, joined by line breaks: ``{cidr}`` (checked), ``{name}`` (its object name),
+    ``{mask}`` (``address netmask`` for IPv4). Plain replacement, not ``str.format``: a pattern reaches no attribute.
+    One call per list instead of a template loop per prefix: rule snippets of 13,000 prefixes render in milliseconds.
+    """
+    text = str(pattern)
+    wants_name, wants_mask = "{name}" in text, "{mask}" in text
+    lines = []
+    for prefix in prefixes:
+        checked = cidr(prefix)
+        line = text.replace("{cidr}", checked)
+        if wants_name:
+            line = line.replace("{name}", address_name(checked))
+        if wants_mask:
+            line = line.replace("{mask}", netmask(checked) if ":" not in checked else checked)
+        lines.append(line)
+    return Block("\n".join(lines))
+
+
 def shell_word(text: Any) -> str:
     """One POSIX shell word, single-quoted, on one line."""
     return shlex.quote(one_line(text))
@@ -250,6 +273,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "hcl": hcl_string,
     "md": markdown,
     "short_name": short_name,
+    "each": each,
+    "cidrs": lambda prefixes: [cidr(p) for p in prefixes],
 }
 
 
@@ -259,6 +284,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
 def _one_line_output(value: Any) -> Any:
     """Every ``{{ expression }}`` prints on one line, in every format: a newline in data (a tag name, a prefix
     with a scope id) can never start a line of its own in a script. Line breaks come from template text only."""
+    if isinstance(value, Block):
+        return value
     if isinstance(value, markupsafe.Markup):
         return markupsafe.Markup(_CONTROL.sub("?", str(value)))
     if isinstance(value, str):

@@ -168,19 +168,20 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
                           f"(`watcher state show {ticket.watch}` gives the approved list)")
     if recorded is None:
         recorded = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
+    if phase == "remove" and ticket.state == "hold":
+        raise RenderError(f"ticket {ticket.id} is held: its removals wait for a reviewer's release "
+                          f"(render --phase add for the additions)")
     if recorded:
         mine = recorded[-1]
-        before, final = mine.before, mine.final
-        removals_at = mine.removals_at
-    else:
+        before, final, removals_at = mine.before, mine.final, mine.removals_at
+        first_phase = mine.first_phase()
+    else:  # not approved yet: what an approval now would record
         previous = states.current(conn, ticket.cloud, ticket.watch)
         before = previous.effective(at or utcnow()) if previous else states.empty_lists()
         final = states.family_lists(p for t in ticket.target.values() for p in t.prefixes)
         removals_at = None
-    if phase == "remove" and ticket.state == "hold":
-        raise RenderError(f"ticket {ticket.id} is held: its removals wait for a reviewer's release "
-                          f"(render --phase add for the additions)")
-    objects = states.union(before, final) if phase == "add" else {f: list(final[f]) for f in states.FAMILIES}
+        first_phase = states.union(before, final)
+    objects = first_phase if phase == "add" else {f: list(final[f]) for f in states.FAMILIES}
     kept = {f: set(objects[f]) for f in states.FAMILIES}
     dropped = {f: [c for c in before.get(f, ()) if c not in kept[f]] for f in states.FAMILIES}
     family, _, table = settings.tickets.nft_table.partition(" ")

@@ -103,13 +103,20 @@ class ApprovedState:
     tags: Mapping[str, TagApproval]
     final: Mapping[str, list[str]]
     before: Mapping[str, list[str]]
+    #: collapse(before ∪ final), computed once at approval: the list of the first phase
+    during: Mapping[str, list[str]] | None = None
 
     @property
     def additions_only(self) -> bool:
         return self.removals_at is None
 
+    def first_phase(self) -> FamilyLists:
+        return {f: list(v) for f, v in self.during.items()} if self.during is not None else union(self.before, self.final)
+
     def effective(self, at: dt.datetime) -> FamilyLists:
-        return effective_lists(self.before, self.final, self.removals_at, at)
+        if self.removals_at is not None and as_utc(at) >= self.removals_at:
+            return {f: list(self.final.get(f, ())) for f in FAMILIES}
+        return self.first_phase()
 
     def to_json(self, at: dt.datetime) -> dict[str, Any]:
         """The CLI and API contract of ``watcher state show``."""
@@ -135,7 +142,7 @@ def _state(row: Any) -> ApprovedState:
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
         tags={name: TagApproval(tuple(t["prefixes"]), t["change_number"], t["publication"])
               for name, t in content["tags"].items()},
-        final=content["final"], before=content["before"],
+        final=content["final"], before=content["before"], during=content.get("during"),
     )
 
 
@@ -147,7 +154,8 @@ def record(conn: Connection, *, cloud: str, watch: str, ticket_id: int, publicat
     if removals_at is None:
         final = union(final, before)  # additions only: nothing the firewall allows goes yet
     content = {"publication": dict(publication), "tags": {n: t.to_json() for n, t in sorted(tags.items())},
-               "final": final, "before": {f: list(before.get(f, ())) for f in FAMILIES}}
+               "final": final, "before": {f: list(before.get(f, ())) for f in FAMILIES},
+               "during": union(before, final)}
     new_id = conn.execute(insert(ApprovedStateRow.__table__).returning(ApprovedStateRow.__table__.c.id), {
         "cloud": cloud, "watch": watch, "ticket_id": ticket_id, "publication_id": publication_id,
         "approved_at": approved_at, "removals_at": removals_at, "content": json.dumps(content, sort_keys=True),
