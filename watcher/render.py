@@ -198,27 +198,33 @@ def _checked_cidr(text: str) -> bool:
     return int(length) <= (128 if family == socket.AF_INET6 else 32)
 
 
+_PLACEHOLDER = re.compile(r"\{(cidr|name|mask)\}")
+
+
 class Block(str):
     """Lines built by ``each`` from checked prefixes: their line breaks are the template's own, kept as they are."""
 
 
 def each(prefixes: Iterable[Any], pattern: str) -> Block:
     """One ``pattern`` per prefix, joined by line breaks: ``{cidr}`` (checked), ``{name}`` (its object name),
-    ``{mask}`` (``address netmask`` for IPv4). Plain replacement, not ``str.format``: a pattern reaches no attribute.
+    ``{mask}`` (``address netmask`` for IPv4). No ``str.format``: a pattern reaches no attribute, only these three.
     One call per list instead of a template loop per prefix: rule snippets of 13,000 prefixes render in milliseconds.
     """
     text = str(pattern)
-    wants_name, wants_mask = "{name}" in text, "{mask}" in text
-    lines = []
-    for prefix in prefixes:
-        checked = cidr(prefix)
-        line = text.replace("{cidr}", checked)
-        if wants_name:
-            line = line.replace("{name}", address_name(checked))
-        if wants_mask:
-            line = line.replace("{mask}", netmask(checked) if ":" not in checked else checked)
-        lines.append(line)
-    return Block("\n".join(lines))
+    checked = [cidr(p) for p in prefixes]
+    columns = {"cidr": checked}
+    if "{name}" in text:
+        columns["name"] = [address_name(c) for c in checked]
+    if "{mask}" in text:
+        columns["mask"] = [c if ":" in c else netmask(c) for c in checked]
+    # One %-format for the whole list: the pattern's own % signs escaped, each placeholder a %s in its order.
+    pieces = _PLACEHOLDER.split(text.replace("%", "%%"))
+    order = pieces[1::2]
+    layout = "".join(piece if i % 2 == 0 else "%s" for i, piece in enumerate(pieces))
+    if not order:
+        return Block("\n".join(layout % () for _ in checked))
+    rows = zip(*(columns[key] for key in order))
+    return Block("\n".join([layout % row for row in rows]))
 
 
 def shell_word(text: Any) -> str:
