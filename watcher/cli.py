@@ -782,7 +782,9 @@ def config_check(app: AppContext, as_json: bool) -> None:
                                    + "; ".join(f"{c.part}: {c.detail}" for c in failed))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
 from .cli_state import register as _register_state  # noqa: E402  (the state group and approved-state ticket commands)
 _register_state(main, tickets_group)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
