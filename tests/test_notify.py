@@ -22,8 +22,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import CliRunner
 
-from tests.ticket_helpers import approve_baselines, import_made, import_real_pair, make_settings, quietly, week
-from watcher import db, notify, render, tickets
+from tests.ticket_helpers import approve_baselines, import_made, import_real_pair, make_settings, quietly, utc, week
+from watcher import db, notify, render, review, tickets
 from watcher.cli import main
 from watcher.models import OutboxMessage
 
@@ -125,6 +125,9 @@ def wait_for(predicate, seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+FOUR_AND_FIVE = ("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24", "10.1.5.0/24")
 
 
 def held_ticket_week(engine, settings) -> None:
@@ -355,3 +358,36 @@ def test_invalid_url_is_reported_masked(engine):
     assert not destination.valid and "hunter2secret" not in destination.label
     (result,) = notify.send_test(settings)
     assert not result.ok and "hunter2secret" not in result.error
+
+
+def test_messages_follow_the_state_superseded_rejected_approved_and_one_removal_reminder(engine, json_receiver):
+    json_receiver.start()
+    settings = make_settings(urls=(f"json://127.0.0.1:{json_receiver.port}/",))
+    held_ticket_week(engine, settings)  # ticket 2, held
+    now = soon()
+    assert [r.state for r in notify.deliver_due(engine, settings, now=now)] == ["sent"]
+    # A newer publication supersedes ticket 2: ticket 3 is announced, ticket 2 as superseded (no work to do).
+    import_made(engine, settings, "20250115", week(storage_eastus2=FOUR_AND_FIVE), 3)
+    assert len(notify.deliver_due(engine, settings, now=now)) == 2
+    titles = [b["title"] for b in json_receiver.bodies]
+    assert titles[1].startswith("[watcher ticket 3] ") and "[SUPERSEDED" not in titles[1]
+    assert titles[2].startswith("[watcher ticket 2] [SUPERSEDED by ticket 3, nothing to apply]")
+    review.transition(engine, 3, "reject", "carol", "not yet", announce=settings)
+    notify.deliver_due(engine, settings, now=now)
+    assert json_receiver.bodies[-1]["title"].startswith("[watcher ticket 3] [REJECTED, nothing to apply]")
+    assert "REJECTED: nothing to apply" in json_receiver.bodies[-1]["message"]
+    # The change comes back with the next publication; its approval names the removal date, then reminds once.
+    import_made(engine, settings, "20250122", week(storage_eastus2=FOUR_AND_FIVE + ("10.1.6.0/24",)), 4)
+    notify.deliver_due(engine, settings, now=now)
+    review.transition(engine, 4, "approve", "dave", announce=settings, now=lambda: utc(2025, 1, 23))
+    assert len(notify.deliver_due(engine, settings, now=utc(2025, 1, 23, 1))) == 1  # the reminder waits
+    approved = json_receiver.bodies[-1]
+    assert approved["title"].startswith("[watcher ticket 4] [APPROVED: apply the additions now, the removals on "
+                                        "2025-01-29]"), approved["title"]
+    assert "dave" in approved["message"]
+    count = len(json_receiver.bodies)
+    assert notify.deliver_due(engine, settings, now=utc(2025, 1, 28)) == []  # not before the removal date
+    (reminder,) = notify.deliver_due(engine, settings, now=utc(2025, 1, 29, 0, 1))
+    assert reminder.state == "sent" and len(json_receiver.bodies) == count + 1
+    assert json_receiver.bodies[-1]["title"].startswith("[watcher ticket 4] [REMOVALS DUE 2025-01-29")
+    assert notify.deliver_due(engine, settings, now=utc(2026, 1, 1)) == []  # one reminder only

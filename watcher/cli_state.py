@@ -184,7 +184,8 @@ def _review(action: str, help_text: str, additions: bool = False) -> click.Comma
             with app.engine.connect() as conn:
                 if tickets.get_ticket(conn, ticket_id).state != "hold":
                     raise TransitionError("--additions-only is for held tickets; approve an open ticket as a whole")
-        ticket = review.transition(app.engine, ticket_id, step, actor, comment, settings=app.settings.tickets)
+        ticket = review.transition(app.engine, ticket_id, step, actor, comment, settings=app.settings.tickets,
+                                   announce=app.settings)
         if additions_only:
             click.echo(f"ticket {ticket.id} is still hold; its additions are approved (render --phase add)")
         else:

@@ -247,7 +247,7 @@ class TicketEvent(Base):
 class OutboxMessage(Base):
     __tablename__ = "outbox"
     __table_args__ = (
-        UniqueConstraint("ticket_id", "destination"),
+        UniqueConstraint("ticket_id", "destination", "event"),
         Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
     )
 
@@ -265,6 +265,8 @@ class OutboxMessage(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: what the message announces: created, approved, rejected, superseded, or the removal-date reminder (0007)
+    event: Mapped[str] = mapped_column(String(16), server_default="created")
 
 
 class Poll(Base):

@@ -66,9 +66,14 @@ def transition(
     comment: str = "",
     *,
     settings: TicketSettings | None = None,
+    announce: Settings | None = None,
     now: Callable[[], dt.datetime] = utcnow,
 ) -> TicketInfo:
-    """Take one review step and record who took it; an approval moves the watch's approved state."""
+    """Take one review step and record who took it; an approval moves the watch's approved state.
+
+    With ``announce`` (the settings with notification destinations), an approval queues its message ("apply the
+    additions now, the removals on DATE") and a reminder due on the removal date; a rejection queues its own.
+    """
     settings = settings or TicketSettings()
     if action not in ACTIONS:
         raise TransitionError(f"unknown review step {action!r} (known: {', '.join(ACTIONS)})")
@@ -99,16 +104,31 @@ def transition(
             ).rowcount
             if moved != 1:
                 raise TransitionError(f"ticket {ticket_id} changed while {action} was recorded; look again")
+            moved_to = None
             if action in ("approve", "approve-adds"):
-                _move_state(conn, ticket, events, settings, at, additions_only=action == "approve-adds")
+                moved_to = _move_state(conn, ticket, events, settings, at, additions_only=action == "approve-adds")
             conn.execute(insert(TicketEvent.__table__), {
                 "ticket_id": ticket_id, "at": at, "actor": actor, "action": action,
                 "from_state": ticket.state, "to_state": target, "comment": comment,
             })
+            if announce is not None:
+                _announce(conn, announce, ticket_id, action, moved_to, at)
             return get_ticket(conn, ticket_id)
     except SQLAlchemyError as exc:
         raise StoreError(f"database error while recording {action} on ticket {ticket_id}: "
                          f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}") from exc
+
+
+def _announce(conn: Connection, settings: Settings, ticket_id: int, action: str,
+              moved_to: states.ApprovedState | None, at: dt.datetime) -> None:
+    from . import notify  # notify renders through this module: imported when needed
+
+    if action == "reject":
+        notify.enqueue(conn, [ticket_id], settings, at, event="rejected")
+    elif action in ("approve", "approve-adds"):
+        notify.enqueue(conn, [ticket_id], settings, at, event="approved" if action == "approve" else "additions")
+        if moved_to is not None and moved_to.removals_at is not None:
+            notify.enqueue(conn, [ticket_id], settings, at, event="reminder", due=moved_to.removals_at)
 
 
 def _move_state(conn: Connection, ticket: TicketInfo, events, settings: TicketSettings, at: dt.datetime,

@@ -1,4 +1,5 @@
-"""approved_states: the allow-list reviewers approved per watch; tickets gain kind and superseded_by.
+"""approved_states: the allow-list reviewers approved per watch; tickets gain kind and superseded_by; outbox
+rows gain the event they announce.
 
 A ticket now diffs against the watch's approved state, not against the
 previous publication: a baseline ticket (nothing approved yet) has no
@@ -43,9 +44,19 @@ def upgrade() -> None:
     op.create_index("ix_approved_states_cloud_watch", "approved_states", ["cloud", "watch", "id"])
     op.create_index(op.f("ix_approved_states_ticket_id"), "approved_states", ["ticket_id"])
     op.create_index(op.f("ix_approved_states_publication_id"), "approved_states", ["publication_id"])
+    # A ticket is announced again when its state moves (approved, rejected, superseded, removal reminder).
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_constraint(op.f("uq_outbox_ticket_id"), type_="unique")
+        batch.add_column(sa.Column("event", sa.String(16), nullable=False, server_default="created"))
+        batch.create_unique_constraint(op.f("uq_outbox_ticket_id"), ["ticket_id", "destination", "event"])
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM outbox WHERE event <> 'created'")
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_constraint(op.f("uq_outbox_ticket_id"), type_="unique")
+        batch.drop_column("event")
+        batch.create_unique_constraint(op.f("uq_outbox_ticket_id"), ["ticket_id", "destination"])
     op.drop_index(op.f("ix_approved_states_publication_id"), table_name="approved_states")
     op.drop_index(op.f("ix_approved_states_ticket_id"), table_name="approved_states")
     op.drop_index("ix_approved_states_cloud_watch", table_name="approved_states")
