@@ -351,6 +351,7 @@ class Renderer:
         previous_trace = sys.gettrace()
         try:
             template = self.env.get_template(name)
+            limit.restart()  # the clock is for running the template, not for compiling it (once per process)
             if self.origin(fmt) == "user":
                 # A user template's own loops (over data, not range) are counted line by line;
                 # the built-ins are ours, and run untraced for speed.

@@ -42,6 +42,9 @@ class RenderLimit:
         self.deadline = time.monotonic() + seconds
         self.steps_left = steps
 
+    def restart(self) -> None:
+        self.deadline = time.monotonic() + self.seconds
+
     def step(self, count: int = 1) -> None:
         self.steps_left -= count
         if self.steps_left < 0:
