@@ -329,3 +329,17 @@ def test_migration_0007_upgrades_and_downgrades_with_tickets_of_the_new_kinds(en
         assert compare_metadata(MigrationContext.configure(conn), models.Base.metadata) == []
         kinds = conn.execute(sa.text("SELECT kind FROM tickets ORDER BY id")).scalars().all()
     assert kinds == ["change", "change"]
+
+
+def test_an_older_approval_does_not_render_over_a_newer_one_and_empty_watches_get_no_baseline(engine):
+    settings = make_settings(RegistryWatch("myreg", ("eastus2",)), RegistryWatch("nowhere", ("marsnorth",)))
+    import_made(engine, settings, "20250101", week())
+    assert [t.watch for t in all_tickets(engine)] == ["myreg"]  # no tag resolves for "nowhere": no empty baseline
+    approve_baselines(engine)
+    import_made(engine, settings, "20250108", week(storage_eastus2=FOUR + ("10.1.4.0/24",)), 2)
+    review.transition(engine, 2, "approve", "bob")
+    with engine.connect() as conn:
+        with pytest.raises(RenderError, match="ticket 1's approval was followed by ticket 2's"):
+            render.render_ticket(conn, settings, tickets.get_ticket(conn, 1), "nftables")
+        assert "10.1.4.0/24" in render.render_ticket(conn, settings, tickets.get_ticket(conn, 2), "nftables")
+        assert "[watcher ticket 1]" in render.render_ticket(conn, settings, tickets.get_ticket(conn, 1), "md")

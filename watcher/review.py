@@ -193,6 +193,11 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
                           f"(render --phase add for the additions)")
     if recorded:
         mine = recorded[-1]
+        latest = states.current(conn, ticket.cloud, ticket.watch)
+        if latest is not None and latest.id != mine.id and ticket.state != "hold":
+            # An older approval's list would undo a newer one: only the newest approval renders.
+            raise RenderError(f"ticket {ticket.id}'s approval was followed by ticket {latest.ticket_id}'s: render "
+                              f"ticket {latest.ticket_id} (or `watcher state show {ticket.watch}`)")
         before, final, removals_at = mine.before, mine.final, mine.removals_at
         first_phase = mine.first_phase()
     else:  # not approved yet: what an approval now would record

@@ -145,10 +145,10 @@ def _family_text(change: diffs.TagDiff, family: int) -> str | None:
     parts = []
     if removed:
         share = _removal_shares(change)[family]
-        old = [p for p in (change.before.prefixes if change.before else ()) if (":" in p) == (family == 6)]
-        new = [p for p in (change.after.prefixes if change.after else ()) if (":" in p) == (family == 6)]
-        if len(old) == 1 and len(new) == 1 and diffs.collapse(new)[0] != old[0]:
-            parts.append(f"/{old[0].split('/')[1]} narrowed to /{new[0].split('/')[1]}")
+        gone = [p for p in change.removed if (":" in p) == (family == 6)]
+        came = [p for p in change.added if (":" in p) == (family == 6)]
+        if len(gone) == 1 and len(came) == 1 and diffs.collapse([*gone, *came]) == gone:
+            parts.append(f"/{gone[0].split('/')[1]} narrowed to /{came[0].split('/')[1]}")
         parts.append(f"{share:.0%} of {name} space removed")
     if added:
         parts.append(f"+{ticket_text.space_text(*((added, 0) if family == 4 else (0, added)))}")
@@ -358,6 +358,8 @@ def _ticket_for_watch(conn: Connection, watch: ResolvedWatch, new: store.Publica
     approved = states.current(conn, watch.cloud, watch.name)
     live = live_ticket(conn, watch.cloud, watch.name)
     target = store.tag_states(conn, watch.cloud, new.day, watch.tag_names) if watch.tag_names else {}
+    if approved is None and not target:
+        return None  # nothing published for the watch yet (a misspelt region, a cloud without the tags)
     approved_lists = {n: t.prefixes for n, t in approved.tags.items()} if approved else None
     if approved_lists is not None and _same_target(target, approved_lists):
         if live is not None:  # the publication went back to what is approved: the live change is moot
