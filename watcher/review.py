@@ -20,10 +20,9 @@ import re
 from typing import Any, Callable
 
 from sqlalchemy import Connection, Engine, insert, update
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import db, state as states
-from .errors import RenderError, StoreError, TransitionError
+from .errors import RenderError, TransitionError, translate_db_errors
 from .models import Ticket, TicketEvent, utcnow
 from .settings import Settings, TicketSettings
 from .tickets import TicketInfo, get_ticket, ticket_events, view
@@ -81,7 +80,7 @@ def transition(
     comment = _check_comment(comment)
     allowed, target = ACTIONS[action]
     table = Ticket.__table__
-    try:
+    with translate_db_errors(f"recording {action} on ticket {ticket_id}"):
         with db.writer(engine).begin() as conn:
             ticket = get_ticket(conn, ticket_id)
             if ticket.state not in allowed:
@@ -114,9 +113,6 @@ def transition(
             if announce is not None:
                 _announce(conn, announce, ticket_id, action, moved_to, at)
             return get_ticket(conn, ticket_id)
-    except SQLAlchemyError as exc:
-        raise StoreError(f"database error while recording {action} on ticket {ticket_id}: "
-                         f"{str(getattr(exc, 'orig', exc)).splitlines()[0]}") from exc
 
 
 def _announce(conn: Connection, settings: Settings, ticket_id: int, action: str,

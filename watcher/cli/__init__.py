@@ -8,7 +8,7 @@ status 1; wrong usage exits 2.
 
 Commands live in modules per family: ``reading`` (import, publications,
 history, diff, show, lookup, watches), ``tickets``, ``notify``, ``daemon``
-(poll, status, run) and ``config`` (init, config, db).
+(poll, status, run, serve), ``state`` and ``config`` (init, config, db).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .. import __version__, logs
 from .. import config as configuration
 from ..errors import WatcherError
 from ..settings import load_settings
-from . import config, daemon, notify, reading, tickets
+from . import config, daemon, notify, reading, state, tickets
 from .app import LOG_FORMAT_CHOICE, AppContext, WatcherGroup
 
 __all__ = ["main", "AppContext"]
@@ -49,11 +49,7 @@ def main(ctx: click.Context, database_url: str | None, config_path: str | None, 
     ctx.call_on_close(lambda: ctx.obj._engine and ctx.obj._engine.dispose())
 
 
-for _module in (config, reading, tickets, notify, daemon):
+for _module in (config, reading, tickets, state, notify, daemon):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 
-# The state group, and the ticket commands that follow the approved state (they replace the plain ones).
-from ..cli_state import register as _register_state  # noqa: E402
-
-_register_state(main, tickets.tickets_group)

@@ -1,11 +1,21 @@
-"""Ticket commands: list, show, render, the review steps, and the template check."""
+"""Ticket commands: list, show, render, the review steps that move the approved state, and the template check."""
 from __future__ import annotations
+
+import getpass
 
 import click
 
-from .. import notify, render, tickets
+from .. import notify, render, review, tickets
+from ..errors import TransitionError
 from . import views
 from .app import AppContext, echo_lines, emit_json, json_option, pass_app, present
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no USER variable (some containers)
+        return ""
 
 
 @click.group("tickets")
@@ -18,7 +28,7 @@ def tickets_group() -> None:
 @json_option
 @pass_app
 def tickets_list(app: AppContext, state: str | None, as_json: bool) -> None:
-    """List tickets: id, state, registry, publication date, title."""
+    """List tickets: id, state, kind, watch, publication date, title."""
     with app.engine.connect() as conn:
         found = tickets.list_tickets(conn, state)
     present(as_json, lambda: [t.to_json() for t in found], lambda: views.ticket_list_lines(found, state))
@@ -29,46 +39,64 @@ def tickets_list(app: AppContext, state: str | None, as_json: bool) -> None:
 @json_option
 @pass_app
 def tickets_show(app: AppContext, ticket_id: int, as_json: bool) -> None:
-    """A ticket's summary, review trail and deliveries."""
+    """A ticket's summary, changes against the approved state, review trail and deliveries."""
     with app.engine.connect() as conn:
         ticket = tickets.get_ticket(conn, ticket_id)
         events = tickets.ticket_events(conn, ticket_id)
+        summary = "" if as_json else render.render_ticket(conn, app.settings, ticket, "summary")
     deliveries = notify.outbox_status(app.engine, app.settings, ticket_id)
     if as_json:
-        emit_json({**ticket.to_json(), "events": [e.to_json() for e in events],
+        emit_json({**ticket.to_json(), "changes": ticket.changes, "events": [e.to_json() for e in events],
                    "deliveries": [d.to_json() for d in deliveries]})
         return
-    click.echo(render.render(app.settings, "summary", tickets.view(ticket)).rstrip())
+    click.echo(summary.rstrip())
     echo_lines(views.ticket_trail_lines(events, deliveries))
 
 
 @tickets_group.command("render")
 @click.argument("ticket_id", type=int, metavar="ID")
 @click.option("--format", "fmt", type=click.Choice([*render.TICKET_FORMATS, *render.RULE_FORMATS]),
-              default="md", show_default=True, help="The ticket (md, html, txt) or a firewall's rule snippet.")
+              default="md", show_default=True, help="The ticket (md, html, txt) or a firewall's full-state rule snippet.")
+@click.option("--phase", type=click.Choice(review.PHASES), default="add", show_default=True,
+              help="Snippets: add (old and new lists, apply now) or remove (the new list alone, from the removal date).")
 @pass_app
-def tickets_render(app: AppContext, ticket_id: int, fmt: str) -> None:
-    """Print a ticket, or its rule snippet for one kind of firewall."""
+def tickets_render(app: AppContext, ticket_id: int, fmt: str, phase: str) -> None:
+    """Print a ticket, or the full-state rule snippet of one kind of firewall for a phase."""
     with app.engine.connect() as conn:
         ticket = tickets.get_ticket(conn, ticket_id)
-    click.echo(render.render(app.settings, fmt, tickets.view(ticket)), nl=False)
+        text = render.render_ticket(conn, app.settings, ticket, fmt, phase)
+    click.echo(text, nl=False)
 
 
-def _review_command(action: str, help_text: str) -> None:
-    @tickets_group.command(action, help=help_text)
+def _review_command(action: str, help_text: str, additions: bool = False) -> None:
     @click.argument("ticket_id", type=int, metavar="ID")
-    @click.option("--by", "actor", required=True, metavar="NAME", help="Who takes this step (recorded).")
+    @click.option("--by", "actor", default=_os_user, show_default="the operating-system user", metavar="NAME",
+                  help="Who takes this step (recorded, shown in the ticket and messages).")
     @click.option("--comment", default="", metavar="TEXT", help="Why (recorded with the step).")
     @pass_app
-    def command(app: AppContext, ticket_id: int, actor: str, comment: str) -> None:
-        ticket = tickets.transition(app.engine, ticket_id, action, actor, comment)
-        click.echo(f"ticket {ticket.id} is now {ticket.state}")
+    def command(app: AppContext, ticket_id: int, actor: str, comment: str, additions_only: bool = False) -> None:
+        if additions_only:
+            with app.engine.connect() as conn:
+                if tickets.get_ticket(conn, ticket_id).state != "hold":
+                    raise TransitionError("--additions-only is for held tickets; approve an open ticket as a whole")
+        step = "approve-adds" if additions_only else action
+        ticket = review.transition(app.engine, ticket_id, step, actor, comment, settings=app.settings.tickets,
+                                   announce=app.settings)
+        if additions_only:
+            click.echo(f"ticket {ticket.id} is still hold; its additions are approved (render --phase add)")
+        else:
+            click.echo(f"ticket {ticket.id} is now {ticket.state}")
+
+    if additions:
+        command = click.option("--additions-only", is_flag=True,
+                               help="Approve only the additions of a held ticket; its removals wait.")(command)
+    tickets_group.command(action, help=help_text)(command)
 
 
-_review_command("approve", "Approve an open ticket.")
-_review_command("reject", "Reject an open or held ticket.")
+_review_command("approve", "Approve an open ticket: the watch's approved state moves.", additions=True)
+_review_command("reject", "Reject an open or held ticket: the approved state stays.")
 _review_command("applied", "Record that an approved ticket's rules are in place.")
-_review_command("release", "Release a held ticket after review: it opens, and its snippets include removals.")
+_review_command("release", "Release a held ticket after review: it opens, and its removals may be approved.")
 
 
 @tickets_group.command("check-templates")

@@ -12,7 +12,8 @@ from .. import notify, pipeline, store
 from ..config import Check
 from ..diff import TagDiff, address_counts
 from ..overview import StatusReport
-from ..render import TemplateCheck
+from ..render import TemplateCheck, one_line
+from ..state import FAMILIES
 from ..tickets import TicketEventInfo, TicketInfo
 from ..watches import ResolvedWatch
 
@@ -115,20 +116,39 @@ def watch_lines(watches: Sequence[ResolvedWatch]) -> list[str]:
 def ticket_list_lines(found: Sequence[TicketInfo], state: str | None) -> list[str]:
     if not found:
         return ["no tickets" + (f" in state {state}" if state else "")]
-    return [f"{t.id:>5}  {t.state:<8}  {t.watch:<20}  {t.cloud} {t.file_date}  {t.title}" for t in found]
+    return [f"{t.id:>5}  {t.state:<10}  {t.kind:<8}  {t.watch:<20}  {t.cloud} {t.file_date}  {one_line(t.title)}"
+            for t in found]
 
 
 def ticket_trail_lines(events: Sequence[TicketEventInfo], deliveries: Sequence[notify.OutboxEntry]) -> list[str]:
     lines = ["", "Review trail:"]
     for e in events:
-        comment = f"  ({e.comment})" if e.comment else ""
-        lines.append(f"  {e.at:%Y-%m-%d %H:%M} {e.actor}: {e.action} {e.from_state or '-'} -> {e.to_state}{comment}")
+        comment = f"  ({one_line(e.comment)})" if e.comment else ""
+        lines.append(f"  {e.at:%Y-%m-%d %H:%M} {one_line(e.actor)}: {e.action} {e.from_state or '-'} -> "
+                     f"{e.to_state}{comment}")
     if deliveries:
         lines.append("Deliveries:")
         for d in deliveries:
             error = f"  ({d.last_error})" if d.last_error and d.state != "sent" else ""
             lines.append(f"  {d.state:<8} after {d.attempts} attempt(s)  {d.destination}{error}")
     return lines
+
+
+def state_lines(data: dict[str, Any]) -> list[str]:
+    """One approved state (its ``to_json()``): the ticket, the publication, the removal date, list sizes."""
+    removals = data["removals_at"] or "not yet approved (additions only)"
+    lines = [f"{data['watch']} ({data['cloud']}): ticket {data['ticket']}, publication "
+             f"{data['publication']['date']} (changeNumber {data['publication']['change_number']})",
+             f"  removals at: {removals}"]
+    lines += [f"  effective {family}: {len(data['effective'][family])} CIDRs; "
+              f"final {family}: {len(data['final'][family])} CIDRs" for family in FAMILIES]
+    return lines
+
+
+def state_list_lines(states: Sequence[dict[str, Any]]) -> list[str]:
+    if not states:
+        return ["no watch has an approved state yet"]
+    return [line for data in states for line in state_lines(data)]
 
 
 def template_check_lines(results: Sequence[TemplateCheck]) -> list[str]:
