@@ -117,17 +117,27 @@ MALFORMED = {
     "no changeNumber": (_with(lambda d: d.pop("changeNumber")), "top-level 'changeNumber'"),
     "no values": (_with(lambda d: d.pop("values")), "top-level 'values'"),
     "unknown cloud": (_with(lambda d: d.update(cloud="Mars")), "unknown cloud 'Mars'"),
-    "tag without name": (_with(lambda d: d["values"][0].pop("name")), r"values\[0\] has no tag name"),
-    "no id": (_with(lambda d: d["values"][0].pop("id")), "tag 'Storage.EastUS': missing or invalid 'id'"),
-    "no properties": (_with(lambda d: d["values"][0].pop("properties")), "tag 'Storage.EastUS': missing 'properties'"),
+    "tag without name": (_with(lambda d: d["values"][0].pop("name")),
+                         r"values\[0\]: missing or invalid required field 'name'"),
+    "no properties": (_with(lambda d: d["values"][0].pop("properties")),
+                      "tag 'Storage.EastUS': missing or invalid required field 'properties'"),
     "prefixes not a list": (
         _with(lambda d: d["values"][0]["properties"].update(addressPrefixes="10.0.0.0/24")),
-        "property 'addressPrefixes'",
+        "tag 'Storage.EastUS': missing or invalid required field 'properties.addressPrefixes'",
+    ),
+    "no prefixes": (
+        _with(lambda d: d["values"][0]["properties"].pop("addressPrefixes")),
+        "tag 'Storage.EastUS': missing or invalid required field 'properties.addressPrefixes'",
     ),
     "number is a string": (
         _with(lambda d: d["values"][0]["properties"].update(changeNumber="7")),
-        "property 'changeNumber'",
+        "tag 'Storage.EastUS': missing or invalid required field 'properties.changeNumber'",
     ),
+    "no tag changeNumber": (
+        _with(lambda d: d["values"][0]["properties"].pop("changeNumber")),
+        "tag 'Storage.EastUS': missing or invalid required field 'properties.changeNumber'",
+    ),
+    "no cloud": (_with(lambda d: d.pop("cloud")), "top-level 'cloud'"),
     "prefix not a string": (
         _with(lambda d: d["values"][0]["properties"].update(addressPrefixes=[167772160])),
         "prefix 167772160 is not a string",
@@ -213,8 +223,6 @@ def _props(**changes):
     (b'{"changeNumber":4294967296,"cloud":"Public","values":[]}', r"\$\.changeNumber"),
     (b'{"changeNumber":1,"cloud":"Public","values":[{"name":"A","id":"A","properties":'
      + _props(changeNumber=2**40) + b'}]}', r"tag 'A': .*changeNumber"),
-    (b'{"changeNumber":1,"cloud":"Public","values":[{"name":"A","id":"A","properties":'
-     + _props(regionId=-1) + b'}]}', r"tag 'A': .*regionId"),
 ])
 def test_bytes_that_are_not_utf8_and_numbers_the_database_cannot_hold_are_clear_errors(data, message):
     with pytest.raises(ParseError, match=message):
