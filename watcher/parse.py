@@ -383,9 +383,10 @@ def _inflate(compressed: bytes, max_bytes: int, path: Path) -> bytes:
 
 #: changeNumbers and region ids are stored as 32-bit integers (both databases).
 _Number = Annotated[int, msgspec.Meta(ge=0, le=_MAX_NUMBER)]
-#: Deeper JSON than this is refused (real files nest 5 levels); the decoders would otherwise recurse until
-#: Python's own limit and fail with a RecursionError.
-MAX_NESTING = 64
+#: Real files nest 5 levels. The fast decoder gives up at about 1,000 levels (Python's recursion limit,
+#: a RecursionError) and orjson at 1,024; a file it gives up on is refused with a clear error if it nests
+#: deeper than this, which is checked on that slow path only (a depth scan costs more than the import).
+MAX_NESTING = 512
 
 
 class _TopLevel(msgspec.Struct):
