@@ -24,7 +24,7 @@ from . import __version__, db, health, leader, logs, notify, pipeline, render, s
 from . import config as configuration
 from .diff import TagDiff, address_counts
 from .errors import ConfigError, WatcherError
-from .parse import FILE_NAME_RE, read_file_bytes
+from .parse import FILE_NAME_RE
 from .settings import CLOUD_FILE_NAMES, Settings, load_settings
 from .watches import ResolvedWatch, resolve_watches
 
@@ -149,8 +149,11 @@ def _describe_import(result: store.ImportResult) -> str:
 @click.option("--date", "file_date", type=click.DateTime(["%Y%m%d", "%Y-%m-%d"]),
               help="Publication date, for a file whose name does not carry one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--force", is_flag=True, help="Import a file that fails the plausibility check (its tickets are held).")
 @pass_app
-def import_command(app: AppContext, paths: tuple[str, ...], file_date: dt.datetime | None, as_json: bool) -> None:
+def import_command(
+    app: AppContext, paths: tuple[str, ...], file_date: dt.datetime | None, as_json: bool, force: bool
+) -> None:
     """Import service-tag files (.json or .json.gz) or folders of them, oldest first.
 
     Each file is imported whole or not at all; a file that fails stops the
@@ -164,9 +167,8 @@ def import_command(app: AppContext, paths: tuple[str, ...], file_date: dt.dateti
     try:
         with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
             for path in bar:
-                data = read_file_bytes(path)
-                result = pipeline.import_publication(
-                    app.engine, app.settings, data, str(path), file_date=file_date.date() if file_date else None
+                result = pipeline.import_file(
+                    app.engine, app.settings, path, file_date=file_date.date() if file_date else None, force=force
                 )
                 results.append(result)
                 if not as_json:
@@ -463,7 +465,7 @@ def tickets_list(app: AppContext, state: str | None, as_json: bool) -> None:
 
 
 @tickets_group.command("show")
-@click.argument("ticket_id", type=int, metavar="ID")
+@click.argument("ticket_id", type=click.IntRange(1, tickets.MAX_TICKET_ID), metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def tickets_show(app: AppContext, ticket_id: int, as_json: bool) -> None:
@@ -493,7 +495,7 @@ def tickets_show(app: AppContext, ticket_id: int, as_json: bool) -> None:
 
 
 @tickets_group.command("render")
-@click.argument("ticket_id", type=int, metavar="ID")
+@click.argument("ticket_id", type=click.IntRange(1, tickets.MAX_TICKET_ID), metavar="ID")
 @click.option("--format", "fmt", type=click.Choice([*render.TICKET_FORMATS, *render.RULE_FORMATS]),
               default="md", show_default=True, help="The ticket (md, html, txt) or a firewall's rule snippet.")
 @pass_app
@@ -506,7 +508,7 @@ def tickets_render(app: AppContext, ticket_id: int, fmt: str) -> None:
 
 def _review_command(action: str, help_text: str) -> None:
     @tickets_group.command(action, help=help_text)
-    @click.argument("ticket_id", type=int, metavar="ID")
+    @click.argument("ticket_id", type=click.IntRange(1, tickets.MAX_TICKET_ID), metavar="ID")
     @click.option("--by", "actor", required=True, metavar="NAME", help="Who takes this step (recorded).")
     @click.option("--comment", default="", metavar="TEXT", help="Why (recorded with the step).")
     @pass_app

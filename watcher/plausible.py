@@ -10,14 +10,16 @@ reviewer decides before a firewall opens.
 
 Checked against the real files (Public 2025, US Gov and China 2026): the
 widest prefixes are /14 (IPv4) and /39 (IPv6), none is a bogon, and no week
-withdrew a tag; the defaults (/8, /16, 10%) leave a wide margin.
+withdrew a tag; the defaults (/8, /16, 25%) leave a wide margin.
 """
 from __future__ import annotations
 
 import ipaddress
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
+
+from .errors import ConfigError
 
 #: Address blocks no Azure service publishes (RFC 6890 special-purpose registries), with why.
 BOGONS: tuple[tuple[str, str], ...] = (
@@ -60,7 +62,21 @@ class Limits:
 
     min_prefix_length_v4: int = 8
     min_prefix_length_v6: int = 16
-    max_withdrawn_share: float = 0.10
+    max_withdrawn_share: float = 0.25
+    #: bogon blocks an operator has exempted, as (family, first, last) spans
+    exempt: tuple[tuple[int, int, int], ...] = ()
+
+    @classmethod
+    def from_settings(cls, tickets: Any) -> "Limits":
+        """The limits of a ``TicketSettings``; an exemption that is not a network is a ConfigError."""
+        exempt = []
+        for text in tickets.bogon_exemptions:
+            try:
+                exempt.append(_span(ipaddress.ip_network(text)))
+            except ValueError as exc:
+                raise ConfigError(f"tickets.bogon_exemptions: {text!r} is not a network ({exc})") from None
+        return cls(tickets.min_prefix_length_v4, tickets.min_prefix_length_v6, tickets.max_withdrawn_share,
+                   tuple(exempt))
 
 
 def prefix_problem(prefix: str, limits: Limits = Limits()) -> str | None:
@@ -76,6 +92,8 @@ def prefix_problem(prefix: str, limits: Limits = Limits()) -> str | None:
         return (f"{network} is wider than /{minimum} ({network.num_addresses:,} addresses); "
                 "Microsoft publishes nothing that wide")
     family, first, last = _span(network)
+    if any(family == f and start <= first and last <= end for f, start, end in limits.exempt):
+        return None
     for (bogon_family, start, end), text, why in _BOGON_SPANS:
         if family == bogon_family and first <= end and last >= start:
             return f"{network} overlaps {text}, {why}"

@@ -85,7 +85,9 @@ class TicketSettings:
     # Plausibility (see plausible.py): a publication that breaks one has its tickets held.
     min_prefix_length_v4: int = 8          # a wider added IPv4 prefix is implausible
     min_prefix_length_v6: int = 16         # a wider added IPv6 prefix is implausible
-    max_withdrawn_share: float = 0.10      # withdrawing more of a cloud's tags at once is implausible
+    max_withdrawn_share: float = 0.25      # withdrawing more of a cloud's tags at once is implausible
+    #: blocks not held as bogons (a lab mirror serving test files in private space); empty in production
+    bogon_exemptions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

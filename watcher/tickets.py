@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -27,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import db, diff as diffs
+from . import db, diff as diffs, plausible
 from . import store
 from .errors import NotFoundError, StoreError, TransitionError
 from .models import Ticket, TicketEvent, day_from_key, utcnow
@@ -160,9 +161,28 @@ def _tag_context(watched: WatchedTag, change: diffs.TagDiff) -> dict[str, Any]:
     }
 
 
-def hold_reasons(changes: Sequence[diffs.TagDiff], ratio: float, implausible: Sequence[str] = ()) -> list[str]:
-    """Why a ticket must wait for a reviewer's release before anything is removed."""
+#: Implausible prefixes named per tag in a hold reason; the rest are counted.
+_PROBLEMS_SHOWN = 3
+
+
+def hold_reasons(
+    changes: Sequence[diffs.TagDiff], ratio: float, implausible: Sequence[str] = (),
+    limits: plausible.Limits | None = None,
+) -> list[str]:
+    """Why a ticket must wait for a reviewer before anything is removed (and before it is opened at all).
+
+    ``implausible`` are the publication's failed checks (the fetch stage and
+    the import know them); ``limits`` decide which added prefixes are
+    implausible (a default route, too wide, a bogon: see ``plausible``).
+    """
     reasons = [f"the file failed a plausibility check: {note}" for note in implausible]
+    limits = limits or plausible.Limits()
+    for change in changes:
+        problems = plausible.prefix_problems(change.added, limits)
+        if problems:
+            more = len(problems) - _PROBLEMS_SHOWN
+            reasons.append(f"{change.tag} adds implausible prefixes: {'; '.join(problems[:_PROBLEMS_SHOWN])}"
+                           + (f"; and {more} more" if more > 0 else ""))
     for change in changes:
         if change.status == "withdrawn":
             reasons.append(f"{change.tag} was withdrawn from the publication (every rule for it would go)")
@@ -200,6 +220,7 @@ def build_context(
     uid: str,
     removal_hold_ratio: float,
     implausible: Sequence[str] = (),
+    limits: plausible.Limits | None = None,
 ) -> dict[str, Any] | None:
     """Everything a ticket shows, as JSON-ready data; None when no watched tag changed."""
     by_name = {t.tag: t for t in watch.tags}
@@ -207,7 +228,7 @@ def build_context(
     if not changed:
         return None
     tags = [_tag_context(by_name[c.tag], c) for c in changed]
-    reasons = hold_reasons(changed, removal_hold_ratio, implausible)
+    reasons = hold_reasons(changed, removal_hold_ratio, implausible, limits)
     deadline = (new.file_date + LEAD_TIME).isoformat()
     label = watch.login_server or "the extra watched tags"
     endpoints = sorted({(e, t["tag"], t["region"] or "") for t in tags for e in t["endpoints"]})
@@ -313,6 +334,7 @@ def create_tickets(
     # Resolve against every tag the cloud has had (one cheap query), so that a watched tag
     # withdrawn by this file still resolves; tags absent from both files drop out of the diff.
     names = sorted(store.tag_ids(conn, new.cloud))
+    limits = plausible.Limits.from_settings(settings.tickets)
     created = []
     for watch in resolve_watches(settings, {new.cloud: names}):
         if watch.cloud != new.cloud or not changed_names.intersection(watch.tag_names):
@@ -320,7 +342,7 @@ def create_tickets(
         changes = store.diff_publications(conn, new.cloud, old, new, watch.tag_names)
         uid = str(uuid.uuid4())
         context = build_context(watch, old, new, changes, uid=uid, implausible=implausible,
-                                removal_hold_ratio=settings.tickets.removal_hold_ratio)
+                                removal_hold_ratio=settings.tickets.removal_hold_ratio, limits=limits)
         if context is not None:
             created.append(_insert(conn, watch, old, new, context, now()))
     return created
@@ -368,6 +390,8 @@ def _ticket(row: Any) -> TicketInfo:
 
 
 def get_ticket(conn: Connection, ticket_id: int) -> TicketInfo:
+    if not 1 <= ticket_id <= MAX_TICKET_ID:  # the drivers refuse numbers past 64 bits with an OverflowError
+        raise NotFoundError(f"no ticket {ticket_id}")
     row = conn.execute(select(Ticket.__table__).where(Ticket.id == ticket_id)).first()
     if row is None:
         raise NotFoundError(f"no ticket {ticket_id}")
@@ -399,6 +423,28 @@ def ticket_events(conn: Connection, ticket_id: int) -> list[TicketEventInfo]:
 
 # ---------------------------------------------------------------- review
 
+#: Ticket ids are 32-bit integers in both databases.
+MAX_TICKET_ID = 2**31 - 1
+MAX_ACTOR_LENGTH = 200
+MAX_COMMENT_LENGTH = 10_000
+
+
+def check_operator_text(value: str, what: str, limit: int) -> str:
+    """``value`` if fit for the review trail: no control or format characters, at most ``limit`` characters.
+
+    A newline in ``--by`` or a comment would forge a line of the trail
+    (``alice\n[watcher ticket 3] approved by root``); bidirectional overrides
+    and other invisible format characters would make a line read differently
+    than it is stored.
+    """
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")), None)
+    if bad is not None:
+        raise TransitionError(f"{what} must not contain control or invisible characters (found U+{ord(bad):04X})")
+    if len(value) > limit:
+        raise TransitionError(f"{what} is longer than {limit} characters")
+    return value
+
+
 
 def transition(
     engine: Engine,
@@ -414,6 +460,8 @@ def transition(
         raise TransitionError(f"unknown review step {action!r} (known: {', '.join(ACTIONS)})")
     if not actor.strip():
         raise TransitionError("say who takes the step (--by NAME)")
+    check_operator_text(actor, "the reviewer's name (--by)", MAX_ACTOR_LENGTH)
+    check_operator_text(comment, "the comment", MAX_COMMENT_LENGTH)
     allowed, target = ACTIONS[action]
     table = Ticket.__table__
     try:
