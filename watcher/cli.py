@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 import click
 from sqlalchemy import Engine
 
-from . import __version__, db, health, leader, logs, notify, pipeline, render, scheduler, status, store, tickets
+from . import __version__, db, dbcheck, health, leader, logs, notify, pipeline, render, scheduler, status, store, tickets
 from . import config as configuration
 from .diff import TagDiff, address_counts
 from .errors import ConfigError, WatcherError
@@ -108,6 +108,25 @@ def db_upgrade(app: AppContext, revision: str) -> None:
         click.echo(f"database {db.safe_url(app.settings.database_url)} is at revision {db.current_revision(engine)}")
     finally:
         engine.dispose()
+
+
+@db_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@pass_app
+def db_check(app: AppContext, as_json: bool) -> None:
+    """Check the database's invariants (names and prefixes pass today's checks); exit 1 on a violation."""
+    report = dbcheck.check_database(app.engine)
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        for result in report.results:
+            click.echo(f"{'ok' if result.ok else 'FAILED'}  {result.name} ({result.checked} checked)")
+            for violation in result.violations:
+                click.echo(f"    {violation}")
+            if result.more:
+                click.echo(f"    ... and {result.more} more")
+    if not report.ok:
+        raise click.ClickException("the database breaks its invariants (listed above); readers skip those rows")
 
 
 # ---------------------------------------------------------------- import

@@ -154,6 +154,25 @@ def check_prefix_text(tag_name: str, raw: Sequence[str], source: str) -> None:
     )
 
 
+def plain_prefix_text(prefixes: Sequence[str]) -> bool:
+    """True when every string of ``prefixes`` has only the characters of plain notation (one C-speed pass)."""
+    return _NOT_PREFIX_CHAR.search("".join(prefixes)) is None
+
+
+def passes_prefix_gate(text: str) -> bool:
+    """True when ``text`` is a prefix today's gate stores: plain notation, canonical (what a reader may parse)."""
+    if _NOT_PREFIX_CHAR.search(text) is not None:
+        return False
+    try:
+        return normalize_prefix(text) == text
+    except ValueError:
+        return False
+
+
+def passes_tag_name_gate(name: str) -> bool:
+    return _TAG_NAME.match(name) is not None
+
+
 def entry_fingerprint(entry: Any) -> bytes:
     """A 128-bit fingerprint of one tag entry's JSON bytes exactly as published.
 
