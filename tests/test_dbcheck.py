@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from tests.conftest import row_counts
 from tests.factory import build_file, file_name
 from tests.ticket_helpers import make_settings
-from watcher import dbcheck, parse, pipeline, store, tickets
+from watcher import dbcheck, pipeline, prefixes, store, tickets
 from watcher.cli import main
 from watcher.errors import ParseError
 
@@ -30,7 +30,7 @@ def _import(engine, settings, date: str, tags: dict, number: int) -> store.Impor
 def _as_an_older_version(engine, monkeypatch, settings) -> None:
     """Store a scope-id prefix the way a version without today's prefix gate did."""
     with monkeypatch.context() as patched:
-        patched.setattr(parse, "check_prefix_text", lambda *args: None)
+        patched.setattr(prefixes, "check_prefix_text", lambda *args: None)
         _import(engine, settings, "20250108", _week("20.1.0.0/24", POISON), 2)
 
 

@@ -196,7 +196,7 @@ def test_prefix_lengths_that_int_would_accept_are_not_taken_as_canonical(text):
 
 
 def test_a_big_tag_loses_exactly_its_removed_prefixes():
-    from watcher.parse import _without
+    from watcher.prefixes import _without
 
     rng = random.Random(21)
     ordered = sorted({f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.0/24" for _ in range(3000)})
