@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import fetch, notify, plausible, polls, store, tickets
 from .errors import FetchError, ImplausibleFileError, ParseError, StoreError, WatcherError, database_detail
 from .models import day_from_key, utcnow
-from .parse import FILE_NAME_RE, decode_document, file_cloud
+from .parse import FILE_NAME_RE, decode_document, file_cloud, parse_bytes, validate_prefixes
 from .settings import FILE_CLOUD_NAMES, FetchSettings, Settings, check_cloud
 
 log = logging.getLogger(__name__)
@@ -120,13 +120,16 @@ def import_file(
         )
     cloud = named or document_cloud
     implausible: tuple[str, ...] = ()
-    if cloud is not None:
+    # A file the parser cannot read at all gets the parser's precise error from the import below.
+    if cloud is not None and document_cloud is not None:
         with engine.connect() as conn:
             previous = polls.newest_publication(conn, cloud)
         try:
             fetch.check_plausible(body, cloud, previous.tag_count if previous else None, settings.fetch.min_tag_ratio)
         except ImplausibleFileError as exc:
             if not force:
+                # A malformed file says first what is malformed (the check above counts entries only).
+                validate_prefixes(parse_bytes(body, str(path), file_date=file_date), str(path))
                 raise ImplausibleFileError(
                     f"{path}: {exc}; nothing was imported (import with --force to import it with its tickets held)"
                 ) from None
