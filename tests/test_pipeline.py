@@ -271,6 +271,17 @@ def _redirect_away(target: str) -> Callable[[Origin], str]:
     return _serving(redirect(target))
 
 
+def _hostile_china(name: str | None = None, prefix: str | None = None) -> bytes:
+    """The real China file with one hostile tag name or prefix, as a compromised mirror would serve it."""
+    doc = orjson.loads(real_file(CHINA_NEW))
+    entry = doc["values"][5]
+    if name is not None:
+        entry["name"] = name
+    if prefix is not None:
+        entry["properties"]["addressPrefixes"].append(prefix)
+    return orjson.dumps(doc)
+
+
 FAULTS = {
     "page-404": (_404, {}, r"HTTP 404 Not Found from http://127\.0\.0\.1:\d+/gone"),
     "page-without-link": (_no_link, {}, r"no ServiceTags_China_<date>\.json link found on .*format may have changed"),
@@ -286,6 +297,12 @@ FAULTS = {
                   r"exceeds the size cap of 100000 decoded bytes"),
     "gzip-bomb": (_serving(reply(gzip_bomb(), headers={"Content-Encoding": "gzip"})), {"max_bytes": 5_000_000},
                   r"exceeds the size cap of 5000000 decoded bytes"),
+    "hostile-tag-name": (_serving(reply(_hostile_china(name="Inject\ntouch PWNED_TAG;#"))), {},
+                         r"tag name 'Inject\\ntouch PWNED_TAG;#' refused: character '\\n'"),
+    "scope-id-prefix": (_serving(reply(_hostile_china(prefix="fe80::%x\ntouch PWNED_PREFIX;#/64"))), {},
+                        r"invalid prefix 'fe80::%x\\ntouch PWNED_PREFIX;#/64' \(only plain IPv4 or IPv6 notation"),
+    "deeply-nested": (_serving(reply(b'{"changeNumber": 1, "cloud": "China", "values": [' + b"[" * 5000
+                                     + b"]" * 5000 + b"]}")), {}, r"JSON nested 5002 levels deep \(at most 512"),
     "redirect-other-host": (_redirect_away(f"https://evil.example.net/{CHINA_NEW}"), {},
                             r"refusing redirect .* to https://evil\.example\.net/.*not on the allow-list"),
     "redirect-plain-http": (_redirect_away(f"http://download.microsoft.com/download/{CHINA_NEW}"), {},
@@ -480,7 +497,8 @@ def test_import_refuses_a_file_whose_cloud_is_not_its_names(engine: sa.Engine, d
 def test_import_of_deeply_nested_json_is_a_clear_error(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
     from tests.factory import nested_file
 
-    _refused(db_url, engine, tmp_path, "ServiceTags_Public_20250101.json", nested_file(100_000), "JSON")
+    _refused(db_url, engine, tmp_path, "ServiceTags_Public_20250101.json", nested_file(100_000),
+             "JSON nested 100004 levels deep (at most 512 are accepted)")
 
 
 @pytest.mark.parametrize("case", ["newline and command", "5 MB", "markup", "empty"])

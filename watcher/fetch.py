@@ -51,6 +51,7 @@ import msgspec
 import orjson
 
 from .errors import FetchError, ImplausibleFileError
+from .parse import MAX_NESTING, nesting_depth
 from .settings import CLOUD_FILE_NAMES, FetchSettings
 
 log = logging.getLogger(__name__)
@@ -760,12 +761,14 @@ def check_plausible(body: bytes, cloud: str, previous_tag_count: int | None, min
             f"got an HTML page where the {expected} service-tag JSON was expected "
             "(a changed download link, a login page or a proxy's error page?)"
         )
+    depth = nesting_depth(text)  # the same limit as the parser's, for downloads and local files alike
+    if depth > MAX_NESTING:
+        raise FetchError(f"the downloaded {expected} file has JSON nested {depth} levels deep "
+                         f"(at most {MAX_NESTING} are accepted)")
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise FetchError(f"the downloaded {expected} file is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise FetchError(f"the downloaded {expected} file nests JSON too deeply") from None
     if not isinstance(data, dict):
         raise ImplausibleFileError(f"the downloaded {expected} file is JSON but not an object")
     actual = data.get("cloud")
