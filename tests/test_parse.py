@@ -370,3 +370,20 @@ def test_read_file_bytes_stops_a_gzip_bomb_at_the_cap(tmp_path):
     with pytest.raises(ParseError, match="larger than 1048576 bytes"):
         read_file_bytes(plain, max_bytes=1024 * 1024)
     assert len(read_file_bytes(bomb)) == 8 * 1024 * 1024
+
+
+@pytest.mark.parametrize("names", [["A", ""], ["", "A"], [""], ["A\nB"], ["A", "B\n"], ["A" * 201], ["Stor\u0430ge"]])
+def test_the_many_names_gate_refuses_what_the_one_name_gate_refuses(names):
+    from watcher.parse import check_tag_names
+
+    with pytest.raises(ParseError, match="refused"):
+        check_tag_names(names, SOURCE)
+
+
+def test_the_prefix_text_gate_passes_every_real_prefix_and_refuses_non_ascii(public_files):
+    from watcher.prefixes import check_prefix_text, plain_prefix_text
+
+    parsed = parse_bytes(file_bytes(public_files[-1]), plain_name(public_files[-1]))
+    assert all(plain_prefix_text(t.raw_prefixes) for t in parsed.tags)
+    with pytest.raises(ParseError, match="invalid prefix"):
+        check_prefix_text("A", ["10.0.0.0/24", "１0.0.0.0/24"], SOURCE)  # a full-width digit

@@ -125,12 +125,21 @@ def check_tag_name(name: str, source: str) -> str:
     raise ParseError(f"{source}: tag name {_shown(name)} refused: {why}")
 
 
+_NAME_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-\n"
+
+
 def check_tag_names(names: Sequence[str], source: str) -> None:
-    """The tag-name gate for many names at once: one regex pass over all of them, then a name only on failure."""
-    if names and (_NOT_TAG_NAME_CHAR.search("".join(names)) is not None
-                  or min(map(len, names)) == 0 or max(map(len, names)) > MAX_TAG_NAME_LENGTH):
-        for name in names:
-            check_tag_name(name, source)
+    """The tag-name gate for many names at once, at C speed (a name is looked at only on failure)."""
+    if not names:
+        return
+    joined = "\n".join(names)
+    # Only the separators may be newlines, and no name may be empty or too long.
+    if joined and joined.isascii() and not joined.encode("ascii").translate(None, _NAME_BYTES) \
+            and joined.count("\n") == len(names) - 1 and "\n\n" not in joined \
+            and joined[0] != "\n" and joined[-1] != "\n" and max(map(len, names)) <= MAX_TAG_NAME_LENGTH:
+        return
+    for name in names:
+        check_tag_name(name, source)
 
 
 def passes_tag_name_gate(name: str) -> bool:
