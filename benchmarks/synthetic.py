@@ -17,6 +17,12 @@ and removed a week, with quiet weeks and occasional large ones):
 * each changed tag's ``changeNumber`` goes up by one and the file's global
   ``changeNumber`` goes up every week (a week may change nothing else).
 
+``schema`` chooses the layout the files are written in: ``current``; ``old``,
+Microsoft's layout before 2020-08-27 (no ``regionId`` and no
+``networkFeatures``); or ``future``, with a property the watcher does not know
+(as when Microsoft adds one). ``old_schema_until`` writes the weeks before that
+date in the old layout and the rest in ``schema``, as the real history is.
+
 Files are produced one at a time in memory (only the current state is kept).
 ``python -m benchmarks.synthetic --out DIR`` writes them to a directory
 outside the repository instead.
@@ -47,6 +53,12 @@ V6_LENGTHS = [(123, 40), (121, 32), (122, 30), (125, 28), (64, 21), (124, 19), (
               (120, 8), (56, 6), (62, 5)]
 V4_POOLS = ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "198.18.0.0/15"]
 V6_POOLS = ["fd00::/8"]
+
+SCHEMAS = ("old", "current", "future")
+#: The properties Microsoft added on 2020-08-27.
+NEWER_PROPERTIES = ("regionId", "networkFeatures")
+#: What a future file carries that no version of the watcher knows.
+FUTURE_PROPERTY = ("serviceEndpoints", {"kind": "preview", "ports": [443]})
 
 #: Operation weights of a churn event on one tag.
 OPERATIONS = [("add", 35), ("remove", 35), ("split", 15), ("merge", 15)]
@@ -101,7 +113,14 @@ def _sort_key(prefix: str) -> tuple[bool, bytes, int]:
 class Generator:
     """Weekly files of one cloud, from a real decoded file, deterministic for a seed."""
 
-    def __init__(self, document: dict[str, Any], cloud: str, start: dt.date, seed: int = 1) -> None:
+    def __init__(
+        self, document: dict[str, Any], cloud: str, start: dt.date, seed: int = 1, schema: str = "current",
+        old_schema_until: dt.date | None = None,
+    ) -> None:
+        if schema not in SCHEMAS:
+            raise ValueError(f"unknown schema {schema!r} (known: {', '.join(SCHEMAS)})")
+        self.schema = schema
+        self.old_schema_until = old_schema_until
         self.cloud = cloud
         self.start = start
         self.rng = random.Random(f"{seed}-{cloud}")
@@ -287,7 +306,26 @@ class Generator:
 
     # ------------------------------------------------------------ output
 
-    def _document(self, created: set[str]) -> bytes:
+    def _layout(self, date: dt.date) -> str:
+        return "old" if self.old_schema_until is not None and date < self.old_schema_until else self.schema
+
+    def _entries(self, layout: str) -> list[dict[str, Any]]:
+        entries = [self.entries[n] for n in self.order]
+        if layout == "current":
+            return entries
+        key, value = FUTURE_PROPERTY
+        written = []
+        for entry in entries:
+            properties = dict(entry["properties"])
+            if layout == "old":
+                for name in NEWER_PROPERTIES:
+                    properties.pop(name, None)
+            else:
+                properties[key] = value
+            written.append({**entry, "properties": properties})
+        return written
+
+    def _document(self, created: set[str], layout: str = "current") -> bytes:
         for name in self._changed:
             entry = self.entries.get(name)
             if entry is None:
@@ -296,8 +334,7 @@ class Generator:
             properties["addressPrefixes"] = sorted(self.prefixes[name], key=_sort_key)
             if name not in created:
                 properties["changeNumber"] = int(properties["changeNumber"]) + 1
-        document = {"changeNumber": self.change_number, "cloud": self.cloud_name,
-                    "values": [self.entries[n] for n in self.order]}
+        document = {"changeNumber": self.change_number, "cloud": self.cloud_name, "values": self._entries(layout)}
         return orjson.dumps(document, option=orjson.OPT_INDENT_2)
 
     def weeks(self, count: int) -> Iterator[SyntheticFile]:
@@ -307,8 +344,8 @@ class Generator:
             if week:
                 self._churn()
             created = set(self.entries) - before
-            data = self._document(created)
             date = self.start + dt.timedelta(weeks=week)
+            data = self._document(created, self._layout(date))
             yield SyntheticFile(
                 cloud=self.cloud, week=week, date=date,
                 name=f"ServiceTags_{FILE_CLOUD[self.cloud]}_{date:%Y%m%d}.json", data=data,
@@ -328,7 +365,9 @@ def _write(args: argparse.Namespace) -> int:
     for cloud in args.clouds.split(","):
         base = read_files(Path(args.data) / cloud)[-1] if args.data else read_files(DEFAULT_DATA / cloud)[-1]
         start = dt.datetime.strptime(base.date, "%Y%m%d").date()
-        for file in Generator(orjson.loads(base.data), cloud, start, args.seed).weeks(args.weeks):
+        old_until = dt.datetime.strptime(args.old_schema_until, "%Y%m%d").date() if args.old_schema_until else None
+        generator = Generator(orjson.loads(base.data), cloud, start, args.seed, args.schema, old_until)
+        for file in generator.weeks(args.weeks):
             (out / f"{file.name}.gz").write_bytes(gzip.compress(file.data, 6))
             print(f"{file.name}: {file.changed_tags} tags changed, +{file.added} -{file.removed} prefixes, "
                   f"{file.new_tags} new, {file.withdrawn} withdrawn")
@@ -342,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--clouds", default="public,usgov,china")
     parser.add_argument("--data", default=None, help="folder with public/ usgov/ china/ real files")
+    parser.add_argument("--schema", choices=SCHEMAS, default="current",
+                        help="file layout: old (before 2020-08-27), current, or future (an unknown property)")
+    parser.add_argument("--old-schema-until", default=None, metavar="YYYYMMDD",
+                        help="write the weeks before this date in the old layout")
     return _write(parser.parse_args(argv))
 
 

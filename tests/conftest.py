@@ -117,3 +117,12 @@ def proxy(origin: Origin) -> Iterator[ForwardProxy]:
     server = ForwardProxy(origin)
     yield server
     server.close()
+
+
+def row_counts(engine) -> dict[str, int]:
+    """Rows in every table of the schema: compared before and after a refused operation (nothing changed)."""
+    from watcher.models import Base
+
+    with engine.connect() as conn:
+        return {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+                for t in Base.metadata.sorted_tables}

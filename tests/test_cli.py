@@ -42,7 +42,7 @@ def test_a_failing_file_stops_the_import_and_the_files_before_it_are_listed(run,
     good = servicetags_dir / "public" / "ServiceTags_Public_20251028.json.gz"
     result = run("import", "--json", str(good), str(bad), expect=1)
     assert [r["date"] for r in json.loads(result.stdout)] == ["2025-10-28"]
-    assert "tag 'A': missing or invalid 'id'" in result.stderr
+    assert "tag 'A': missing or invalid required field 'properties'" in result.stderr
 
 
 def test_publications(imported):

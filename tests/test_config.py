@@ -85,3 +85,43 @@ def test_the_example_documents_every_daemon_setting() -> None:
                 "retry_backoff_seconds"):
         assert f"# {key} = " in text, key
     tomllib.loads(text)
+
+
+def _database_check(tmp_path: Path, database: Path):
+    result = invoke("config", "check", "--json", env={"WATCHER_DATABASE_URL": f"sqlite:///{database}"})
+    data = json.loads(result.stdout)
+    (check,) = [c for c in data["checks"] if c["part"] == "database"]
+    return result.exit_code, check
+
+
+def test_config_check_opens_the_sqlite_file_and_fails_on_one_that_is_not_a_database(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n" * 50)
+    before = passwd.read_bytes()
+    code, check = _database_check(tmp_path, passwd)
+    assert code == 1 and check["ok"] is False and "is not a SQLite database" in check["detail"]
+    assert passwd.read_bytes() == before and not list(tmp_path.glob("passwd-*"))  # nothing written beside it
+
+
+def test_config_check_fails_on_another_programs_sqlite_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    code, check = _database_check(tmp_path, other)
+    assert code == 1 and "not the watcher's" in check["detail"]
+
+
+def test_config_check_passes_the_watchers_own_database(tmp_path: Path) -> None:
+    from watcher import db
+
+    path = tmp_path / "w.db"
+    db.open_database(f"sqlite:///{path}").dispose()
+    code, check = _database_check(tmp_path, path)
+    assert check["ok"] is True and f"schema revision {db.head_revision()}" in check["detail"]
+    folder = tmp_path / "folder.db"
+    folder.mkdir()
+    code, check = _database_check(tmp_path, folder)
+    assert code == 1 and "is not a file" in check["detail"]

@@ -65,3 +65,35 @@ def test_bad_revision_and_unwritable_folder_are_clear_errors(tmp_path):
     blocker.write_text("")
     with pytest.raises(StoreError, match="cannot create the folder of sqlite:///"):
         db.create_db_engine(f"sqlite:///{blocker / 'sub' / 'w.db'}")
+
+
+def test_concurrent_first_commands_on_a_fresh_database_wait_for_one_migration(db_url, tmp_path):
+    """Several processes open one empty database at once: one migrates, the others wait and find it done."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from watcher import db; e = db.open_database(sys.argv[1]); "
+              "print(db.current_revision(e)); e.dispose()")
+    processes = [subprocess.Popen([sys.executable, "-c", script, db_url], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [(p.wait(timeout=120), p.stdout.read().strip(), p.stderr.read()) for p in processes]
+    for process in processes:
+        process.stdout.close()
+        process.stderr.close()
+    assert [(code, out) for code, out, _ in results] == [(0, db.head_revision())] * 4, [e for _, _, e in results]
+
+
+def test_the_migration_lock_is_reentrant_and_released(db_url):
+    engine = db.create_db_engine(db_url)
+    try:
+        with db.migration_lock(engine):
+            with db.migration_lock(engine):  # the daemon holds it around ensure_schema, which takes it again
+                db.ensure_schema(engine)
+        other = db.create_db_engine(db_url)
+        try:
+            with db.migration_lock(other):  # released: another process (engine) takes it at once
+                assert db.current_revision(other) == db.head_revision()
+        finally:
+            other.dispose()
+    finally:
+        engine.dispose()

@@ -2,6 +2,7 @@
 (a real pgbouncer), and two daemons on one PostgreSQL database doing each run once."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -112,6 +113,34 @@ def test_a_second_daemon_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
         first.release()
     again = leader.FileLeadership(database)
     again.acquire()  # released: the next one may start
+    again.release()
+
+
+@pytest.mark.parametrize("link", ["hard link", "symlink", "another spelling of the path"])
+def test_the_sqlite_lock_follows_the_files_identity_not_its_path(tmp_path: Path, link: str) -> None:
+    database = tmp_path / "a" / "watcher.db"
+    database.parent.mkdir()
+    database.write_bytes(b"")
+    elsewhere = tmp_path / "b" / "other-name.db"
+    elsewhere.parent.mkdir()
+    if link == "hard link":
+        os.link(database, elsewhere)
+    elif link == "symlink":
+        elsewhere.symlink_to(database)
+    else:
+        elsewhere = tmp_path / "b" / ".." / "a" / "watcher.db"
+    first = leader.FileLeadership(database)
+    first.acquire()
+    try:
+        identity = os.stat(database)
+        with pytest.raises(LeadershipError, match=f"device {identity.st_dev} inode {identity.st_ino}") as info:
+            leader.FileLeadership(elsewhere).acquire()
+        if link == "another spelling of the path":  # the pid note is found beside the same path
+            assert f"names pid {os.getpid()}" in str(info.value)
+    finally:
+        first.release()
+    again = leader.FileLeadership(elsewhere)
+    again.acquire()  # released: a daemon by the other path may start now
     again.release()
 
 

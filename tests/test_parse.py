@@ -1,4 +1,5 @@
 import datetime as dt
+import json
 import gzip
 import ipaddress
 import random
@@ -117,17 +118,27 @@ MALFORMED = {
     "no changeNumber": (_with(lambda d: d.pop("changeNumber")), "top-level 'changeNumber'"),
     "no values": (_with(lambda d: d.pop("values")), "top-level 'values'"),
     "unknown cloud": (_with(lambda d: d.update(cloud="Mars")), "unknown cloud 'Mars'"),
-    "tag without name": (_with(lambda d: d["values"][0].pop("name")), r"values\[0\] has no tag name"),
-    "no id": (_with(lambda d: d["values"][0].pop("id")), "tag 'Storage.EastUS': missing or invalid 'id'"),
-    "no properties": (_with(lambda d: d["values"][0].pop("properties")), "tag 'Storage.EastUS': missing 'properties'"),
+    "tag without name": (_with(lambda d: d["values"][0].pop("name")),
+                         r"values\[0\]: missing or invalid required field 'name'"),
+    "no properties": (_with(lambda d: d["values"][0].pop("properties")),
+                      "tag 'Storage.EastUS': missing or invalid required field 'properties'"),
     "prefixes not a list": (
         _with(lambda d: d["values"][0]["properties"].update(addressPrefixes="10.0.0.0/24")),
-        "property 'addressPrefixes'",
+        "tag 'Storage.EastUS': missing or invalid required field 'properties.addressPrefixes'",
+    ),
+    "no prefixes": (
+        _with(lambda d: d["values"][0]["properties"].pop("addressPrefixes")),
+        "tag 'Storage.EastUS': missing or invalid required field 'properties.addressPrefixes'",
     ),
     "number is a string": (
         _with(lambda d: d["values"][0]["properties"].update(changeNumber="7")),
-        "property 'changeNumber'",
+        "tag 'Storage.EastUS': missing or invalid required field 'properties.changeNumber'",
     ),
+    "no tag changeNumber": (
+        _with(lambda d: d["values"][0]["properties"].pop("changeNumber")),
+        "tag 'Storage.EastUS': missing or invalid required field 'properties.changeNumber'",
+    ),
+    "no cloud": (_with(lambda d: d.pop("cloud")), "top-level 'cloud'"),
     "prefix not a string": (
         _with(lambda d: d["values"][0]["properties"].update(addressPrefixes=[167772160])),
         "prefix 167772160 is not a string",
@@ -185,7 +196,7 @@ def test_prefix_lengths_that_int_would_accept_are_not_taken_as_canonical(text):
 
 
 def test_a_big_tag_loses_exactly_its_removed_prefixes():
-    from watcher.parse import _without
+    from watcher.prefixes import _without
 
     rng = random.Random(21)
     ordered = sorted({f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.0/24" for _ in range(3000)})
@@ -213,9 +224,166 @@ def _props(**changes):
     (b'{"changeNumber":4294967296,"cloud":"Public","values":[]}', r"\$\.changeNumber"),
     (b'{"changeNumber":1,"cloud":"Public","values":[{"name":"A","id":"A","properties":'
      + _props(changeNumber=2**40) + b'}]}', r"tag 'A': .*changeNumber"),
-    (b'{"changeNumber":1,"cloud":"Public","values":[{"name":"A","id":"A","properties":'
-     + _props(regionId=-1) + b'}]}', r"tag 'A': .*regionId"),
 ])
 def test_bytes_that_are_not_utf8_and_numbers_the_database_cannot_hold_are_clear_errors(data, message):
     with pytest.raises(ParseError, match=message):
         parse_bytes(data, "ServiceTags_Public_20250101.json")
+
+
+# ---------------------------------------------------------------- issue 10: parse what is needed, tolerate the rest
+
+SOURCE = "ServiceTags_Public_20250101.json"
+
+
+def test_old_schema_without_region_id_and_network_features_parses_as_absent():
+    parsed = parse_bytes(build_file({"Storage.EastUS": ["20.0.0.0/24"]}, schema="old"), SOURCE)
+    (tag,) = parsed.tags
+    assert (tag.region_id, tag.network_features) == (None, None)
+    assert tag.region == "" and tag.platform == "Azure"  # present ones are kept as published
+    assert tag.published_metadata == ("", None, "Azure", "Storage", None)
+    assert parsed.warnings == ()
+
+
+def test_future_schema_with_an_unknown_property_parses_like_the_current_one():
+    current = parse_bytes(build_file({"Storage.EastUS": ["20.0.0.0/24"]}), SOURCE)
+    future = parse_bytes(build_file({"Storage.EastUS": ["20.0.0.0/24"]}, schema="future"), SOURCE)
+    assert future.tags[0].published_metadata == current.tags[0].published_metadata
+    assert list(future.tags[0].raw_prefixes) == ["20.0.0.0/24"] and future.warnings == ()
+
+
+def test_every_optional_field_may_be_absent():
+    doc = {"changeNumber": 3, "cloud": "Public", "values": [
+        {"name": "Storage.EastUS", "properties": {"changeNumber": 2, "addressPrefixes": ["20.0.0.0/24"]}},
+    ]}
+    (tag,) = parse_bytes(json.dumps(doc).encode(), SOURCE).tags
+    assert (tag.name, tag.change_number, list(tag.raw_prefixes)) == ("Storage.EastUS", 2, ["20.0.0.0/24"])
+    assert tag.published_metadata == (None, None, None, None, None)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("regionId", "seven"), ("regionId", -1), ("regionId", 2**40), ("regionId", True), ("region", 5),
+    ("platform", ["Azure"]), ("systemService", {"a": 1}), ("networkFeatures", "API"), ("networkFeatures", [1, 2]),
+])
+def test_wrong_typed_optional_metadata_is_a_warning_not_a_refusal(key, value):
+    entry = tag_entry("Storage.EastUS", ["20.0.0.0/24"])
+    entry["properties"][key] = value
+    data = json.dumps({"changeNumber": 1, "cloud": "Public", "values": [entry]}).encode()
+    parsed = parse_bytes(data, SOURCE)
+    (tag,) = parsed.tags
+    python_name = {"regionId": "region_id", "systemService": "system_service",
+                   "networkFeatures": "network_features"}.get(key, key)
+    assert getattr(tag, python_name) is None
+    (warning,) = parsed.warnings
+    assert warning.startswith(f"{SOURCE}: tag 'Storage.EastUS': ignored property {key!r}")
+
+
+# ---------------------------------------------------------------- issue 15: the gate for names and prefixes
+
+from tests.factory import HOSTILE_NAMES, HOSTILE_PREFIXES, nested_file  # noqa: E402
+from watcher.parse import MAX_NESTING, check_tag_name, decode_document, normalize_against, parse_document  # noqa: E402
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_NAMES))
+def test_a_hostile_tag_name_refuses_the_file_naming_the_tag(case):
+    name = HOSTILE_NAMES[case]
+    data = json.dumps({"changeNumber": 1, "cloud": "Public", "values": [tag_entry(name, ["20.0.0.0/24"])]}).encode()
+    with pytest.raises(ParseError) as info:
+        parse_bytes(data, SOURCE)
+    message = str(info.value)
+    assert message.startswith(f"{SOURCE}: tag name ") and "refused" in message
+    assert "\n" not in message and "\r" not in message and "\x00" not in message and len(message) < 400
+
+
+@pytest.mark.parametrize("name", ["AzureCloud.eastus2", "Storage.EastUS2", "Sql_Internal-1.a", "A" * 200])
+def test_names_real_files_use_pass_the_gate(name):
+    assert check_tag_name(name, SOURCE) == name
+
+
+def test_every_real_tag_name_passes_the_gate(servicetags_dir):
+    for path in sorted(servicetags_dir.glob("*/*.json.gz")):
+        for tag in parse_bytes(file_bytes(path), plain_name(path)).tags:
+            assert check_tag_name(tag.name, path.name) == tag.name
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_PREFIXES))
+def test_a_prefix_in_anything_but_plain_notation_is_refused_naming_tag_and_prefix(case):
+    prefix = HOSTILE_PREFIXES[case]
+    parsed = parse_bytes(build_file({"Storage.EastUS": ["20.0.0.0/24", prefix]}), SOURCE)
+    with pytest.raises(ParseError, match=r"tag 'Storage.EastUS': invalid prefix .*plain IPv4 or IPv6 notation") as info:
+        validate_prefixes(parsed, SOURCE)
+    assert "\n" not in str(info.value)
+
+
+def test_a_poisoned_prefix_a_laxer_version_stored_is_refused_when_republished():
+    # ``old`` is what the store has for the tag; the string skips the parser but not the gate.
+    poisoned = "fe80::%x/64"
+    with pytest.raises(ParseError, match="invalid prefix"):
+        normalize_against("Storage.EastUS", ["20.0.0.0/24", poisoned], SOURCE, old=sorted(["20.0.0.0/24", poisoned]))
+
+
+def test_an_entry_whose_bytes_the_store_knows_is_still_checked_when_the_file_is_suspicious():
+    data = build_file({"Storage.EastUS": ["fe80::%x/64"]})
+    document = decode_document(data, SOURCE)
+    assert document.suspicious
+    from watcher.parse import entry_fingerprint
+    known = {entry_fingerprint(document.entries[0]): "Storage.EastUS"}
+    parsed = parse_document(document, SOURCE, sha256="0" * 64, known_entries=known)
+    assert parsed.unchanged == () and [t.name for t in parsed.tags] == ["Storage.EastUS"]
+    with pytest.raises(ParseError, match="invalid prefix"):
+        validate_prefixes(parsed, SOURCE)
+
+
+def test_real_files_are_not_suspicious_so_known_entries_stay_skipped(public_files):
+    assert not decode_document(file_bytes(public_files[-1]), plain_name(public_files[-1])).suspicious
+
+
+def test_names_of_unchanged_entries_pass_the_gate_too():
+    data = build_file({"Storage.EastUS": ["20.0.0.0/24"]})
+    document = decode_document(data, SOURCE)
+    from watcher.parse import entry_fingerprint
+    # A store written by an older version may know an entry under a name today's gate refuses.
+    known = {entry_fingerprint(document.entries[0]): "A" * 5000}
+    with pytest.raises(ParseError, match="longer than 200 characters"):
+        parse_document(document, SOURCE, sha256="0" * 64, known_entries=known)
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deep_nesting_is_a_clear_error_not_a_recursion_error(depth):
+    with pytest.raises(ParseError, match=f"{SOURCE}: JSON nested .* levels deep"):
+        parse_bytes(nested_file(depth), SOURCE)
+
+
+def test_moderate_nesting_in_an_unknown_property_is_tolerated():
+    assert parse_bytes(nested_file(10), SOURCE).tags[0].name == "Storage.EastUS"
+    # Also on the slow path, which a wrong-typed optional property takes.
+    data = nested_file(MAX_NESTING - 5).replace(b'"regionId": 0', b'"regionId": "x"')
+    assert parse_bytes(data, SOURCE).warnings
+
+
+def test_read_file_bytes_stops_a_gzip_bomb_at_the_cap(tmp_path):
+    bomb = tmp_path / "ServiceTags_Public_20250101.json.gz"
+    bomb.write_bytes(gzip.compress(b" " * (8 * 1024 * 1024)))
+    with pytest.raises(ParseError, match="inflates to more than 1048576 bytes"):
+        read_file_bytes(bomb, max_bytes=1024 * 1024)
+    plain = tmp_path / "ServiceTags_Public_20250102.json"
+    plain.write_bytes(b" " * (2 * 1024 * 1024))
+    with pytest.raises(ParseError, match="larger than 1048576 bytes"):
+        read_file_bytes(plain, max_bytes=1024 * 1024)
+    assert len(read_file_bytes(bomb)) == 8 * 1024 * 1024
+
+
+@pytest.mark.parametrize("names", [["A", ""], ["", "A"], [""], ["A\nB"], ["A", "B\n"], ["A" * 201], ["Stor\u0430ge"]])
+def test_the_many_names_gate_refuses_what_the_one_name_gate_refuses(names):
+    from watcher.parse import check_tag_names
+
+    with pytest.raises(ParseError, match="refused"):
+        check_tag_names(names, SOURCE)
+
+
+def test_the_prefix_text_gate_passes_every_real_prefix_and_refuses_non_ascii(public_files):
+    from watcher.prefixes import check_prefix_text, plain_prefix_text
+
+    parsed = parse_bytes(file_bytes(public_files[-1]), plain_name(public_files[-1]))
+    assert all(plain_prefix_text(t.raw_prefixes) for t in parsed.tags)
+    with pytest.raises(ParseError, match="invalid prefix"):
+        check_prefix_text("A", ["10.0.0.0/24", "１0.0.0.0/24"], SOURCE)  # a full-width digit

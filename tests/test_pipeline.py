@@ -271,6 +271,17 @@ def _redirect_away(target: str) -> Callable[[Origin], str]:
     return _serving(redirect(target))
 
 
+def _hostile_china(name: str | None = None, prefix: str | None = None) -> bytes:
+    """The real China file with one hostile tag name or prefix, as a compromised mirror would serve it."""
+    doc = orjson.loads(real_file(CHINA_NEW))
+    entry = doc["values"][5]
+    if name is not None:
+        entry["name"] = name
+    if prefix is not None:
+        entry["properties"]["addressPrefixes"].append(prefix)
+    return orjson.dumps(doc)
+
+
 FAULTS = {
     "page-404": (_404, {}, r"HTTP 404 Not Found from http://127\.0\.0\.1:\d+/gone"),
     "page-without-link": (_no_link, {}, r"no ServiceTags_China_<date>\.json link found on .*format may have changed"),
@@ -286,6 +297,12 @@ FAULTS = {
                   r"exceeds the size cap of 100000 decoded bytes"),
     "gzip-bomb": (_serving(reply(gzip_bomb(), headers={"Content-Encoding": "gzip"})), {"max_bytes": 5_000_000},
                   r"exceeds the size cap of 5000000 decoded bytes"),
+    "hostile-tag-name": (_serving(reply(_hostile_china(name="Inject\ntouch PWNED_TAG;#"))), {},
+                         r"tag name 'Inject\\ntouch PWNED_TAG;#' refused: character '\\n'"),
+    "scope-id-prefix": (_serving(reply(_hostile_china(prefix="fe80::%x\ntouch PWNED_PREFIX;#/64"))), {},
+                        r"invalid prefix 'fe80::%x\\ntouch PWNED_PREFIX;#/64' \(only plain IPv4 or IPv6 notation"),
+    "deeply-nested": (_serving(reply(b'{"changeNumber": 1, "cloud": "China", "values": [' + b"[" * 5000
+                                     + b"]" * 5000 + b"]}")), {}, r"JSON nested 5002 levels deep \(at most 512"),
     "redirect-other-host": (_redirect_away(f"https://evil.example.net/{CHINA_NEW}"), {},
                             r"refusing redirect .* to https://evil\.example\.net/.*not on the allow-list"),
     "redirect-plain-http": (_redirect_away(f"http://download.microsoft.com/download/{CHINA_NEW}"), {},
@@ -405,3 +422,135 @@ def test_help(command: str, words: list[str]) -> None:
     assert result.exit_code == 0
     for word in words:
         assert word in result.output
+
+
+# ---------------------------------------------------------------- watcher import: a local file is untrusted too
+
+
+def _local(tmp_path: Path, name: str, data: bytes, gz: bool = False) -> str:
+    import gzip as gzip_module
+
+    path = tmp_path / "in" / (name + (".gz" if gz else ""))
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(gzip_module.compress(data) if gz else data)
+    return str(path)
+
+
+def _refused(db_url: str, engine: sa.Engine, tmp_path: Path, name: str, data: bytes, *words: str,
+             gz: bool = False, config: str | None = None) -> None:
+    from tests.conftest import row_counts
+
+    before = row_counts(engine)
+    result = run(db_url, config or write_config(tmp_path), "import", _local(tmp_path, name, data, gz))
+    assert result.exit_code == 1, result.output
+    [line] = error_lines(result)
+    for word in words:
+        assert word in line, line
+    assert "Traceback" not in result.output
+    assert row_counts(engine) == before
+
+
+def test_import_refuses_a_file_with_no_tags_and_force_imports_it_held_and_recorded(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    seed(engine)  # 327 tags
+    empty = orjson.dumps({**orjson.loads(real_file(CHINA_NEW)), "values": []})
+    _refused(db_url, engine, tmp_path, CHINA_NEW, empty, "lists no service tags", "import with --force")
+    _refused(db_url, engine, tmp_path, CHINA_NEW, small_version(CHINA_NEW, 30),
+             "only 30 service tags; the previous publication had 327")
+    forced = run(db_url, write_config(tmp_path), "import", "--force", "--json", _local(tmp_path, CHINA_NEW, empty))
+    assert forced.exit_code == 0, forced.output
+    [imported] = orjson.loads(forced.stdout)
+    assert imported["outcome"] == "imported"
+    assert any("imported with --force despite" in n and "lists no service tags" in n for n in imported["notes"])
+
+
+def test_import_holds_the_tickets_of_a_forced_file(engine: sa.Engine, tmp_path: Path) -> None:
+    from tests.ticket_helpers import approve_baselines, make_settings
+    from watcher import tickets
+    from watcher.settings import RegistryWatch
+
+    settings = make_settings(RegistryWatch("cnreg", ("chinaeast2",), cloud="china"))
+    pipeline.import_file(engine, settings, Path(_local(tmp_path, CHINA_OLD, real_file(CHINA_OLD))))
+    approve_baselines(engine)
+    small = small_version(CHINA_NEW, 30)
+    result = pipeline.import_file(engine, settings, Path(_local(tmp_path, CHINA_NEW, small)), force=True)
+    assert any("imported with --force despite" in n and "only 30 service tags" in n for n in result.notes)
+    with engine.connect() as conn:
+        made = [t for t in tickets.list_tickets(conn) if t.publication_id == result.publication.id]
+    assert made and all(t.state == "hold" for t in made)
+    assert all(any("imported with --force despite" in r for r in t.context["hold"]["reasons"]) for t in made)
+
+
+def test_import_of_a_gzip_bomb_stops_at_the_size_cap(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    bomb = b'{"changeNumber": 1, "cloud": "China", "values": [' + b" " * (3 * 1024 * 1024) + b"]}"
+    _refused(db_url, engine, tmp_path, CHINA_NEW, bomb, "exceeds the size cap of 1048576 decoded bytes",
+             gz=True, config=write_config(tmp_path, max_bytes=1024 * 1024))
+
+
+def test_import_refuses_a_file_whose_cloud_is_not_its_names(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    usgov = real_file(USGOV_NEW)
+    _refused(db_url, engine, tmp_path, "ServiceTags_Public_20260720.json", usgov,
+             "the file says it is the usgov cloud's, its name says public's", "nothing was imported")
+    _refused(db_url, engine, tmp_path, "ServiceTags_Mars_20260720.json", usgov, "names no known cloud ('Mars')")
+
+
+def test_import_of_deeply_nested_json_is_a_clear_error(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    from tests.factory import nested_file
+
+    _refused(db_url, engine, tmp_path, "ServiceTags_Public_20250101.json", nested_file(100_000),
+             "JSON nested 100004 levels deep (at most 512 are accepted)")
+
+
+@pytest.mark.parametrize("case", ["newline and command", "5 MB", "markup", "empty"])
+def test_import_of_a_hostile_tag_name_is_refused_and_changes_nothing(
+    engine: sa.Engine, db_url: str, tmp_path: Path, case: str
+) -> None:
+    from tests.factory import HOSTILE_NAMES, tag_entry
+
+    seed(engine)
+    doc = orjson.loads(real_file(CHINA_NEW))
+    doc["values"].append(tag_entry(HOSTILE_NAMES[case], ["20.0.0.0/24"]))
+    _refused(db_url, engine, tmp_path, CHINA_NEW, orjson.dumps(doc), "tag name", "refused")
+
+
+@pytest.mark.parametrize("case", ["scope id and newline", "scope id", "leading space", "NUL"])
+def test_import_of_a_hostile_prefix_is_refused_and_changes_nothing(
+    engine: sa.Engine, db_url: str, tmp_path: Path, case: str
+) -> None:
+    from tests.factory import HOSTILE_PREFIXES
+
+    seed(engine)
+    doc = orjson.loads(real_file(CHINA_NEW))
+    doc["values"][0]["properties"]["addressPrefixes"].append(HOSTILE_PREFIXES[case])
+    _refused(db_url, engine, tmp_path, CHINA_NEW, orjson.dumps(doc), f"tag {doc['values'][0]['name']!r}: invalid prefix")
+
+
+@pytest.mark.parametrize("schema", ["old", "future"])
+def test_files_of_the_old_and_a_future_schema_import(engine: sa.Engine, db_url: str, tmp_path: Path, schema: str) -> None:
+    from tests.factory import build_file, file_name
+
+    config = write_config(tmp_path)
+    first = _local(tmp_path, file_name("20200101"), build_file({"Storage.EastUS": ["20.0.0.0/24"]}, schema=schema))
+    second = _local(tmp_path, file_name("20200108"),
+                    build_file({"Storage.EastUS": (2, ["20.0.0.0/24", "20.0.1.0/24"])}, 2, schema=schema))
+    result = run(db_url, config, "import", first, second)
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT region_id, network_features, prefix_count FROM tag_versions "
+                                    "ORDER BY valid_from")).all()
+    # Absent metadata is stored as the store keeps it today (see ServiceTag.metadata), not refused.
+    assert [r[2] for r in rows] == [1, 2]
+    if schema == "old":
+        assert [(r[0], r[1]) for r in rows] == [(0, ""), (0, "")]
+
+
+def test_missing_required_field_names_file_tag_and_field_and_changes_nothing(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    seed(engine)
+    doc = orjson.loads(real_file(CHINA_NEW))
+    name = doc["values"][3]["name"]
+    del doc["values"][3]["properties"]["changeNumber"]
+    _refused(db_url, engine, tmp_path, CHINA_NEW, orjson.dumps(doc),
+             CHINA_NEW, f"tag {name!r}: missing or invalid required field 'properties.changeNumber'")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+import re
 
 import pytest
 import sqlalchemy as sa
@@ -213,7 +214,7 @@ def test_review_steps_invalid_ones_and_the_four_eyes_rule(engine):
         review.transition(engine, baseline.id, "applied", "bob")
     with pytest.raises(TransitionError, match="--by"):
         review.transition(engine, baseline.id, "approve", "  ")
-    with pytest.raises(TransitionError, match="one line"):
+    with pytest.raises(TransitionError, match="must not contain control"):
         review.transition(engine, baseline.id, "approve", "alice\n[watcher ticket 3] approved by root")
     with pytest.raises(TransitionError, match="four-eyes rule: watcher created"):
         review.transition(engine, baseline.id, "approve", "watcher", settings=four_eyes)
@@ -343,3 +344,104 @@ def test_an_older_approval_does_not_render_over_a_newer_one_and_empty_watches_ge
             render.render_ticket(conn, settings, tickets.get_ticket(conn, 1), "nftables")
         assert "10.1.4.0/24" in render.render_ticket(conn, settings, tickets.get_ticket(conn, 2), "nftables")
         assert "[watcher ticket 1]" in render.render_ticket(conn, settings, tickets.get_ticket(conn, 1), "md")
+
+
+# ---------------------------------------------------------------- implausible content is held, never opened
+
+@pytest.mark.parametrize("added, words", [
+    ("0.0.0.0/0", "0.0.0.0/0 is a default route"),
+    ("::/0", "::/0 is a default route"),
+    ("20.0.0.0/7", "20.0.0.0/7 is wider than /8"),
+    ("2600::/12", "2600::/12 is wider than /16"),
+    ("192.168.7.0/24", "192.168.7.0/24 overlaps 192.168.0.0/16, private"),
+    ("127.0.0.0/8", "loopback"),
+    ("ff05::/16", "multicast"),
+    ("192.0.2.0/24", "documentation"),
+])
+def test_a_publication_that_adds_implausible_prefixes_is_held_with_the_reason(engine, added, words):
+    settings = make_settings()
+    import_made(engine, settings, "20250101", week())
+    approve_baselines(engine)
+    import_made(engine, settings, "20250108", week(storage_eastus2=FOUR + (added,)), 2)
+    ticket = all_tickets(engine)[-1]
+    assert ticket.state == "hold" and not ticket.removals_allowed
+    (reason,) = ticket.context["hold"]["reasons"]
+    assert reason.startswith("Storage.EastUS2 adds implausible prefixes: ") and words in reason
+    with engine.connect() as conn:
+        (event,) = tickets.ticket_events(conn, ticket.id)
+    assert words in event.comment  # the reason is on the review trail too
+
+
+def test_minimum_prefix_lengths_are_settings(engine):
+    import dataclasses
+
+    base = make_settings()
+    settings = dataclasses.replace(base, tickets=dataclasses.replace(base.tickets, min_prefix_length_v4=25))
+    import_made(engine, base, "20250101", week())  # the baseline is approved under the usual limits
+    approve_baselines(engine)
+    import_made(engine, settings, "20250108", week(storage_eastus2=FOUR + ("10.1.8.0/24",)), 2)
+    ticket = all_tickets(engine)[-1]
+    assert ticket.state == "hold" and "10.1.8.0/24 is wider than /25" in ticket.context["hold"]["reasons"][0]
+
+
+def test_bogons_are_held_unless_exempted(engine):
+    import dataclasses
+
+    base = make_settings()
+    strict = dataclasses.replace(base, tickets=dataclasses.replace(base.tickets, bogon_exemptions=()))
+    import_made(engine, base, "20250101", week())  # the baseline is approved under the usual limits
+    approve_baselines(engine)
+    import_made(engine, strict, "20250108", week(storage_eastus2=FOUR + ("10.1.4.0/24",)), 2)
+    ticket = all_tickets(engine)[-1]
+    assert ticket.state == "hold" and "10.1.4.0/24 overlaps 10.0.0.0/8, private" in ticket.context["hold"]["reasons"][0]
+
+
+def test_a_publication_withdrawing_too_many_tags_is_held(engine):
+    settings = make_settings()
+    import_made(engine, settings, "20250101", week())
+    approve_baselines(engine)
+    gone = ("AzureContainerRegistry.WestUS", "Storage.WestUS")  # 2 of 5 tags: 40% > 25%
+    import_made(engine, settings, "20250108", week(storage_eastus2=FOUR + ("10.1.4.0/24",), withdraw=gone), 2)
+    ticket = all_tickets(engine)[-1]
+    assert ticket.state == "hold"
+    assert ticket.context["hold"]["reasons"] == [
+        "the file failed a plausibility check: it withdraws 2 of the cloud's 5 tags (40%; more than 25%, at most 1, "
+        "is implausible)"]
+
+
+@pytest.mark.parametrize("actor, comment, words", [
+    ("alice\n[watcher ticket 1] approved by root", "", "the reviewer's name (--by) must not contain control"),
+    ("alice", "ok\r\n[watcher ticket 1] approved by root", "the comment must not contain control"),
+    ("al\x1b[31mice", "", "U+001B"),
+    ("alice\u202e", "", "U+202E"),  # a right-to-left override reads the trail backwards
+    ("alice", "fine\u2028approved by root", "U+2028"),
+    ("a" * 201, "", "longer than 200 characters"),
+])
+def test_review_steps_refuse_control_characters_and_change_nothing(engine, actor, comment, words):
+    from tests.conftest import row_counts
+
+    settings = make_settings()
+    import_made(engine, settings, "20250101", week())
+    approve_baselines(engine)
+    import_made(engine, settings, "20250108", week(storage_eastus2=FOUR + ("10.1.4.0/24",)), 2)
+    ticket = all_tickets(engine)[-1]
+    before = row_counts(engine)
+    with pytest.raises(TransitionError, match=re.escape(words)):
+        review.transition(engine, ticket.id, "approve", actor, comment)
+    assert row_counts(engine) == before and all_tickets(engine)[-1].state == ticket.state
+
+
+def test_ticket_ids_out_of_range_are_usage_errors_and_library_not_found(engine, db_url):
+    from watcher.errors import NotFoundError
+
+    runner = CliRunner()
+    for args in (["tickets", "show", "99999999999999999999"], ["tickets", "approve", "0", "--by", "a"],
+                 ["tickets", "render", "--", "-1"], ["tickets", "reject", "2147483648", "--by", "a"]):
+        result = runner.invoke(main, ["--db", db_url, *args])
+        assert result.exit_code == 2 and "Invalid value for 'ID'" in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    with engine.connect() as conn:
+        with pytest.raises(NotFoundError, match="no ticket 99999999999999999999"):
+            tickets.get_ticket(conn, 99999999999999999999)
+    with pytest.raises(NotFoundError):
+        review.transition(engine, 2**63, "approve", "alice")

@@ -29,7 +29,8 @@ def make_settings(
         registries=registries or (RegistryWatch("myreg", ("eastus2",), data_endpoint=True),),
         extra_tags=tuple(extra_tags),
         notify=NotifySettings(urls=tuple(urls), max_attempts=max_attempts, backoff_seconds=backoff_seconds),
-        tickets=TicketSettings(template_dir=template_dir),
+        # The hand-made weeks use 10/8, which a production watcher holds as a bogon.
+        tickets=TicketSettings(template_dir=template_dir, bogon_exemptions=("10.0.0.0/8",)),
     )
 
 

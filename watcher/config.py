@@ -7,8 +7,10 @@ logs and output must never show.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import sqlite3
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -122,7 +124,9 @@ def _check_database(settings: Settings) -> Check:
         existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
         if existing is None or not existing.is_dir():
             return Check("database", False, f"{shown}: folder {folder} cannot be created")
-        return Check("database", True, f"{shown} (SQLite{'' if Path(url.database).exists() else ', created on first use'})")
+        if not Path(url.database).exists():
+            return Check("database", True, f"{shown} (SQLite, created on first use)")
+        return _check_sqlite_file(Path(url.database), shown)
     try:
         engine = db.create_db_engine(settings.database_url)
     except WatcherError as exc:
@@ -135,6 +139,25 @@ def _check_database(settings: Settings) -> Check:
     finally:
         engine.dispose()
     return Check("database", True, f"{shown} answers")
+
+
+def _check_sqlite_file(path: Path, shown: str) -> Check:
+    """Open an existing SQLite file read-only: it must be a database, and an empty one or the watcher's."""
+    if not path.is_file():
+        return Check("database", False, f"{shown}: {path} is not a file")
+    try:
+        # mode=ro: a check writes nothing, not even a journal or a WAL header.
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            revision = conn.execute("SELECT version_num FROM alembic_version").fetchone() \
+                if "alembic_version" in tables else None
+    except sqlite3.Error as exc:
+        return Check("database", False, f"{shown}: {path} is not a SQLite database ({exc})")
+    if tables and revision is None:
+        return Check("database", False, f"{shown}: {path} is a SQLite database, but not the watcher's "
+                                        f"(it has {len(tables)} other table{'s' if len(tables) != 1 else ''})")
+    state = f"schema revision {revision[0]}" if revision else "empty, schema made on first use"
+    return Check("database", True, f"{shown} (SQLite, {state})")
 
 
 def _check_clouds(settings: Settings) -> list[Check]:

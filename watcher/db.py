@@ -1,17 +1,20 @@
 """Database engine and schema migrations (SQLite by default, PostgreSQL by URL)."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import threading
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
@@ -141,10 +144,64 @@ def downgrade(engine: Engine, revision: str) -> None:
     _migrate(command.downgrade, engine, revision, "migrate down to")
 
 
-def _migrate(step: Callable[[Config, str], None], engine: Engine, revision: str, doing: str) -> None:
-    """Run one Alembic command; its failures become one clear StoreError."""
+MIGRATION_LOCK_NAME = "watcher-schema-migration"
+_locks_held = threading.local()
+
+
+def advisory_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (signed 64 bits) for a lock name."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Serialise schema migrations of one PostgreSQL schema across processes (a no-op on SQLite).
+
+    Two commands run at once on a fresh database would otherwise both find no
+    schema and both create it; the second failed on a type the first had made
+    (``duplicate key ... pg_type_typname_nsp_index``). With the lock the second
+    waits, then finds the schema done. Re-entrant within a thread (the daemon
+    takes it around ``ensure_schema``, which takes it again): a second session
+    asking for a lock its own process holds would wait forever. SQLite needs
+    none: a migration begins IMMEDIATE (see ``alembic_config``).
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    held: set[int] = _locks_held.__dict__.setdefault("keys", set())
     try:
-        step(alembic_config(engine), revision)
+        with engine.connect() as probe:
+            schema = probe.execute(text("SELECT current_schema()")).scalar()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot take the schema migration lock: {database_detail(exc)}") from None
+    key = advisory_key(f"{MIGRATION_LOCK_NAME}:{schema}")
+    if key in held:
+        yield
+        return
+    try:
+        conn = engine.connect()
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot take the schema migration lock: {database_detail(exc)}") from None
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+        try:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+        except SQLAlchemyError:
+            pass  # closing the session releases it anyway
+        conn.close()
+
+
+def _migrate(step: Callable[[Config, str], None], engine: Engine, revision: str, doing: str) -> None:
+    """Run one Alembic command under the migration lock; its failures become one clear StoreError."""
+    try:
+        with migration_lock(engine):
+            step(alembic_config(engine), revision)
     except CommandError as exc:
         raise StoreError(f"cannot {doing} revision {revision!r}: {exc}") from None
     except SQLAlchemyError as exc:
@@ -156,8 +213,11 @@ def ensure_schema(engine: Engine) -> None:
     """Bring the schema of ``engine``'s database to the latest revision, if it is not there."""
     try:
         if current_revision(engine) != head_revision():
-            log.info("upgrading database schema to %s", head_revision())
-            upgrade(engine)
+            with migration_lock(engine):
+                # Another process may have migrated while this one waited for the lock.
+                if current_revision(engine) != head_revision():
+                    log.info("upgrading database schema to %s", head_revision())
+                    upgrade(engine)
     except OperationalError as exc:
         raise StoreError(f"cannot open database {safe_url(str(engine.url))}: {exc.orig}") from None
 

@@ -47,10 +47,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import httpx
+import msgspec
 import orjson
 
 from .errors import FetchError, ImplausibleFileError
 from .redact import RedactingFilter, redact_text, redact_url
+from .parse import MAX_NESTING, nesting_depth
 from .settings import CLOUD_FILE_NAMES, FetchSettings
 
 log = logging.getLogger(__name__)
@@ -687,6 +689,12 @@ def download(link: FileLink, settings: FetchSettings, client: httpx.Client, dead
     return Download(link=link, final_url=fetched.final_url, body=body, sha256=hashlib.sha256(body).hexdigest())
 
 
+def read_local_file(path: Path, settings: FetchSettings) -> bytes:
+    """A local file's JSON bytes under the guards a download has: the size cap on decoded bytes
+    (gzip inflated in steps, so a bomb stops at the cap) and the deadline."""
+    return _read_local_file(path, settings.max_bytes, Deadline.start(settings.deadline_seconds)).body
+
+
 def _read_local_file(path: Path, max_bytes: int, deadline: Deadline) -> Fetched:
     decoder = _CappedDecoder(str(path), max_bytes, gzipped=None)
     try:
@@ -716,11 +724,18 @@ def check_plausible(body: bytes, cloud: str, previous_tag_count: int | None, min
     if expected is None:
         raise FetchError(f"unknown cloud {cloud!r}")
     text = body.removeprefix(UTF8_BOM)
+    count = _count_tags_fast(text, expected)
+    if count is not None:
+        return _check_tag_count(count, expected, previous_tag_count, min_ratio)
     if text.lstrip()[:1] == b"<":
         raise FetchError(
             f"got an HTML page where the {expected} service-tag JSON was expected "
             "(a changed download link, a login page or a proxy's error page?)"
         )
+    depth = nesting_depth(text)  # the same limit as the parser's, for downloads and local files alike
+    if depth > MAX_NESTING:
+        raise FetchError(f"the downloaded {expected} file has JSON nested {depth} levels deep "
+                         f"(at most {MAX_NESTING} are accepted)")
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -733,7 +748,35 @@ def check_plausible(body: bytes, cloud: str, previous_tag_count: int | None, min
     values = data.get("values")
     if not isinstance(values, list):
         raise ImplausibleFileError(f"the downloaded {expected} file has no 'values' list of service tags")
-    count = len(values)
+    return _check_tag_count(len(values), expected, previous_tag_count, min_ratio)
+
+
+class _Outline(msgspec.Struct):
+    """What the plausibility check needs of a file: its cloud and how many entries it lists (not decoded)."""
+
+    cloud: str
+    values: list[msgspec.Raw]
+
+
+_decode_outline = msgspec.json.Decoder(_Outline).decode
+
+
+def _count_tags_fast(text: bytes, expected: str) -> int | None:
+    """The entry count of a well-formed file of the expected cloud, without decoding the entries; None otherwise.
+
+    Skipping the entries costs a few milliseconds where decoding them all would
+    cost tens; anything unusual goes to the careful path, which names the problem.
+    """
+    try:
+        outline = _decode_outline(text)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if outline.cloud.lower() != expected.lower():
+        return None
+    return len(outline.values)
+
+
+def _check_tag_count(count: int, expected: str, previous_tag_count: int | None, min_ratio: float) -> int:
     if count == 0:
         raise ImplausibleFileError(f"the downloaded {expected} file lists no service tags")
     if previous_tag_count and count < min_ratio * previous_tag_count:

@@ -8,8 +8,11 @@ transaction``) hands each transaction to any server connection, so a session
 lock would not protect anything: that is detected at start and refused.
 
 SQLite: one daemon per database file, enforced with an exclusive ``flock`` on
-``<database>.lock``; a second daemon refuses to start. (Several processes on
-one SQLite file cannot be replicas: there is no server to fail over to.)
+the database file itself, so the lock follows the file's identity (device and
+inode), not the path: a second daemon reaching the same file by a hard link, a
+symlink or another mount refuses to start. The holder's pid is written to
+``<database>.lock`` for the message. (Several processes on one SQLite file
+cannot be replicas: there is no server to fail over to.)
 """
 from __future__ import annotations
 
@@ -25,12 +28,12 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import LeadershipError, database_detail
+from . import db
+from .errors import LeadershipError, StoreError, database_detail
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "watcher-daemon-leader"
-MIGRATION_LOCK_NAME = "watcher-schema-migration"
 
 
 class Leadership(Protocol):
@@ -176,43 +179,60 @@ class PostgresLeadership:
 
 
 class FileLeadership:
-    """The only daemon on a SQLite file: an exclusive lock file beside the database."""
+    """The only daemon on a SQLite file: an exclusive ``flock`` on the database file's identity.
+
+    ``flock`` locks belong to the open file (device and inode), whatever path
+    opened it. They are independent of the POSIX record locks SQLite takes on
+    the same file (Linux, local file systems), so they neither block nor
+    release SQLite's own locking; the descriptor stays open until ``release``.
+    """
 
     def __init__(self, database_path: Path):
-        self.path = database_path.with_name(database_path.name + ".lock")
-        self._handle = None
+        self.database = database_path
+        self.path = database_path.with_name(database_path.name + ".lock")  # who holds it, for messages
+        self._fd: int | None = None
 
     @property
     def description(self) -> str:
-        return f"leader (lock file {self.path}, pid {os.getpid()})"
+        return f"leader (lock on {self.database}, pid {os.getpid()})"
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
+        self.database.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self.database, os.O_RDONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise LeadershipError(f"cannot open {self.database} to lock it: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
+            identity = os.fstat(fd)
+            os.close(fd)
             raise LeadershipError(
-                f"another watcher daemon already runs on this SQLite database (lock {self.path} held by pid {holder}); "
+                f"another watcher daemon already runs on this SQLite database ({self.database}, device "
+                f"{identity.st_dev} inode {identity.st_ino}, by whatever path it was opened{self._holder()}); "
                 "run one daemon per SQLite file, or use PostgreSQL for replicas"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._handle = handle
+        self._fd = fd
+        try:
+            self.path.write_text(str(os.getpid()))
+        except OSError:
+            pass  # only informational
+
+    def _holder(self) -> str:
+        try:
+            holder = self.path.read_text().strip()
+        except OSError:
+            return ""
+        return f"; {self.path} names pid {holder}" if holder.isdigit() else ""
 
     def try_lead(self) -> bool:
-        return self._handle is not None
+        return self._fd is not None
 
     def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def leadership_for(engine: Engine) -> Leadership:
@@ -233,26 +253,13 @@ def leadership_for(engine: Engine) -> Leadership:
 def schema_lock(engine: Engine) -> Iterator[None]:
     """Serialise schema upgrades of replicas starting together on PostgreSQL (a no-op on SQLite).
 
-    Without it, two daemons started at once would both find an old schema and
-    both run the same migration; the second would fail on a table the first made.
+    The lock is ``db.migration_lock``, which every migration takes (re-entrant,
+    so ``db.ensure_schema`` inside this block does not wait for itself).
     """
-    if engine.dialect.name != "postgresql":
-        yield
-        return
     try:
-        key = _advisory_key(_per_schema(engine, MIGRATION_LOCK_NAME))
-        conn = engine.connect()
-        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        conn.commit()
-    except SQLAlchemyError as exc:
-        detail = database_detail(exc)
-        raise LeadershipError(f"cannot take the schema migration lock: {detail}") from None
-    try:
-        yield
-    finally:
-        try:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.commit()
-        except SQLAlchemyError:
-            pass  # closing the session releases it anyway
-        conn.close()
+        with db.migration_lock(engine):
+            yield
+    except StoreError as exc:
+        if "schema migration lock" in str(exc):
+            raise LeadershipError(str(exc)) from None
+        raise

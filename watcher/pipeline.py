@@ -11,15 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import httpx
 from sqlalchemy import Connection, Engine
 
-from . import fetch, notify, polls, redact, store, tickets
-from .errors import FetchError, ImplausibleFileError, StoreError, WatcherError, translate_db_errors
-from .models import utcnow
-from .settings import FetchSettings, Settings, check_cloud
+from . import fetch, notify, plausible, polls, redact, store, tickets
+from .errors import FetchError, ImplausibleFileError, ParseError, StoreError, WatcherError, translate_db_errors
+from .models import day_from_key, utcnow
+from .parse import FILE_NAME_RE, decode_document, file_cloud, parse_bytes, validate_prefixes
+from .settings import FILE_CLOUD_NAMES, FetchSettings, Settings, check_cloud
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +33,29 @@ def derived_work(*, implausible: Sequence[str] = ()) -> list[DerivedWork]:
     """What runs inside every import's transaction, in order: tickets, then their outbox rows.
 
     ``implausible`` names the plausibility checks the file failed (the fetch
-    stage knows); tickets of such a publication are held for review.
+    stage knows); tickets of such a publication are held for review, and so
+    are those of a publication that withdraws too many of the cloud's tags.
     """
-    return [tickets.ticket_hook(implausible), notify.enqueue_for_import]
+    return [_ticket_hook(tuple(implausible)), notify.enqueue_for_import]
+
+
+def _ticket_hook(implausible: tuple[str, ...]) -> DerivedWork:
+    def hook(conn: Connection, result: store.ImportResult, settings: Settings) -> None:
+        reasons = implausible + publication_problems(conn, result, settings)
+        tickets.create_tickets(conn, result, settings, implausible=reasons)
+
+    return hook
+
+
+def publication_problems(conn: Connection, result: store.ImportResult, settings: Settings) -> tuple[str, ...]:
+    """The plausibility checks an imported publication fails as a whole (today: tags withdrawn at once)."""
+    withdrawn = sum(1 for change in result.changes if change.status == "withdrawn")
+    if result.outcome != "imported" or result.previous_day is None or not withdrawn:
+        return ()
+    previous = store.publication_by_day(conn, result.publication.cloud, day_from_key(result.previous_day))
+    limits = plausible.Limits.from_settings(settings.tickets)
+    problem = plausible.withdrawn_share_problem(withdrawn, previous.tag_count if previous else None, limits)
+    return (problem,) if problem else ()
 
 
 def import_publication(
@@ -56,6 +78,76 @@ def import_publication(
     return store.import_bytes(
         engine, data, source, file_date=file_date, expected_cloud=expected_cloud, on_imported=on_imported
     )
+
+
+def cloud_of_file_name(name: str) -> str | None:
+    """Our cloud name from ``ServiceTags_<Cloud>_<YYYYMMDD>.json[.gz]``; None when the name has no such part.
+
+    A name that has the part but names no known cloud is a ParseError: the
+    file could be anything.
+    """
+    match = FILE_NAME_RE.search(name)
+    if match is None:
+        return None
+    cloud = FILE_CLOUD_NAMES.get(match["cloud"].lower())
+    if cloud is None:
+        raise ParseError(f"{name}: the file name names no known cloud ({match['cloud']!r})")
+    return cloud
+
+
+def import_file(
+    engine: Engine,
+    settings: Settings,
+    path: Path,
+    *,
+    file_date: dt.date | None = None,
+    force: bool = False,
+) -> store.ImportResult:
+    """Import a local file with every check a downloaded one gets.
+
+    The same size cap and gzip-bomb guard as a download; the cloud in the file
+    must be the one its name says; the plausibility check the poll runs (no
+    tags, far fewer tags than the last publication) refuses the file unless
+    ``force``, which imports it, holds its tickets and records why.
+    """
+    body = fetch.read_local_file(path, settings.fetch)
+    named = cloud_of_file_name(path.name)
+    document_cloud = _file_cloud(body, str(path))
+    if named is not None and document_cloud is not None and named != document_cloud:
+        raise ParseError(
+            f"{path}: the file says it is the {document_cloud} cloud's, its name says {named}'s; nothing was imported"
+        )
+    cloud = named or document_cloud
+    implausible: tuple[str, ...] = ()
+    # A file the parser cannot read at all gets the parser's precise error from the import below.
+    if cloud is not None and document_cloud is not None:
+        with engine.connect() as conn:
+            previous = polls.newest_publication(conn, cloud)
+        try:
+            fetch.check_plausible(body, cloud, previous.tag_count if previous else None, settings.fetch.min_tag_ratio)
+        except ImplausibleFileError as exc:
+            if not force:
+                # A malformed file says first what is malformed (the check above counts entries only).
+                validate_prefixes(parse_bytes(body, str(path), file_date=file_date), str(path))
+                raise ImplausibleFileError(
+                    f"{path}: {exc}; nothing was imported (import with --force to import it with its tickets held)"
+                ) from None
+            implausible = (f"imported with --force despite: {exc}",)
+            log.warning("%s: imported despite the plausibility check (--force): %s", path, exc)
+        except FetchError as exc:
+            raise ParseError(f"{path}: {exc}") from None
+    result = import_publication(
+        engine, settings, body, str(path), file_date=file_date, expected_cloud=cloud, implausible=implausible,
+    )
+    return replace(result, notes=result.notes + implausible) if implausible else result
+
+
+def _file_cloud(body: bytes, source: str) -> str | None:
+    """The cloud a file says it belongs to, or None when the parser will have to say what is wrong."""
+    try:
+        return file_cloud(decode_document(body, source), source)
+    except WatcherError:
+        return None
 
 
 # ---------------------------------------------------------------- poll

@@ -6,6 +6,7 @@ command-line options. Nothing else in the package reads the environment.
 """
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 import types
@@ -87,6 +88,12 @@ class TicketSettings:
     nft_table: str = "inet watcher"        # nftables family and table the sets live in
     nsg_priority_base: int = 3000          # Azure NSG: mcr, extra tags, then registries in config order
     render_seconds: float = 5.0            # wall-clock limit of one template render
+    # Plausibility (see plausible.py): a publication that breaks one has its tickets held.
+    min_prefix_length_v4: int = 8          # a wider added IPv4 prefix is implausible
+    min_prefix_length_v6: int = 16         # a wider added IPv6 prefix is implausible
+    max_withdrawn_share: float = 0.25      # withdrawing more of a cloud's tags at once is implausible
+    #: blocks not held as bogons (a lab mirror serving test files in private space); empty in production
+    bogon_exemptions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,11 +152,21 @@ def _as_str_tuple(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-#: Bounds of numeric settings (inclusive); every other number must be at least 0.
+#: Bounds of numeric settings (inclusive); every other number must be at least 0. The maxima
+#: refuse values no deployment means (a typo, an extra zero) before they disable a guard.
+_DAY = 86400.0
 _MINIMUM = {"max_attempts": 1, "unhealthy_after_failures": 1, "stale_after_days": 1, "http_port": 1,
             "max_connections": 1, "nsg_priority_base": 100}
-_MAXIMUM = {"http_port": 65535, "min_tag_ratio": 1.0, "removal_hold_ratio": 1.0, "removal_delay_days": 365,
-            "nsg_priority_base": 4000, "render_seconds": 300.0}
+_MAXIMUM = {
+    "http_port": 65535, "min_tag_ratio": 1.0, "removal_hold_ratio": 1.0, "max_withdrawn_share": 1.0,
+    "min_prefix_length_v4": 32, "min_prefix_length_v6": 128,
+    "timeout_seconds": _DAY, "deadline_seconds": _DAY, "backoff_seconds": _DAY, "retry_backoff_seconds": _DAY,
+    "run_deadline_seconds": 7 * _DAY,
+    "max_bytes": 1024**3, "output_cap_bytes": 1024**3,
+    "retries": 100, "max_redirects": 50, "max_attempts": 1000,
+    "unhealthy_after_failures": 10_000, "stale_after_days": 3650,
+    "removal_delay_days": 365, "nsg_priority_base": 4000, "render_seconds": 300.0,
+}
 #: Durations and sizes that must be more than 0.
 _POSITIVE = {"timeout_seconds", "deadline_seconds", "max_bytes", "output_cap_bytes", "run_deadline_seconds",
              "read_timeout_seconds", "idle_timeout_seconds", "render_seconds"}
@@ -177,9 +194,15 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
 def _check_range(key: str, value: Any, where: str) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    if not math.isfinite(value):  # nan compares false with every bound: it would pass them all
+        raise ConfigError(f"{where} must be a finite number, not {value!r}")
     low, high = _MINIMUM.get(key, 0), _MAXIMUM.get(key)
     if value < low or (high is not None and value > high) or (key in _POSITIVE and value <= 0):
-        bounds = f"from {low} to {high}" if high is not None else ("more than 0" if key in _POSITIVE else f"at least {low}")
+        if key in _POSITIVE:
+            shown = int(high) if isinstance(high, float) and high.is_integer() else high
+            bounds = "more than 0" + (f" and at most {shown}" if high is not None else "")
+        else:
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
         raise ConfigError(f"{where} must be {bounds}, not {value!r}")
 
 

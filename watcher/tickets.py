@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, insert, select, update
 
-from . import diff as diffs
+from . import diff as diffs, plausible
 from . import ticket_text
 from . import state as states
 from . import store
@@ -180,14 +180,31 @@ def _tag_context(watched: WatchedTag, change: diffs.TagDiff) -> dict[str, Any]:
     }
 
 
-def hold_reasons(changes: Sequence[diffs.TagDiff], ratio: float, implausible: Sequence[str] = (),
-                 moved: Mapping[str, str] | None = None) -> list[str]:
-    """Why a ticket must wait for a reviewer before anything is removed, per address family.
+#: Implausible prefixes named per tag in a hold reason; the rest are counted.
+_PROBLEMS_SHOWN = 3
 
-    ``moved`` maps a no-longer-covered prefix to where its space is published now (from ``lookup``).
+
+def hold_reasons(
+    changes: Sequence[diffs.TagDiff], ratio: float, implausible: Sequence[str] = (),
+    moved: Mapping[str, str] | None = None, limits: plausible.Limits | None = None,
+) -> list[str]:
+    """Why a ticket must wait for a reviewer before anything is removed (and before it is opened at all).
+
+    ``implausible`` are the publication's failed checks (the fetch stage and
+    the import know them); ``limits`` decide which added prefixes are
+    implausible (a default route, too wide, a bogon: see ``plausible``);
+    ``moved`` maps a no-longer-covered prefix to where its space is published
+    now (from ``lookup``). Removal reasons are per address family.
     """
     moved = moved or {}
     reasons = [f"the file failed a plausibility check: {note}" for note in implausible]
+    limits = limits or plausible.Limits()
+    for change in changes:
+        problems = plausible.prefix_problems(change.added, limits)
+        if problems:
+            more = len(problems) - _PROBLEMS_SHOWN
+            reasons.append(f"{change.tag} adds implausible prefixes: {'; '.join(problems[:_PROBLEMS_SHOWN])}"
+                           + (f"; and {more} more" if more > 0 else ""))
     for change in changes:
         if change.status == "withdrawn":
             reasons.append(f"{change.tag} was withdrawn from the publication (every rule for it would go)")
@@ -238,13 +255,14 @@ def build_context(
     removal_delay_days: int = 7,
     implausible: Sequence[str] = (),
     moved: Mapping[str, str] | None = None,
+    limits: plausible.Limits | None = None,
 ) -> dict[str, Any]:
     """Everything a ticket shows, as JSON-ready data: the change from the approved state to ``target``."""
     by_name = {t.tag: t for t in watch.tags}
     kind = "baseline" if approved is None else "change"
     changed = [c for c in changes if c.added or c.removed or c.status in ("appeared", "withdrawn")]
     tags = [_tag_context(by_name.get(c.tag) or WatchedTag(c.tag, "former", None, ()), c) for c in changed]
-    reasons = hold_reasons(changed, removal_hold_ratio, implausible, moved)
+    reasons = hold_reasons(changed, removal_hold_ratio, implausible, moved, limits)
     remove_after = (new.file_date + dt.timedelta(days=removal_delay_days)).isoformat()
     label = watch.login_server or ("Microsoft Container Registry" if watch.name == "mcr"
                                    else "the extra watched tags")
@@ -378,6 +396,7 @@ def _ticket_for_watch(conn: Connection, watch: ResolvedWatch, new: store.Publica
         watch, approved, new, changes, target, uid=str(uuid.uuid4()), implausible=implausible,
         removal_hold_ratio=settings.tickets.removal_hold_ratio,
         removal_delay_days=settings.tickets.removal_delay_days, moved=_moved(conn, new, changes) if approved else {},
+        limits=plausible.Limits.from_settings(settings.tickets),
     )
     ticket_id = _insert(conn, watch, approved, new, context, at)
     if live is not None:
@@ -440,6 +459,8 @@ def _ticket(row: Any) -> TicketInfo:
 
 
 def get_ticket(conn: Connection, ticket_id: int) -> TicketInfo:
+    if not 1 <= ticket_id <= MAX_TICKET_ID:  # the drivers refuse numbers past 64 bits with an OverflowError
+        raise NotFoundError(f"no ticket {ticket_id}")
     with translate_db_errors(f"reading ticket {ticket_id}"):
         row = conn.execute(select(Ticket.__table__).where(Ticket.id == ticket_id)).first()
     if row is None:
@@ -471,6 +492,10 @@ def ticket_events(conn: Connection, ticket_id: int) -> list[TicketEventInfo]:
     with translate_db_errors(f"reading the events of ticket {ticket_id}"):
         rows = conn.execute(select(e).where(e.c.ticket_id == ticket_id).order_by(e.c.id)).all()
     return [TicketEventInfo(r.at, r.actor, r.action, r.from_state, r.to_state, r.comment) for r in rows]
+
+
+#: Ticket ids are 32-bit integers in both databases.
+MAX_TICKET_ID = 2**31 - 1
 
 
 def view(ticket: TicketInfo) -> dict[str, Any]:

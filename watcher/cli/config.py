@@ -1,12 +1,12 @@
-"""Configuration commands: ``init``, ``config check`` and ``db upgrade``."""
+"""Configuration commands: ``init``, ``config check``, ``db upgrade`` and ``db check``."""
 from __future__ import annotations
 
 import click
 
 from .. import config as configuration
-from .. import db
+from .. import db, dbcheck
 from . import views
-from .app import AppContext, echo_lines, emit_json, json_option, pass_app
+from .app import AppContext, echo_lines, emit_json, json_option, pass_app, present
 
 
 @click.group("db")
@@ -25,6 +25,17 @@ def db_upgrade(app: AppContext, revision: str) -> None:
         click.echo(f"database {db.safe_url(app.settings.database_url)} is at revision {db.current_revision(engine)}")
     finally:
         engine.dispose()
+
+
+@db_group.command("check")
+@json_option
+@pass_app
+def db_check(app: AppContext, as_json: bool) -> None:
+    """Check the database's invariants (names and prefixes pass today's checks); exit 1 on a violation."""
+    report = dbcheck.check_database(app.engine)
+    present(as_json, report.to_json, lambda: views.db_check_lines(report))
+    if not report.ok:
+        raise click.ClickException("the database breaks its invariants (listed above); readers skip those rows")
 
 
 @click.command("init")

@@ -10,7 +10,7 @@ import click
 from sqlalchemy import Connection
 
 from .. import pipeline, store
-from ..parse import FILE_NAME_RE, read_file_bytes
+from ..parse import FILE_NAME_RE
 from ..watches import resolve_watches, watched_tags
 from . import views
 from .app import AppContext, at_option, cloud_option, emit_json, json_option, pass_app, present
@@ -50,8 +50,11 @@ class _plain:
 @click.option("--date", "file_date", type=click.DateTime(["%Y%m%d", "%Y-%m-%d"]),
               help="Publication date, for a file whose name does not carry one.")
 @json_option
+@click.option("--force", is_flag=True, help="Import a file that fails the plausibility check (its tickets are held).")
 @pass_app
-def import_command(app: AppContext, paths: tuple[str, ...], file_date: dt.datetime | None, as_json: bool) -> None:
+def import_command(
+    app: AppContext, paths: tuple[str, ...], file_date: dt.datetime | None, as_json: bool, force: bool
+) -> None:
     """Import service-tag files (.json or .json.gz) or folders of them, oldest first.
 
     Each file is imported whole or not at all; a file that fails stops the
@@ -65,9 +68,8 @@ def import_command(app: AppContext, paths: tuple[str, ...], file_date: dt.dateti
     try:
         with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
             for path in bar:
-                result = pipeline.import_publication(
-                    app.engine, app.settings, read_file_bytes(path), str(path),
-                    file_date=file_date.date() if file_date else None,
+                result = pipeline.import_file(
+                    app.engine, app.settings, path, file_date=file_date.date() if file_date else None, force=force
                 )
                 results.append(result)
                 if not as_json:

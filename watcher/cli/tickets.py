@@ -11,6 +11,10 @@ from . import views
 from .app import AppContext, echo_lines, emit_json, json_option, pass_app, present
 
 
+#: A ticket id out of range is a usage error, not a driver's OverflowError.
+TICKET_ID = click.IntRange(1, tickets.MAX_TICKET_ID)
+
+
 def _os_user() -> str:
     try:
         return getpass.getuser()
@@ -35,7 +39,7 @@ def tickets_list(app: AppContext, state: str | None, as_json: bool) -> None:
 
 
 @tickets_group.command("show")
-@click.argument("ticket_id", type=int, metavar="ID")
+@click.argument("ticket_id", type=TICKET_ID, metavar="ID")
 @json_option
 @pass_app
 def tickets_show(app: AppContext, ticket_id: int, as_json: bool) -> None:
@@ -54,7 +58,7 @@ def tickets_show(app: AppContext, ticket_id: int, as_json: bool) -> None:
 
 
 @tickets_group.command("render")
-@click.argument("ticket_id", type=int, metavar="ID")
+@click.argument("ticket_id", type=TICKET_ID, metavar="ID")
 @click.option("--format", "fmt", type=click.Choice([*render.TICKET_FORMATS, *render.RULE_FORMATS]),
               default="md", show_default=True, help="The ticket (md, html, txt) or a firewall's full-state rule snippet.")
 @click.option("--phase", type=click.Choice(review.PHASES), default="add", show_default=True,
@@ -69,7 +73,7 @@ def tickets_render(app: AppContext, ticket_id: int, fmt: str, phase: str) -> Non
 
 
 def _review_command(action: str, help_text: str, additions: bool = False) -> None:
-    @click.argument("ticket_id", type=int, metavar="ID")
+    @click.argument("ticket_id", type=TICKET_ID, metavar="ID")
     @click.option("--by", "actor", default=_os_user, show_default="the operating-system user", metavar="NAME",
                   help="Who takes this step (recorded, shown in the ticket and messages).")
     @click.option("--comment", default="", metavar="TEXT", help="Why (recorded with the step).")

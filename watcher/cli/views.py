@@ -151,6 +151,17 @@ def state_list_lines(states: Sequence[dict[str, Any]]) -> list[str]:
     return [line for data in states for line in state_lines(data)]
 
 
+def db_check_lines(report: Any) -> list[str]:
+    """``watcher db check``: one line per invariant, its violations below it."""
+    lines = []
+    for result in report.results:
+        lines.append(f"{'ok' if result.ok else 'FAILED'}  {result.name} ({result.checked} checked)")
+        lines += [f"    {violation}" for violation in result.violations]
+        if result.more:
+            lines.append(f"    ... and {result.more} more")
+    return lines
+
+
 def template_check_lines(results: Sequence[TemplateCheck]) -> list[str]:
     return [f"{'ok    ' if r.ok else 'BROKEN'}  {r.format:<10} {r.origin:<8} {r.template}"
             + ("" if r.ok else f": {r.error}") for r in results]

@@ -1,0 +1,171 @@
+"""``watcher db check``: the database's invariants, checked.
+
+An older, laxer version may have stored what today's gate refuses (a tag name
+with a newline, a prefix with a scope id). Readers skip such rows instead of
+failing on them (see ``diff.diff_tag``); this check reports them, so an
+operator learns what is there and can decide. Read-only: it changes nothing.
+
+Checked:
+
+* every tag name passes today's name gate;
+* every stored prefix set (``contents``) decodes, has as many prefixes as it
+  says, and each prefix passes today's prefix gate (plain, canonical);
+* every prefix of the address index (``prefix_spans``) passes the gate;
+* every tag has at most one current version (``valid_until`` NULL), and each
+  version's prefix count is its content's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import store
+from .errors import StoreError, database_detail
+from .models import Content, PrefixSpan, Tag, TagVersion
+from .parse import passes_prefix_gate, passes_tag_name_gate
+
+#: Violations listed per check; the rest are counted (a poisoned import can leave thousands).
+MAX_LISTED = 20
+#: Content rows read per batch.
+BATCH = 200
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One invariant: how many rows were looked at, and what breaks it."""
+
+    name: str
+    checked: int
+    violations: tuple[str, ...] = ()
+    #: violations beyond those listed
+    more: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.name, "ok": self.ok, "checked": self.checked,
+                "violations": list(self.violations), "more": self.more}
+
+
+@dataclass(frozen=True)
+class DatabaseCheck:
+    results: tuple[CheckResult, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [r.to_json() for r in self.results]}
+
+
+def check_database(engine: Engine) -> DatabaseCheck:
+    """Check every invariant; StoreError if the database cannot be read at all."""
+    try:
+        with engine.connect() as conn:
+            return DatabaseCheck((
+                _tag_names(conn), _contents(conn), _spans(conn), _current_versions(conn), _version_counts(conn),
+            ))
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot check the database: {database_detail(exc)}") from None
+
+
+class _Collector:
+    def __init__(self, name: str) -> None:
+        self.name, self.checked, self.found, self.total = name, 0, [], 0
+
+    def add(self, violation: str) -> None:
+        self.total += 1
+        if len(self.found) < MAX_LISTED:
+            self.found.append(violation)
+
+    def result(self) -> CheckResult:
+        return CheckResult(self.name, self.checked, tuple(self.found), self.total - len(self.found))
+
+
+def _shown(text: str) -> str:
+    return repr(text[:80]) + (f" (cut; {len(text)} characters)" if len(text) > 80 else "")
+
+
+def _tag_names(conn: Connection) -> CheckResult:
+    found = _Collector("tag names pass the gate")
+    for tag_id, cloud, name in conn.execute(select(Tag.id, Tag.cloud, Tag.name).order_by(Tag.id)):
+        found.checked += 1
+        if not passes_tag_name_gate(name):
+            found.add(f"tag {tag_id} ({cloud}): name {_shown(name)} is refused by today's gate")
+    return found.result()
+
+
+def _content_batches(conn: Connection) -> Iterator[list[tuple[bytes, int]]]:
+    rows = [(bytes(h), n) for h, n in conn.execute(select(Content.hash, Content.prefix_count).order_by(Content.hash))]
+    for start in range(0, len(rows), BATCH):
+        yield rows[start:start + BATCH]
+
+
+def _contents(conn: Connection) -> CheckResult:
+    found = _Collector("stored prefixes pass the gate")
+    for batch in _content_batches(conn):
+        try:
+            loaded = store.load_contents(conn, [h for h, _ in batch])
+        except Exception as exc:  # a row that does not decompress: report it, do not stop the check
+            for digest, _ in batch:
+                found.checked += 1
+                found.add(f"content {digest.hex()[:12]}…: cannot be read ({type(exc).__name__})")
+            continue
+        for digest, count in batch:
+            found.checked += 1
+            prefixes = loaded.get(digest, ())
+            if len(prefixes) != count:
+                found.add(f"content {digest.hex()[:12]}…: says {count} prefixes, holds {len(prefixes)}")
+            for prefix in prefixes:
+                if not passes_prefix_gate(prefix):
+                    found.add(f"content {digest.hex()[:12]}… ({_tags_of(conn, digest)}): prefix {_shown(prefix)} "
+                              "is refused by today's gate")
+    return found.result()
+
+
+def _tags_of(conn: Connection, digest: bytes) -> str:
+    rows = conn.execute(
+        select(Tag.cloud, Tag.name).join(TagVersion, TagVersion.tag_id == Tag.id)
+        .where(TagVersion.content_hash == digest).distinct().limit(3)
+    ).all()
+    return ", ".join(f"{cloud} {_shown(name)}" for cloud, name in rows) or "no tag"
+
+
+def _spans(conn: Connection) -> CheckResult:
+    found = _Collector("indexed prefixes pass the gate")
+    for prefix, tag_id in conn.execute(select(PrefixSpan.prefix, PrefixSpan.tag_id).distinct()):
+        found.checked += 1
+        if not passes_prefix_gate(prefix):
+            found.add(f"prefix index: tag {tag_id} has prefix {_shown(prefix)}, refused by today's gate")
+    return found.result()
+
+
+def _current_versions(conn: Connection) -> CheckResult:
+    found = _Collector("one current version per tag")
+    found.checked = conn.execute(select(func.count()).select_from(Tag)).scalar_one()
+    rows = conn.execute(
+        select(TagVersion.tag_id, func.count()).where(TagVersion.valid_until.is_(None))
+        .group_by(TagVersion.tag_id).having(func.count() > 1)
+    )
+    for tag_id, count in rows:
+        found.add(f"tag {tag_id} has {count} current versions")
+    return found.result()
+
+
+def _version_counts(conn: Connection) -> CheckResult:
+    found = _Collector("version prefix counts match their content")
+    found.checked = conn.execute(select(func.count()).select_from(TagVersion)).scalar_one()
+    rows = conn.execute(
+        select(TagVersion.tag_id, TagVersion.valid_from, TagVersion.prefix_count, Content.prefix_count)
+        .join(Content, Content.hash == TagVersion.content_hash)
+        .where(TagVersion.present.is_(True), TagVersion.prefix_count != Content.prefix_count)
+    )
+    for tag_id, valid_from, version_count, content_count in rows:
+        found.add(f"tag {tag_id} version of {valid_from}: {version_count} prefixes, its content has {content_count}")
+    return found.result()
