@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from pathlib import Path
-from typing import Iterable
 
 import click
 from sqlalchemy import Connection
 
-from .. import pipeline, store
-from ..parse import FILE_NAME_RE, read_file_bytes
+from .. import backfill, pipeline, store
 from ..watches import resolve_watches, watched_tags
 from . import views
 from .app import AppContext, at_option, cloud_option, emit_json, json_option, pass_app, present
@@ -18,27 +15,13 @@ from .app import AppContext, at_option, cloud_option, emit_json, json_option, pa
 PUBLICATION_HELP = "Publication: YYYYMMDD, YYYY-MM-DD, latest or previous."
 
 
-def _files(paths: Iterable[str]) -> list[Path]:
-    """Files named, and the service-tag files inside folders named, oldest date first."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and FILE_NAME_RE.search(p.name))
-        elif path.exists():
-            found.append(path)
-        else:
-            raise click.ClickException(f"no such file or folder: {raw}")
-    return sorted(found, key=lambda p: (m.group("date") if (m := FILE_NAME_RE.search(p.name)) else "", str(p)))
-
-
 class _plain:
     """A stand-in for click.progressbar when output is not a terminal."""
 
-    def __init__(self, items: list[Path]):
+    def __init__(self, items: list[backfill.BackfillFile]):
         self.items = items
 
-    def __enter__(self) -> list[Path]:
+    def __enter__(self) -> list[backfill.BackfillFile]:
         return self.items
 
     def __exit__(self, *exc: object) -> None:
@@ -52,29 +35,31 @@ class _plain:
 @json_option
 @pass_app
 def import_command(app: AppContext, paths: tuple[str, ...], file_date: dt.datetime | None, as_json: bool) -> None:
-    """Import service-tag files (.json or .json.gz) or folders of them, oldest first.
+    """Import service-tag files (.json or .json.gz) or folders of them, oldest first per cloud.
 
-    Each file is imported whole or not at all; a file that fails stops the
-    import, and the files before it stay imported (and are listed).
+    Each file is imported whole or not at all; a file that fails is reported
+    and the others go on (exit status 1 if any failed). Run it again after a
+    stop: what was imported stays, and files already stored are skipped.
+    Tickets are made once per cloud, for its newest publication, after the run.
     """
-    files = _files(paths)
+    files = backfill.find_files(paths, file_date.date() if file_date else None)
     if not files:
         raise click.ClickException("no ServiceTags_<Cloud>_<YYYYMMDD>.json files found in " + ", ".join(paths))
-    results: list[store.ImportResult] = []
+    job = backfill.Backfill(app.engine, app.settings, pipeline.derived_work())
     show_bar = sys.stderr.isatty() and not as_json and len(files) > 1
-    try:
-        with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
-            for path in bar:
-                result = pipeline.import_publication(
-                    app.engine, app.settings, read_file_bytes(path), str(path),
-                    file_date=file_date.date() if file_date else None,
-                )
-                results.append(result)
-                if not as_json:
-                    click.echo(views.describe_import(result))
-    finally:
-        if as_json:
-            emit_json([r.to_json() for r in results])
+    with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
+        for item in bar:
+            outcome = job.import_file(item)
+            if not as_json:
+                click.echo(views.describe_file_outcome(outcome), err=outcome.failed)
+    report = job.finish()
+    if as_json:
+        emit_json([o.to_json() for o in report.outcomes])
+    if report.failed:
+        click.echo(f"Error: {report.summary()}", err=True)
+        sys.exit(1)
+    if not as_json and len(files) > 1:
+        click.echo(report.summary(), err=True)
 
 
 @click.command("publications")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
-from .. import notify, pipeline, store
+from .. import backfill, notify, pipeline, store
 from ..config import Check
 from ..diff import TagDiff, address_counts
 from ..overview import StatusReport
@@ -34,7 +34,15 @@ def describe_import(result: store.ImportResult) -> str:
     anomalies = list(result.anomalies) + [f"{c.tag}: {a}" for c in changes for a in c.anomalies if "skipped" not in a]
     if anomalies:
         text += f"; {len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'}"
+    text += "".join(f"; {note}" for note in result.notes if "not seen between" in note)
     return head + text
+
+
+def describe_file_outcome(outcome: backfill.FileOutcome) -> str:
+    """One line per file of an import: what its import did, or why it failed."""
+    if outcome.result is None:
+        return f"{outcome.file}: failed: {outcome.error}"
+    return describe_import(outcome.result)
 
 
 def publication_lines(cloud: str, pubs: Sequence[store.PublicationInfo]) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .importer import date_from_source, import_bytes
 from .queries import (
-    changed_tag_names, containing_networks, diff_publications, history, lookup, parse_publication_ref,
+    all_publications, changed_tag_names, containing_networks, diff_publications, history, lookup, parse_publication_ref,
     present_tag_names, publication_by_day, publications, resolve_publication, snapshot, tag_ids, tag_name,
     tag_states,
 )
@@ -28,7 +28,7 @@ from .versions import Versions, load_contents, versions_at, versions_before
 
 __all__ = [
     "EMPTY_HASH", "NO_METADATA", "HistoryEntry", "ImportHook", "ImportResult", "LookupHit", "PublicationInfo",
-    "TagChange", "TagSnapshot", "VersionInfo", "Versions", "absent_version", "changed_tag_names",
+    "TagChange", "TagSnapshot", "all_publications", "VersionInfo", "Versions", "absent_version", "changed_tag_names",
     "containing_networks", "date_from_source", "diff_publications", "history", "import_bytes", "load_contents",
     "lookup", "pack", "parse_publication_ref", "present_tag_names", "publication_by_day", "publication_from_row",
     "publications", "resolve_publication", "snapshot", "tag_ids", "tag_name", "tag_states", "unpack",

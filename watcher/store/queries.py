@@ -224,3 +224,10 @@ def present_tag_names(conn: Connection, cloud: str, publication: PublicationInfo
             return []
     with translate_db_errors(f"reading the {cloud} tags of {publication.file_date}"):
         return sorted(n for n, v in versions_at(conn, cloud, publication.day).items() if v.present)
+
+
+def all_publications(conn: Connection) -> list[PublicationInfo]:
+    """Every publication of every cloud, by cloud and date: what a backfill checks its files against."""
+    with translate_db_errors("listing the publications"):
+        rows = conn.execute(select(Publication.__table__).order_by(Publication.cloud, Publication.file_date))
+        return [publication_from_row(r) for r in rows]

@@ -7,6 +7,7 @@ not depend on the store's SQL.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -18,8 +19,11 @@ from ..parse import content_hash
 
 #: The hash of the empty prefix set: what withdrawn versions point to.
 EMPTY_HASH = content_hash(())
-#: (region, regionId, platform, systemService, networkFeatures) of a withdrawn version.
-NO_METADATA: tuple[str, int, str, str, str] = ("", 0, "", "", "")
+#: (region, regionId, platform, systemService, networkFeatures): each None when the file has none.
+Metadata = tuple[str | None, int | None, str | None, str | None, str | None]
+#: The metadata of a withdrawn version, and of an entry without any: absent, not a made-up 0 or "".
+NO_METADATA: Metadata = (None, None, None, None, None)
+METADATA_NAMES = ("region", "regionId", "platform", "systemService", "networkFeatures")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,10 @@ class PublicationInfo:
     imported_at: dt.datetime
     tag_count: int
     prefix_count: int
+    #: publications the global changeNumber says were not seen since the previous stored one
+    missed_before: int = 0
+    #: what parsing the file warned about (wrong-typed optional metadata)
+    parse_warnings: tuple[str, ...] = ()
 
     @property
     def day(self) -> int:
@@ -54,7 +62,21 @@ class PublicationInfo:
             "imported_at": imported_at.isoformat(),
             "tags": self.tag_count,
             "prefixes": self.prefix_count,
+            "missed_before": self.missed_before,
+            "parse_warnings": list(self.parse_warnings),
         }
+
+
+def missed_count(previous_number: int | None, number: int) -> int:
+    """Publications a global changeNumber says were not seen after ``previous_number`` (a reset: none)."""
+    if previous_number is None or number <= previous_number + 1:
+        return 0
+    return number - previous_number - 1
+
+
+def missed_note(count: int, after: dt.date | None, before: dt.date) -> str:
+    """"N publication(s) not seen between D1 and D2"."""
+    return f"{count} publication(s) not seen between {after} and {before}"
 
 
 def publication_from_row(row: Any) -> PublicationInfo:
@@ -63,6 +85,8 @@ def publication_from_row(row: Any) -> PublicationInfo:
         id=row.id, cloud=row.cloud, file_date=row.file_date, change_number=row.change_number,
         sha256=row.sha256, source=row.source, imported_at=row.imported_at,
         tag_count=row.tag_count, prefix_count=row.prefix_count,
+        missed_before=getattr(row, "missed_before", 0) or 0,
+        parse_warnings=tuple(json.loads(row.parse_warnings)) if getattr(row, "parse_warnings", None) else (),
     )
 
 
@@ -76,7 +100,7 @@ class VersionInfo:
     valid_until: int | None
     present: bool
     change_number: int | None
-    metadata: tuple[str, int, str, str, str]
+    metadata: Metadata
     prefix_count: int
     content_hash: bytes
     entry_hash: bytes
