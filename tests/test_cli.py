@@ -67,7 +67,7 @@ def test_diff_of_watched_tags_json_contract(imported):
     assert change["added"] == sorted(change["added"]) == ["135.130.158.0/23", "2603:1030:40f::/49"]
     assert change["removed"] == ["2603:1030:40f::/48"]
     assert change["net_removed"] == ["2603:1030:40f:8000::/49"]
-    assert change["from"] == {"date": "2025-10-13", "change_number": 44, "file_change_number": 373}
+    assert change["from"] == {"date": "2025-10-13", "change_number": 44, "file_change_number": 373, "resolved_from": None}
     assert change["to"]["date"] == "2025-10-28" and change["to"]["change_number"] == 45
     assert by_tag["AzureContainerRegistry.EastUS2"]["status"] == "unchanged"
 

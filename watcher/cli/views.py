@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 
 from .. import backfill, notify, pipeline, store
 from ..config import Check
-from ..diff import TagDiff, address_counts
+from ..diff import TagDiff, address_counts, describe_metadata
 from ..overview import StatusReport
 from ..render import TemplateCheck
 from ..tickets import TicketEventInfo, TicketInfo
@@ -48,8 +48,13 @@ def describe_file_outcome(outcome: backfill.FileOutcome) -> str:
 def publication_lines(cloud: str, pubs: Sequence[store.PublicationInfo]) -> list[str]:
     if not pubs:
         return [f"no {cloud} publications imported yet"]
-    return [f"{p.file_date}  changeNumber {p.change_number:>5}  {p.tag_count:>5} tags  "
-            f"{p.prefix_count:>6} prefixes  {p.sha256[:12]}  {p.source}" for p in pubs]
+    lines = []
+    for before, p in zip([None, *pubs], pubs):
+        if p.missed_before and before is not None:
+            lines.append(f"            ({store.MissedPublications(p.missed_before, before.file_date, p.file_date).describe()})")
+        lines.append(f"{p.file_date}  changeNumber {p.change_number:>5}  {p.tag_count:>5} tags  "
+                     f"{p.prefix_count:>6} prefixes  {p.sha256[:12]}  {p.source}")
+    return lines
 
 
 def history_lines(entries: Iterable[store.HistoryEntry]) -> list[str]:
@@ -59,8 +64,9 @@ def history_lines(entries: Iterable[store.HistoryEntry]) -> list[str]:
             lines.append(f"{e.date}  withdrawn                      -{e.removed}")
             continue
         flags = f"  [{'; '.join(e.anomalies)}]" if e.anomalies else ""
+        metadata = f"  {describe_metadata(e.metadata)}" if e.metadata else ""
         lines.append(f"{e.date}  changeNumber {e.change_number:>5}  {e.prefix_count:>6} prefixes  "
-                     f"+{e.added} -{e.removed}{flags}")
+                     f"+{e.added} -{e.removed}{metadata}{flags}")
     return lines
 
 
@@ -80,6 +86,8 @@ def describe_diff(change: TagDiff) -> list[str]:
             lines.append(f"  net address space: +{v4a} IPv4 / +{v6a} IPv6 addresses, "
                          f"-{v4r} IPv4 / -{v6r} IPv6 addresses")
             lines += [f"  net +{p}" for p in change.net_added] + [f"  net -{p}" for p in change.net_removed]
+    if change.metadata:
+        lines.append(f"  {describe_metadata(change.metadata)}")
     lines += [f"  anomaly: {a}" for a in change.anomalies]
     return lines
 
@@ -197,6 +205,8 @@ def status_lines(report: StatusReport) -> list[str]:
         else:
             lines.append(f"  newest publication: {r.newest.file_date} (changeNumber {r.newest.change_number}), "
                          f"{r.age_days} day(s) old, imported {r.newest.imported_at:%Y-%m-%d %H:%M}")
+        for gap in r.missed:
+            lines.append(f"  missed: {gap.describe()}")
         for label, attempt in (("last attempt", r.last_attempt), ("last success", r.last_success)):
             if attempt is None:
                 lines.append(f"  {label}: never")

@@ -20,14 +20,14 @@ from .queries import (
     tag_states,
 )
 from .records import (
-    EMPTY_HASH, NO_METADATA, HistoryEntry, ImportHook, ImportResult, LookupHit, PublicationInfo, TagChange,
-    TagSnapshot, VersionInfo, absent_version, publication_from_row,
+    EMPTY_HASH, METADATA_NAMES, NO_METADATA, HistoryEntry, ImportHook, ImportResult, LookupHit, MissedPublications,
+    PublicationInfo, TagChange, TagSnapshot, VersionInfo, absent_version, missed_gaps, publication_from_row,
 )
 from .sql import pack, unpack
 from .versions import Versions, load_contents, versions_at, versions_before
 
 __all__ = [
-    "EMPTY_HASH", "NO_METADATA", "HistoryEntry", "ImportHook", "ImportResult", "LookupHit", "PublicationInfo",
+    "EMPTY_HASH", "METADATA_NAMES", "MissedPublications", "missed_gaps", "NO_METADATA", "HistoryEntry", "ImportHook", "ImportResult", "LookupHit", "PublicationInfo",
     "TagChange", "TagSnapshot", "all_publications", "VersionInfo", "Versions", "absent_version", "changed_tag_names",
     "containing_networks", "date_from_source", "diff_publications", "history", "import_bytes", "load_contents",
     "lookup", "pack", "parse_publication_ref", "present_tag_names", "publication_by_day", "publication_from_row",

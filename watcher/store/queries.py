@@ -120,7 +120,8 @@ def tag_states(conn: Connection, cloud: str, day: int, names: Sequence[str] | No
     with translate_db_errors(f"reading the {cloud} tags of {day_from_key(day)}"):
         versions = {n: v for n, v in versions_at(conn, cloud, day, names).items() if v.present}
         contents = load_contents(conn, [v.content_hash for v in versions.values()])
-    return {n: diffs.TagState.of_sorted(v.change_number, contents[v.content_hash]) for n, v in versions.items()}
+    return {n: diffs.TagState.of_sorted(v.change_number, contents[v.content_hash], v.metadata)
+            for n, v in versions.items()}
 
 
 def changed_tag_names(conn: Connection, cloud: str, first_day: int, last_day: int) -> list[str]:
@@ -150,7 +151,7 @@ def diff_publications(
         if name not in before and name not in after:
             continue  # not published at either point
         change = diffs.diff_tag(name, before.get(name), after.get(name), cache)
-        if names is None and change.status == "unchanged" and not change.anomalies:
+        if names is None and change.status == "unchanged" and not change.anomalies and not change.metadata:
             continue
         result.append(change)
     return sorted(result, key=lambda c: c.tag)
@@ -167,16 +168,24 @@ def history(conn: Connection, cloud: str, name: str) -> tuple[str, list[HistoryE
     entries: list[HistoryEntry] = []
     previous_set: frozenset[str] = frozenset()
     previous_number: int | None = None
+    previous_metadata: tuple | None = None
     for version in versions:
         current = frozenset(contents[bytes(version.content_hash)])
         added, removed = len(current - previous_set), len(previous_set - current)
+        metadata = _metadata_of(version) if version.present else None
         entries.append(HistoryEntry(
             date=day_from_key(version.valid_from), present=version.present, change_number=version.change_number,
             prefix_count=version.prefix_count, added=added, removed=removed,
             anomalies=diffs.change_number_anomalies(previous_number, version.change_number, bool(added or removed)),
+            metadata=diffs.metadata_changes(previous_metadata, metadata),
         ))
         previous_set, previous_number = current, (version.change_number if version.present else None)
+        previous_metadata = metadata
     return real_name, entries
+
+
+def _metadata_of(row) -> tuple:
+    return (row.region, row.region_id, row.platform, row.system_service, row.network_features)
 
 
 def containing_networks(address: str) -> list[str]:

@@ -79,6 +79,27 @@ def missed_note(count: int, after: dt.date | None, before: dt.date) -> str:
     return f"{count} publication(s) not seen between {after} and {before}"
 
 
+@dataclass(frozen=True)
+class MissedPublications:
+    """A gap in a cloud's global changeNumber: ``count`` publications not seen between two stored ones."""
+
+    count: int
+    after: dt.date
+    before: dt.date
+
+    def describe(self) -> str:
+        return missed_note(self.count, self.after, self.before)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "after": self.after.isoformat(), "before": self.before.isoformat()}
+
+
+def missed_gaps(pubs: "list[PublicationInfo]") -> list[MissedPublications]:
+    """The gaps in one cloud's publications (oldest first), as their ``missed_before`` records them."""
+    return [MissedPublications(p.missed_before, q.file_date, p.file_date)
+            for q, p in zip(pubs, pubs[1:]) if p.missed_before]
+
+
 def publication_from_row(row: Any) -> PublicationInfo:
     """A ``publications`` row (any object with its columns as attributes) as a value."""
     return PublicationInfo(
@@ -217,13 +238,15 @@ class HistoryEntry:
     added: int
     removed: int
     anomalies: tuple[str, ...]
+    #: metadata properties that changed from the version before (both present)
+    metadata: tuple[diffs.MetadataChange, ...] = ()
 
     def to_json(self, tag: str) -> dict[str, Any]:
         """``tag``: the tag's name, which the entry itself does not carry."""
         return {
             "tag": tag, "date": self.date.isoformat(), "present": self.present, "change_number": self.change_number,
             "prefixes": self.prefix_count, "added": self.added, "removed": self.removed,
-            "anomalies": list(self.anomalies),
+            "anomalies": list(self.anomalies), "metadata": [m.to_json() for m in self.metadata],
         }
 
 
