@@ -112,6 +112,13 @@ def lookup_lines(address: str, pub: store.PublicationInfo, hits: Sequence[store.
     return [f"{h.tag}  {h.prefix}  since {h.since}" for h in hits]
 
 
+def holder_lines(address: str, cloud: str, holders: Sequence[store.AddressHolder]) -> list[str]:
+    if not holders:
+        return [f"{address} was in no {cloud} tag of any stored publication"]
+    return [f"{h.tag}  {h.prefix}  {h.first} .. {'now' if h.current else h.last}"
+            + ("" if h.current else f" (last published {h.last})") for h in holders]
+
+
 def watch_lines(watches: Sequence[ResolvedWatch]) -> list[str]:
     if not watches:
         return ["no registries configured (see `watcher --config FILE watches`)"]

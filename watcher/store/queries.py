@@ -5,6 +5,7 @@ that names what was being read, so a face shows one line instead of a traceback.
 """
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import ipaddress
 from typing import Sequence
@@ -13,8 +14,10 @@ from sqlalchemy import Connection, bindparam, func, select, text
 
 from .. import diff as diffs
 from ..errors import NotFoundError, translate_db_errors
-from ..models import Publication, Tag, TagVersion, day_from_key
-from .records import HistoryEntry, LookupHit, PublicationInfo, TagSnapshot, publication_from_row
+from ..models import Publication, Tag, TagVersion, day_from_key, day_key
+from .records import (
+    AddressHolder, HistoryEntry, LookupHit, PublicationInfo, ResolvedPublication, TagSnapshot, publication_from_row,
+)
 from .sql import fetch_all, unpack
 from .versions import VERSION_COLUMNS, load_contents, version_from_row, versions_at
 
@@ -72,6 +75,25 @@ def resolve_publication(conn: Connection, cloud: str, ref: str) -> PublicationIn
         have = "no publication" if not rows else "only one publication"
         raise NotFoundError(f"{wanted}: the database has {have} for the {cloud} cloud; import some files first")
     return publication_from_row(rows[index])
+
+
+def resolve_at(conn: Connection, cloud: str, ref: str, *, exact: bool = False) -> ResolvedPublication:
+    """``resolve_publication``, saying which date was asked for; ``exact``: a date must name a publication."""
+    wanted = parse_publication_ref(ref)
+    publication = resolve_publication(conn, cloud, ref) if not (exact and isinstance(wanted, dt.date)) else None
+    if publication is None:
+        assert isinstance(wanted, dt.date)
+        publication = publication_by_day(conn, cloud, wanted)
+        if publication is None:
+            raise NotFoundError(f"no {cloud} publication on {wanted} (--exact); "
+                                "`watcher publications` lists the dates there are")
+    return ResolvedPublication(publication, wanted if isinstance(wanted, dt.date) else None)
+
+
+def entries_since(entries: Sequence[HistoryEntry], day: dt.date) -> list[HistoryEntry]:
+    """The version in force on ``day`` and every later one (pure)."""
+    start = max((i for i, e in enumerate(entries) if e.date <= day), default=0)
+    return list(entries[start:])
 
 
 def tag_name(conn: Connection, cloud: str, name: str) -> str:
@@ -222,6 +244,37 @@ def lookup(conn: Connection, cloud: str, address: str, publication: PublicationI
         ).all())
     hits = (LookupHit(names[tag], prefix, day_from_key(first)) for tag, prefix, first in spans if tag in names)
     return sorted(hits, key=lambda h: (h.tag, h.prefix))
+
+
+def lookup_all_time(conn: Connection, cloud: str, address: str) -> list[AddressHolder]:
+    """Every tag that ever held ``address``, with the first and last publication it was in, per prefix."""
+    candidates = containing_networks(address)
+    with translate_db_errors(f"looking up {address} in the whole {cloud} history"):
+        spans = conn.execute(
+            text("SELECT tag_id, prefix, first_day, until_day FROM prefix_spans WHERE prefix IN :candidates")
+            .bindparams(bindparam("candidates", expanding=True)),
+            {"candidates": candidates},
+        ).all()
+        if not spans:
+            return []
+        names = dict(conn.execute(
+            select(Tag.id, Tag.name).where(Tag.cloud == cloud, Tag.id.in_(list({s[0] for s in spans})))
+        ).all())
+        days = sorted(day_key(d) for d in conn.execute(
+            select(Publication.file_date).where(Publication.cloud == cloud)).scalars())
+    found: dict[tuple[str, str], tuple[int, int, bool]] = {}
+    for tag_id, prefix, first_day, until_day in spans:
+        if tag_id not in names:
+            continue
+        # A span ends before ``until_day``: its last publication is the one before that day.
+        last_index = (bisect.bisect_left(days, until_day) if until_day is not None else len(days)) - 1
+        last = days[last_index] if last_index >= 0 else first_day
+        key = (names[tag_id], prefix)
+        old = found.get(key)
+        current = until_day is None
+        found[key] = (min(first_day, old[0]), max(last, old[1]), current or old[2]) if old else (first_day, last, current)
+    return sorted((AddressHolder(tag, prefix, day_from_key(f), day_from_key(l), c)
+                   for (tag, prefix), (f, l, c) in found.items()), key=lambda h: (h.tag, h.prefix))
 
 
 def present_tag_names(conn: Connection, cloud: str, publication: PublicationInfo | None = None) -> list[str]:

@@ -100,6 +100,27 @@ def missed_gaps(pubs: "list[PublicationInfo]") -> list[MissedPublications]:
             for q, p in zip(pubs, pubs[1:]) if p.missed_before]
 
 
+@dataclass(frozen=True)
+class ResolvedPublication:
+    """The publication a reference named; ``asked`` is the date given, when one was."""
+
+    publication: PublicationInfo
+    asked: dt.date | None = None
+
+    @property
+    def resolved_from(self) -> dt.date | None:
+        """The date asked for, when it had no publication and the one before it was taken."""
+        return self.asked if self.asked is not None and self.asked != self.publication.file_date else None
+
+    def note(self) -> str | None:
+        """The line that says so, or None when the date named a publication."""
+        if self.resolved_from is None:
+            return None
+        pub = self.publication
+        return (f"note: no {pub.cloud} publication on {self.resolved_from}; "
+                f"using the one on or before it, {pub.file_date} (--exact refuses instead)")
+
+
 def publication_from_row(row: Any) -> PublicationInfo:
     """A ``publications`` row (any object with its columns as attributes) as a value."""
     return PublicationInfo(
@@ -218,11 +239,13 @@ class TagSnapshot:
     def since(self) -> dt.date:
         return day_from_key(self.version.valid_from)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, resolved_from: dt.date | None = None) -> dict[str, Any]:
+        """``resolved_from``: the date asked for, when it had no publication and this is the one before."""
         return {
             "tag": self.tag,
             "cloud": self.publication.cloud,
             "date": self.publication.file_date.isoformat(),
+            "resolved_from": resolved_from.isoformat() if resolved_from else None,
             "change_number": self.version.change_number,
             "since": self.since.isoformat(),
             "prefixes": list(self.prefixes),
@@ -241,10 +264,11 @@ class HistoryEntry:
     #: metadata properties that changed from the version before (both present)
     metadata: tuple[diffs.MetadataChange, ...] = ()
 
-    def to_json(self, tag: str) -> dict[str, Any]:
-        """``tag``: the tag's name, which the entry itself does not carry."""
+    def to_json(self, tag: str, resolved_from: dt.date | None = None) -> dict[str, Any]:
+        """``tag``: the tag's name, which the entry itself does not carry; ``resolved_from`` as in ``--since``."""
         return {
-            "tag": tag, "date": self.date.isoformat(), "present": self.present, "change_number": self.change_number,
+            "tag": tag, "date": self.date.isoformat(),
+            "resolved_from": resolved_from.isoformat() if resolved_from else None, "present": self.present, "change_number": self.change_number,
             "prefixes": self.prefix_count, "added": self.added, "removed": self.removed,
             "anomalies": list(self.anomalies), "metadata": [m.to_json() for m in self.metadata],
         }
@@ -258,3 +282,19 @@ class LookupHit:
 
     def to_json(self) -> dict[str, Any]:
         return {"tag": self.tag, "prefix": self.prefix, "since": self.since.isoformat()}
+
+
+@dataclass(frozen=True)
+class AddressHolder:
+    """A tag that held an address at some time: from its first to its last publication with the prefix."""
+
+    tag: str
+    prefix: str
+    first: dt.date
+    last: dt.date
+    #: still published in the newest publication
+    current: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tag": self.tag, "prefix": self.prefix, "first": self.first.isoformat(),
+                "last": self.last.isoformat(), "current": self.current}
