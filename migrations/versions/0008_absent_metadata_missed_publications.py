@@ -38,9 +38,10 @@ def upgrade() -> None:
             batch.alter_column(name, existing_type=type_, nullable=True)
     op.execute("UPDATE tag_versions SET region = NULL, region_id = NULL, platform = NULL, system_service = NULL, "
                "network_features = NULL WHERE NOT present")
-    with op.batch_alter_table("publications") as batch:
-        batch.add_column(sa.Column("missed_before", sa.Integer(), nullable=False, server_default="0"))
-        batch.add_column(sa.Column("parse_warnings", sa.Text(), nullable=True))
+    # Plain ALTER TABLE, never a batch copy: on SQLite, dropping the old publications table
+    # would cascade to every row that references it (versions, tickets, polls).
+    op.add_column("publications", sa.Column("missed_before", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column("publications", sa.Column("parse_warnings", sa.Text(), nullable=True))
     # Publications already stored: count the gaps in the global changeNumber, oldest first.
     rows = op.get_bind().execute(sa.text(
         "SELECT id, cloud, change_number FROM publications ORDER BY cloud, file_date"
@@ -55,9 +56,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("publications") as batch:
-        batch.drop_column("parse_warnings")
-        batch.drop_column("missed_before")
+    for name in ("parse_warnings", "missed_before"):  # SQLite 3.35+ drops a plain column in place
+        op.execute(f"ALTER TABLE publications DROP COLUMN {name}")
     for name, _, fill in _METADATA:
         op.execute(f"UPDATE tag_versions SET {name} = {fill} WHERE {name} IS NULL")
     with op.batch_alter_table("tag_versions") as batch:
