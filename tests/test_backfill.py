@@ -9,7 +9,8 @@ import sqlalchemy as sa
 
 from tests.factory import build_file, file_name
 from tests.ticket_helpers import import_made, make_settings, week
-from watcher import backfill, pipeline, store
+from watcher import backfill, pipeline, status, store
+from watcher.settings import Settings
 from watcher.models import OutboxMessage, Ticket
 
 DESTINATION = "json://user:secret@127.0.0.1:9/hook"  # queued only: nothing is sent in these tests
@@ -127,6 +128,9 @@ def test_same_bytes_under_two_dates_are_two_publications_even_out_of_order(engin
         diff = store.diff_publications(conn, "public", pubs[1], pubs[2])
     assert [p.file_date.day for p in pubs] == [9, 16, 23] and pubs[1].sha256 == pubs[2].sha256
     assert at_16.prefixes == ("10.0.0.0/24", "10.0.1.0/24") and diff == []
+    with engine.connect() as conn:  # fresh by the newest date, whatever order the files came in
+        state = status.cloud_status(conn, "public", dt.datetime(2020, 11, 24, tzinfo=dt.timezone.utc), Settings())
+    assert state.newest.file_date == dt.date(2020, 11, 23) and state.age_days == 1 and not state.stale
 
 
 def test_missed_publications_are_counted_and_recounted_when_a_gap_is_filled(engine):

@@ -44,3 +44,24 @@ def test_migration_0008_upgrades_and_downgrades_with_data(db_url):
             assert [p.parse_warnings for p in store.publications(conn, "public")] == [(), ()]
     finally:
         engine.dispose()
+
+
+def test_parse_warnings_are_stored_as_a_json_list_or_null():
+    from types import SimpleNamespace
+
+    from watcher.store.importer import _parse_warnings
+
+    assert _parse_warnings(SimpleNamespace(warnings=("tag 'A': regionId is not an integer",))) == \
+        '["tag \'A\': regionId is not an integer"]'
+    assert _parse_warnings(SimpleNamespace(warnings=())) is None
+    assert _parse_warnings(SimpleNamespace()) is None  # a parser that has no warnings to give
+
+
+def test_a_publication_reads_its_warnings_back(engine):
+    store.import_bytes(engine, build_file({"A": ["10.0.0.0/24"]}), file_name("20240101"))
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE publications SET parse_warnings = :w"), {"w": '["tag \'A\': bad platform"]'})
+    with engine.connect() as conn:
+        [pub] = store.publications(conn, "public")
+    assert pub.parse_warnings == ("tag 'A': bad platform",)
+    assert pub.to_json()["parse_warnings"] == ["tag 'A': bad platform"]
