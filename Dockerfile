@@ -1,12 +1,12 @@
 # The watcher as a container: docker build -t watcher . && docker run -v watcher-data:/data watcher
 # Runs with a read-only root file system: docker run --read-only -v watcher-data:/data watcher
-# Health endpoint: docker run -e WATCHER_HTTP_PORT=9464 -p 9464:9464 ...; config: -e WATCHER_CONFIG=/data/watcher.toml
+# HTTP (/healthz, /metrics) on 9464: docker run -p 9464:9464 ...; config: -e WATCHER_CONFIG=/data/watcher.toml
+# It listens on every address of the container's own network namespace (WATCHER_HTTP_HOST=0.0.0.0): outside a
+# container the default is 127.0.0.1; publish the port only where the endpoints may be read.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md alembic.ini ./
 COPY watcher ./watcher
-COPY migrations ./migrations
-COPY templates ./templates
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && pip wheel --no-cache-dir --wheel-dir /wheels /wheels/*.whl
 
@@ -22,7 +22,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     WATCHER_DATABASE_URL=sqlite:////data/watcher.db \
     HOME=/data \
     TMPDIR=/data \
-    WATCHER_HTTP_PORT=9464
+    WATCHER_HTTP_PORT=9464 \
+    WATCHER_HTTP_HOST=0.0.0.0
 VOLUME ["/data"]
 WORKDIR /data
 USER watcher

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from watcher import notify, pipeline, render, tickets
+from watcher import notify, pipeline, render, review, tickets
 from watcher.settings import NotifySettings, RegistryWatch, Settings
 
 from .common import Backends, Database, Figure, RealFile, Summary, read_files, sandwich
@@ -126,9 +126,13 @@ def run_once(database: Database, files: Sequence[RealFile], settings: Settings, 
     engine = database.engine
     for file in files[:-1]:
         _import(database, settings, file)
-    early = notify.deliver_due(engine, settings)  # whatever the earlier weeks queued; none with REGISTRIES
+    early = notify.deliver_due(engine, settings)  # the earlier weeks' baseline tickets
     if any(r.state != "sent" for r in early):
         raise RuntimeError(f"delivering the earlier weeks' messages failed: {early}")
+    with engine.connect() as conn:  # approved baselines: the last file makes change tickets against them
+        baselines = [t.id for t in tickets.list_tickets(conn, "open") if t.kind == "baseline"]
+    for ticket_id in baselines:
+        review.transition(engine, ticket_id, "approve", "benchmark")
     last = files[-1]
     result = _import(database, settings, last)
     publication_id = result.publication.id
@@ -142,14 +146,13 @@ def run_once(database: Database, files: Sequence[RealFile], settings: Settings, 
 
     def subject() -> tuple[int, int, list[notify.DeliveryResult]]:
         start = time.perf_counter()
+        renders = size = 0
         with engine.connect() as conn:
             found = tickets.list_tickets(conn, ids=tickets.tickets_of_publication(conn, publication_id))
-        renders = size = 0
-        for ticket in found:
-            data = tickets.view(ticket)
-            for fmt in FORMATS:
-                size += len(render.render(settings, fmt, data))
-                renders += 1
+            for ticket in found:
+                for fmt in FORMATS:
+                    size += len(render.render_ticket(conn, settings, ticket, fmt))
+                    renders += 1
         rendered = time.perf_counter()
         delivered = notify.deliver_due(engine, settings)
         split["render"], split["deliver"] = rendered - start, time.perf_counter() - rendered

@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-memory", action="store_true", help="leave out the peak-memory child processes (figure 7)")
     p.add_argument("--skip-tickets", action="store_true",
                    help="leave out rendering and delivering a publication's tickets (figure 5)")
+    p.add_argument("--skip-states", action="store_true",
+                   help="leave out state list and rendering an AzureCloud-sized ticket (figure 9)")
     p.add_argument("--weeks", type=int, default=None, help="weeks of synthetic history (default 260)")
     p.add_argument("--synthetic-backends", default="sqlite",
                    help="backends to import the synthetic history into (default sqlite; add postgresql if time allows)")
@@ -73,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrations = use_repo_migrations()
     import watcher
 
-    from . import delivery, history, memory, realfiles
+    from . import delivery, history, memory, realfiles, states
     from .report import growth_table, table
 
     def log(message: str) -> None:
@@ -108,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures.extend(delivery.measure(backends, args.data, args.quick, repeat, log))
             else:
                 figures.append(pending("5", delivery.TITLE, "skipped (--skip-tickets)"))
+            if not args.skip_states:
+                log(f"figure 9: state list of 20 watches + an AzureCloud-sized ticket in every format × {repeat}")
+                figures.extend(states.measure(backends, args.data, repeat, log))
+            else:
+                figures.append(pending("9", states.TITLE, "skipped (--skip-states)"))
             if not args.skip_memory:
                 log("figure 7: peak memory")
                 paths = sorted((args.data / "public").glob("ServiceTags_*.json.gz"))[: len(public)]

@@ -1,7 +1,6 @@
 """The daemon as a real process: start ``watcher run``, read its JSON log, signal it; a json:// receiver.
 
-The process imports this checkout's ``watcher`` (PYTHONPATH) and runs the root
-conftest first, so its migrations and templates are this checkout's too.
+The process imports this checkout's ``watcher`` (PYTHONPATH), whose migrations and templates live inside it.
 """
 from __future__ import annotations
 
@@ -26,8 +25,8 @@ from watcher.settings import Settings
 
 CHINA_OLD = "ServiceTags_China_20260713.json"
 CHINA_NEW = "ServiceTags_China_20260720.json"
-#: Runs are launched through the root conftest, which binds migrations and templates to this checkout.
-LAUNCHER = "import conftest, sys; from watcher.cli import main; sys.exit(main(prog_name='watcher'))"
+#: This checkout's CLI (PYTHONPATH), whatever checkout the package was installed from.
+LAUNCHER = "import sys; from watcher.cli import main; sys.exit(main(prog_name='watcher'))"
 
 
 def watcher_command(*args: str) -> list[str]:

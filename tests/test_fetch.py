@@ -27,7 +27,6 @@ from watcher.fetch import (
     page_url_for,
     parse_retry_after,
     quarantine,
-    redact_url,
 )
 from watcher.settings import FetchSettings
 
@@ -146,16 +145,6 @@ def test_find_links_ignores_other_clouds_and_non_links() -> None:
     page = confirmation_page([f"{MS}/ServiceTags_China_20260720.json", "mailto:ServiceTags_Public_20251028.json"])
     assert find_links(page, "public", "https://www.microsoft.com/") == []
     assert find_links("<html>nothing here</html>", "public", "https://www.microsoft.com/") == []
-
-
-def test_redact_url_masks_userinfo_and_query_values() -> None:
-    assert redact_url("https://bob:s3cret@mirror.corp/tags/x.json?sig=abc&se=2025&id=56519#frag") == (
-        "https://***@mirror.corp/tags/x.json?sig=***&se=***&id=56519"
-    )
-    assert redact_url("https://www.microsoft.com/en-us/download/details.aspx?id=56519") == (
-        "https://www.microsoft.com/en-us/download/details.aspx?id=56519"
-    )
-    assert redact_url("/var/lib/watcher/tags") == "/var/lib/watcher/tags"
 
 
 def test_parse_retry_after_seconds_and_http_date() -> None:

@@ -22,8 +22,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import CliRunner
 
-from tests.ticket_helpers import import_made, import_real_pair, make_settings, week
-from watcher import db, notify, render, tickets
+from tests.ticket_helpers import approve_baselines, import_made, import_real_pair, make_settings, quietly, utc, week
+from watcher import db, notify, render, review, tickets
 from watcher.cli import main
 from watcher.models import OutboxMessage
 
@@ -127,8 +127,13 @@ def wait_for(predicate, seconds: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+FOUR_AND_FIVE = ("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24", "10.1.5.0/24")
+
+
 def held_ticket_week(engine, settings) -> None:
-    import_made(engine, settings, "20250101", week())
+    """Ticket 2: a change held against the approved baseline (ticket 1, approved, never notified)."""
+    import_made(engine, quietly(settings), "20250101", week())
+    approve_baselines(engine)
     import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24",
                                                                    "10.1.3.0/24", "10.1.4.0/24")), 2)
 
@@ -152,7 +157,7 @@ def test_delivered_once_to_mail_json_and_mqtt_without_leaking_secrets(engine, db
     settings = make_settings(urls=urls)
     import_real_pair(engine, settings)
     with engine.connect() as conn:
-        (ticket,) = tickets.list_tickets(conn)
+        (ticket,) = tickets.list_tickets(conn, "hold")
     assert len(outbox_rows(engine)) == 3  # queued with the ticket, one row per destination
 
     results = notify.deliver_due(engine, settings)
@@ -161,23 +166,23 @@ def test_delivered_once_to_mail_json_and_mqtt_without_leaking_secrets(engine, db
     assert notify.deliver_due(engine, settings, now=soon() + dt.timedelta(days=3650)) == []  # never again, whatever the time
 
     (posted,) = json_receiver.bodies
-    assert posted["title"].startswith("[watcher ticket 1] [HOLD] myreg.azurecr.io")
+    assert posted["title"].startswith("[watcher ticket 2] [HOLD] myreg.azurecr.io")
     assert ticket.uid in posted["message"] and "ON HOLD" in posted["message"]
-    assert posted["attachments"][0]["filename"] == "watcher-ticket-1.md"
+    assert posted["attachments"][0]["filename"] == "watcher-ticket-2.md"
     (mail,) = mailbox.messages
-    assert "[watcher ticket 1]" in mail["Subject"]
+    assert "[watcher ticket 2]" in mail["Subject"]
     html = mail.get_body(("html",)).get_content()
     assert "2603:1030:40f:8000::/49" in html and "<h1>" in html
-    assert [part.get_filename() for part in mail.iter_attachments()] == ["watcher-ticket-1.md"]
+    assert [part.get_filename() for part in mail.iter_attachments()] == ["watcher-ticket-2.md"]
     wait_for(lambda: len(mqtt_messages) > 1, 0.5)
-    assert len(mqtt_messages) == 1 and b"[watcher ticket 1]" in mqtt_messages[0]
+    assert len(mqtt_messages) == 1 and b"[watcher ticket 2]" in mqtt_messages[0]
 
     # Nothing anywhere shows the secrets: logs, the database, CLI output, renders, errors.
     runner = CliRunner()
     env = {"WATCHER_NOTIFY_URLS": " ".join(urls)}
     outputs = [runner.invoke(main, ["--db", db_url, *args], env=env).output
-               for args in (["notify", "status"], ["notify", "status", "--json"], ["tickets", "show", "1"],
-                            ["tickets", "show", "1", "--json"], ["notify", "test"], ["notify"])]
+               for args in (["notify", "status"], ["notify", "status", "--json"], ["tickets", "show", "2"],
+                            ["tickets", "show", "2", "--json"], ["notify", "test"], ["notify"])]
     assert outputs[0] == "0 pending, 0 sending, 3 sent, 0 failed\n", outputs[0]
     status = json.loads(outputs[1])
     assert status["counts"] == {"pending": 0, "sending": 0, "sent": 3, "failed": 0}
@@ -185,8 +190,8 @@ def test_delivered_once_to_mail_json_and_mqtt_without_leaking_secrets(engine, db
     assert [label.partition("://")[0] for label in labels] == ["json", "mailto", "mqtt"]
     assert labels[0].startswith("json://user:****@127.0.0.1") and labels[1].startswith("mailto://bob:****@127.0.0.1")
     assert outputs[4].count("ok ") == 3, outputs[4]
-    renders = [render.render(settings, fmt, tickets.view(ticket)) for fmt in render.FORMATS]
     with engine.connect() as conn:
+        renders = [render.render_ticket(conn, settings, ticket, fmt) for fmt in render.FORMATS]
         dump = [str(tuple(r)) for table in ("tickets", "ticket_events", "outbox")
                 for r in conn.execute(sa.text(f"SELECT * FROM {table}"))]
     haystack = "\n".join([caplog.text, *outputs, *renders, *dump, repr(notify.destinations(settings))])
@@ -216,7 +221,7 @@ def test_down_destination_gets_the_ticket_once_it_is_back(engine, json_receiver,
     (third,) = notify.deliver_due(engine, settings, now=start + dt.timedelta(seconds=61 + 121))
     assert third.state == "sent" and third.attempts == 3
     assert notify.deliver_due(engine, settings, now=start + dt.timedelta(days=30)) == []
-    assert len(json_receiver.bodies) == 1 and "[watcher ticket 1]" in json_receiver.bodies[0]["title"]
+    assert len(json_receiver.bodies) == 1 and "[watcher ticket 2]" in json_receiver.bodies[0]["title"]
     assert JSON_SECRET not in caplog.text and JSON_SECRET not in first.error
 
 
@@ -353,3 +358,36 @@ def test_invalid_url_is_reported_masked(engine):
     assert not destination.valid and "hunter2secret" not in destination.label
     (result,) = notify.send_test(settings)
     assert not result.ok and "hunter2secret" not in result.error
+
+
+def test_messages_follow_the_state_superseded_rejected_approved_and_one_removal_reminder(engine, json_receiver):
+    json_receiver.start()
+    settings = make_settings(urls=(f"json://127.0.0.1:{json_receiver.port}/",))
+    held_ticket_week(engine, settings)  # ticket 2, held
+    now = soon()
+    assert [r.state for r in notify.deliver_due(engine, settings, now=now)] == ["sent"]
+    # A newer publication supersedes ticket 2: ticket 3 is announced, ticket 2 as superseded (no work to do).
+    import_made(engine, settings, "20250115", week(storage_eastus2=FOUR_AND_FIVE), 3)
+    assert len(notify.deliver_due(engine, settings, now=now)) == 2
+    titles = [b["title"] for b in json_receiver.bodies]
+    assert titles[1].startswith("[watcher ticket 3] ") and "[SUPERSEDED" not in titles[1]
+    assert titles[2].startswith("[watcher ticket 2] [SUPERSEDED by ticket 3, nothing to apply]")
+    review.transition(engine, 3, "reject", "carol", "not yet", announce=settings)
+    notify.deliver_due(engine, settings, now=now)
+    assert json_receiver.bodies[-1]["title"].startswith("[watcher ticket 3] [REJECTED, nothing to apply]")
+    assert "REJECTED: nothing to apply" in json_receiver.bodies[-1]["message"]
+    # The change comes back with the next publication; its approval names the removal date, then reminds once.
+    import_made(engine, settings, "20250122", week(storage_eastus2=FOUR_AND_FIVE + ("10.1.6.0/24",)), 4)
+    notify.deliver_due(engine, settings, now=now)
+    review.transition(engine, 4, "approve", "dave", announce=settings, now=lambda: utc(2025, 1, 23))
+    assert len(notify.deliver_due(engine, settings, now=utc(2025, 1, 23, 1))) == 1  # the reminder waits
+    approved = json_receiver.bodies[-1]
+    assert approved["title"].startswith("[watcher ticket 4] [APPROVED: apply the additions now, the removals on "
+                                        "2025-01-29]"), approved["title"]
+    assert "dave" in approved["message"]
+    count = len(json_receiver.bodies)
+    assert notify.deliver_due(engine, settings, now=utc(2025, 1, 28)) == []  # not before the removal date
+    (reminder,) = notify.deliver_due(engine, settings, now=utc(2025, 1, 29, 0, 1))
+    assert reminder.state == "sent" and len(json_receiver.bodies) == count + 1
+    assert json_receiver.bodies[-1]["title"].startswith("[watcher ticket 4] [REMOVALS DUE 2025-01-29")
+    assert notify.deliver_due(engine, settings, now=utc(2026, 1, 1)) == []  # one reminder only

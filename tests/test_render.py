@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import ipaddress
+import json
 import re
 import resource
 import subprocess
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.ticket_helpers import import_made, import_real_pair, make_settings, week
-from watcher import render, tickets
+from tests.ticket_helpers import approve_baselines, import_made, import_real_pair, make_settings, utc, week
+from watcher import render, review, state, tickets
 from watcher.cli import main
 from watcher.errors import RenderError
 from watcher.settings import Settings, TicketSettings
@@ -36,28 +37,29 @@ def check_nftables(text: str, tmp_path) -> None:
 
 
 def check_iptables(text: str) -> None:
+    """ipset restore input: create, flush, add, swap and destroy lines only."""
     commands = [l for l in text.splitlines() if l.strip() and not l.startswith("#")]
-    assert commands[0] == "set -eu"
-    for line in commands[1:]:
-        m = re.fullmatch(r"ipset (create \S+ hash:net family inet6? -exist|flush \S+|add \S+ (\S+) -exist|"
-                         r"swap \S+ \S+|destroy \S+)", line)
+    for line in commands:
+        m = re.fullmatch(r"create \S+ hash:net family inet6? maxelem 262144 -exist|flush \S+|add \S+ (\S+)|"
+                         r"swap \S+ \S+|destroy \S+", line)
         assert m, line
-        if m.group(2):
-            _cidr(m.group(2))
+        if m.group(1):
+            _cidr(m.group(1))
         assert all(len(word) <= 31 for word in line.split()[1:3] if word.startswith("wt_")), line
 
 
-def check_azure_nsg(text: str) -> list[str]:
+def check_azure_nsg(text: str, priority: int) -> list[str]:
     rules = [l for l in text.splitlines() if l.startswith("az ")]
     prefixes = []
-    for line in rules:
+    for index, line in enumerate(rules):
         m = re.fullmatch(r"az network nsg rule create --resource-group \"\$RESOURCE_GROUP\" --nsg-name \"\$NSG_NAME\" "
-                         r"--name [a-z0-9-]+ --priority \$\(\(PRIORITY_BASE \+ \d+\)\) --direction Outbound --access Allow "
+                         r"--name (wt-[a-z0-9-]+) --priority (\d+) --direction Outbound --access Allow "
                          r"--protocol Tcp --source-address-prefixes VirtualNetwork --source-port-ranges '\*' "
-                         r"--destination-port-ranges 443 --description \"[^\"]+\" --destination-address-prefixes "
+                         r"--destination-port-ranges 443 --description '[^']+' --destination-address-prefixes "
                          r"((?:\S+ ?)+)", line)
         assert m, line
-        found = [_cidr(p) for p in m.group(1).split()]
+        assert int(m.group(2)) == priority + index  # stable: from the config, one per family
+        found = [_cidr(p) for p in m.group(3).split()]
         assert len({ipaddress.ip_network(p).version for p in found}) == 1  # one family per NSG rule
         prefixes += found
     return prefixes
@@ -67,7 +69,7 @@ def check_paloalto(text: str) -> list[str]:
     lines = [l for l in text.splitlines() if l.strip() and not l.startswith("#")]
     for line in lines:
         assert re.fullmatch(
-            r"set address wt-\S+ ip-netmask " + CIDR + r"|set address wt-\S+ description \"[^\"]+\"|"
+            r"set address wt-\S+ ip-netmask " + CIDR + r"|"
             r"set address-group wt_\w+ static \[ (wt-\S+ )+\]|delete address-group wt_\w+ static wt-\S+|"
             r"delete address wt-\S+", line), line
         for name in re.findall(r"wt-\S+", line):
@@ -117,8 +119,7 @@ def check_fortigate(text: str) -> None:
             assert stack == ["config"] and re.fullmatch(r'delete "wt-[\w.-]+"', line), line
         else:
             assert stack == ["config", "edit"], line
-            m = re.fullmatch(r'set subnet (\S+) (\S+)|set ip6 (\S+)|set comment "[^"]*"|'
-                             r'(?:append|unselect) member "wt-[\w.-]+"', line)
+            m = re.fullmatch(r'set subnet (\S+) (\S+)|set ip6 (\S+)|set comment "[^"]*"|set member( "wt-[\w.-]+")+', line)
             assert m, line
             if m.group(1):
                 ipaddress.IPv4Network(f"{m.group(1)}/{m.group(2)}")
@@ -131,54 +132,119 @@ def parse_csv(text: str) -> list[dict[str, str]]:
     rows = list(csv.DictReader(io.StringIO(text)))
     for row in rows:
         _cidr(row["cidr"])
-        assert row["action"] in ("allow", "remove") and row["port"] == "443" and row["protocol"] == "TCP"
+        assert row["phase"] in ("add", "remove") and row["port"] == "443" and row["protocol"] == "TCP"
     return rows
 
 
-def test_real_ticket_renders_every_format(engine, tmp_path):
+def families(cidrs) -> dict[str, list[str]]:
+    return {"v4": [c for c in cidrs if ":" not in c], "v6": [c for c in cidrs if ":" in c]}
+
+
+def test_real_ticket_renders_every_format_as_the_full_state_of_its_phase(engine, tmp_path):
     settings = make_settings()
     import_real_pair(engine, settings)
     with engine.connect() as conn:
-        (held,) = tickets.list_tickets(conn)
-    views = {"hold": tickets.view(held)}
-    released = tickets.transition(engine, held.id, "release", "alice")
-    views["open"] = tickets.view(released)
+        (held,) = tickets.list_tickets(conn, "hold")
+        baseline = state.current(conn, "public", "myreg")
+    review.transition(engine, held.id, "release", "alice")
+    review.transition(engine, held.id, "approve", "bob")
+    with engine.connect() as conn:
+        approved = state.current(conn, "public", "myreg")
+        ticket = tickets.get_ticket(conn, held.id)
+        out = {(fmt, phase): render.render_ticket(conn, settings, ticket, fmt, phase)
+               for fmt in render.FORMATS for phase in ("add", "remove")}
+    expected = {"add": states_union(baseline.final, approved.final), "remove": approved.final}
+    assert "2603:1030:40f::/48" in expected["add"]["v6"] and "2603:1030:40f::/48" not in expected["remove"]["v6"]
+    for fmt in ("md", "html", "txt"):
+        text = out[(fmt, "add")]
+        for needle in ("Storage.EastUS2", "2025-10-28", "2025-10-13", held.context["source"]["sha256"], "373",
+                       "375", "myreg.azurecr.io", "myreg.eastus2.data.azurecr.io", "TCP 443", "2025-11-04",
+                       "135.130.158.0/23", "2603:1030:40f::/49", "2603:1030:40f::/48", "2603:1030:40f:8000::/49",
+                       "[watcher ticket 2]", held.uid, "Rollback", "verify", "alice", "bob"):
+            assert needle.lower() in text.lower(), (fmt, needle)
+        top = text[text.index("<body>"):] if fmt == "html" else text
+        assert "approved" in top[:400].lower() and "ON HOLD" not in top[:400]
+    for phase, lists in expected.items():
+        check_nftables(out[("nftables", phase)], tmp_path)
+        check_iptables(out[("iptables", phase)])
+        assert families(check_azure_nsg(out[("azure-nsg", phase)], 3004)) == lists
+        check_paloalto(out[("paloalto", phase)])
+        check_cisco_asa(out[("cisco-asa", phase)])
+        check_fortigate(out[("fortigate", phase)])
+        assert families([r["cidr"] for r in parse_csv(out[("csv", phase)])]) == lists
+        assert json.loads(out[("json", phase)])["objects"] == lists
+        assert re.findall(r'"([0-9a-f.:]+/\d+)"', out[("terraform", phase)]) == lists["v4"] + lists["v6"]
+    assert "delete address wt-2603_1030_40f__-48" in out[("paloalto", "remove")]
+    assert "delete address" not in out[("paloalto", "add")]
+    assert " no network-object 2603:1030:40f::/48" in out[("cisco-asa", "remove")]
+    assert 'delete "wt-2603_1030_40f__-48"' in out[("fortigate", "remove")]
+    assert len(out[("summary", "add")].splitlines()) < 10
 
-    for state, view in views.items():
-        out = {fmt: render.render(settings, fmt, view) for fmt in render.FORMATS}
-        for fmt in ("md", "html", "txt"):
-            text = out[fmt]
-            for needle in ("Storage.EastUS2", "2025-10-28", "2025-10-13", held.context["source"]["sha256"], "373",
-                           "375", "myreg.azurecr.io", "myreg.eastus2.data.azurecr.io", "TCP 443", "2025-11-04",
-                           "135.130.158.0/23", "2603:1030:40f::/49", "2603:1030:40f::/48",
-                           "2603:1030:40f:8000::/49", "[watcher ticket 1]", held.uid, "Rollback", "verify"):
-                assert needle.lower() in text.lower(), (state, fmt, needle)
-            top = text[text.index("<body>"):] if fmt == "html" else text
-            assert ("ON HOLD" in top[:300]) == (state == "hold"), (state, fmt)  # the warning comes first
-        check_nftables(out["nftables"], tmp_path)
-        check_iptables(out["iptables"])
-        nsg = check_azure_nsg(out["azure-nsg"])
-        check_paloalto(out["paloalto"])
-        check_cisco_asa(out["cisco-asa"])
-        check_fortigate(out["fortigate"])
-        rows = parse_csv(out["csv"])
-        actions = {(r["action"], r["cidr"], r["tag"]) for r in rows}
-        assert ("allow", "135.130.158.0/23", "Storage.EastUS2") in actions
-        assert ("allow", "2603:1030:40f::/49", "Storage.EastUS2") in actions
-        removal = ("remove", "2603:1030:40f::/48", "Storage.EastUS2")
-        nft_v6 = re.search(r"add element inet watcher wt_st_eastus2_v6 \{ ([^}]*) \}", out["nftables"]).group(1)
-        if state == "hold":
-            assert removal not in actions
-            assert "2603:1030:40f::/48" in nft_v6 and "2603:1030:40f::/48" in nsg
-            assert "delete address" not in out["paloalto"] and "no network-object" not in out["cisco-asa"]
-            assert "unselect member" not in out["fortigate"]
-        else:
-            assert removal in actions and rows[-1]["date"] == "2025-11-04"
-            assert "2603:1030:40f::/48" not in nft_v6 and "2603:1030:40f::/49" in nft_v6
-            assert "delete address wt-2603_1030_40f__-48" in out["paloalto"]
-            assert " no network-object 2603:1030:40f::/48" in out["cisco-asa"]
-            assert 'unselect member "wt-2603_1030_40f__-48"' in out["fortigate"]
-        assert len(out["summary"].splitlines()) < 10
+
+def states_union(first, second):
+    return state.union(first, second)
+
+
+def read_nft_set(netns_script: str) -> str:
+    return netns_script
+
+
+def run_in_netns(script: str, tmp_path) -> subprocess.CompletedProcess:
+    """``script`` (sh) in a private network namespace, from ``tmp_path``: nothing touches the host's firewall."""
+    return subprocess.run(["unshare", "-n", "sh", "-ec", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+
+
+def nft_set_elements(text: str, name: str) -> list[str]:
+    data = json.loads(text)
+    for item in data["nftables"]:
+        if "set" in item and item["set"]["name"] == name:
+            found = []
+            for element in item["set"].get("elem", []):
+                prefix = element["prefix"]
+                found.append(f"{prefix['addr']}/{prefix['len']}")
+            return found
+    raise AssertionError(f"set {name} not found")
+
+
+def test_snippets_applied_in_a_private_network_namespace_leave_exactly_the_state(engine, tmp_path):
+    """nft -f and ipset restore + iptables-restore, for real: twice, and after the earlier snippet."""
+    settings = make_settings()
+    import_made(engine, settings, "20250101", week())
+    approve_baselines(engine)
+    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24",
+                                                                   "10.1.5.0/24"), acr_eastus2=("10.3.0.0/24",)), 2)
+    with engine.connect() as conn:
+        first = tickets.get_ticket(conn, 1)
+        old = {fmt: render.render_ticket(conn, settings, first, fmt, "remove") for fmt in ("nftables", "iptables")}
+    review.transition(engine, 2, "approve", "bob", now=lambda: utc(2025, 1, 9))
+    with engine.connect() as conn:
+        ticket = tickets.get_ticket(conn, 2)
+        snippets = {(fmt, phase): render.render_ticket(conn, settings, ticket, fmt, phase)
+                    for fmt in ("nftables", "iptables") for phase in ("add", "remove")}
+        approved = state.current(conn, "public", "myreg")
+    for name, text in {"old": old, **{phase: {f: snippets[(f, phase)] for f in ("nftables", "iptables")}
+                                      for phase in ("add", "remove")}}.items():
+        (tmp_path / f"{name}.nft").write_text(text["nftables"])
+        (tmp_path / f"{name}.ipset").write_text(text["iptables"])
+    (tmp_path / "rules.v4").write_text("*filter\n-A OUTPUT -p tcp --dport 443 -m set --match-set wt_myreg_4 dst "
+                                       "-j ACCEPT\nCOMMIT\n")
+    done = run_in_netns(
+        "nft -f old.nft; nft -f add.nft; nft -f add.nft; nft -j list set inet watcher wt_myreg_v4 > add.json; "
+        "nft -f remove.nft; nft -j list set inet watcher wt_myreg_v4 > remove.json; "
+        "ipset restore < old.ipset; iptables-restore rules.v4; ipset restore < add.ipset; ipset restore < add.ipset; "
+        "ipset save wt_myreg_4 > add.saved; ipset restore < remove.ipset; ipset save wt_myreg_4 > remove.saved; "
+        "iptables -S OUTPUT > rules.saved; ipset list -n > sets.saved", tmp_path)
+    assert done.returncode == 0, done.stderr
+    effective_add = approved.effective(utc(2025, 1, 9))["v4"]
+    assert approved.effective(utc(2025, 1, 16))["v4"] == approved.final["v4"] != effective_add
+    assert nft_set_elements((tmp_path / "add.json").read_text(), "wt_myreg_v4") == effective_add
+    assert nft_set_elements((tmp_path / "remove.json").read_text(), "wt_myreg_v4") == approved.final["v4"]
+    for phase, expected in (("add", effective_add), ("remove", approved.final["v4"])):
+        saved = (tmp_path / f"{phase}.saved").read_text().splitlines()
+        assert sorted(l.split()[2] for l in saved if l.startswith("add ")) == sorted(expected)
+    assert "--match-set wt_myreg_4 dst" in (tmp_path / "rules.saved").read_text()
+    assert (tmp_path / "sets.saved").read_text().split() == ["wt_myreg_4", "wt_myreg_6"]  # no temporary set left
 
 
 def test_nft_check_rejects_a_broken_set(tmp_path):
@@ -188,19 +254,18 @@ def test_nft_check_rejects_a_broken_set(tmp_path):
                        " elements = { 10.0.0.0/33 }\n }\n}\n", tmp_path)
 
 
-def test_html_is_escaped_and_text_is_not(engine):
+def test_html_and_markdown_are_escaped_and_text_is_not(engine):
     settings = make_settings()
-    source = "https://mirror.example/a=1&b=<i>x</i>/ServiceTags_Public_20250108.json"
-    import_made(engine, settings, "20250101", week())
-    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24",
-                                                                   "10.1.3.0/24", "10.1.4.0/24")), 2, source=source)
+    source = "https://mirror.example/a=1&b=<i>x</i>/ServiceTags_Public_20250101.json"
+    import_made(engine, settings, "20250101", week(), source=source)
     with engine.connect() as conn:
         (ticket,) = tickets.list_tickets(conn)
-    html = render.render(settings, "html", tickets.view(ticket))
+        html = render.render_ticket(conn, settings, ticket, "html")
+        md = render.render_ticket(conn, settings, ticket, "md")
+        txt = render.render_ticket(conn, settings, ticket, "txt")
     assert "a=1&amp;b=&lt;i&gt;x&lt;/i&gt;" in html and "<i>x</i>" not in html
-    for fmt in ("txt", "md"):
-        text = render.render(settings, fmt, tickets.view(ticket))
-        assert source in text and "&amp;" not in text and "&lt;" not in text
+    assert "a=1&amp;b=&lt;i&gt;x&lt;/i&gt;" in md and "<i>" not in md
+    assert source in txt and "&amp;" not in txt
 
 
 def user_settings(tmp_path, files: dict[str, str], cap: int = 2 * 1024 * 1024) -> Settings:

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,8 +25,8 @@ from tests.daemon_helpers import (
     write_config,
 )
 from tests.httpstub import Origin, drip, html_reply
-from watcher import db, health, leader, notify, polls
-from watcher.errors import ConfigError
+from watcher import db, health, leader, polls
+from watcher.errors import ConfigError, StoreError
 from watcher.scheduler import Daemon, default_schedule, make_trigger, schedule_period
 from watcher.settings import DaemonSettings, FetchSettings, Settings
 
@@ -248,10 +249,11 @@ class _AlwaysLeads:
         pass
 
 
-def daemon_for(engine: sa.Engine, page: str, leadership: leader.Leadership | None = None, **daemon: float) -> Daemon:
+def daemon_for(engine: sa.Engine, page: str, leadership: leader.Leadership | None = None,
+               collaborators: dict[str, Any] | None = None, **daemon: float) -> Daemon:
     settings = Settings(clouds=("china",), fetch=FetchSettings(source_url=page, retries=0),
                         daemon=DaemonSettings(schedule="0 3 * * *", **daemon))
-    return Daemon(settings, engine, leadership or leader.leadership_for(engine))
+    return Daemon(settings, engine, leadership or leader.leadership_for(engine), **(collaborators or {}))
 
 
 def test_a_failing_run_is_retried_with_backoff_within_its_deadline(engine: sa.Engine, origin: Origin) -> None:
@@ -281,15 +283,13 @@ def test_a_run_that_keeps_failing_stops_at_its_deadline_and_is_recorded_failed(e
 
 
 def test_a_run_that_dies_of_an_unexpected_error_is_recorded_failed_and_counts_against_health(
-    engine: sa.Engine, origin: Origin, monkeypatch: pytest.MonkeyPatch
+    engine: sa.Engine, origin: Origin
 ) -> None:
-    page = serve_new_china_file(origin)
-    daemon = daemon_for(engine, page, _AlwaysLeads(), run_deadline_seconds=5.0)
-
     def broken_delivery(*args, **kwargs):
         raise TypeError("unsupported operand type(s) for *: 'float' and 'str'")  # e.g. a bad setting
 
-    monkeypatch.setattr(notify, "deliver_due", broken_delivery)
+    page = serve_new_china_file(origin)
+    daemon = daemon_for(engine, page, _AlwaysLeads(), {"deliver": broken_delivery}, run_deadline_seconds=5.0)
     try:
         reports = [daemon.run_once("schedule") for _ in range(3)]
     finally:
@@ -305,21 +305,21 @@ def test_a_run_that_dies_of_an_unexpected_error_is_recorded_failed_and_counts_ag
         assert not health.evaluate(conn, daemon.settings, dt.datetime.now(UTC)).healthy
 
 
-def test_a_database_error_in_the_health_check_does_not_escape_the_run(
-    engine: sa.Engine, origin: Origin, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_database_error_in_the_health_check_does_not_escape_the_run(engine: sa.Engine, origin: Origin) -> None:
+    checked: list[dt.datetime] = []
+
+    def database_gone(engine: sa.Engine, settings: Settings, now: dt.datetime) -> health.Health:
+        checked.append(now)
+        raise StoreError("database error while checking health: server closed the connection unexpectedly")
+
     page = serve_new_china_file(origin)
-    daemon = daemon_for(engine, page, _AlwaysLeads(), run_deadline_seconds=5.0)
-
-    def database_gone(*args, **kwargs):
-        raise sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
-
-    monkeypatch.setattr(health, "evaluate", database_gone)
+    daemon = daemon_for(engine, page, _AlwaysLeads(), {"evaluate_health": database_gone}, run_deadline_seconds=5.0)
     try:
         report = daemon.run_once("schedule")
     finally:
         daemon.leadership.release()
     assert report is not None and report.ok, report  # the run itself succeeded and is recorded so
+    assert len(checked) == 1  # the health check was reached, and failed
     [run] = rows(engine, "SELECT finished_at, ok FROM daemon_runs")
     assert run["finished_at"] is not None and run["ok"]
 

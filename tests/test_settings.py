@@ -66,3 +66,19 @@ def test_bad_config_is_a_clear_error(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "nope.toml", {})
+
+
+def test_the_web_section_and_its_host_override() -> None:
+    import re
+
+    from watcher.settings import load_settings, settings_from_mapping
+
+    web = settings_from_mapping({"web": {"http_host": "::", "http_port": 8443, "read_timeout_seconds": 2}}).web
+    assert (web.http_host, web.http_port, web.read_timeout_seconds, web.max_connections) == ("::", 8443, 2.0, 100)
+    assert load_settings(None, {}).web.http_host == "127.0.0.1"  # loopback by default
+    assert load_settings(None, {"WATCHER_HTTP_HOST": "0.0.0.0"}).web.http_host == "0.0.0.0"
+    for bad, message in (({"max_connections": 0}, "web.max_connections must be at least 1"),
+                         ({"idle_timeout_seconds": 0}, "web.idle_timeout_seconds must be more than 0"),
+                         ({"port": 1}, "[web] has unknown keys: port")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            settings_from_mapping({"web": bad})

@@ -29,7 +29,7 @@ def test_migration_0008_upgrades_and_downgrades_with_data(db_url):
         db.upgrade(engine)
         store.import_bytes(engine, build_file({"A": ["10.0.0.0/24"], "B": ["10.1.0.0/24"]}), file_name("20240101"))
         store.import_bytes(engine, build_file({"B": ["10.1.0.0/24"]}, change_number=4), file_name("20240108"))
-        db.downgrade(engine, "0006")
+        db.downgrade(engine, "0007")
         columns = {c["name"]: c for c in sa.inspect(engine).get_columns("tag_versions")}
         assert not columns["region_id"]["nullable"]
         assert "missed_before" not in {c["name"] for c in sa.inspect(engine).get_columns("publications")}

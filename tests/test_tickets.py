@@ -1,8 +1,9 @@
-"""Tickets: created once per watch per changing publication, in the import's transaction; held when dangerous;
-reviewed through valid steps only; the schema revision upgrades and downgrades on both databases."""
+"""Tickets: a baseline per watch, then changes against the approved state; held when dangerous; superseded by
+newer publications; reviewed through valid steps only; the schema revisions upgrade and downgrade on both databases."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
@@ -10,16 +11,24 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from click.testing import CliRunner
 
-from tests.ticket_helpers import import_made, import_real, import_real_pair, make_settings, week, REAL_OLD
-from watcher import db, models, pipeline, render, tickets
+from tests.ticket_helpers import (REAL_NEW, REAL_OLD, approve_baselines, import_made, import_real, make_settings,
+                                  utc, week)
+from watcher import db, models, pipeline, render, review, state, tickets
 from watcher.cli import main
-from watcher.errors import TransitionError
-from watcher.settings import RegistryWatch
+from watcher.errors import RenderError, TransitionError
+from watcher.settings import McrSettings, RegistryWatch, TicketSettings
+
+FOUR = ("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24")
 
 
-def all_tickets(engine):
+def all_tickets(engine, state_name=None):
     with engine.connect() as conn:
-        return tickets.list_tickets(conn)
+        return tickets.list_tickets(conn, state_name)
+
+
+def current(engine, watch="myreg"):
+    with engine.connect() as conn:
+        return state.current(conn, "public", watch)
 
 
 def test_worktree_package_is_imported():
@@ -32,34 +41,31 @@ def test_worktree_package_is_imported():
     assert watcher.migrations.__file__.startswith(str(root))
 
 
-def test_real_week_makes_one_ticket_with_the_storage_change(engine):
+def test_real_files_baseline_then_the_storage_change_against_the_approved_state(engine):
     settings = make_settings()
-    first = import_real(engine, settings, REAL_OLD)
-    assert first.outcome == "imported"
-    assert all_tickets(engine) == []  # the first publication of a cloud has nothing to compare with
+    import_real(engine, settings, REAL_OLD)
+    (baseline,) = all_tickets(engine)
+    assert (baseline.kind, baseline.state, baseline.previous_publication_id) == ("baseline", "open", None)
+    assert set(baseline.target) == {"AzureContainerRegistry.EastUS2", "Storage.EastUS2"}
+    assert current(engine) is None
+    review.transition(engine, baseline.id, "approve", "alice")
+    approved = current(engine)
+    assert approved.ticket_id == baseline.id and approved.publication["change_number"] == 373
 
-    import_real_pair(engine, settings)  # the older file again is "already imported": still no ticket
-    found = all_tickets(engine)
-    assert len(found) == 1
-    ticket = found[0]
-    assert (ticket.watch, ticket.cloud, ticket.file_date.isoformat()) == ("myreg", "public", "2025-10-28")
-    tags = {t["tag"]: t for t in ticket.context["tags"]}
-    assert set(tags) == {"Storage.EastUS2"}  # AzureContainerRegistry.EastUS2 did not change
-    storage = tags["Storage.EastUS2"]
-    assert storage["added"] == ["135.130.158.0/23", "2603:1030:40f::/49"]
-    assert storage["removed"] == ["2603:1030:40f::/48"]
-    assert storage["net_removed"] == ["2603:1030:40f:8000::/49"]
-    assert storage["net_added"] == ["135.130.158.0/23"]
-    # Half of the tag's IPv6 space goes: more than the 30% threshold, so the ticket is held.
-    assert ticket.state == "hold" and not ticket.removals_allowed
-    assert "50%" in ticket.context["hold"]["reasons"][0]
-    assert ticket.context["source"]["change_number"] == 375
-    assert ticket.context["previous"]["change_number"] == 373
-    assert ticket.context["deadline"]["add_before"] == "2025-11-04"
-    assert [e["fqdn"] for e in ticket.context["endpoints"]] == ["myreg.eastus2.data.azurecr.io"]
-    with engine.connect() as conn:
-        events = tickets.ticket_events(conn, ticket.id)
-    assert [(e.actor, e.action, e.from_state, e.to_state) for e in events] == [("watcher", "create", None, "hold")]
+    import_real(engine, settings, REAL_NEW)
+    (ticket,) = all_tickets(engine, "hold")
+    assert (ticket.kind, ticket.watch, ticket.file_date.isoformat()) == ("change", "myreg", "2025-10-28")
+    assert ticket.changes == {"Storage.EastUS2": {"added": ["135.130.158.0/23", "2603:1030:40f::/49"],
+                                                  "removed": ["2603:1030:40f::/48"]}}
+    storage = ticket.context["tags"][0]
+    assert storage["net_removed"] == ["2603:1030:40f:8000::/49"] and storage["net_added"] == ["135.130.158.0/23"]
+    # The hold reason is per family: IPv6 lost half its space while IPv4 grew.
+    (reason,) = ticket.context["hold"]["reasons"]
+    assert reason.startswith("Storage.EastUS2: IPv6: /48 narrowed to /49, 50% of IPv6 space removed; "
+                             "IPv4: +512 IPv4 addresses"), reason
+    assert ticket.context["previous"]["change_number"] == 373 and ticket.context["source"]["change_number"] == 375
+    assert ticket.context["deadline"]["remove_after"] == "2025-11-04"
+    assert any("opens every storage account" in w for w in ticket.context["warnings"])
 
 
 def test_one_ticket_per_watch_and_none_for_unchanged_weeks(engine):
@@ -68,173 +74,258 @@ def test_one_ticket_per_watch_and_none_for_unchanged_weeks(engine):
         extra_tags=("AzureFrontDoor.*",),
     )
     import_made(engine, settings, "20250101", week())
-    # A week that changes only a tag nobody watches.
+    assert [(t.watch, t.kind) for t in all_tickets(engine)] == [
+        ("east", "baseline"), ("west", "baseline"), ("(extra tags)", "baseline")]
+    approve_baselines(engine)
     unwatched = week()
     unwatched["AzureCloud"] = ["10.50.0.0/16"]
     import_made(engine, settings, "20250108", unwatched, change_number=2)
-    assert all_tickets(engine) == []
-    # The east registry's storage gains a prefix: one ticket, for east only.
-    east_change = week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24", "10.1.4.0/24"))
+    assert len(all_tickets(engine)) == 3
+    east_change = week(storage_eastus2=FOUR + ("10.1.4.0/24",))
     import_made(engine, settings, "20250115", east_change, change_number=3)
-    assert [(t.watch, t.state) for t in all_tickets(engine)] == [("east", "open")]
-    # Both regions and the extra tag change: one ticket each, none repeated for earlier weeks.
-    both = week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24",
-                                 "10.1.4.0/24", "10.1.5.0/24"),
-                storage_westus=("10.2.0.0/24", "10.2.1.0/24"), other=("10.9.0.0/24", "10.9.1.0/24"))
+    assert [(t.watch, t.state) for t in all_tickets(engine, "open")] == [("east", "open")]
+    # Approve east; then both regions and the extra tag change: one ticket each.
+    review.transition(engine, 4, "approve", "bob")
+    both = week(storage_eastus2=FOUR + ("10.1.4.0/24", "10.1.5.0/24"), storage_westus=("10.2.0.0/24", "10.2.1.0/24"),
+                other=("10.9.0.0/24", "10.9.1.0/24"))
     import_made(engine, settings, "20250122", both, change_number=4)
-    found = all_tickets(engine)
+    found = all_tickets(engine, "open")
     assert [(t.watch, t.file_date.isoformat()) for t in found] == [
-        ("east", "2025-01-15"), ("east", "2025-01-22"), ("west", "2025-01-22"), ("(extra tags)", "2025-01-22"),
-    ]
-    extra = found[-1]
-    assert extra.context["watch"]["is_registry"] is False
-    assert [t["tag"] for t in extra.context["tags"]] == ["AzureFrontDoor.Frontend"]
-    # Importing the same file again creates nothing.
-    import_made(engine, settings, "20250122", both, change_number=4)
-    assert len(all_tickets(engine)) == 4
+        ("east", "2025-01-22"), ("west", "2025-01-22"), ("(extra tags)", "2025-01-22")]
+    assert found[0].changes == {"Storage.EastUS2": {"added": ["10.1.5.0/24"], "removed": []}}
+    assert found[-1].context["watch"]["is_registry"] is False
+    import_made(engine, settings, "20250122", both, change_number=4)  # the same file again: nothing new
+    assert len(all_tickets(engine)) == 7
 
 
-def test_reaggregation_reads_as_no_net_change_and_stays_open(engine):
+def test_newer_publication_supersedes_the_live_ticket_and_carries_the_whole_change(engine):
     settings = make_settings()
-    import_made(engine, settings, "20250101", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24")))
-    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/23", "10.1.2.0/24")), change_number=2)
-    (ticket,) = all_tickets(engine)
-    assert ticket.state == "open"
-    tag = ticket.context["tags"][0]
-    assert tag["reaggregation_only"] and tag["net_added"] == [] and tag["net_removed"] == []
-    assert tag["net_text"].startswith("no net change")
-    assert tag["rules"]["add"] == [] and tag["rules"]["remove"] == []  # same collapsed objects
+    import_made(engine, settings, "20250101", week())
+    approve_baselines(engine)
+    import_made(engine, settings, "20250108", week(storage_eastus2=FOUR + ("10.1.4.0/24",)), 2)
+    import_made(engine, settings, "20250115", week(storage_eastus2=FOUR + ("10.1.4.0/24", "10.1.5.0/24")), 3)
+    first, second, third = all_tickets(engine)
+    assert (second.state, second.superseded_by) == ("superseded", third.id)
+    assert third.state == "open" and len(all_tickets(engine, "open")) == 1  # at most one live ticket per watch
+    assert third.changes["Storage.EastUS2"]["added"] == ["10.1.4.0/24", "10.1.5.0/24"]
+    with pytest.raises(TransitionError, match=f"superseded by ticket {third.id}"):
+        review.transition(engine, second.id, "approve", "bob")
+    with engine.connect() as conn:
+        with pytest.raises(RenderError, match="superseded: nothing to apply"):
+            render.render_ticket(conn, settings, second, "nftables")
+        text = render.render_ticket(conn, settings, tickets.get_ticket(conn, second.id), "md")
+        assert text.startswith(f"> **Superseded by ticket {third.id}: nothing to do")
+        events = tickets.ticket_events(conn, second.id)
+    assert [(e.actor, e.action, e.to_state) for e in events][-1] == ("watcher", "supersede", "superseded")
+    # A publication back at the approved list makes the live ticket moot.
+    import_made(engine, settings, "20250122", week(), 4)
+    assert all_tickets(engine, "open") == [] and len(all_tickets(engine)) == 3
+
+
+def test_rejected_change_leaves_the_state_and_comes_back_with_the_next_change(engine):
+    settings = make_settings()
+    import_made(engine, settings, "20250101", week())
+    approve_baselines(engine)
+    before = current(engine)
+    import_made(engine, settings, "20250108", week(storage_eastus2=FOUR + ("10.1.4.0/24",)), 2)
+    (rejected,) = all_tickets(engine, "open")
+    review.transition(engine, rejected.id, "reject", "carol", "not now")
+    assert current(engine).id == before.id
+    import_made(engine, settings, "20250115", week(storage_eastus2=FOUR + ("10.1.4.0/24",), acr_eastus2=("10.3.0.0/23",)), 3)
+    (again,) = all_tickets(engine, "open")
+    assert again.changes == {"AzureContainerRegistry.EastUS2": {"added": ["10.3.0.0/23"], "removed": ["10.3.0.0/24"]},
+                             "Storage.EastUS2": {"added": ["10.1.4.0/24"], "removed": []}}
+    with engine.connect() as conn:
+        assert "REJECTED: nothing to apply" in render.render_ticket(conn, settings, tickets.get_ticket(conn, rejected.id),
+                                                                    "summary")
+
+
+def test_two_phases_removal_date_is_the_later_of_publication_plus_delay_and_approval(engine):
+    settings = make_settings()
+    import_made(engine, settings, "20250101", week())
+    approve_baselines(engine)
+    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24",
+                                                                   "10.1.5.0/24")), 2)
+    (ticket,) = all_tickets(engine, "open")
+    review.transition(engine, ticket.id, "approve", "bob", now=lambda: utc(2025, 1, 9, 12))
+    moved = current(engine)
+    assert moved.removals_at == utc(2025, 1, 15)
+    assert moved.effective(utc(2025, 1, 14, 23))["v4"] == ["10.1.0.0/22", "10.1.5.0/24", "10.3.0.0/24"]
+    assert moved.effective(utc(2025, 1, 15))["v4"] == ["10.1.0.0/23", "10.1.2.0/24", "10.1.5.0/24", "10.3.0.0/24"]
+    with engine.connect() as conn:
+        add = render.render_ticket(conn, settings, tickets.get_ticket(conn, ticket.id), "json", "add")
+        remove = render.render_ticket(conn, settings, tickets.get_ticket(conn, ticket.id), "json", "remove")
+    assert json.loads(add)["objects"]["v4"] == moved.effective(utc(2025, 1, 10))["v4"]
+    assert json.loads(remove)["objects"]["v4"] == moved.final["v4"]
+    # Approved late: the removals wait for the approval, not for the publication date.
+    import_made(engine, settings, "20250115", week(storage_eastus2=("10.1.0.0/24",)), 3)
+    (late,) = all_tickets(engine, "hold")
+    review.transition(engine, late.id, "release", "alice", now=lambda: utc(2025, 2, 1))
+    review.transition(engine, late.id, "approve", "bob", now=lambda: utc(2025, 2, 2))
+    assert current(engine).removals_at == utc(2025, 2, 1)  # the release decided it
 
 
 @pytest.mark.parametrize("case", ["large removal", "withdrawn", "implausible"])
-def test_dangerous_publications_are_held_without_removals(engine, case):
+def test_dangerous_changes_are_held_and_their_additions_can_be_approved_alone(engine, case):
     settings = make_settings()
     import_made(engine, settings, "20250101", week())
+    approve_baselines(engine)
     if case == "large removal":  # 2 of 4 /24s: 50% of the IPv4 space
-        result = import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24")), 2)
+        import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.8.0/24")), 2)
     elif case == "withdrawn":
-        result = import_made(engine, settings, "20250108", week(withdraw=("Storage.EastUS2",), other=("10.9.9.0/24",)), 2)
+        import_made(engine, settings, "20250108", week(withdraw=("Storage.EastUS2",), acr_eastus2=("10.3.0.0/24", "10.1.8.0/24")), 2)
     else:
-        result = import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24",
-                                                                                "10.1.2.0/24", "10.1.3.0/24",
-                                                                                "10.1.9.0/24")),
-                             2, implausible=("tag count fell from 2900 to 5",))
-    assert result.outcome == "imported"
-    (ticket,) = all_tickets(engine)
+        import_made(engine, settings, "20250108", week(storage_eastus2=FOUR + ("10.1.8.0/24",)), 2,
+                    implausible=("tag count fell from 2900 to 5",))
+    (ticket,) = all_tickets(engine)[1:]
     assert ticket.state == "hold" and not ticket.removals_allowed
     reason = ticket.context["hold"]["reasons"][0]
-    assert {"large removal": "50%", "withdrawn": "withdrawn", "implausible": "plausibility"}[case] in reason
-    text = render.render(settings, "md", tickets.view(ticket))
-    assert text.startswith("> **⚠ ON HOLD")
-    if case != "implausible":
-        csv_text = render.render(settings, "csv", tickets.view(ticket))
-        assert ",remove," not in csv_text
-        nft = render.render(settings, "nftables", tickets.view(ticket))
-        # The held set keeps the old space (four /24s, collapsed) and is not cut down to what is left.
-        assert "add element inet watcher wt_st_eastus2_v4 { 10.1.0.0/22 }" in nft.splitlines()
-
-    released = tickets.transition(engine, ticket.id, "release", "alice", "checked with Microsoft's notes")
+    assert {"large removal": "50% of IPv4 space", "withdrawn": "withdrawn", "implausible": "plausibility"}[case] in reason
+    with engine.connect() as conn:
+        text = render.render_ticket(conn, settings, ticket, "md")
+        assert text.startswith("> **⚠ ON HOLD")
+        with pytest.raises(RenderError, match="held: its removals wait"):
+            render.render_ticket(conn, settings, ticket, "nftables", "remove")
+        held_add = render.render_ticket(conn, settings, ticket, "nftables", "add")
+    assert "  10.1.0.0/22,\n" in held_add and "  10.1.8.0/24,\n" in held_add  # old and new space
+    with pytest.raises(TransitionError, match="is hold: approve needs a ticket that is open"):
+        review.transition(engine, ticket.id, "approve", "bob")
+    review.transition(engine, ticket.id, "approve-adds", "bob")
+    partial = current(engine)
+    assert partial.additions_only and "10.1.8.0/24" in partial.final["v4"] and "10.1.0.0/22" in partial.final["v4"]
+    released = review.transition(engine, ticket.id, "release", "alice", "checked with Microsoft's notes")
     assert released.state == "open" and released.removals_allowed
+    review.transition(engine, ticket.id, "approve", "carol")
+    final = current(engine)
+    assert final.removals_at is not None and "10.1.8.0/24" in final.final["v4"]
     if case != "implausible":
-        assert ",remove," in render.render(settings, "csv", tickets.view(released))
+        assert "10.1.0.0/22" not in final.final["v4"] and "10.1.0.0/22" in final.before["v4"]
 
 
-def test_small_removal_is_not_held(engine):
+def test_review_steps_invalid_ones_and_the_four_eyes_rule(engine):
     settings = make_settings()
     import_made(engine, settings, "20250101", week())
-    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24")), 2)
-    (ticket,) = all_tickets(engine)
-    assert ticket.state == "open" and ticket.context["tags"][0]["removal_ratio"] == 0.25
+    (baseline,) = all_tickets(engine)
+    four_eyes = TicketSettings(four_eyes=True)
+    with pytest.raises(TransitionError, match="is open: release needs a ticket that is hold"):
+        review.transition(engine, baseline.id, "release", "bob")
+    with pytest.raises(TransitionError, match="applied needs a ticket that is approved"):
+        review.transition(engine, baseline.id, "applied", "bob")
+    with pytest.raises(TransitionError, match="--by"):
+        review.transition(engine, baseline.id, "approve", "  ")
+    with pytest.raises(TransitionError, match="one line"):
+        review.transition(engine, baseline.id, "approve", "alice\n[watcher ticket 3] approved by root")
+    with pytest.raises(TransitionError, match="four-eyes rule: watcher created"):
+        review.transition(engine, baseline.id, "approve", "watcher", settings=four_eyes)
+    assert review.transition(engine, baseline.id, "approve", "bob", "looks right", settings=four_eyes).state == "approved"
+    assert review.transition(engine, baseline.id, "applied", "dave").state == "applied"
+    with pytest.raises(TransitionError):
+        review.transition(engine, baseline.id, "approve", "bob")
+    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24",)), 2)
+    (held,) = all_tickets(engine, "hold")
+    review.transition(engine, held.id, "approve-adds", "erin")
+    with pytest.raises(TransitionError, match="four-eyes rule: erin"):
+        review.transition(engine, held.id, "release", "erin", settings=four_eyes)
+    review.transition(engine, held.id, "release", "frank", settings=four_eyes)
+    with engine.connect() as conn:
+        trail = [(e.actor, e.action, e.from_state, e.to_state) for e in tickets.ticket_events(conn, baseline.id)]
+        text = render.render_ticket(conn, settings, tickets.get_ticket(conn, held.id), "txt")
+    assert trail == [("watcher", "create", None, "open"), ("bob", "approve", "open", "approved"),
+                     ("dave", "applied", "approved", "applied")]
+    assert "frank release -> open" in text and "erin approve-adds -> hold" in text
 
 
 def test_ticket_and_import_share_one_transaction(engine, monkeypatch):
     settings = make_settings()
-    import_made(engine, settings, "20250101", week())
 
     def broken(conn, result, settings):
         raise RuntimeError("derived work failed")
 
     monkeypatch.setattr(pipeline, "derived_work", lambda **kw: [tickets.ticket_hook(), broken])
     with pytest.raises(RuntimeError):
-        import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24",)), 2)
+        import_made(engine, settings, "20250101", week())
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM publications")).scalar_one() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM publications")).scalar_one() == 0
         assert conn.execute(sa.text("SELECT count(*) FROM tickets")).scalar_one() == 0
 
 
-def test_review_steps_and_invalid_ones(engine):
-    settings = make_settings()
-    import_made(engine, settings, "20250101", week())
-    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24",
-                                                                   "10.1.3.0/24", "10.1.4.0/24")), 2)
-    (ticket,) = all_tickets(engine)
-    assert ticket.state == "open"
-    with pytest.raises(TransitionError, match="is open: release needs a ticket that is hold"):
-        tickets.transition(engine, ticket.id, "release", "bob")
-    with pytest.raises(TransitionError, match="applied needs a ticket that is approved"):
-        tickets.transition(engine, ticket.id, "applied", "bob")
-    with pytest.raises(TransitionError, match="--by"):
-        tickets.transition(engine, ticket.id, "approve", "  ")
-    assert tickets.transition(engine, ticket.id, "approve", "bob", "looks right").state == "approved"
-    with pytest.raises(TransitionError, match="is approved: reject"):
-        tickets.transition(engine, ticket.id, "reject", "carol")
-    assert tickets.transition(engine, ticket.id, "applied", "dave").state == "applied"
-    with pytest.raises(TransitionError):
-        tickets.transition(engine, ticket.id, "approve", "bob")
-    with engine.connect() as conn:
-        trail = [(e.actor, e.action, e.from_state, e.to_state, e.comment) for e in tickets.ticket_events(conn, ticket.id)]
-    assert trail == [
-        ("watcher", "create", None, "open", ""),
-        ("bob", "approve", "open", "approved", "looks right"),
-        ("dave", "applied", "approved", "applied", ""),
-    ]
+def test_mcr_is_one_watch_whatever_the_number_of_registries(engine):
+    settings = make_settings(RegistryWatch("east", ("eastus2",)), RegistryWatch("west", ("westus",)))
+    settings = replace(settings, mcr=McrSettings(enabled=True))
+    tags = week()
+    tags.update({"MicrosoftContainerRegistry": ["10.7.0.0/24"], "AzureFrontDoor.FirstParty": ["10.8.0.0/24"]})
+    import_made(engine, settings, "20250101", tags)
+    mcr = [t for t in all_tickets(engine) if t.watch == "mcr"]
+    assert len(mcr) == 1 and set(mcr[0].target) == {"MicrosoftContainerRegistry", "AzureFrontDoor.FirstParty"}
+    assert sorted({e["fqdn"] for e in mcr[0].context["endpoints"]}) == ["*.data.mcr.microsoft.com", "mcr.microsoft.com"]
 
 
-def test_tickets_cli(engine, db_url, tmp_path):
+def test_tickets_and_state_cli(engine, db_url, tmp_path, monkeypatch):
     settings = make_settings()
     import_made(engine, settings, "20250101", week())
-    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24")), 2)  # held
-    import_made(engine, settings, "20250115", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.7.0/24")), 3)
     config = tmp_path / "watcher.toml"
     config.write_text('[[registries]]\nname = "myreg"\nregions = ["eastus2"]\ndata_endpoint = true\n')
     runner = CliRunner()
+    monkeypatch.setenv("USER", "osuser")
+    monkeypatch.setenv("LOGNAME", "osuser")
 
     def run(*args: str, code: int = 0):
         result = runner.invoke(main, ["--db", db_url, "--config", str(config), *args], catch_exceptions=False)
         assert result.exit_code == code, result.output
         return result.output
 
-    listed = json.loads(run("tickets", "list", "--json"))
-    assert [(t["id"], t["state"], t["registry"], t["date"]) for t in listed] == [
-        (1, "hold", "myreg", "2025-01-08"), (2, "open", "myreg", "2025-01-15"),
-    ]
-    assert "hold" not in run("tickets", "list", "--state", "open")
-    assert "[watcher ticket 1]" in run("tickets", "show", "1")
-    assert "ON HOLD" in run("tickets", "render", "1", "--format", "txt")
-    assert "no network-object" not in run("tickets", "render", "1", "--format", "cisco-asa")
-    out = run("tickets", "approve", "1", "--by", "alice", code=1)
-    assert "ticket 1 is hold: approve needs a ticket that is open" in out
-    assert "ticket 1 is now open" in run("tickets", "release", "1", "--by", "alice", "--comment", "expected")
-    asa = run("tickets", "render", "1", "--format", "cisco-asa")
-    assert " no network-object 10.1.0.0 255.255.252.0\n" in asa and " network-object 10.1.0.0 255.255.254.0\n" in asa
-    assert "is now approved" in run("tickets", "approve", "1", "--by", "bob")
-    assert "is now applied" in run("tickets", "applied", "1", "--by", "bob")
-    assert "is now rejected" in run("tickets", "reject", "2", "--by", "bob", "--comment", "dup")
+    out = run("state", "show", "myreg", "--json", code=1)
+    assert "watch 'myreg' (public) has no approved state" in out
+    assert "is now approved" in run("tickets", "approve", "1")  # --by: the operating-system user
     shown = json.loads(run("tickets", "show", "1", "--json"))
-    assert [(e["action"], e["by"]) for e in shown["events"]] == [
-        ("create", "watcher"), ("release", "alice"), ("approve", "bob"), ("applied", "bob")]
+    assert shown["kind"] == "baseline" and shown["superseded_by"] is None
+    assert shown["changes"]["Storage.EastUS2"] == {"added": list(FOUR), "removed": []}
+    assert [(e["action"], e["by"]) for e in shown["events"]] == [("create", "watcher"), ("approve", "osuser")]
+    data = json.loads(run("state", "show", "myreg", "--json"))
+    assert list(data) == ["watch", "cloud", "ticket", "publication", "effective", "final", "removals_at"]
+    assert data["effective"] == {"v4": ["10.1.0.0/22", "10.3.0.0/24"], "v6": []} == data["final"]
+    assert data["publication"] == {"date": "2025-01-01", "change_number": 1}
+    assert json.loads(run("state", "list", "--json")) == [data]
+    assert "no approved state at" in run("state", "show", "myreg", "--at", "2000-01-01", code=1)
+    assert "not an ISO date" in run("state", "show", "myreg", "--at", "yesterday", code=2)
+
+    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24")), 2)  # held
+    listed = json.loads(run("tickets", "list", "--json"))
+    assert [(t["id"], t["state"], t["kind"], t["superseded_by"]) for t in listed] == [
+        (1, "approved", "baseline", None), (2, "hold", "change", None)]
+    assert "removals wait" in run("tickets", "render", "2", "--format", "cisco-asa", "--phase", "remove", code=1)
+    assert "is still hold; its additions are approved" in run("tickets", "approve", "2", "--additions-only",
+                                                               "--by", "bob")
+    assert "--additions-only is for held tickets" in run("tickets", "approve", "1", "--additions-only", code=1)
+    assert "ticket 2 is now open" in run("tickets", "release", "2", "--by", "alice", "--comment", "expected")
+    assert "is now approved" in run("tickets", "approve", "2", "--by", "carol")
+    asa = run("tickets", "render", "2", "--format", "cisco-asa", "--phase", "remove")
+    # The group keeps the new /23 and drops the /22 the baseline put there.
+    assert " no network-object 10.1.0.0 255.255.252.0\n" in asa and " network-object 10.1.0.0 255.255.254.0\n" in asa
+    assert "ON HOLD" not in run("tickets", "render", "2", "--format", "txt")
     assert "no ticket 99" in run("tickets", "show", "99", code=1)
-    for group in (["tickets"], ["notify"]):
-        for name, command in main.commands[group[0]].commands.items():
-            assert command.help or command.callback.__doc__, name
+    for name, command in main.commands["tickets"].commands.items():
+        assert command.help or command.callback.__doc__, name
+    for name, command in main.commands["state"].commands.items():
+        assert command.help or command.callback.__doc__, name
 
 
-def test_migration_0002_upgrades_and_downgrades(engine):
-    assert db.current_revision(engine) == db.head_revision()
+def test_migration_0007_upgrades_and_downgrades_with_tickets_of_the_new_kinds(engine):
+    settings = make_settings()
+    import_made(engine, settings, "20250101", week())
+    approve_baselines(engine)
+    import_made(engine, settings, "20250108", week(storage_eastus2=FOUR + ("10.1.4.0/24",)), 2)
+    import_made(engine, settings, "20250115", week(storage_eastus2=FOUR + ("10.1.5.0/24",)), 3)
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), models.Base.metadata) == []
-    db.downgrade(engine, "0001")
-    names = set(sa.inspect(engine).get_table_names())
-    assert {"tickets", "ticket_events", "outbox"}.isdisjoint(names) and "publications" in names
-    db.upgrade(engine, "0002")
-    assert {"tickets", "ticket_events", "outbox"} <= set(sa.inspect(engine).get_table_names())
+    db.downgrade(engine, "0006")
+    with engine.connect() as conn:
+        assert "approved_states" not in sa.inspect(conn).get_table_names()
+        rows = conn.execute(sa.text("SELECT id, state FROM tickets ORDER BY id")).all()
+    # The baseline has no previous publication, which the old schema requires; the superseded one reads as rejected.
+    assert [tuple(r) for r in rows] == [(2, "rejected"), (3, "open")]
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), models.Base.metadata) == []
+        kinds = conn.execute(sa.text("SELECT kind FROM tickets ORDER BY id")).scalars().all()
+    assert kinds == ["change", "change"]

@@ -2,8 +2,11 @@ import orjson
 
 from tests.conftest import file_bytes, plain_name
 from watcher.parse import parse_bytes
-from watcher.settings import RegistryWatch, Settings
-from watcher.watches import EXTRA_WATCH, resolve_registry, resolve_watches, watched_tags
+import pytest
+
+from watcher.errors import ConfigError
+from watcher.settings import McrSettings, RegistryWatch, Settings, settings_from_mapping
+from watcher.watches import EXTRA_WATCH, resolve_mcr, resolve_registry, resolve_watches, watched_tags
 
 
 def real_names(public_files):
@@ -22,7 +25,8 @@ def test_arm_locations_resolve_to_regional_tags_by_suffix_not_region_property(pu
     assert watch.warnings == ()
     data = [t for t in watch.tags if t.role == "data"]
     assert data[0].endpoints == ("contoso.eastus2.data.azurecr.io",)
-    assert watch.tags[0].endpoints == ("contoso.azurecr.io",)
+    # Geo-replicated: the login server, and the regional endpoint of each replica.
+    assert watch.tags[0].endpoints == ("contoso.azurecr.io", "contoso.eastus2.geo.azurecr.io")
 
 
 def test_region_property_names_do_not_match(public_files):
@@ -43,14 +47,20 @@ def test_no_bare_prefix_matching():
     assert watch.warnings == ("c: no tag matches 'storage' in the latest publication",)
 
 
-def test_extra_tags_and_patterns_and_mcr():
-    names = ["MicrosoftContainerRegistry", "Storage.GermanyNorth", "Storage.GermanyWestCentral", "Sql"]
+def test_extra_tags_and_patterns_and_mcr_as_a_watch_of_its_own():
+    names = ["MicrosoftContainerRegistry", "AzureFrontDoor.FirstParty", "Storage.GermanyNorth",
+             "Storage.GermanyWestCentral", "Sql"]
     settings = Settings(
-        registries=(RegistryWatch("c", ("germanynorth",), include_mcr=True, extra_tags=("Storage.Germany*",)),),
-        extra_tags=("sql",),
+        registries=(RegistryWatch("c", ("germanynorth",), extra_tags=("Storage.Germany*",)),
+                    RegistryWatch("d", ("germanynorth",))),
+        extra_tags=("sql",), mcr=McrSettings(enabled=True),
     )
-    registry, extra = resolve_watches(settings, {"public": names})
-    assert registry.tag_names == ["Storage.GermanyNorth", "MicrosoftContainerRegistry", "Storage.GermanyWestCentral"]
+    registry, second, mcr, extra = resolve_watches(settings, {"public": names})
+    assert registry.tag_names == ["Storage.GermanyNorth", "Storage.GermanyWestCentral"]
+    # One MCR watch, whatever the number of registries, with both tags of Microsoft's MCR guidance.
+    assert (mcr.name, mcr.tag_names) == ("mcr", ["MicrosoftContainerRegistry", "AzureFrontDoor.FirstParty"])
+    assert mcr.tags[0].endpoints == ("mcr.microsoft.com", "*.data.mcr.microsoft.com")
+    assert mcr.login_server is None and not mcr.is_registry
     assert (extra.name, extra.tag_names) == (EXTRA_WATCH, ["Sql"])
 
 
@@ -70,3 +80,22 @@ def test_a_resolved_watch_to_json_is_plain_data(public_files):
     assert data["tags"][0] == {"tag": "AzureContainerRegistry.EastUS2", "role": "registry", "region": "eastus2",
                                "endpoints": ["contoso.azurecr.io"]}
     assert orjson.loads(orjson.dumps(data)) == data
+
+
+def test_endpoints_use_the_clouds_own_suffix_and_mcr_elsewhere_says_there_is_no_guidance():
+    names = ["AzureContainerRegistry.USGovVirginia", "Storage.USGovVirginia", "MicrosoftContainerRegistry"]
+    watch = resolve_registry(RegistryWatch("gov", ("usgovvirginia",), data_endpoint=True, cloud="usgov"), names)
+    assert watch.login_server == "gov.azurecr.us"
+    assert [t.endpoints for t in watch.tags] == [("gov.azurecr.us",), ("gov.usgovvirginia.data.azurecr.us",)]
+    china = resolve_registry(RegistryWatch("cn", ("chinanorth3",), cloud="china"),
+                             ["AzureContainerRegistry.ChinaNorth3", "Storage.ChinaNorth3"])
+    assert china.login_server == "cn.azurecr.cn" and china.tags[1].endpoints == ("*.blob.core.chinacloudapi.cn",)
+    mcr = resolve_mcr("usgov", names)
+    assert mcr.tag_names == ["MicrosoftContainerRegistry"]
+    assert "no MCR firewall guidance for the usgov cloud" in mcr.warnings[0]
+
+
+def test_include_mcr_is_replaced_by_the_mcr_section():
+    with pytest.raises(ConfigError, match=r"\[mcr\] enabled = true"):
+        settings_from_mapping({"registries": [{"name": "contoso", "regions": ["eastus2"], "include_mcr": True}]})
+    assert settings_from_mapping({"mcr": {"enabled": True}}).mcr.enabled

@@ -10,8 +10,9 @@ No alert storm: files are imported without the tickets/outbox hooks. After
 the run, each cloud whose newest publication came in with this run gets the
 hooks once, for that newest publication, compared with the newest publication
 stored before the run; history imported by the run, or older than what was
-stored, makes no tickets. (A cloud with nothing stored before the run has
-nothing to compare with: no tickets, as for any first publication.)
+stored, makes no tickets. A cloud with nothing stored before the run gets
+the hooks as a first import would (what the ticket stage makes of a first
+publication, e.g. a baseline), once, for its newest publication.
 """
 from __future__ import annotations
 
@@ -170,7 +171,7 @@ class Backfill:
             before = self._newest_before.get(cloud)
             with db.writer(self.engine).begin() as conn:
                 newest = store.resolve_publication(conn, cloud, "latest")
-                if before is None or newest.id not in ids or newest.file_date <= before.file_date:
+                if newest.id not in ids or (before is not None and newest.file_date <= before.file_date):
                     continue
                 result = run_result(conn, before, newest)
                 with translate_db_errors(f"making the tickets of {cloud} {newest.file_date}"):
@@ -187,8 +188,11 @@ class Backfill:
         return self.finish()
 
 
-def run_result(conn: Connection, before: store.PublicationInfo, newest: store.PublicationInfo) -> store.ImportResult:
-    """The run as if it were one import: from the newest publication before it to the newest after it."""
+def run_result(conn: Connection, before: store.PublicationInfo | None,
+               newest: store.PublicationInfo) -> store.ImportResult:
+    """The run as if it were one import: from the newest publication before it (if any) to the newest after it."""
+    if before is None:  # the cloud's first publications: as a first import, nothing to compare with
+        return store.ImportResult("imported", newest)
     changes = store.diff_publications(conn, newest.cloud, before, newest)
     return store.ImportResult(
         "imported", newest,

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from . import db, fetch, notify, render, scheduler, store
+from . import db, fetch, notify, redact, render, scheduler, store
 from .errors import ConfigError, StoreError, WatcherError, translate_db_errors
 from .settings import Settings
 from .watches import resolve_watches
@@ -29,11 +29,6 @@ EXAMPLE_NAME = "watcher.example.toml"
 
 def example_config() -> str:
     """The commented example configuration shipped with the package."""
-    # Next to the imported package first (a source checkout), as db.migrations_dir does, then the installed data.
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "templates" / EXAMPLE_NAME, package.parent / "templates" / EXAMPLE_NAME):
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8")
     return resources.files("watcher.templates").joinpath(EXAMPLE_NAME).read_text(encoding="utf-8")
 
 
@@ -62,7 +57,7 @@ def _url_secrets(url: str | None) -> set[str]:
     found = {unquote(parts.password)} if parts.password else set()
     for item in parts.query.split("&") if parts.query else ():
         key, _, value = item.partition("=")
-        if value and key.lower() not in fetch.SAFE_QUERY_KEYS:
+        if value and key.lower() not in redact.SAFE_QUERY_KEYS:
             found.add(unquote(value))
     return found
 
@@ -74,7 +69,7 @@ def secrets(settings: Settings) -> tuple[str, ...]:
     found |= _url_secrets(settings.fetch.source_url) | _url_secrets(settings.fetch.proxy)
     for destination in notify.destinations(settings):
         found |= set(destination.secrets)
-    # Short fragments would mask ordinary words; the URL patterns in logs.redact_text cover those.
+    # Short fragments would mask ordinary words; the URL rules of watcher.redact cover those.
     return tuple(sorted((s for s in found if len(s) >= 4), key=len, reverse=True))
 
 
@@ -82,8 +77,8 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
     """The settings as they apply, secrets masked (apprise's privacy form, database password hidden)."""
     data = dataclasses.asdict(settings)
     data["database_url"] = db.safe_url(settings.database_url)
-    data["fetch"]["source_url"] = fetch.redact_url(settings.fetch.source_url) if settings.fetch.source_url else None
-    data["fetch"]["proxy"] = fetch.redact_url(settings.fetch.proxy) if settings.fetch.proxy else None
+    data["fetch"]["source_url"] = redact.redact_url(settings.fetch.source_url) if settings.fetch.source_url else None
+    data["fetch"]["proxy"] = redact.redact_url(settings.fetch.proxy) if settings.fetch.proxy else None
     data["notify"]["urls"] = [d.label for d in notify.destinations(settings)]
     data["daemon"]["schedule"] = settings.daemon.schedule or f"{scheduler.default_schedule()} (default for this host)"
     data["registries"] = [{**r, "regions": list(r["regions"]), "extra_tags": list(r["extra_tags"])}
@@ -146,7 +141,7 @@ def _check_clouds(settings: Settings) -> list[Check]:
     checks = []
     for cloud in settings.clouds:
         try:
-            where = fetch.redact_url(settings.fetch.source_url) if settings.fetch.source_url else fetch.page_url_for(cloud)
+            where = redact.redact_url(settings.fetch.source_url) if settings.fetch.source_url else fetch.page_url_for(cloud)
             checks.append(Check(f"cloud {cloud}", True, f"polled from {where}"))
         except WatcherError as exc:
             checks.append(Check(f"cloud {cloud}", False, str(exc)))
@@ -174,7 +169,7 @@ def _check_http_port(settings: Settings) -> Check:
         return Check("health endpoint", True, "off (set [daemon] http_port or WATCHER_HTTP_PORT)")
     if not isinstance(port, int) or not 0 < port < 65536:
         return Check("health endpoint", False, f"http_port {port!r} is not a port number")
-    return Check("health endpoint", True, f"/healthz and /metrics on port {port}")
+    return Check("health endpoint", True, f"/healthz and /metrics on {settings.web.http_host}:{port}")
 
 
 def _check_destinations(settings: Settings) -> list[Check]:

@@ -101,18 +101,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def migrations_dir() -> str:
-    """The migration scripts that belong to this copy of the package.
-
-    Looked up next to the imported ``watcher`` package first (an installed wheel
-    has ``watcher/migrations``; a source checkout has ``../migrations``): an
-    editable install maps ``watcher.migrations`` to the checkout it was installed
-    from, which need not be the one on ``sys.path``, and a database must not get
-    another branch's schema.
-    """
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "migrations", package.parent / "migrations"):
-        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
-            return str(candidate)
+    """The migration scripts shipped inside the package (``watcher/migrations``, as Alembic ships its own)."""
     return str(resources.files("watcher.migrations"))
 
 

@@ -23,7 +23,7 @@ is read as a stream against a monotonic deadline and a cap on *decoded* bytes
 (gzip is inflated incrementally, so a gzip bomb is cut off at the cap).
 
 Only ``FetchError`` / ``ImplausibleFileError`` leave this module, and every URL
-that goes into a message or a log line passes through ``redact_url`` first.
+that goes into a message or a log line passes through ``watcher.redact`` first.
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ import httpx
 import orjson
 
 from .errors import FetchError, ImplausibleFileError
+from .redact import RedactingFilter, redact_text, redact_url
 from .settings import CLOUD_FILE_NAMES, FetchSettings
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ READ_CHUNK = 64 * 1024
 INFLATE_STEP = 1024 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: Query parameters whose values are safe to show (Microsoft's ``details.aspx?id=N``).
-SAFE_QUERY_KEYS = frozenset({"id"})
 #: Last-resort pattern for download URLs in page text (any cloud; filtered afterwards).
 BARE_DOWNLOAD_URL = re.compile(
     r"https://download\.microsoft\.com/download/[^\s\"'<>\\]*?ServiceTags_[A-Za-z]+_\d{8}\.json"
@@ -157,42 +157,6 @@ class Deadline:
 
 
 # --------------------------------------------------------------------------- URLs and names
-
-
-def redact_url(url: str) -> str:
-    """Mask what may be a secret in a URL: userinfo, query values (except ``id``), fragment.
-
-    Plain paths come back unchanged. Never raises: an unparseable URL is hidden whole.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = "&".join(_redact_query_item(item) for item in parts.query.split("&")) if parts.query else ""
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
-def _redact_query_item(item: str) -> str:
-    key, sep, _value = item.partition("=")
-    if key.lower() in SAFE_QUERY_KEYS:
-        return item
-    return f"{key}=***" if sep else "***"
-
-
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def _scrub(text: str) -> str:
-    """Redact every URL inside a foreign message (httpx errors may quote URLs)."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
-
-
-def redact_text(text: str) -> str:
-    """``text`` with every URL in it redacted: for messages that may quote a URL."""
-    return _scrub(text)
 
 
 def page_url_for(cloud: str) -> str:
@@ -374,17 +338,6 @@ def _is_remote(source: str) -> bool:
 # --------------------------------------------------------------------------- HTTP
 
 
-class _RedactingLogFilter(logging.Filter):
-    """Masks URLs in log records: httpx logs every request's full URL, tokens and all."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        scrubbed = _scrub(message)
-        if scrubbed != message:
-            record.msg, record.args = scrubbed, ()
-        return True
-
-
 _LIBRARY_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy", "httpcore.socks")
 
 
@@ -393,8 +346,8 @@ def _redact_library_logs() -> None:
     existing = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("httpx", "httpcore")]
     for name in {*_LIBRARY_LOGGERS, *existing}:
         library_log = logging.getLogger(name)
-        if not any(isinstance(f, _RedactingLogFilter) for f in library_log.filters):
-            library_log.addFilter(_RedactingLogFilter())
+        if not any(isinstance(f, RedactingFilter) for f in library_log.filters):
+            library_log.addFilter(RedactingFilter())
 
 
 def make_client(settings: FetchSettings) -> httpx.Client:
@@ -411,7 +364,7 @@ def make_client(settings: FetchSettings) -> httpx.Client:
         )
     except (ValueError, TypeError, httpx.HTTPError) as exc:
         proxy = redact_url(settings.proxy) if settings.proxy else "from the environment"
-        raise FetchError(f"cannot set up the HTTP client (proxy {proxy}): {_scrub(str(exc))}") from None
+        raise FetchError(f"cannot set up the HTTP client (proxy {proxy}): {redact_text(str(exc))}") from None
 
 
 class _Transient(Exception):
@@ -536,7 +489,7 @@ def _read_http_body(response: httpx.Response, url: str, max_bytes: int, deadline
 
 
 def _describe(exc: BaseException) -> str:
-    text = _scrub(str(exc)) or "no details"
+    text = redact_text(str(exc)) or "no details"
     return f"{type(exc).__name__}: {text}"
 
 
@@ -682,20 +635,38 @@ def _discover_local(path: Path, cloud: str) -> FileLink:
     raise FetchError(f"source {path} does not exist")
 
 
-def _newest_in_folder(folder: Path, cloud: str) -> FileLink:
+def folder_files(source: str | None, cloud: str) -> list[FileLink]:
+    """Every dated file of ``cloud`` in a local source folder, oldest first, one per date.
+
+    Empty when the source is not a local folder (Microsoft's page, a mirror, one file).
+    """
+    if not source or _is_remote(source):
+        return []
+    path = _local_path(source)
+    if not path.is_dir():
+        return []
+    one_per_date = {link.file_date: link for link in reversed(_links_in_folder(path, _polled_cloud(cloud)))}
+    return [one_per_date[date] for date in sorted(one_per_date)]
+
+
+def _links_in_folder(folder: Path, cloud: str) -> list[FileLink]:
     folder = folder.resolve()
     try:
         entries = [p for p in folder.iterdir() if p.is_file()]
     except OSError as exc:
         raise FetchError(f"cannot list source folder {folder}: {exc.strerror or exc}") from None
-    candidates = [
+    return [
         FileLink(cloud, p.as_uri(), p.name, date, page_url=folder.as_uri())
         for p in sorted(entries, key=lambda p: (p.name.endswith(".gz"), p.name))  # plain .json first on a tie
         if (date := _date_from_name(p.name, cloud)) is not None
     ]
+
+
+def _newest_in_folder(folder: Path, cloud: str) -> FileLink:
+    candidates = _links_in_folder(folder, cloud)
     if not candidates:
         raise FetchError(
-            f"no ServiceTags_{CLOUD_FILE_NAMES[cloud]}_<YYYYMMDD>.json or .json.gz file in source folder {folder}"
+            f"no ServiceTags_{CLOUD_FILE_NAMES[cloud]}_<YYYYMMDD>.json or .json.gz file in source folder {folder.resolve()}"
         )
     return _newest_first(candidates)[0]
 

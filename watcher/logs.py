@@ -3,56 +3,20 @@
 Secrets reach log records through URLs (apprise destinations carry tokens,
 mirrors and proxies carry passwords) and through messages of libraries we do
 not control, so every record passes through one redaction filter on the
-handler, whatever logger it came from.
+handler, whatever logger it came from; the rules are ``watcher.redact``'s.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-import re
 import sys
 from typing import Iterable, TextIO
 
-# user:password@ in any scheme://, and the usual token-bearing query parameters.
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
-_QUERY_SECRET = re.compile(
-    r"(?P<key>[?&](?:token|key|secret|password|pass|pwd|sig|signature|apikey|api_key|access_token|code)=)[^&\s]+",
-    re.IGNORECASE,
-)
-_REPLACEMENT = "***"
+from .redact import RedactingFilter
+
 LOG_FORMATS = ("human", "json")
 _OURS = "_watcher_handler"
-
-
-def redact_text(message: str, secrets: Iterable[str] = ()) -> str:
-    """Mask credentials in URLs, token-like query values, and any known secret string."""
-    message = _USERINFO.sub(lambda m: f"{m['scheme']}{_REPLACEMENT}@", message)
-    message = _QUERY_SECRET.sub(lambda m: f"{m['key']}{_REPLACEMENT}", message)
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            message = message.replace(secret, _REPLACEMENT)
-    return message
-
-
-class RedactingFilter(logging.Filter):
-    """Rewrites each record's message with secrets masked (installed on handlers)."""
-
-    def __init__(self, secrets: Iterable[str] = ()):
-        super().__init__()
-        self.secrets = tuple(secrets)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken %-format in a library's record: keep the raw text
-            message = str(record.msg)
-        record.msg = redact_text(message, self.secrets)
-        record.args = None
-        if record.exc_info:
-            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info), self.secrets)
-            record.exc_info = None
-        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -92,8 +56,8 @@ def configure_logging(
 
     Replaces a handler installed by an earlier call, and leaves other handlers
     alone (a test's log capture keeps working). ``quiet_libraries`` keeps
-    libraries that log each request at INFO (httpx) at WARNING: the daemon's
-    own lines say what was fetched.
+    libraries that log each request or step at INFO (httpx, uvicorn, alembic's
+    migration context) at WARNING: the watcher's own lines say what was done.
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"unknown log format {log_format!r}")
@@ -108,7 +72,7 @@ def configure_logging(
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
     if quiet_libraries:
-        for noisy in ("httpx", "httpcore", "apscheduler"):
+        for noisy in ("httpx", "httpcore", "apscheduler", "uvicorn", "alembic"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     return handler
 

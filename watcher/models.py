@@ -37,6 +37,11 @@ and ``health_alerts`` (one row per destination each time health flips).
 ``entry_manifests`` (revision 0006) caches, per cloud, the newest
 publication's entry fingerprints, so that a weekly import reads one row.
 
+Approved state (revision 0007): ``tickets`` gain ``kind`` (baseline or
+change) and ``superseded_by``; ``approved_states`` keeps one row per approval
+of a watch, the newest being the allow-list the firewall must follow (see
+``watcher.state``).
+
 Revision 0008: optional tag metadata is NULL when the file has none, and each
 publication records the publications it says were missed and its parse warnings.
 """
@@ -197,9 +202,11 @@ class Ticket(Base):
     #: stable identity carried by every message about the ticket
     uid: Mapped[str] = mapped_column(String(36), unique=True)
     publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"))
-    previous_publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"), index=True)
+    #: the publication of the approved state it diffs against (NULL for a baseline)
+    previous_publication_id: Mapped[int | None] = mapped_column(
+        ForeignKey("publications.id", ondelete="CASCADE"), index=True)
     cloud: Mapped[str] = mapped_column(String(16))
-    #: the registry name, or watches.EXTRA_WATCH
+    #: the registry name, "mcr", or watches.EXTRA_WATCH
     watch: Mapped[str] = mapped_column(String(100))
     file_date: Mapped[dt.date] = mapped_column(Date)
     state: Mapped[str] = mapped_column(String(16))
@@ -208,6 +215,28 @@ class Ticket(Base):
     context: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: "baseline" (nothing approved yet: the full list) or "change" (against the approved state)
+    kind: Mapped[str] = mapped_column(String(16), server_default="change")
+    #: the ticket that replaced this one when a newer publication changed the watch again
+    superseded_by: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
+
+
+class ApprovedState(Base):
+    """One approval of a watch's allow-list; the newest row per (cloud, watch) is in force."""
+
+    __tablename__ = "approved_states"
+    __table_args__ = (Index("ix_approved_states_cloud_watch", "cloud", "watch", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cloud: Mapped[str] = mapped_column(String(16))
+    watch: Mapped[str] = mapped_column(String(100))
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"), index=True)
+    approved_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: until then the firewall keeps the previous list as well; NULL: additions only, nothing removed
+    removals_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: JSON: per tag its exact prefixes and changeNumber; per family the final and the previous lists
+    content: Mapped[str] = mapped_column(Text)
 
 
 class TicketEvent(Base):
@@ -226,7 +255,7 @@ class TicketEvent(Base):
 class OutboxMessage(Base):
     __tablename__ = "outbox"
     __table_args__ = (
-        UniqueConstraint("ticket_id", "destination"),
+        UniqueConstraint("ticket_id", "destination", "event"),
         Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
     )
 
@@ -244,6 +273,8 @@ class OutboxMessage(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: what the message announces: created, approved, rejected, superseded, or the removal-date reminder (0007)
+    event: Mapped[str] = mapped_column(String(16), server_default="created")
 
 
 class Poll(Base):

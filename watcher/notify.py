@@ -35,15 +35,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote, unquote, urlsplit
 
 import apprise
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
-from . import db, tickets
-from .errors import NotifyError, RenderError, translate_db_errors
+from . import review, db, store, tickets
+from .errors import NotifyError, RenderError, StoreError, translate_db_errors
 from .models import OutboxMessage, Ticket, utcnow
+from .redact import ordered_secrets, redact_text
 from .render import Renderer
 from .settings import Settings
 from .store.records import ImportResult
@@ -54,7 +55,6 @@ EMAIL_SCHEMES = ("mailto", "mailtos")
 OUTBOX_STATES = ("pending", "sending", "sent", "failed")
 DEFAULT_LEASE = dt.timedelta(minutes=15)
 MAX_BACKOFF = dt.timedelta(days=1)
-MASK = "****"
 #: Changing it changes every destination key: queued messages would no longer match their destination.
 DESTINATION_SALT = b"watcher-destination-v1"
 
@@ -77,7 +77,7 @@ class Destination:
         return self.url.partition("://")[0].lower()
 
     def redact(self, text: str) -> str:
-        return redact(text, self.secrets)
+        return redact_text(text, self.secrets)
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,7 +100,7 @@ def _secret_parts(url: str, privacy_url: str | None) -> tuple[str, ...]:
     The URL is cut at its delimiters; every piece the privacy form does not
     show is treated as secret. The password is always secret.
     """
-    shown = set(re.split(r"[/:@?&=#,;+\s]+", unquote(privacy_url or "")))
+    shown = set(re.split(r"[/:@?&=#,;+\s]+", unquote(privacy_url or ""))) | {url.partition("://")[0]}
     secrets = {p for p in re.split(r"[/:@?&=#,;+\s]+", unquote(url)) if len(p) >= 3 and p not in shown}
     try:
         password = urlsplit(url).password
@@ -108,16 +108,7 @@ def _secret_parts(url: str, privacy_url: str | None) -> tuple[str, ...]:
         password = None
     if password:
         secrets.add(unquote(password))
-    # The URL-quoted forms may appear in logs too.
-    secrets |= {quote(s, safe="") for s in list(secrets)}
-    return tuple(sorted(secrets, key=len, reverse=True))
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
+    return ordered_secrets(secrets)  # the URL-quoted forms too: they may appear in apprise's log
 
 
 @contextlib.contextmanager
@@ -158,8 +149,14 @@ def destinations(settings: Settings) -> list[Destination]:
 
 
 
-def enqueue(conn: Connection, ticket_ids: Sequence[int], settings: Settings, now: dt.datetime | None = None) -> int:
-    """Queue each ticket for each valid destination, in the caller's transaction; returns rows added."""
+def enqueue(conn: Connection, ticket_ids: Sequence[int], settings: Settings, now: dt.datetime | None = None,
+            *, event: str = "created", due: dt.datetime | None = None) -> int:
+    """Queue each ticket for each valid destination, in the caller's transaction; returns rows added.
+
+    ``event`` says what the message announces (``EVENTS``); ``due`` delays it (the removal-date reminder).
+    """
+    if event not in EVENTS:
+        raise NotifyError(f"unknown notification event {event!r}")
     configured = destinations(settings)
     targets = [d for d in configured if d.valid]
     for invalid in (d for d in configured if not d.valid):
@@ -167,12 +164,17 @@ def enqueue(conn: Connection, ticket_ids: Sequence[int], settings: Settings, now
     if not targets or not ticket_ids:
         return 0
     at = now or utcnow()
+    table = OutboxMessage.__table__
+    # Once per ticket, destination and event: a step taken twice is announced once.
+    queued = set(conn.execute(select(table.c.ticket_id, table.c.destination).where(
+        table.c.ticket_id.in_(list(ticket_ids)), table.c.event == event)).tuples())
     rows = [
         {"ticket_id": t, "destination": d.key, "destination_label": d.label[:1024], "state": "pending",
-         "attempts": 0, "next_attempt_at": at, "last_error": "", "created_at": at}
-        for t in ticket_ids for d in targets
+         "attempts": 0, "next_attempt_at": due or at, "last_error": "", "created_at": at, "event": event}
+        for t in ticket_ids for d in targets if (t, d.key) not in queued
     ]
-    conn.execute(insert(OutboxMessage.__table__), rows)
+    if rows:
+        conn.execute(insert(table), rows)
     return len(rows)
 
 
@@ -180,7 +182,11 @@ def enqueue_for_import(conn: Connection, result: ImportResult, settings: Setting
     """Pipeline hook: queue the tickets the import just created (runs after ``tickets.create_tickets``)."""
     if result.outcome != "imported":
         return
-    enqueue(conn, tickets.tickets_of_publication(conn, result.publication.id), settings)
+    created = tickets.tickets_of_publication(conn, result.publication.id)
+    enqueue(conn, created, settings)
+    if created:  # the tickets these replace are announced as superseded, never as work left to do
+        superseded = conn.execute(select(Ticket.id).where(Ticket.superseded_by.in_(created))).scalars().all()
+        enqueue(conn, list(superseded), settings, event="superseded")
 
 
 # ---------------------------------------------------------------- messages
@@ -195,9 +201,32 @@ class Message:
     attachment: str
 
 
-def build_message(renderer: Renderer, ticket: tickets.TicketInfo) -> Message:
-    data = tickets.view(ticket)
-    prefix = "[HOLD] " if ticket.held else ""
+#: What an outbox row announces: the new ticket, or a later move of its state.
+EVENTS = ("created", "additions", "approved", "rejected", "superseded", "reminder")
+#: How a message's title says what the ticket asks for: rejected and superseded tickets are no work to do.
+STATE_PREFIX = {"hold": "[HOLD] ", "rejected": "[REJECTED, nothing to apply] ",
+                "superseded": "[SUPERSEDED, nothing to apply] ", "approved": "[APPROVED] ", "applied": "[APPLIED] "}
+
+
+def _event_prefix(event: str, ticket: tickets.TicketInfo, data: Mapping[str, Any]) -> str:
+    removals = (data.get("approval") or {}).get("removals_at")
+    if event == "approved":
+        return f"[APPROVED: apply the additions now, the removals on {removals}] " if removals else \
+            "[APPROVED: apply the additions now] "
+    if event == "additions":
+        return "[ADDITIONS APPROVED: apply --phase add now; the removals wait] "
+    if event == "reminder":
+        return f"[REMOVALS DUE {removals}: apply --phase remove now] "
+    if event == "superseded" and ticket.superseded_by:
+        return f"[SUPERSEDED by ticket {ticket.superseded_by}, nothing to apply] "
+    return STATE_PREFIX.get(event if event in ("rejected", "superseded") else ticket.state, "")
+
+
+def build_message(renderer: Renderer, ticket: tickets.TicketInfo, data: dict | None = None,
+                  event: str = "created") -> Message:
+    """The message for a ticket as it stands when sent (``data``: its full view with the review trail)."""
+    data = tickets.view(ticket) if data is None else data
+    prefix = _event_prefix(event, ticket, data)
     return Message(
         title=f"{ticket.ref} {prefix}{ticket.title}",
         body=renderer.render("summary", data),
@@ -273,6 +302,7 @@ class _Claim:
     destination: str
     attempts: int
     token: str
+    event: str = "created"
 
 
 def _due(table, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta, skip: Sequence[int]):
@@ -296,7 +326,7 @@ def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.time
     claimed_at = claimed_at or now
     for _ in range(5):
         with db.writer(engine).begin() as conn:
-            query = (select(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts)
+            query = (select(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts, table.c.event)
                      .where(_due(table, keys, now, lease, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1))
             if conn.dialect.name == "postgresql":
                 # The queue idiom: one statement picks a row no one else holds and takes it.
@@ -305,9 +335,10 @@ def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.time
                 row = conn.execute(
                     update(table).where(table.c.id == picked)
                     .values(state="sending", claim_token=token, claimed_at=claimed_at, attempts=table.c.attempts + 1)
-                    .returning(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts)
+                    .returning(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts, table.c.event)
                 ).first()
-                return None if row is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token)
+                return None if row is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token,
+                                                       row.event)
             row = conn.execute(query).first()
             if row is None:
                 return None
@@ -317,7 +348,7 @@ def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.time
                 .values(state="sending", claim_token=token, claimed_at=claimed_at, attempts=table.c.attempts + 1)
             ).rowcount
             if claimed == 1:
-                return _Claim(row.id, row.ticket_id, row.destination, row.attempts + 1, token)
+                return _Claim(row.id, row.ticket_id, row.destination, row.attempts + 1, token, row.event)
     return None  # others keep taking the rows we look at; they will deliver them
 
 
@@ -369,19 +400,21 @@ def deliver_due(
     renderer = Renderer(settings.tickets)
     results: list[DeliveryResult] = []
     attempted: list[int] = []
-    messages: dict[int, Message | RenderError] = {}
+    messages: dict[tuple[int, str], Message | RenderError] = {}
     with translate_db_errors("delivering notifications"):
         while (claim := _claim(engine, list(by_key), at, lease, attempted, clock())) is not None:
             attempted.append(claim.id)
             destination = by_key[claim.destination]
-            message = messages.get(claim.ticket_id)
+            message = messages.get((claim.ticket_id, claim.event))
             if message is None:
                 try:
                     with engine.connect() as conn:
-                        message = build_message(renderer, tickets.get_ticket(conn, claim.ticket_id))
+                        ticket = tickets.get_ticket(conn, claim.ticket_id)
+                        message = build_message(renderer, ticket, review.full_view(conn, ticket, settings),
+                                                claim.event)
                 except RenderError as exc:
                     message = exc
-                messages[claim.ticket_id] = message
+                messages[(claim.ticket_id, claim.event)] = message
             if isinstance(message, RenderError):
                 outcome = SendResult(False, f"rendering failed: {message}", "")
             else:

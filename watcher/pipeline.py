@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal, Sequence
 import httpx
 from sqlalchemy import Connection, Engine
 
-from . import fetch, notify, polls, store, tickets
+from . import fetch, notify, polls, redact, store, tickets
 from .errors import FetchError, ImplausibleFileError, StoreError, WatcherError, translate_db_errors
 from .models import utcnow
 from .settings import FetchSettings, Settings, check_cloud
@@ -172,7 +172,7 @@ def poll(
 
 def _start(settings: FetchSettings, cloud: str, now: Callable[[], dt.datetime]) -> _Attempt:
     if settings.source_url:
-        where = fetch.redact_url(settings.source_url)
+        where = redact.redact_url(settings.source_url)
     else:
         try:
             where = fetch.page_url_for(cloud)
@@ -189,7 +189,7 @@ def _poll_cloud(
         with translate_db_errors("polling"):  # the poll's own reads; the import names its errors itself
             outcome = _fetch_and_import(engine, settings, attempt, client, force, now)
     except WatcherError as exc:
-        outcome = attempt.finish("error", now(), error=fetch.redact_text(str(exc)))
+        outcome = attempt.finish("error", now(), error=redact.redact_text(str(exc)))
     except Exception as exc:
         # A bug, not a condition: record the attempt so status shows it, then let it surface.
         _save(engine, attempt.finish("error", now(), error=f"internal error: {type(exc).__name__}"))

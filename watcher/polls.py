@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, insert, or_, select
 
 from . import db
 from .errors import translate_db_errors
-from .fetch import redact_text
+from .redact import redact_text
 from .models import Poll, Publication
 from .store.records import PublicationInfo, publication_from_row
 

@@ -28,7 +28,6 @@ import ctypes.util
 import datetime as dt
 import gc
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -39,8 +38,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Callable, Protocol, Sequence
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -173,8 +171,31 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
 
 
+class Service(Protocol):
+    """Something the daemon starts first and stops with itself (the HTTP server)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+#: ``pipeline.poll``'s shape: the outcome of polling each cloud.
+PollFunction = Callable[..., Sequence[pipeline.PollOutcome]]
+#: ``notify.deliver_due``'s shape: what was delivered this time.
+DeliverFunction = Callable[..., Sequence[notify.DeliveryResult]]
+#: ``health.health_state``'s shape: the health after a run (database errors as StoreError).
+HealthFunction = Callable[[Engine, Settings, dt.datetime], health.Health]
+
+
 class Daemon:
-    """What ``watcher run`` runs; the pieces are separate so tests can drive them."""
+    """What ``watcher run`` runs; the pieces are separate so tests can drive them.
+
+    Its collaborators are arguments, so a test hands in a failing delivery
+    or health check instead of patching modules: ``poll`` polls clouds,
+    ``deliver`` sends the notifications that are due, ``evaluate_health``
+    says how the watcher is after a run, ``clock`` tells the time, and
+    ``services`` (the HTTP server) start before the schedule and stop with it.
+    """
 
     def __init__(
         self,
@@ -183,12 +204,20 @@ class Daemon:
         leadership: Leadership,
         *,
         clock: Callable[[], dt.datetime] = utcnow,
+        poll: PollFunction = pipeline.poll,
+        deliver: DeliverFunction = notify.deliver_due,
+        evaluate_health: HealthFunction = health.health_state,
+        services: Sequence[Service] = (),
         grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
     ):
         self.settings = settings
         self.engine = engine
         self.leadership = leadership
         self.clock = clock
+        self.poll = poll
+        self.deliver = deliver
+        self.evaluate_health = evaluate_health
+        self.services = tuple(services)
         self.grace_seconds = grace_seconds
         self.schedule = settings.daemon.schedule or default_schedule()
         self.trigger = make_trigger(self.schedule)
@@ -196,7 +225,7 @@ class Daemon:
         self.stopping = threading.Event()
         self._requests: queue.Queue[str] = queue.Queue()
         self._scheduler: BackgroundScheduler | None = None
-        self._http: ThreadingHTTPServer | None = None
+        self._started: list[Service] = []
         self._worker: threading.Thread | None = None
 
     # -- one run
@@ -268,7 +297,7 @@ class Daemon:
                 failed.append(cloud)
                 continue
             try:
-                [outcome] = pipeline.poll(self.engine, self.settings, [cloud], now=self.clock)
+                [outcome] = self.poll(self.engine, self.settings, [cloud], now=self.clock)
             except Exception as exc:  # a bug or an untranslated failure: the run fails, the daemon goes on
                 log.exception("%s poll: internal error", cloud)
                 report.outcomes.append(_failed_outcome(cloud, f"internal error: {type(exc).__name__}: {exc}",
@@ -287,7 +316,7 @@ class Daemon:
 
     def _deliver(self, report: RunReport) -> None:
         try:
-            results = notify.deliver_due(self.engine, self.settings, now=self.clock(), clock=self.clock)
+            results = self.deliver(self.engine, self.settings, now=self.clock(), clock=self.clock)
         except WatcherError as exc:
             report.errors.append(f"notifications: {exc}")
             return
@@ -299,7 +328,7 @@ class Daemon:
 
     def _check_health(self) -> None:
         now = self.clock()
-        state = health.health_state(self.engine, self.settings, now)  # database errors come back as StoreError
+        state = self.evaluate_health(self.engine, self.settings, now)  # database errors come back as StoreError
         health.queue_alerts(self.engine, self.settings, state, now)
         for kind, destination, ok in health.send_alerts(self.engine, self.settings, now):
             log.info("health alert %s to %s: %s", kind, destination, "sent" if ok else "failed",
@@ -383,8 +412,9 @@ class Daemon:
         return self.trigger.get_next_fire_time(None, self.clock())
 
     def start(self) -> None:
-        if self.settings.daemon.http_port is not None:  # first: a port in use fails the start, not later
-            self._http = serve_health(self, self.settings.daemon.http_port)
+        for service in self.services:  # first: a service that cannot start fails the start, not later
+            service.start()
+            self._started.append(service)
         scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
         scheduler.add_job(self.request_run, self.trigger, args=["schedule"], id="poll", coalesce=True,
                           max_instances=1, misfire_grace_time=max(1, int(self.period.total_seconds())))
@@ -403,9 +433,9 @@ class Daemon:
         self.stopping.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+        for service in reversed(self._started):
+            service.stop()
+        self._started.clear()
         finished = True
         if self._worker is not None:
             self._worker.join(self.grace_seconds)
@@ -441,58 +471,5 @@ def _failed_outcome(cloud: str, error: str, at: dt.datetime) -> pipeline.PollOut
                                 finished_at=at, error=error)
 
 
-# ---------------------------------------------------------------- the health endpoint
-
-
-def serve_health(daemon: Daemon, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """``/healthz`` (200 healthy, 503 not) and ``/metrics`` (Prometheus text) on a background thread."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            path = self.path.split("?")[0]
-            if path not in ("/healthz", "/metrics"):
-                self._reply(404, "text/plain", "not found: try /healthz or /metrics\n")
-                return
-            try:
-                now = daemon.clock()
-                with daemon.engine.connect() as conn:
-                    if path == "/healthz":
-                        state = health.evaluate(conn, daemon.settings, now)
-                        body = _json({**state.to_json(), "leader": daemon.leadership.description,
-                                      "schedule": daemon.schedule, "next_run": _iso(daemon.next_run_time())})
-                        self._reply(200 if state.healthy else 503, "application/json", body)
-                    else:
-                        self._reply(200, "text/plain; version=0.0.4; charset=utf-8",
-                                    health.metrics_text(conn, daemon.settings, now))
-            except (WatcherError, SQLAlchemyError) as exc:
-                log.warning("health endpoint: %s", exc)
-                self._reply(503, "application/json",
-                            _json({"healthy": False, "reasons": ["database unavailable"]}))
-
-        def _reply(self, code: int, content_type: str, body: str) -> None:
-            data = body.encode()
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep probes out of the log
-            return
-
-    try:
-        server = ThreadingHTTPServer((host, port), Handler)
-    except OSError as exc:
-        raise ConfigError(f"cannot serve the health endpoint on port {port}: {exc.strerror or exc}") from None
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.2,), name="health-http", daemon=True).start()
-    log.info("health endpoint on port %s: /healthz, /metrics", server.server_address[1], extra={"event": "start"})
-    return server
-
-
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-def _json(data: Any) -> str:
-    return json.dumps(data, default=str) + "\n"

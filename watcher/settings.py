@@ -47,7 +47,8 @@ class RegistryWatch:
 
     @property
     def login_server(self) -> str:
-        return f"{self.name}.azurecr.io"
+        suffix = {"usgov": "azurecr.us", "china": "azurecr.cn", "germany": "azurecr.de"}.get(self.cloud, "azurecr.io")
+        return f"{self.name}.{suffix}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,18 @@ class TicketSettings:
     template_dir: str | None = None
     removal_hold_ratio: float = 0.30
     output_cap_bytes: int = 2 * 1024 * 1024
+    removal_delay_days: int = 7            # removals wait this long after the publication (or the approval)
+    four_eyes: bool = False                # who releases a hold or approves a baseline did not create/change it
+    nft_table: str = "inet watcher"        # nftables family and table the sets live in
+    nsg_priority_base: int = 3000          # Azure NSG: mcr, extra tags, then registries in config order
+    render_seconds: float = 5.0            # wall-clock limit of one template render
+
+
+@dataclass(frozen=True)
+class McrSettings:
+    """Microsoft Container Registry as a watch of its own (named "mcr"), once per configured cloud."""
+
+    enabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,19 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The HTTP listener of ``watcher serve`` and of ``watcher run`` (on ``[daemon] http_port``)."""
+
+    http_host: str = "127.0.0.1"           # loopback unless asked: the endpoints carry no authentication
+    http_port: int = 8080                  # ``watcher serve``'s port
+    tls_cert: str | None = None            # PEM files; both set = HTTPS
+    tls_key: str | None = None
+    read_timeout_seconds: float = 10.0     # a request must arrive whole within this, or the connection is closed
+    idle_timeout_seconds: float = 5.0      # keep-alive: an idle connection is closed after this
+    max_connections: int = 100             # over it, requests get 503 at once
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     clouds: tuple[str, ...] = ("public",)
@@ -103,6 +129,8 @@ class Settings:
     notify: NotifySettings = field(default_factory=NotifySettings)
     tickets: TicketSettings = field(default_factory=TicketSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    mcr: McrSettings = field(default_factory=McrSettings)
     config_path: str | None = None
 
     def with_overrides(self, **changes: Any) -> "Settings":
@@ -118,10 +146,13 @@ def _as_str_tuple(value: Any, where: str) -> tuple[str, ...]:
 
 
 #: Bounds of numeric settings (inclusive); every other number must be at least 0.
-_MINIMUM = {"max_attempts": 1, "unhealthy_after_failures": 1, "stale_after_days": 1, "http_port": 1}
-_MAXIMUM = {"http_port": 65535, "min_tag_ratio": 1.0, "removal_hold_ratio": 1.0}
+_MINIMUM = {"max_attempts": 1, "unhealthy_after_failures": 1, "stale_after_days": 1, "http_port": 1,
+            "max_connections": 1, "nsg_priority_base": 100}
+_MAXIMUM = {"http_port": 65535, "min_tag_ratio": 1.0, "removal_hold_ratio": 1.0, "removal_delay_days": 365,
+            "nsg_priority_base": 4000, "render_seconds": 300.0}
 #: Durations and sizes that must be more than 0.
-_POSITIVE = {"timeout_seconds", "deadline_seconds", "max_bytes", "output_cap_bytes", "run_deadline_seconds"}
+_POSITIVE = {"timeout_seconds", "deadline_seconds", "max_bytes", "output_cap_bytes", "run_deadline_seconds",
+             "read_timeout_seconds", "idle_timeout_seconds", "render_seconds"}
 
 
 def _typed(value: Any, hint: Any, where: str) -> Any:
@@ -173,12 +204,17 @@ def _registry(raw: Any, index: int) -> RegistryWatch:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table")
     unknown = set(raw) - {"name", "regions", "data_endpoint", "cloud", "include_mcr", "tags"}
+    if raw.get("include_mcr"):
+        # One MCR watch for all registries, or two registries would get two identical MCR tickets.
+        raise ConfigError(f"{where}.include_mcr is replaced by a watch of its own: [mcr] enabled = true")
     if unknown:
         raise ConfigError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}.name is required")
     name = name.lower().removesuffix(".azurecr.io")
+    if name == "mcr":
+        raise ConfigError(f"{where}.name 'mcr' is the Microsoft Container Registry watch: enable it with [mcr] enabled = true")
     if not name.isalnum():
         raise ConfigError(f"{where}.name {name!r} is not a registry name (letters and digits only)")
     regions = _as_str_tuple(raw.get("regions", []), f"{where}.regions")
@@ -195,7 +231,7 @@ def _registry(raw: Any, index: int) -> RegistryWatch:
 
 
 def settings_from_mapping(raw: Mapping[str, Any], config_path: str | None = None) -> Settings:
-    known = {"database_url", "clouds", "registries", "tags", "fetch", "notify", "tickets", "daemon"}
+    known = {"database_url", "clouds", "registries", "tags", "fetch", "notify", "tickets", "daemon", "web", "mcr"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"config has unknown keys: {', '.join(sorted(unknown))}")
@@ -217,6 +253,8 @@ def settings_from_mapping(raw: Mapping[str, Any], config_path: str | None = None
         notify=_section(NotifySettings, raw.get("notify"), "notify"),
         tickets=_section(TicketSettings, raw.get("tickets"), "tickets"),
         daemon=_section(DaemonSettings, raw.get("daemon"), "daemon"),
+        web=_section(WebSettings, raw.get("web"), "web"),
+        mcr=_section(McrSettings, raw.get("mcr"), "mcr"),
         config_path=config_path,
     )
 
@@ -259,4 +297,6 @@ def apply_environment(settings: Settings, environ: Mapping[str, str]) -> Setting
             raise ConfigError("WATCHER_HTTP_PORT must be a port number") from None
         _check_range("http_port", port, "WATCHER_HTTP_PORT")
         settings = replace(settings, daemon=replace(settings.daemon, http_port=port))
+    if environ.get("WATCHER_HTTP_HOST"):
+        settings = replace(settings, web=replace(settings.web, http_host=environ["WATCHER_HTTP_HOST"]))
     return settings

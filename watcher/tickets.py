@@ -1,20 +1,27 @@
-"""Tickets: one firewall change ticket per watch per publication that changes it, and its review trail.
+"""Tickets: a watch's change against its approved state, reviewed before the firewall follows.
 
 A ticket is created inside the import's transaction (``create_tickets`` is
 registered in ``pipeline.derived_work``), so a publication and its tickets are
 committed together or not at all. The ticket row keeps its full render
-context as JSON: what the reviewer sees never depends on when it is rendered.
+context as JSON, including the target list of every watched tag: what the
+reviewer sees and what an approval records never depend on when they happen.
 
-Review states::
+Tickets diff against the watch's **approved state** (``watcher.state``), not
+against the previous publication. A watch with nothing approved gets a
+``baseline`` ticket with its full list. At most one ticket per watch is live
+(open or held): a newer publication that changes the watch again supersedes it.
+
+Review states (steps in ``watcher.review``)::
 
     hold --release--> open --approve--> approved --applied--> applied
       \\                 \\
        +----reject--------+--reject--> rejected
+    open|hold --a newer publication--> superseded (linked to its successor)
 
-A ticket is born ``hold`` instead of ``open`` when the publication looks
-dangerous for the firewall (a large share of a tag's address space removed, a
+A ticket is born ``hold`` instead of ``open`` when the change looks dangerous
+for the firewall (a large share of a tag's IPv4 or IPv6 space removed, a
 watched tag withdrawn, or a file that failed the fetch stage's plausibility
-check). While held, no rule snippet suggests removals.
+check). A held ticket's additions can be approved alone; its removals wait.
 """
 from __future__ import annotations
 
@@ -24,27 +31,22 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
-from . import db, diff as diffs
+from . import diff as diffs
+from . import ticket_text
+from . import state as states
 from . import store
-from .errors import NotFoundError, StoreError, TransitionError, translate_db_errors
-from .models import Ticket, TicketEvent, day_from_key, utcnow
+from .errors import NotFoundError, translate_db_errors
+from .models import Ticket, TicketEvent, utcnow
 from .settings import Settings
-from .watches import EXTRA_WATCH, ResolvedWatch, WatchedTag, resolve_watches
+from .watches import STORAGE_WARNING, ResolvedWatch, WatchedTag, resolve_watches
 
-STATES = ("open", "hold", "approved", "rejected", "applied")
-#: action -> (states it may start from, state it leads to)
-ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "release": (("hold",), "open"),
-    "approve": (("open",), "approved"),
-    "reject": (("open", "hold"), "rejected"),
-    "applied": (("approved",), "applied"),
-}
-#: Microsoft: new ranges may be in use one week after the file's publication.
-LEAD_TIME = dt.timedelta(days=7)
+STATES = ("open", "hold", "approved", "rejected", "applied", "superseded")
+LIVE_STATES = ("open", "hold")
+KINDS = ("baseline", "change")
 SYSTEM_ACTOR = "watcher"
-CONTEXT_VERSION = 1
+CONTEXT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class TicketInfo:
     id: int
     uid: str
     publication_id: int
-    previous_publication_id: int
+    previous_publication_id: int | None
     cloud: str
     watch: str
     file_date: dt.date
@@ -61,6 +63,8 @@ class TicketInfo:
     context: Mapping[str, Any]
     created_at: dt.datetime
     updated_at: dt.datetime
+    kind: str = "change"
+    superseded_by: int | None = None
 
     @property
     def ref(self) -> str:
@@ -79,10 +83,24 @@ class TicketInfo:
         """The documented shape of ``watcher tickets list --json``."""
         return {
             "id": self.id, "uid": self.uid, "state": self.state, "registry": self.watch, "cloud": self.cloud,
-            "date": self.file_date.isoformat(), "title": self.title,
+            "date": self.file_date.isoformat(), "title": self.title, "watch": self.watch, "kind": self.kind,
+            "superseded_by": self.superseded_by,
             "held_for": list(self.context["hold"]["reasons"]), "removals_allowed": self.removals_allowed,
             "created_at": self.created_at.isoformat(), "updated_at": self.updated_at.isoformat(),
         }
+
+    @property
+    def changes(self) -> dict[str, dict[str, list[str]]]:
+        """Per tag, the exact prefixes added and removed against the approved state."""
+        return {t["tag"]: {"added": list(t["added"]), "removed": list(t["removed"])} for t in self.context["tags"]}
+
+    @property
+    def target(self) -> dict[str, states.TagApproval]:
+        """Every watched tag as this ticket's publication has it: what an approval records."""
+        pub = self.context["source"]
+        publication = {"date": pub["date"], "change_number": pub["change_number"]}
+        return {name: states.TagApproval(tuple(t["prefixes"]), t["change_number"], publication)
+                for name, t in self.context["target"].items()}
 
 
 @dataclass(frozen=True)
@@ -102,46 +120,44 @@ class TicketEventInfo:
 # ---------------------------------------------------------------- context
 
 
-def _space_text(v4: int, v6: int) -> str:
-    parts = []
-    if v4:
-        parts.append(f"{v4:,} IPv4 address{'es' if v4 != 1 else ''}")
-    if v6:
-        bits = v6.bit_length() - 1
-        # IPv6 counts are too large to read; a power of two reads as a prefix size.
-        parts.append(f"2^{bits} IPv6 addresses (a /{128 - bits})" if v6 == 1 << bits else f"{v6:,} IPv6 addresses")
-    return " and ".join(parts) or "nothing"
-
-
-def _net_text(change: diffs.TagDiff) -> str:
-    if not (change.added or change.removed):
-        return "no change"
-    if change.reaggregation_only:
-        return "no net change (re-aggregation: the same addresses, published as different prefixes)"
-    added, removed = change.net_added_addresses, change.net_removed_addresses
-    parts = []
-    if change.net_added:
-        parts.append(f"adds {_space_text(*added)}")
-    if change.net_removed:
-        parts.append(f"removes {_space_text(*removed)}")
-    return "; ".join(parts)
+def _removal_shares(change: diffs.TagDiff) -> dict[int, float]:
+    """Per family (4, 6), the share of the tag's space the change removes; families apart, because IPv6
+    counts would drown any IPv4 removal."""
+    if change.before is None:
+        return {4: 0.0, 6: 0.0}
+    before = diffs.address_counts(diffs.collapse(change.before.prefixes))
+    removed = change.net_removed_addresses
+    return {family: (r / b if b else 0.0) for family, r, b in zip((4, 6), removed, before)}
 
 
 def _removal_ratio(change: diffs.TagDiff) -> float:
-    """The largest share of the tag's IPv4 or IPv6 space that the change removes (families apart,
-    because IPv6 counts would drown any IPv4 removal)."""
-    if change.before is None:
-        return 0.0
-    before = diffs.address_counts(diffs.collapse(change.before.prefixes))
-    removed = change.net_removed_addresses
-    return max((r / b for r, b in zip(removed, before) if b), default=0.0)
+    return max(_removal_shares(change).values())
+
+
+def _family_text(change: diffs.TagDiff, family: int) -> str | None:
+    """``IPv6: /48 narrowed to /49, 50% of IPv6 space`` or ``IPv4 +512 addresses``; None when unchanged."""
+    index = 0 if family == 4 else 1
+    added = change.net_added_addresses[index]
+    removed = change.net_removed_addresses[index]
+    if not (added or removed):
+        return None
+    name = f"IPv{family}"
+    parts = []
+    if removed:
+        share = _removal_shares(change)[family]
+        old = [p for p in (change.before.prefixes if change.before else ()) if (":" in p) == (family == 6)]
+        new = [p for p in (change.after.prefixes if change.after else ()) if (":" in p) == (family == 6)]
+        if len(old) == 1 and len(new) == 1 and diffs.collapse(new)[0] != old[0]:
+            parts.append(f"/{old[0].split('/')[1]} narrowed to /{new[0].split('/')[1]}")
+        parts.append(f"{share:.0%} of {name} space removed")
+    if added:
+        parts.append(f"+{ticket_text.space_text(*((added, 0) if family == 4 else (0, added)))}")
+    return f"{name}: " + ", ".join(parts)
 
 
 def _tag_context(watched: WatchedTag, change: diffs.TagDiff) -> dict[str, Any]:
-    before = sorted(change.before.prefixes) if change.before else []
-    after = sorted(change.after.prefixes) if change.after else []
-    old_objects, new_objects = diffs.collapse(before), diffs.collapse(after)
-    old_set, new_set = set(old_objects), set(new_objects)
+    before = change.before.sorted_prefixes() if change.before else ()
+    after = change.after.sorted_prefixes() if change.after else ()
     return {
         "tag": change.tag,
         "role": watched.role,
@@ -156,45 +172,45 @@ def _tag_context(watched: WatchedTag, change: diffs.TagDiff) -> dict[str, Any]:
         "removed": list(change.removed),
         "net_added": list(change.net_added),
         "net_removed": list(change.net_removed),
-        "net_text": _net_text(change),
+        "net_text": ticket_text.net_text(change),
+        "families": [t for t in (_family_text(change, 4), _family_text(change, 6)) if t],
         "reaggregation_only": change.reaggregation_only,
         "removal_ratio": round(_removal_ratio(change), 4),
         "anomalies": list(change.anomalies),
-        # Firewall objects hold each tag's collapsed CIDRs; the snippets move
-        # them from the old collapsed content to the new one.
-        "rules": {
-            "add": [c for c in new_objects if c not in old_set],
-            "remove": [c for c in old_objects if c not in new_set],
-            "final": new_objects,
-            # While removals are held, the object keeps the old and the new space.
-            "final_held": diffs.collapse(before + after),
-        },
     }
 
 
-def hold_reasons(changes: Sequence[diffs.TagDiff], ratio: float, implausible: Sequence[str] = ()) -> list[str]:
-    """Why a ticket must wait for a reviewer's release before anything is removed."""
+def hold_reasons(changes: Sequence[diffs.TagDiff], ratio: float, implausible: Sequence[str] = (),
+                 moved: Mapping[str, str] | None = None) -> list[str]:
+    """Why a ticket must wait for a reviewer before anything is removed, per address family.
+
+    ``moved`` maps a no-longer-covered prefix to where its space is published now (from ``lookup``).
+    """
+    moved = moved or {}
     reasons = [f"the file failed a plausibility check: {note}" for note in implausible]
     for change in changes:
         if change.status == "withdrawn":
             reasons.append(f"{change.tag} was withdrawn from the publication (every rule for it would go)")
             continue
-        share = _removal_ratio(change)
-        if share > ratio:
-            reasons.append(
-                f"{change.tag} would lose {share:.0%} of its address space (more than the {ratio:.0%} threshold)"
-            )
+        shares = _removal_shares(change)
+        if max(shares.values()) > ratio:
+            families = [t for t in (_family_text(change, 6), _family_text(change, 4)) if t]
+            where = [f"{p} is now published in {moved[p]}" for p in change.net_removed if p in moved]
+            reasons.append(f"{change.tag}: " + "; ".join(families) + f" (more than the {ratio:.0%} threshold)"
+                           + (f"; {'; '.join(where)}" if where else ""))
     return reasons
 
 
 def _watch_context(watch: ResolvedWatch) -> dict[str, Any]:
     return {
         "name": watch.name,
-        "is_registry": watch.name != EXTRA_WATCH,
+        "is_registry": watch.is_registry,
+        "is_mcr": watch.name == "mcr",
         "login_server": watch.login_server,
         "cloud": watch.cloud,
         "regions": list(watch.regions),
         "data_endpoint": watch.data_endpoint,
+        "warnings": list(watch.warnings),
     }
 
 
@@ -203,98 +219,106 @@ def _publication_context(pub: store.PublicationInfo) -> dict[str, Any]:
             "source": pub.source}
 
 
+def _approved_context(approved: states.ApprovedState | None) -> dict[str, Any] | None:
+    if approved is None:
+        return None
+    return {"date": approved.publication["date"], "change_number": approved.publication["change_number"],
+            "ticket": approved.ticket_id, "approved_at": approved.approved_at.isoformat()}
+
+
 def build_context(
     watch: ResolvedWatch,
-    old: store.PublicationInfo,
+    approved: states.ApprovedState | None,
     new: store.PublicationInfo,
     changes: Sequence[diffs.TagDiff],
+    target: Mapping[str, diffs.TagState],
     *,
     uid: str,
     removal_hold_ratio: float,
+    removal_delay_days: int = 7,
     implausible: Sequence[str] = (),
-) -> dict[str, Any] | None:
-    """Everything a ticket shows, as JSON-ready data; None when no watched tag changed."""
+    moved: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Everything a ticket shows, as JSON-ready data: the change from the approved state to ``target``."""
     by_name = {t.tag: t for t in watch.tags}
+    kind = "baseline" if approved is None else "change"
     changed = [c for c in changes if c.added or c.removed or c.status in ("appeared", "withdrawn")]
-    if not changed:
-        return None
-    tags = [_tag_context(by_name[c.tag], c) for c in changed]
-    reasons = hold_reasons(changed, removal_hold_ratio, implausible)
-    deadline = (new.file_date + LEAD_TIME).isoformat()
-    label = watch.login_server or "the extra watched tags"
-    endpoints = sorted({(e, t["tag"], t["region"] or "") for t in tags for e in t["endpoints"]})
+    tags = [_tag_context(by_name.get(c.tag) or WatchedTag(c.tag, "former", None, ()), c) for c in changed]
+    reasons = hold_reasons(changed, removal_hold_ratio, implausible, moved)
+    remove_after = (new.file_date + dt.timedelta(days=removal_delay_days)).isoformat()
+    label = watch.login_server or ("Microsoft Container Registry" if watch.name == "mcr"
+                                   else "the extra watched tags")
+    endpoints = sorted({(e, t.tag, t.region or "") for t in watch.tags for e in t.endpoints})
     n_add = sum(len(t["added"]) for t in tags)
     n_remove = sum(len(t["removed"]) for t in tags)
-    title = (f"{label}: {len(tags)} service tag{'s' if len(tags) != 1 else ''} changed in the "
-             f"Azure {new.cloud} publication of {new.file_date.isoformat()}")
-    summary = (f"Microsoft's {new.cloud} service-tag file of {new.file_date.isoformat()} (changeNumber "
-               f"{old.change_number} -> {new.change_number}) changes {', '.join(t['tag'] for t in tags)}: "
-               f"allow {n_add} new prefix{'es' if n_add != 1 else ''} before {deadline}; "
-               f"remove {n_remove} prefix{'es' if n_remove != 1 else ''} only after {deadline}.")
+    date = new.file_date.isoformat()
+    if kind == "baseline":
+        title = f"{label}: baseline allow-list from the Azure {new.cloud} publication of {date}"
+        summary = (f"Nothing is approved for this watch yet: this ticket sets up its firewall objects with the "
+                   f"full list of {len(target)} service tag{'s' if len(target) != 1 else ''} from Microsoft's "
+                   f"{new.cloud} file of {date} (changeNumber {new.change_number}).")
+    else:
+        title = (f"{label}: {len(tags)} service tag{'s' if len(tags) != 1 else ''} changed in the "
+                 f"Azure {new.cloud} publication of {date}")
+        summary = (f"Microsoft's {new.cloud} file of {date} (changeNumber {new.change_number}) changes "
+                   f"{', '.join(t['tag'] for t in tags)} against the approved state of "
+                   f"{approved.publication['date']}: allow {n_add} new prefix{'es' if n_add != 1 else ''} at once; "
+                   f"remove {n_remove} prefix{'es' if n_remove != 1 else ''} only from {remove_after} "
+                   f"(or the approval, if later).")
+    warnings = list(watch.warnings)
+    if any(t.role == "data" for t in watch.tags) and not any(STORAGE_WARNING in w for w in warnings):
+        warnings.append(STORAGE_WARNING)
     return {
         "version": CONTEXT_VERSION,
         "uid": uid,
+        "kind": kind,
         "title": title,
         "summary": summary,
         "cloud": new.cloud,
         "source": _publication_context(new),
-        "previous": _publication_context(old),
+        "previous": _approved_context(approved),
         "watch": _watch_context(watch),
+        "warnings": warnings,
         "endpoints": [{"fqdn": e, "tag": t, "region": r, "protocol": "TCP", "port": 443} for e, t, r in endpoints],
         "tags": tags,
-        "deadline": {"add_before": deadline, "remove_after": deadline},
+        "target": {name: {"prefixes": list(s.sorted_prefixes()), "change_number": s.change_number}
+                   for name, s in sorted(target.items())},
+        "deadline": {"add_before": date, "remove_after": remove_after},
         "hold": {"held": bool(reasons), "reasons": reasons, "ratio": removal_hold_ratio},
-        "totals": {"added": n_add, "removed": n_remove},
-        "risk": _risk(tags, label, deadline),
-        "rollback": _rollback(tags),
-        "verify": _verify(watch, tags, new.file_date.isoformat(), new.cloud),
+        "totals": {"added": n_add, "removed": n_remove, "tags": len(target)},
+        "risk": ticket_text.risk_lines(tags, label, remove_after),
+        "rollback": ticket_text.rollback_lines(tags),
+        "verify": ticket_text.verify_lines(watch, tags, date, new.cloud),
     }
-
-
-def _risk(tags: list[dict[str, Any]], label: str, deadline: str) -> list[str]:
-    lines = []
-    if any(t["net_added"] for t in tags):
-        lines.append(f"Until the new ranges are allowed, connections to {label} may fail once Azure starts "
-                     f"using them, which can be as early as {deadline}.")
-    if any(t["net_removed"] for t in tags):
-        lines.append(f"Removing rules before {deadline} can break connections that Azure still routes to the "
-                     "old ranges; removing late only leaves addresses allowed a little longer.")
-    if any(t["reaggregation_only"] for t in tags):
-        lines.append("Some changes are re-aggregation only: the same addresses stay allowed, only the rule "
-                     "objects are rewritten.")
-    if any(t["anomalies"] for t in tags):
-        lines.append("changeNumber anomalies were seen (listed per tag); the content comparison above is what "
-                     "counts.")
-    return lines or ["Low: the change adds and removes no address space."]
-
-
-def _rollback(tags: list[dict[str, Any]]) -> list[str]:
-    lines = ["Additions are safe to keep: they only allow Azure's own published ranges."]
-    if any(t["removed"] for t in tags):
-        lines.append("To undo a removal, re-add the removed prefixes listed per tag (or the previous object "
-                     "content, which the previous ticket's snippets set).")
-    return lines
-
-
-def _verify(watch: ResolvedWatch, tags: list[dict[str, Any]], date: str, cloud: str) -> list[str]:
-    lines = [f"`watcher show {t['tag']} --at {date} --cloud {cloud}` lists exactly the tag's prefixes "
-             "that the firewall object should allow." for t in tags]
-    if watch.login_server:
-        lines.append(f"From a host behind the firewall: `curl -sI https://{watch.login_server}/v2/` answers "
-                     "HTTP 401 (reachable), and `docker pull` of a small image from the registry succeeds.")
-        if watch.data_endpoint:
-            for region in watch.regions:
-                lines.append(f"`curl -sI https://{watch.name}.{region}.data.azurecr.io` connects (TCP 443).")
-    return lines
 
 
 # ---------------------------------------------------------------- creation
 
 
-
 def _has_later_publication(conn: Connection, pub: store.PublicationInfo) -> bool:
-    later = [p for p in store.publications(conn, pub.cloud) if p.file_date > pub.file_date]
-    return bool(later)
+    return any(p.file_date > pub.file_date for p in store.publications(conn, pub.cloud))
+
+
+def live_ticket(conn: Connection, cloud: str, watch: str) -> TicketInfo | None:
+    """The watch's open or held ticket, if any (there is at most one)."""
+    row = conn.execute(select(Ticket.__table__).where(
+        Ticket.cloud == cloud, Ticket.watch == watch, Ticket.state.in_(LIVE_STATES)).order_by(Ticket.id.desc())).first()
+    return _ticket(row) if row is not None else None
+
+
+def _same_target(target: Mapping[str, diffs.TagState], recorded: Mapping[str, Sequence[str]]) -> bool:
+    return set(target) == set(recorded) and all(target[n].prefixes == frozenset(recorded[n]) for n in target)
+
+
+def _moved(conn: Connection, new: store.PublicationInfo, changes: Sequence[diffs.TagDiff]) -> dict[str, str]:
+    """Where each no-longer-covered prefix is published now (the first address's tags), for hold reasons."""
+    found: dict[str, str] = {}
+    for change in changes:
+        for prefix in change.net_removed[:20]:
+            hits = [h.tag for h in store.lookup(conn, new.cloud, prefix.split("/")[0], new) if h.tag != change.tag]
+            if hits:
+                found[prefix] = ", ".join(sorted(set(hits))[:5])
+    return found
 
 
 def create_tickets(
@@ -305,37 +329,68 @@ def create_tickets(
     implausible: Sequence[str] = (),
     now: Callable[[], dt.datetime] = utcnow,
 ) -> list[int]:
-    """Tickets for the watches whose tags an import changed, in the import's transaction.
+    """Tickets for the watches whose target list differs from their approved state, in the import's transaction.
 
     ``implausible`` lists the plausibility checks the file failed (from the
     fetch stage); any holds every ticket of the publication.
     """
-    if result.outcome != "imported" or result.previous_day is None:
-        return []  # the first publication of a cloud: nothing to compare with
+    if result.outcome != "imported":
+        return []
     new = result.publication
     if _has_later_publication(conn, new):
-        # A file older than the newest one (a backfill): the firewall follows the newest.
-        return []
-    changed_names = {c.tag for c in result.changed_tags if c.added or c.removed or c.status != "unchanged"}
-    if not changed_names:
-        return []
-    old = store.publication_by_day(conn, new.cloud, day_from_key(result.previous_day))
-    if old is None:
-        raise StoreError(f"the publication before {new.file_date} vanished during the import")
+        return []  # a file older than the newest one (a backfill): the firewall follows the newest
+    changed = None if result.previous_day is None else {
+        c.tag for c in result.changed_tags if c.added or c.removed or c.status != "unchanged"}
     # Resolve against every tag the cloud has had (one cheap query), so that a watched tag
-    # withdrawn by this file still resolves; tags absent from both files drop out of the diff.
+    # withdrawn by this file still resolves; tags absent from the file drop out of the target.
     names = sorted(store.tag_ids(conn, new.cloud))
     created = []
     for watch in resolve_watches(settings, {new.cloud: names}):
-        if watch.cloud != new.cloud or not changed_names.intersection(watch.tag_names):
-            continue
-        changes = store.diff_publications(conn, new.cloud, old, new, watch.tag_names)
-        uid = str(uuid.uuid4())
-        context = build_context(watch, old, new, changes, uid=uid, implausible=implausible,
-                                removal_hold_ratio=settings.tickets.removal_hold_ratio)
-        if context is not None:
-            created.append(_insert(conn, watch, old, new, context, now()))
+        if watch.cloud == new.cloud:
+            ticket_id = _ticket_for_watch(conn, watch, new, changed, settings, implausible, now())
+            if ticket_id is not None:
+                created.append(ticket_id)
     return created
+
+
+def _ticket_for_watch(conn: Connection, watch: ResolvedWatch, new: store.PublicationInfo, changed: set[str] | None,
+                      settings: Settings, implausible: Sequence[str], at: dt.datetime) -> int | None:
+    approved = states.current(conn, watch.cloud, watch.name)
+    live = live_ticket(conn, watch.cloud, watch.name)
+    target = store.tag_states(conn, watch.cloud, new.day, watch.tag_names) if watch.tag_names else {}
+    approved_lists = {n: t.prefixes for n, t in approved.tags.items()} if approved else None
+    if approved_lists is not None and _same_target(target, approved_lists):
+        if live is not None:  # the publication went back to what is approved: the live change is moot
+            _supersede(conn, live, None, at, f"the publication of {new.file_date} matches the approved state")
+        return None
+    if live is not None and _same_target(target, {n: t["prefixes"] for n, t in live.context["target"].items()}):
+        return None
+    if (live is None and approved_lists is not None and changed is not None
+            and not changed.intersection(watch.tag_names) and set(target) == set(approved_lists)):
+        return None  # a rejected change comes back with the next publication that changes the watch
+    before = {n: diffs.TagState(t.change_number, frozenset(t.prefixes)) for n, t in approved.tags.items()} \
+        if approved else {}
+    cache: diffs.ParseCache = {}
+    changes = [diffs.diff_tag(n, before.get(n), target.get(n), cache) for n in sorted(set(before) | set(target))]
+    context = build_context(
+        watch, approved, new, changes, target, uid=str(uuid.uuid4()), implausible=implausible,
+        removal_hold_ratio=settings.tickets.removal_hold_ratio,
+        removal_delay_days=settings.tickets.removal_delay_days, moved=_moved(conn, new, changes) if approved else {},
+    )
+    ticket_id = _insert(conn, watch, approved, new, context, at)
+    if live is not None:
+        _supersede(conn, live, ticket_id, at, f"superseded by ticket {ticket_id} (publication of {new.file_date})")
+    return ticket_id
+
+
+def _supersede(conn: Connection, live: TicketInfo, successor: int | None, at: dt.datetime, comment: str) -> None:
+    table = Ticket.__table__
+    conn.execute(update(table).where(table.c.id == live.id).values(
+        state="superseded", superseded_by=successor, updated_at=at))
+    conn.execute(insert(TicketEvent.__table__), {
+        "ticket_id": live.id, "at": at, "actor": SYSTEM_ACTOR, "action": "supersede", "from_state": live.state,
+        "to_state": "superseded", "comment": comment,
+    })
 
 
 def ticket_hook(implausible: Sequence[str] = ()) -> Callable[[Connection, store.ImportResult, Settings], None]:
@@ -348,16 +403,18 @@ def ticket_hook(implausible: Sequence[str] = ()) -> Callable[[Connection, store.
     return hook
 
 
-def _insert(conn: Connection, watch: ResolvedWatch, old, new, context: dict[str, Any], at: dt.datetime) -> int:
+def _insert(conn: Connection, watch: ResolvedWatch, approved: states.ApprovedState | None,
+            new: store.PublicationInfo, context: dict[str, Any], at: dt.datetime) -> int:
     held = context["hold"]["held"]
     state = "hold" if held else "open"
     ticket_id = conn.execute(
         insert(Ticket.__table__).returning(Ticket.__table__.c.id),
         {
-            "uid": context["uid"], "publication_id": new.id, "previous_publication_id": old.id,
+            "uid": context["uid"], "publication_id": new.id,
+            "previous_publication_id": approved.publication_id if approved else None,
             "cloud": new.cloud, "watch": watch.name, "file_date": new.file_date, "state": state,
             "removals_allowed": not held, "context": json.dumps(context, sort_keys=True),
-            "created_at": at, "updated_at": at,
+            "created_at": at, "updated_at": at, "kind": context["kind"],
         },
     ).scalar_one()
     conn.execute(insert(TicketEvent.__table__), {
@@ -376,6 +433,7 @@ def _ticket(row: Any) -> TicketInfo:
         previous_publication_id=row.previous_publication_id, cloud=row.cloud, watch=row.watch,
         file_date=row.file_date, state=row.state, removals_allowed=bool(row.removals_allowed),
         context=json.loads(row.context), created_at=row.created_at, updated_at=row.updated_at,
+        kind=row.kind, superseded_by=row.superseded_by,
     )
 
 
@@ -413,53 +471,12 @@ def ticket_events(conn: Connection, ticket_id: int) -> list[TicketEventInfo]:
     return [TicketEventInfo(r.at, r.actor, r.action, r.from_state, r.to_state, r.comment) for r in rows]
 
 
-# ---------------------------------------------------------------- review
-
-
-def transition(
-    engine: Engine,
-    ticket_id: int,
-    action: str,
-    actor: str,
-    comment: str = "",
-    *,
-    now: Callable[[], dt.datetime] = utcnow,
-) -> TicketInfo:
-    """Take one review step (release, approve, reject, applied) and record who took it."""
-    if action not in ACTIONS:
-        raise TransitionError(f"unknown review step {action!r} (known: {', '.join(ACTIONS)})")
-    if not actor.strip():
-        raise TransitionError("say who takes the step (--by NAME)")
-    allowed, target = ACTIONS[action]
-    table = Ticket.__table__
-    with translate_db_errors(f"recording {action} on ticket {ticket_id}"):
-        with db.writer(engine).begin() as conn:
-            ticket = get_ticket(conn, ticket_id)
-            if ticket.state not in allowed:
-                raise TransitionError(
-                    f"ticket {ticket_id} is {ticket.state}: {action} needs a ticket that is "
-                    f"{' or '.join(allowed)}"
-                )
-            at = now()
-            values: dict[str, Any] = {"state": target, "updated_at": at}
-            if action == "release":
-                values["removals_allowed"] = True
-            # Conditional on the state read: a concurrent reviewer's step wins, ours fails loudly.
-            moved = conn.execute(
-                update(table).where(table.c.id == ticket_id, table.c.state == ticket.state).values(**values)
-            ).rowcount
-            if moved != 1:
-                raise TransitionError(f"ticket {ticket_id} changed while {action} was recorded; look again")
-            conn.execute(insert(TicketEvent.__table__), {
-                "ticket_id": ticket_id, "at": at, "actor": actor.strip(), "action": action,
-                "from_state": ticket.state, "to_state": target, "comment": comment,
-            })
-            return get_ticket(conn, ticket_id)
-
-
 def view(ticket: TicketInfo) -> dict[str, Any]:
     """What templates see: the stored context, the ticket's identity and its review state."""
     data = dict(ticket.context)
-    data["ticket"] = {"id": ticket.id, "uid": ticket.uid, "state": ticket.state, "ref": ticket.ref}
+    data["ticket"] = {"id": ticket.id, "uid": ticket.uid, "state": ticket.state, "ref": ticket.ref,
+                      "kind": ticket.kind, "superseded_by": ticket.superseded_by}
     data["removals_allowed"] = ticket.removals_allowed
+    data.setdefault("trail", [])
+    data.setdefault("approval", {"removals_at": None, "additions_only": False})
     return data

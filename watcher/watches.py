@@ -21,7 +21,22 @@ from .settings import RegistryWatch, Settings
 REGISTRY_SERVICE = "AzureContainerRegistry"
 STORAGE_SERVICE = "Storage"
 MCR_SERVICE = "MicrosoftContainerRegistry"
+#: Microsoft's MCR firewall guidance names both tags for ``*.data.mcr.microsoft.com``.
+MCR_FRONT_DOOR = "AzureFrontDoor.FirstParty"
+MCR_WATCH = "mcr"
+MCR_ENDPOINTS = ("mcr.microsoft.com", "*.data.mcr.microsoft.com")
 EXTRA_WATCH = "(extra tags)"
+#: cloud -> (registry DNS suffix, blob storage DNS suffix)
+CLOUD_SUFFIXES = {
+    "public": ("azurecr.io", "blob.core.windows.net"),
+    "usgov": ("azurecr.us", "blob.core.usgovcloudapi.net"),
+    "china": ("azurecr.cn", "blob.core.chinacloudapi.cn"),
+    "germany": ("azurecr.de", "blob.core.cloudapi.de"),
+}
+STORAGE_WARNING = (
+    "Allowing Storage.<Region> opens every storage account of that region, not only the registry's; "
+    "dedicated data endpoints (<registry>.<region>.data.<suffix>) narrow what the registry itself needs."
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +64,16 @@ class ResolvedWatch:
         return [t.tag for t in self.tags]
 
     @property
+    def is_registry(self) -> bool:
+        return self.name not in (EXTRA_WATCH, MCR_WATCH)
+
+    @property
     def login_server(self) -> str | None:
-        return None if self.name == EXTRA_WATCH else f"{self.name}.azurecr.io"
+        return f"{self.name}.{registry_suffix(self.cloud)}" if self.is_registry else None
+
+
+def registry_suffix(cloud: str) -> str:
+    return CLOUD_SUFFIXES.get(cloud, CLOUD_SUFFIXES["public"])[0]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,11 +93,21 @@ def regional_tag(service: str, region: str, names_by_lower: dict[str, str]) -> s
 
 
 def data_endpoints(registry: RegistryWatch, region: str) -> tuple[str, ...]:
+    suffix, blob = CLOUD_SUFFIXES.get(registry.cloud, CLOUD_SUFFIXES["public"])
     if registry.data_endpoint:
-        return (f"{registry.name}.{region}.data.azurecr.io",)
+        return (f"{registry.name}.{region}.data.{suffix}",)
     # Without dedicated data endpoints, layers come from the registry's storage
     # accounts, whose names Azure does not disclose.
-    return ("*.blob.core.windows.net",)
+    return (f"*.{blob}",)
+
+
+def registry_endpoints(registry: RegistryWatch, region: str) -> tuple[str, ...]:
+    """The login server, and for a geo-replicated registry its regional endpoint in ``region``."""
+    suffix = registry_suffix(registry.cloud)
+    login = f"{registry.name}.{suffix}"
+    if len(registry.regions) > 1:
+        return (login, f"{registry.name}.{region}.geo.{suffix}")
+    return (login,)
 
 
 def resolve_registry(registry: RegistryWatch, tag_names: Iterable[str]) -> ResolvedWatch:
@@ -91,14 +124,8 @@ def resolve_registry(registry: RegistryWatch, tag_names: Iterable[str]) -> Resol
                     f"(check the region name; ARM location names look like 'eastus2')"
                 )
                 continue
-            endpoints = (registry.login_server,) if role == "registry" else data_endpoints(registry, region)
+            endpoints = registry_endpoints(registry, region) if role == "registry" else data_endpoints(registry, region)
             tags.append(WatchedTag(found, role, region, endpoints))
-    if registry.include_mcr:
-        found = by_lower.get(MCR_SERVICE.lower())
-        if found:
-            tags.append(WatchedTag(found, "mcr", None, ("mcr.microsoft.com", "*.data.mcr.microsoft.com")))
-        else:
-            warnings.append(f"{registry.name}: no tag {MCR_SERVICE} in the latest publication")
     tags.extend(_extra(registry.extra_tags, names, registry.name, warnings))
     return ResolvedWatch(
         name=registry.name, cloud=registry.cloud, regions=registry.regions,
@@ -131,9 +158,31 @@ def _unique(tags: list[WatchedTag]) -> list[WatchedTag]:
     return result
 
 
+def resolve_mcr(cloud: str, tag_names: Iterable[str]) -> ResolvedWatch:
+    """The ``mcr`` watch of one cloud: MicrosoftContainerRegistry and AzureFrontDoor.FirstParty."""
+    by_lower = {n.lower(): n for n in tag_names}
+    warnings: list[str] = []
+    wanted = (MCR_SERVICE, MCR_FRONT_DOOR)
+    if cloud != "public":
+        # Microsoft's MCR guidance is for the public cloud; elsewhere say so rather than guess.
+        warnings.append(f"{MCR_WATCH}: Microsoft publishes no MCR firewall guidance for the {cloud} cloud; "
+                        f"only {MCR_SERVICE} is watched, if published")
+        wanted = (MCR_SERVICE,)
+    tags = []
+    for service in wanted:
+        found = by_lower.get(service.lower())
+        if found is None:
+            warnings.append(f"{MCR_WATCH}: no tag {service} in the latest {cloud} publication")
+            continue
+        tags.append(WatchedTag(found, "mcr", None, MCR_ENDPOINTS))
+    return ResolvedWatch(MCR_WATCH, cloud, (), False, tuple(tags), tuple(warnings))
+
+
 def resolve_watches(settings: Settings, tag_names_by_cloud: dict[str, list[str]]) -> list[ResolvedWatch]:
     """Every configured watch, resolved against the tags of its cloud's latest publication."""
     resolved = [resolve_registry(r, tag_names_by_cloud.get(r.cloud, [])) for r in settings.registries]
+    if settings.mcr.enabled:
+        resolved.extend(resolve_mcr(cloud, tag_names_by_cloud.get(cloud, [])) for cloud in settings.clouds)
     if settings.extra_tags:
         for cloud in settings.clouds:
             warnings: list[str] = []

@@ -52,3 +52,8 @@ def main(ctx: click.Context, database_url: str | None, config_path: str | None, 
 for _module in (config, reading, tickets, notify, daemon):
     for _command in _module.COMMANDS:
         main.add_command(_command)
+
+# The state group, and the ticket commands that follow the approved state (they replace the plain ones).
+from ..cli_state import register as _register_state  # noqa: E402
+
+_register_state(main, tickets.tickets_group)

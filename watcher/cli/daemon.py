@@ -7,7 +7,7 @@ import logging
 
 import click
 
-from .. import db, leader, logs, overview, pipeline, scheduler
+from .. import daemon, logs, overview, pipeline
 from . import views
 from .app import CLOUD_CHOICE, LOG_FORMAT_CHOICE, AppContext, emit_json, json_option, pass_app, present
 
@@ -71,18 +71,19 @@ def run_command(app: AppContext, schedule: str | None, http_port: int | None, lo
     )
     settings = dataclasses.replace(app.settings, daemon=daemon_settings)
     logs.configure_logging(log_format or app.log_format, logging.INFO, app.secrets, quiet_libraries=True)
-    scheduler.make_trigger(settings.daemon.schedule)  # a bad schedule stops the start, before any lock
-    engine = db.create_db_engine(settings.database_url)
-    try:
-        leadership = leader.leadership_for(engine)
-        try:
-            with leader.schema_lock(engine):
-                db.ensure_schema(engine)
-            scheduler.Daemon(settings, engine, leadership).serve_forever()
-        finally:
-            leadership.release()
-    finally:
-        engine.dispose()
+    daemon.run_daemon(settings)
 
 
-COMMANDS = (poll_command, status_command, run_command)
+@click.command("serve")
+@click.option("--host", metavar="HOST", help="Address to listen on ([web] http_host, WATCHER_HTTP_HOST; default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Port to listen on, 0 for a free one ([web] http_port; default 8080).")
+@click.option("--log-format", type=LOG_FORMAT_CHOICE, help="Log lines for people, or one JSON object per line.")
+@pass_app
+def serve_command(app: AppContext, host: str | None, port: int | None, log_format: str | None) -> None:
+    """Serve the HTTP app (/healthz, /metrics) until SIGTERM or SIGINT; prints "listening on URL" when ready."""
+    logs.configure_logging(log_format or app.log_format, logging.INFO, app.secrets, quiet_libraries=True)
+    daemon.serve(app.settings, click.echo, host, port)
+
+
+COMMANDS = (poll_command, status_command, run_command, serve_command)

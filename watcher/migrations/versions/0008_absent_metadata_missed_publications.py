@@ -11,14 +11,14 @@
   gave (wrong-typed optional metadata), NULL when there were none.
 
 Revision ID: 0008
-Revises: 0006 (the integrator chains it after 0007)
+Revises: 0007
 Create Date: 2026-11-30
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,68 @@
+"""The approved state: the phase arithmetic (pure), and its storage with history on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from tests.ticket_helpers import import_made, make_settings, utc, week
+from watcher import review, state
+from watcher.errors import NotFoundError
+from watcher.settings import RegistryWatch
+
+
+def test_removals_wait_for_the_later_of_publication_plus_delay_and_the_decision():
+    assert state.removals_time(dt.date(2025, 10, 28), 7, utc(2025, 10, 29, 9)) == utc(2025, 11, 4)
+    assert state.removals_time(dt.date(2025, 10, 28), 7, utc(2025, 11, 20, 9)) == utc(2025, 11, 20, 9)
+    assert state.removals_time(dt.date(2025, 10, 28), 0, utc(2025, 10, 27)) == utc(2025, 10, 28)
+    # SQLite hands back naive datetimes: they are UTC.
+    assert state.removals_time(dt.date(2025, 10, 28), 7, dt.datetime(2025, 12, 1)) == utc(2025, 12, 1)
+
+
+def test_effective_is_old_and_new_until_the_removal_date_then_new():
+    before = {"v4": ["10.0.0.0/24", "10.0.1.0/24"], "v6": ["2001:db8::/48"]}
+    final = {"v4": ["10.0.1.0/24", "10.0.2.0/24"], "v6": ["2001:db8::/49"]}
+    at = utc(2025, 11, 4)
+    assert state.effective_lists(before, final, at, at - dt.timedelta(seconds=1)) == {
+        "v4": ["10.0.0.0/23", "10.0.2.0/24"], "v6": ["2001:db8::/48"]}
+    assert state.effective_lists(before, final, at, at) == final
+    assert state.effective_lists(before, final, None, at + dt.timedelta(days=999))["v4"] == ["10.0.0.0/23",
+                                                                                            "10.0.2.0/24"]
+    assert state.effective_lists(state.empty_lists(), final, at, at - dt.timedelta(days=1)) == final
+
+
+def test_family_lists_are_collapsed_sorted_and_split():
+    assert state.family_lists(["10.0.1.0/24", "2001:db8::/33", "10.0.0.0/24", "2001:db8:8000::/33", "9.0.0.0/8"]) == {
+        "v4": ["9.0.0.0/8", "10.0.0.0/23"], "v6": ["2001:db8::/32"]}
+
+
+def test_state_moves_only_on_approval_and_keeps_its_history(engine):
+    settings = make_settings(RegistryWatch("east", ("eastus2",)), RegistryWatch("west", ("westus",)))
+    import_made(engine, settings, "20250101", week())
+    with engine.connect() as conn:
+        assert state.all_current(conn) == []
+        with pytest.raises(NotFoundError, match="watch 'east' \\(public\\) has no approved state"):
+            state.require(conn, "public", "east")
+    for baseline in (1, 2):
+        review.transition(engine, baseline, "approve", "alice", now=lambda: utc(2025, 1, 2))
+    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24",
+                                                                   "10.1.3.0/24", "10.1.9.0/24")), 2)
+    with engine.connect() as conn:
+        first = state.current(conn, "public", "east")
+    review.transition(engine, 3, "approve", "bob", now=lambda: utc(2025, 1, 20))
+    with engine.connect() as conn:
+        history = state.history(conn, "public", "east")
+        assert [s.ticket_id for s in history] == [1, 3]
+        assert state.current(conn, "public", "east", at=utc(2025, 1, 19)).id == first.id
+        assert state.current(conn, "public", "east", at=utc(2025, 1, 1)) is None
+        assert [(s.cloud, s.watch) for s in state.all_current(conn)] == [("public", "east"), ("public", "west")]
+        latest = state.current(conn, "public", "east")
+    assert latest.tags["Storage.EastUS2"].publication == {"date": "2025-01-08", "change_number": 2}
+    assert latest.tags["AzureContainerRegistry.EastUS2"].prefixes == ("10.3.0.0/24",)
+    assert latest.before == first.final and latest.removals_at == utc(2025, 1, 20)
+    data = latest.to_json(utc(2025, 1, 21))
+    assert data == {"watch": "east", "cloud": "public", "ticket": 3,
+                    "publication": {"date": "2025-01-08", "change_number": 2},
+                    "effective": {"v4": ["10.1.0.0/22", "10.1.9.0/24", "10.3.0.0/24"], "v6": []},
+                    "final": {"v4": ["10.1.0.0/22", "10.1.9.0/24", "10.3.0.0/24"], "v6": []},
+                    "removals_at": "2025-01-20T00:00:00+00:00"}

@@ -1,0 +1,200 @@
+"""The approved state of a watch: the allow-list reviewers last approved, and what the firewall must allow now.
+
+Per watch (a registry, ``mcr``, the extra tags) and cloud, each approval adds a
+row to ``approved_states``; the newest row is in force, the older ones are the
+history. A row keeps, per tag, its exact prefixes and the publication they came
+from, and per address family the collapsed ``final`` list and the ``before``
+list (what the firewall allowed when the approval was recorded).
+
+Two phases, never removals first::
+
+    effective(t) = collapse(before ∪ final)   while t < removals_at
+                 = final                        from removals_at on
+
+    removals_at  = max(publication date + removal_delay_days, approval or release time)
+
+An approval of a held ticket's additions only has no ``removals_at``: its final
+list is ``before ∪ new``, and the removals wait for a later approval.
+
+The phase arithmetic is pure (``removals_time``, ``effective_lists``); the
+storage functions take a connection and never commit.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from sqlalchemy import Connection, func, insert, select
+
+from . import diff as diffs
+from .errors import NotFoundError
+from .models import ApprovedState as ApprovedStateRow
+
+FAMILIES = ("v4", "v6")
+FamilyLists = dict[str, list[str]]
+
+
+# ---------------------------------------------------------------- pure phase arithmetic
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; every time here is UTC."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+def removals_time(publication_date: dt.date, delay_days: int, decided_at: dt.datetime) -> dt.datetime:
+    """The later of the publication date plus the delay and the approval (or release) time."""
+    earliest = dt.datetime.combine(publication_date, dt.time(), dt.timezone.utc) + dt.timedelta(days=delay_days)
+    return max(earliest, as_utc(decided_at))
+
+
+def family_lists(prefixes: Iterable[str]) -> FamilyLists:
+    """Collapsed CIDRs per family, in address order."""
+    collapsed = diffs.collapse(prefixes)
+    return {"v4": [c for c in collapsed if ":" not in c], "v6": [c for c in collapsed if ":" in c]}
+
+
+def union(first: Mapping[str, Sequence[str]], second: Mapping[str, Sequence[str]]) -> FamilyLists:
+    return family_lists([*first.get("v4", ()), *first.get("v6", ()), *second.get("v4", ()), *second.get("v6", ())])
+
+
+def effective_lists(before: Mapping[str, Sequence[str]], final: Mapping[str, Sequence[str]],
+                    removals_at: dt.datetime | None, at: dt.datetime) -> FamilyLists:
+    """What the firewall must allow at ``at``: old and new until the removal date, then the new list alone."""
+    if removals_at is not None and as_utc(at) >= as_utc(removals_at):
+        return {f: list(final.get(f, ())) for f in FAMILIES}
+    if not any(before.get(f) for f in FAMILIES):
+        return {f: list(final.get(f, ())) for f in FAMILIES}
+    return union(before, final)
+
+
+def empty_lists() -> FamilyLists:
+    return {"v4": [], "v6": []}
+
+
+# ---------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class TagApproval:
+    """One tag as approved: its exact prefixes and the publication they came from."""
+
+    prefixes: tuple[str, ...]
+    change_number: int | None
+    publication: Mapping[str, Any]  # {"date", "change_number"}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prefixes": list(self.prefixes), "change_number": self.change_number,
+                "publication": dict(self.publication)}
+
+
+@dataclass(frozen=True)
+class ApprovedState:
+    id: int
+    cloud: str
+    watch: str
+    ticket_id: int
+    publication_id: int
+    publication: Mapping[str, Any]  # {"date", "change_number"}
+    approved_at: dt.datetime
+    removals_at: dt.datetime | None
+    tags: Mapping[str, TagApproval]
+    final: Mapping[str, list[str]]
+    before: Mapping[str, list[str]]
+    #: collapse(before ∪ final), computed once at approval: the list of the first phase
+    during: Mapping[str, list[str]] | None = None
+
+    @property
+    def additions_only(self) -> bool:
+        return self.removals_at is None
+
+    def first_phase(self) -> FamilyLists:
+        return {f: list(v) for f, v in self.during.items()} if self.during is not None else union(self.before, self.final)
+
+    def effective(self, at: dt.datetime) -> FamilyLists:
+        if self.removals_at is not None and as_utc(at) >= self.removals_at:
+            return {f: list(self.final.get(f, ())) for f in FAMILIES}
+        return self.first_phase()
+
+    def to_json(self, at: dt.datetime) -> dict[str, Any]:
+        """The CLI and API contract of ``watcher state show``."""
+        return {
+            "watch": self.watch,
+            "cloud": self.cloud,
+            "ticket": self.ticket_id,
+            "publication": {"date": self.publication["date"], "change_number": self.publication["change_number"]},
+            "effective": self.effective(at),
+            "final": {f: list(self.final.get(f, ())) for f in FAMILIES},
+            "removals_at": self.removals_at.isoformat() if self.removals_at else None,
+        }
+
+
+# ---------------------------------------------------------------- storage
+
+
+def _state(row: Any) -> ApprovedState:
+    content = json.loads(row.content)
+    return ApprovedState(
+        id=row.id, cloud=row.cloud, watch=row.watch, ticket_id=row.ticket_id, publication_id=row.publication_id,
+        publication=content["publication"], approved_at=as_utc(row.approved_at),
+        removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
+        tags={name: TagApproval(tuple(t["prefixes"]), t["change_number"], t["publication"])
+              for name, t in content["tags"].items()},
+        final=content["final"], before=content["before"], during=content.get("during"),
+    )
+
+
+def record(conn: Connection, *, cloud: str, watch: str, ticket_id: int, publication_id: int,
+           publication: Mapping[str, Any], tags: Mapping[str, TagApproval], before: Mapping[str, list[str]],
+           approved_at: dt.datetime, removals_at: dt.datetime | None) -> ApprovedState:
+    """Store a new approved state of a watch (in the caller's transaction)."""
+    final = family_lists(p for t in tags.values() for p in t.prefixes)
+    if removals_at is None:
+        final = union(final, before)  # additions only: nothing the firewall allows goes yet
+    content = {"publication": dict(publication), "tags": {n: t.to_json() for n, t in sorted(tags.items())},
+               "final": final, "before": {f: list(before.get(f, ())) for f in FAMILIES},
+               "during": union(before, final)}
+    new_id = conn.execute(insert(ApprovedStateRow.__table__).returning(ApprovedStateRow.__table__.c.id), {
+        "cloud": cloud, "watch": watch, "ticket_id": ticket_id, "publication_id": publication_id,
+        "approved_at": approved_at, "removals_at": removals_at, "content": json.dumps(content, sort_keys=True),
+    }).scalar_one()
+    row = conn.execute(select(ApprovedStateRow.__table__).where(ApprovedStateRow.id == new_id)).one()
+    return _state(row)
+
+
+def current(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = None) -> ApprovedState | None:
+    """The state in force for a watch (at a time, when given), or None when nothing was approved yet."""
+    table = ApprovedStateRow.__table__
+    query = select(table).where(table.c.cloud == cloud, table.c.watch == watch)
+    if at is not None:
+        query = query.where(table.c.approved_at <= at)
+    row = conn.execute(query.order_by(table.c.id.desc()).limit(1)).first()
+    return _state(row) if row is not None else None
+
+
+def history(conn: Connection, cloud: str, watch: str) -> list[ApprovedState]:
+    table = ApprovedStateRow.__table__
+    rows = conn.execute(select(table).where(table.c.cloud == cloud, table.c.watch == watch).order_by(table.c.id))
+    return [_state(r) for r in rows]
+
+
+def all_current(conn: Connection, at: dt.datetime | None = None) -> list[ApprovedState]:
+    """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query)."""
+    table = ApprovedStateRow.__table__
+    newest = select(func.max(table.c.id))
+    if at is not None:
+        newest = newest.where(table.c.approved_at <= at)
+    newest = newest.group_by(table.c.cloud, table.c.watch).scalar_subquery()
+    rows = conn.execute(select(table).where(table.c.id.in_(newest)).order_by(table.c.cloud, table.c.watch))
+    return [_state(r) for r in rows]
+
+
+def require(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = None) -> ApprovedState:
+    found = current(conn, cloud, watch, at)
+    if found is None:
+        when = f" at {at.isoformat()}" if at is not None else ""
+        raise NotFoundError(f"watch {watch!r} ({cloud}) has no approved state{when}: approve its baseline ticket "
+                            f"first (watcher tickets list)")
+    return found

@@ -1,0 +1,93 @@
+"""The routes: ``/healthz`` (200 healthy, 503 not) and ``/metrics`` (Prometheus text).
+
+The database is read in Starlette's thread pool (the driver blocks); the
+event loop only moves bytes, so a slow or half-sent request holds no thread.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from .. import health, scheduler
+from ..errors import ConfigError, WatcherError
+from ..models import utcnow
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class DaemonView:
+    """What ``/healthz`` says about the daemon beside the health: who leads, the schedule, the next run."""
+
+    leader: Callable[[], str]
+    schedule: str
+    next_run: Callable[[], dt.datetime | None]
+
+    def to_json(self) -> dict[str, Any]:
+        next_run = self.next_run()
+        return {"leader": self.leader(), "schedule": self.schedule,
+                "next_run": next_run.isoformat() if next_run else None}
+
+
+def standalone_view(settings: Settings, clock: Callable[[], dt.datetime] = utcnow) -> DaemonView:
+    """For ``watcher serve``: no daemon in this process; the schedule is the configured one."""
+    schedule = settings.daemon.schedule or scheduler.default_schedule()
+    try:
+        trigger = scheduler.make_trigger(schedule)
+    except ConfigError:
+        trigger = None
+    return DaemonView(
+        leader=lambda: "none in this process (watcher serve)",
+        schedule=schedule,
+        next_run=lambda: trigger.get_next_fire_time(None, clock()) if trigger else None,
+    )
+
+
+def _json(status: int, data: Any) -> Response:
+    return Response(json.dumps(data, default=str) + "\n", status_code=status, media_type="application/json")
+
+
+def create_app(settings: Settings, engine: Engine, daemon: DaemonView, *,
+               clock: Callable[[], dt.datetime] = utcnow) -> Starlette:
+    """The ASGI app on ``engine``; ``daemon`` describes the daemon (or its absence) for ``/healthz``."""
+
+    def healthz() -> Response:
+        with engine.connect() as conn:
+            state = health.evaluate(conn, settings, clock())
+        return _json(200 if state.healthy else 503, {**state.to_json(), **daemon.to_json()})
+
+    def metrics() -> Response:
+        with engine.connect() as conn:
+            text = health.metrics_text(conn, settings, clock())
+        return Response(text, media_type=METRICS_CONTENT_TYPE)
+
+    def from_database(read: Callable[[], Response]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await run_in_threadpool(read)
+            except (WatcherError, SQLAlchemyError) as exc:
+                log.warning("%s: %s", request.url.path, exc)
+                return _json(503, {"healthy": False, "reasons": ["database unavailable"]})
+
+        return endpoint
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("not found: try /healthz or /metrics\n", status_code=404)
+
+    routes = [Route("/healthz", from_database(healthz), methods=["GET", "HEAD"]),
+              Route("/metrics", from_database(metrics), methods=["GET", "HEAD"])]
+    return Starlette(routes=routes, exception_handlers={404: not_found})
