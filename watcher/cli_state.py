@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from . import notify, render, review, state as states, tickets
+from .cli.app import json_option
 from .errors import TransitionError
 from .settings import CLOUD_FILE_NAMES
 from .watches import resolve_watches
@@ -70,7 +71,7 @@ def state_group() -> None:
 @click.argument("watch")
 @click.option("--cloud", type=CLOUD_CHOICE, default="public", show_default=True, help="Azure cloud.")
 @click.option("--at", "at_text", metavar="ISO-TIME", help="The state in force at this time (default: now).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_obj
 def state_show(app: Any, watch: str, cloud: str, at_text: str | None, as_json: bool) -> None:
     """The approved state of WATCH (a registry name, mcr, or "(extra tags)"): effective and final lists."""
@@ -96,7 +97,7 @@ def _print_state(data: dict[str, Any]) -> None:
 
 @state_group.command("list")
 @click.option("--at", "at_text", metavar="ISO-TIME", help="The states in force at this time (default: now).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_obj
 def state_list(app: Any, at_text: str | None, as_json: bool) -> None:
     """The approved state of every watch that has one."""
@@ -202,10 +203,10 @@ def register(main: click.Group, tickets_group: click.Group) -> None:
     main.add_command(state_group)
     tickets_group.add_command(click.command("list")(
         click.option("--state", type=click.Choice(tickets.STATES), help="Only tickets in this state.")(
-            click.option("--json", "as_json", is_flag=True, help="Print JSON.")(click.pass_obj(tickets_list)))))
+            json_option(click.pass_obj(tickets_list)))))
     tickets_group.add_command(click.command("show")(
         click.argument("ticket_id", type=int, metavar="ID")(
-            click.option("--json", "as_json", is_flag=True, help="Print JSON.")(click.pass_obj(tickets_show)))))
+            json_option(click.pass_obj(tickets_show)))))
     tickets_group.add_command(click.command("render")(
         click.argument("ticket_id", type=int, metavar="ID")(
             click.option("--format", "fmt", type=click.Choice([*render.TICKET_FORMATS, *render.RULE_FORMATS]),

@@ -71,6 +71,17 @@ class ResolvedWatch:
     def login_server(self) -> str | None:
         return f"{self.name}.{registry_suffix(self.cloud)}" if self.is_registry else None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "registry": self.name,
+            "login_server": self.login_server,
+            "cloud": self.cloud,
+            "regions": list(self.regions),
+            "data_endpoint": self.data_endpoint,
+            "tags": [t.to_json() for t in self.tags],
+            "warnings": list(self.warnings),
+        }
+
 
 def registry_suffix(cloud: str) -> str:
     return CLOUD_SUFFIXES.get(cloud, CLOUD_SUFFIXES["public"])[0]
