@@ -39,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-backends", default="sqlite",
                    help="backends to import the synthetic history into (default sqlite; add postgresql if time allows)")
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic churn")
+    p.add_argument("--skip-backfill", action="store_true",
+                   help="leave out the backfill of the synthetic history into an empty database (figure 10)")
+    p.add_argument("--backfill-backends", default=None,
+                   help="backends to backfill the synthetic history into (default: --backends)")
     p.add_argument("--files", type=int, default=None, help="use only the first N Public files")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding public/, usgov/ and china/")
     p.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL,
@@ -64,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = args.files or (QUICK_FILES if args.quick else None)
     names = _split(args.backends)
     synthetic_names = [n for n in _split(args.synthetic_backends)]
+    backfill_names = _split(args.backfill_backends) if args.backfill_backends else names
     if repeat < 1 or weeks < 3:
         raise SystemExit("--repeat must be at least 1 and --weeks at least 3")
 
@@ -82,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures: list[Figure] = []
     document: dict[str, Any] = {}
     with workdir(args.workdir) as scratch:
-        backends = Backends(names + [n for n in synthetic_names if n not in names], scratch, args.postgres_url)
+        extra_names = [n for n in synthetic_names + backfill_names if n not in names]
+        backends = Backends(names + list(dict.fromkeys(extra_names)), scratch, args.postgres_url)
         backends.names = names
         try:
             meta = {
@@ -124,6 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures.extend(synthetic_figures)
             else:
                 figures.append(pending("8", "Synthetic long history", "skipped (--skip-synthetic)"))
+            if not args.skip_backfill:
+                from . import backfill as backfill_figure
+
+                bases = {cloud: read_files(args.data / cloud)[-1] for cloud in backfill_figure.CLOUDS}
+                figures.extend(backfill_figure.measure(backends, backfill_names, bases, weeks, args.seed, scratch, log))
+            else:
+                figures.append(pending("10", "Backfill of the synthetic history", "skipped (--skip-backfill)"))
         finally:
             backends.close()
     meta["seconds"] = round(time.perf_counter() - started, 1)

@@ -36,13 +36,18 @@ def test_import_folder_then_again(run, servicetags_dir):
     assert [r["outcome"] for r in json.loads(again.output)] == ["already imported"] * 2
 
 
-def test_a_failing_file_stops_the_import_and_the_files_before_it_are_listed(run, servicetags_dir, tmp_path):
-    bad = tmp_path / "ServiceTags_Public_20251104.json"
+def test_a_failing_file_is_reported_and_the_others_go_on(run, servicetags_dir, tmp_path):
+    bad = tmp_path / "ServiceTags_Public_20251020.json"  # between the two good files
     bad.write_text('{"changeNumber": 1, "cloud": "Public", "values": [{"name": "A"}]}')
-    good = servicetags_dir / "public" / "ServiceTags_Public_20251028.json.gz"
-    result = run("import", "--json", str(good), str(bad), expect=1)
-    assert [r["date"] for r in json.loads(result.stdout)] == ["2025-10-28"]
-    assert "tag 'A': missing or invalid required field 'properties'" in result.stderr
+    good = [servicetags_dir / "public" / f"ServiceTags_Public_{d}.json.gz" for d in ("20251028", "20251013")]
+    result = run("import", "--json", str(good[0]), str(bad), str(good[1]), expect=1)
+    out = json.loads(result.stdout)
+    assert [(r["date"], r["outcome"]) for r in out] == [
+        ("2025-10-13", "imported"), ("2025-10-20", "failed"), ("2025-10-28", "imported")]
+    assert out[1]["file"] == str(bad) and "tag 'A'" in out[1]["error"] and out[0]["error"] is None
+    assert "1 failed: " + str(bad) in result.stderr
+    text = run("import", str(good[0]), str(bad), str(good[1]), expect=1)
+    assert text.stdout.count("already imported") == 2 and "failed" in text.stderr
 
 
 def test_publications(imported):
@@ -62,7 +67,7 @@ def test_diff_of_watched_tags_json_contract(imported):
     assert change["added"] == sorted(change["added"]) == ["135.130.158.0/23", "2603:1030:40f::/49"]
     assert change["removed"] == ["2603:1030:40f::/48"]
     assert change["net_removed"] == ["2603:1030:40f:8000::/49"]
-    assert change["from"] == {"date": "2025-10-13", "change_number": 44, "file_change_number": 373}
+    assert change["from"] == {"date": "2025-10-13", "change_number": 44, "file_change_number": 373, "resolved_from": None}
     assert change["to"]["date"] == "2025-10-28" and change["to"]["change_number"] == 45
     assert by_tag["AzureContainerRegistry.EastUS2"]["status"] == "unchanged"
 

@@ -20,7 +20,8 @@ from watcher.settings import Settings
 
 CHINA_OLD = "ServiceTags_China_20260713.json"
 CHINA_NEW = "ServiceTags_China_20260720.json"
-PUBLICATION_KEYS = {"id", "cloud", "date", "change_number", "sha256", "source", "imported_at", "tags", "prefixes"}
+PUBLICATION_KEYS = {"id", "cloud", "date", "change_number", "sha256", "source", "imported_at", "tags", "prefixes",
+                    "missed_before", "parse_warnings"}
 
 
 def _cli(db_url: str):

@@ -24,15 +24,15 @@ def test_a_reaggregation_reads_as_no_net_change_and_its_json_names_both_publicat
     assert lines[1] == "Storage.X: changed (changeNumber 44 -> 45), +1 -2 prefixes"
     assert "  net address space: no net change (re-aggregation)" in lines
     data = change.to_json(OLD, NEW)
-    assert data["from"] == {"date": "2025-10-13", "change_number": 44, "file_change_number": 373}
-    assert data["to"] == {"date": "2025-10-28", "change_number": 45, "file_change_number": 375}
+    assert data["from"] == {"date": "2025-10-13", "change_number": 44, "file_change_number": 373, "resolved_from": None}
+    assert data["to"] == {"date": "2025-10-28", "change_number": 45, "file_change_number": 375, "resolved_from": None}
     assert data["net_added"] == data["net_removed"] == [] and data["added"] == ["10.0.0.0/23"]
 
 
 def test_a_publication_has_one_json_shape_in_utc() -> None:
     naive, aware = OLD.to_json(), NEW.to_json()
     assert set(naive) == set(aware) == {"id", "cloud", "date", "change_number", "sha256", "source", "imported_at",
-                                        "tags", "prefixes"}
+                                        "tags", "prefixes", "missed_before", "parse_warnings"}
     assert naive["imported_at"] == "2025-10-14T08:00:00+00:00"  # SQLite's naive times are UTC
     assert orjson.loads(orjson.dumps(aware)) == aware
 

@@ -41,13 +41,63 @@ class TagState:
     prefixes: frozenset[str]
     #: the same prefixes as a sorted tuple, when the caller has it (the store does)
     ordered: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+    #: (region, regionId, platform, systemService, networkFeatures), None each when absent; None when unknown
+    metadata: tuple[Any, ...] | None = field(default=None, compare=False)
 
     @classmethod
-    def of_sorted(cls, change_number: int | None, ordered: tuple[str, ...]) -> "TagState":
-        return cls(change_number, frozenset(ordered), ordered)
+    def of_sorted(cls, change_number: int | None, ordered: tuple[str, ...],
+                  metadata: tuple[Any, ...] | None = None) -> "TagState":
+        return cls(change_number, frozenset(ordered), ordered, metadata)
 
     def sorted_prefixes(self) -> tuple[str, ...]:
         return self.ordered if self.ordered is not None else tuple(sorted(self.prefixes))
+
+
+#: The metadata properties in the order the store keeps them (``TagState.metadata``).
+METADATA_PROPERTIES = ("region", "regionId", "platform", "systemService", "networkFeatures")
+
+
+@dataclass(frozen=True)
+class MetadataChange:
+    """One metadata property of a tag that differs between two publications (None: absent)."""
+
+    property: str
+    before: Any
+    after: Any
+
+    def describe(self) -> str:
+        return f"{self.property} {_metadata_text(self.property, self.before)} -> {_metadata_text(self.property, self.after)}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"property": self.property, "before": _metadata_json(self.property, self.before),
+                "after": _metadata_json(self.property, self.after)}
+
+
+def _metadata_json(name: str, value: Any) -> Any:
+    # networkFeatures is kept as one comma-separated string; it was a list in the file.
+    if name == "networkFeatures" and value is not None:
+        return [v for v in str(value).split(",") if v]
+    return value
+
+
+def _metadata_text(name: str, value: Any) -> str:
+    if value is None:
+        return "(absent)"
+    if name == "networkFeatures":
+        return "[" + ", ".join(_metadata_json(name, value)) + "]"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def metadata_changes(before: Sequence[Any] | None, after: Sequence[Any] | None) -> tuple[MetadataChange, ...]:
+    """The properties that differ; nothing when either side is unknown (not published, or not read)."""
+    if before is None or after is None:
+        return ()
+    return tuple(MetadataChange(name, b, a) for name, b, a in zip(METADATA_PROPERTIES, before, after) if b != a)
+
+
+def describe_metadata(changes: Sequence[MetadataChange]) -> str:
+    """"metadata changed: networkFeatures [API, NSG] -> [API]"."""
+    return "metadata changed: " + "; ".join(c.describe() for c in changes)
 
 
 class ComparedPublication(Protocol):
@@ -71,6 +121,8 @@ class TagDiff:
     anomalies: tuple[str, ...]
     before: TagState | None
     after: TagState | None
+    #: metadata properties that changed (a tag can change only those)
+    metadata: tuple[MetadataChange, ...] = ()
 
     @property
     def reaggregation_only(self) -> bool:
@@ -85,10 +137,12 @@ class TagDiff:
     def net_removed_addresses(self) -> tuple[int, int]:
         return address_counts(self.net_removed)
 
-    def to_json(self, old: ComparedPublication, new: ComparedPublication) -> dict[str, Any]:
+    def to_json(self, old: ComparedPublication, new: ComparedPublication,
+                resolved_from: tuple[Any, Any] = (None, None)) -> dict[str, Any]:
         """The documented shape of ``watcher diff --json``; ``old`` and ``new`` are the publications compared.
 
-        In ``from`` and ``to``, ``change_number`` is the tag's and ``file_change_number`` the file's.
+        In ``from`` and ``to``, ``change_number`` is the tag's and ``file_change_number`` the file's;
+        ``resolved_from`` the date asked for when it had no publication (and ``old``/``new`` is the one before).
         """
         return {
             "tag": self.tag,
@@ -98,12 +152,15 @@ class TagDiff:
             "net_added": sorted(self.net_added),
             "net_removed": sorted(self.net_removed),
             "anomalies": list(self.anomalies),
+            "metadata": [m.to_json() for m in self.metadata],
             "from": {"date": old.file_date.isoformat(),
                      "change_number": self.before.change_number if self.before else None,
-                     "file_change_number": old.change_number},
+                     "file_change_number": old.change_number,
+                     "resolved_from": resolved_from[0].isoformat() if resolved_from[0] else None},
             "to": {"date": new.file_date.isoformat(),
                    "change_number": self.after.change_number if self.after else None,
-                   "file_change_number": new.change_number},
+                   "file_change_number": new.change_number,
+                   "resolved_from": resolved_from[1].isoformat() if resolved_from[1] else None},
         }
 
 
@@ -400,4 +457,5 @@ def diff_tag(tag: str, before: TagState | None, after: TagState | None, cache: P
         anomalies=anomalies,
         before=before,
         after=after,
+        metadata=metadata_changes(before.metadata if before else None, after.metadata if after else None),
     )

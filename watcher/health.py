@@ -288,6 +288,11 @@ def metrics_text(conn: Connection, settings: Settings, now: dt.datetime) -> str:
     pubs = Publication.__table__
     metric("watcher_publications", "gauge", "Publications stored, by cloud.",
            [({"cloud": c}, n) for c, n in sorted(_count_by(conn, pubs.c.cloud).items())])
+    missed = conn.execute(
+        select(pubs.c.cloud, func.sum(pubs.c.missed_before)).group_by(pubs.c.cloud).order_by(pubs.c.cloud)).all()
+    metric("watcher_missed_publications", "gauge",
+           "Publications the global changeNumber says were never seen (gaps between stored ones), by cloud.",
+           [({"cloud": c}, int(n or 0)) for c, n in missed])
     newest = conn.execute(
         select(pubs.c.cloud, func.max(pubs.c.file_date)).group_by(pubs.c.cloud).order_by(pubs.c.cloud)).all()
     metric("watcher_newest_publication_timestamp_seconds", "gauge", "File date of the newest publication, by cloud.",

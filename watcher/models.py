@@ -41,6 +41,9 @@ Approved state (revision 0007): ``tickets`` gain ``kind`` (baseline or
 change) and ``superseded_by``; ``approved_states`` keeps one row per approval
 of a watch, the newest being the allow-list the firewall must follow (see
 ``watcher.state``).
+
+Revision 0008: optional tag metadata is NULL when the file has none, and each
+publication records the publications it says were missed and its parse warnings.
 """
 from __future__ import annotations
 
@@ -103,6 +106,10 @@ class Publication(Base):
     imported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     tag_count: Mapped[int] = mapped_column(Integer)
     prefix_count: Mapped[int] = mapped_column(Integer)
+    #: publications the global changeNumber says were not seen since the previous stored one (0008)
+    missed_before: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: JSON list of the parse warnings (wrong-typed optional metadata); NULL when none (0008)
+    parse_warnings: Mapped[str | None] = mapped_column(Text)
 
 
 class EntryManifest(Base):
@@ -154,11 +161,12 @@ class TagVersion(Base):
     publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"), index=True)
     present: Mapped[bool] = mapped_column(Boolean)
     change_number: Mapped[int | None] = mapped_column(Integer)
-    region: Mapped[str] = mapped_column(String(100), default="")
-    region_id: Mapped[int] = mapped_column(Integer, default=0)
-    platform: Mapped[str] = mapped_column(String(100), default="")
-    system_service: Mapped[str] = mapped_column(String(200), default="")
-    network_features: Mapped[str] = mapped_column(String(200), default="")
+    # Optional in the files (absent before August 2020): NULL when absent, never a made-up value.
+    region: Mapped[str | None] = mapped_column(String(100))
+    region_id: Mapped[int | None] = mapped_column(Integer)
+    platform: Mapped[str | None] = mapped_column(String(100))
+    system_service: Mapped[str | None] = mapped_column(String(200))
+    network_features: Mapped[str | None] = mapped_column(String(200))
     prefix_count: Mapped[int] = mapped_column(Integer, default=0)
     #: the canonical prefix set
     content_hash: Mapped[bytes] = mapped_column(ForeignKey("contents.hash"), index=True)

@@ -95,20 +95,29 @@ def cloud_of_file_name(name: str) -> str | None:
     return cloud
 
 
-def import_file(
+@dataclass(frozen=True)
+class CheckedFile:
+    """A local file's bytes after the checks a download gets, with the cloud it is and what ``--force`` let through."""
+
+    body: bytes
+    cloud: str | None
+    implausible: tuple[str, ...]
+
+
+def check_local_file(
     engine: Engine,
     settings: Settings,
     path: Path,
     *,
     file_date: dt.date | None = None,
     force: bool = False,
-) -> store.ImportResult:
-    """Import a local file with every check a downloaded one gets.
+) -> CheckedFile:
+    """Read a local file with every check a downloaded one gets.
 
     The same size cap and gzip-bomb guard as a download; the cloud in the file
     must be the one its name says; the plausibility check the poll runs (no
     tags, far fewer tags than the last publication) refuses the file unless
-    ``force``, which imports it, holds its tickets and records why.
+    ``force``, which lets it through with the reason (its tickets are held).
     """
     body = fetch.read_local_file(path, settings.fetch)
     named = cloud_of_file_name(path.name)
@@ -119,7 +128,7 @@ def import_file(
         )
     cloud = named or document_cloud
     implausible: tuple[str, ...] = ()
-    # A file the parser cannot read at all gets the parser's precise error from the import below.
+    # A file the parser cannot read at all gets the parser's precise error from the import.
     if cloud is not None and document_cloud is not None:
         with engine.connect() as conn:
             previous = polls.newest_publication(conn, cloud)
@@ -136,10 +145,24 @@ def import_file(
             log.warning("%s: imported despite the plausibility check (--force): %s", path, exc)
         except FetchError as exc:
             raise ParseError(f"{path}: {exc}") from None
+    return CheckedFile(body, cloud, implausible)
+
+
+def import_file(
+    engine: Engine,
+    settings: Settings,
+    path: Path,
+    *,
+    file_date: dt.date | None = None,
+    force: bool = False,
+) -> store.ImportResult:
+    """Import a local file, checked as a download is (``check_local_file``), with its tickets."""
+    checked = check_local_file(engine, settings, path, file_date=file_date, force=force)
     result = import_publication(
-        engine, settings, body, str(path), file_date=file_date, expected_cloud=cloud, implausible=implausible,
+        engine, settings, checked.body, str(path), file_date=file_date, expected_cloud=checked.cloud,
+        implausible=checked.implausible,
     )
-    return replace(result, notes=result.notes + implausible) if implausible else result
+    return replace(result, notes=result.notes + checked.implausible) if checked.implausible else result
 
 
 def _file_cloud(body: bytes, source: str) -> str | None:

@@ -15,7 +15,8 @@ from sqlalchemy import Connection
 from . import polls
 from .polls import PollRecord
 from .settings import Settings
-from .store.records import PublicationInfo
+from .store import queries
+from .store.records import MissedPublications, PublicationInfo, missed_gaps
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class CloudStatus:
     #: days from the newest publication's file date to today (UTC); None without a publication
     age_days: int | None
     stale_after_days: int
+    #: gaps in the global changeNumber: publications a poll never saw
+    missed: tuple[MissedPublications, ...] = ()
 
     @property
     def stale(self) -> bool:
@@ -49,6 +52,7 @@ class CloudStatus:
             "age_days": self.age_days,
             "stale_after_days": self.stale_after_days,
             "stale": self.stale,
+            "missed_publications": [m.to_json() for m in self.missed],
         }
 
 
@@ -64,6 +68,7 @@ def cloud_status(conn: Connection, cloud: str, now: dt.datetime, settings: Setti
         newest=newest,
         age_days=(now.date() - newest.file_date).days if newest else None,
         stale_after_days=settings.daemon.stale_after_days,
+        missed=tuple(missed_gaps(queries.publications(conn, cloud))),
     )
 
 

@@ -62,6 +62,20 @@ def at_option(help_text: str) -> Callable[[F], F]:
     return click.option("--at", "at_ref", default="latest", show_default=True, metavar="PUB", help=help_text)
 
 
+def exact_option(f: F) -> F:
+    """``--exact``: a date must name a publication (passed as ``exact``)."""
+    return click.option("--exact", is_flag=True,
+                        help="Refuse a date with no publication instead of using the one on or before it.")(f)
+
+
+def say_resolved(*resolved: Any) -> None:
+    """One line on stderr for each date that had no publication and resolved to the one before it."""
+    for item in resolved:
+        note = item.note()
+        if note:
+            click.echo(note, err=True)
+
+
 def emit_json(data: Any) -> None:
     """Print data that ``to_json()`` methods built (plain JSON types)."""
     click.echo(json.dumps(data, indent=2, default=str))

@@ -3,42 +3,27 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from pathlib import Path
-from typing import Iterable
 
 import click
 from sqlalchemy import Connection
 
-from .. import pipeline, store
-from ..parse import FILE_NAME_RE
+from .. import backfill, pipeline, store
 from ..watches import resolve_watches, watched_tags
 from . import views
-from .app import AppContext, at_option, cloud_option, emit_json, json_option, pass_app, present
+from .app import (
+    AppContext, at_option, cloud_option, emit_json, exact_option, json_option, pass_app, present, say_resolved,
+)
 
 PUBLICATION_HELP = "Publication: YYYYMMDD, YYYY-MM-DD, latest or previous."
-
-
-def _files(paths: Iterable[str]) -> list[Path]:
-    """Files named, and the service-tag files inside folders named, oldest date first."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and FILE_NAME_RE.search(p.name))
-        elif path.exists():
-            found.append(path)
-        else:
-            raise click.ClickException(f"no such file or folder: {raw}")
-    return sorted(found, key=lambda p: (m.group("date") if (m := FILE_NAME_RE.search(p.name)) else "", str(p)))
 
 
 class _plain:
     """A stand-in for click.progressbar when output is not a terminal."""
 
-    def __init__(self, items: list[Path]):
+    def __init__(self, items: list[backfill.BackfillFile]):
         self.items = items
 
-    def __enter__(self) -> list[Path]:
+    def __enter__(self) -> list[backfill.BackfillFile]:
         return self.items
 
     def __exit__(self, *exc: object) -> None:
@@ -55,28 +40,33 @@ class _plain:
 def import_command(
     app: AppContext, paths: tuple[str, ...], file_date: dt.datetime | None, as_json: bool, force: bool
 ) -> None:
-    """Import service-tag files (.json or .json.gz) or folders of them, oldest first.
+    """Import service-tag files (.json or .json.gz) or folders of them, oldest first per cloud.
 
-    Each file is imported whole or not at all; a file that fails stops the
-    import, and the files before it stay imported (and are listed).
+    Each file is imported whole or not at all; a file that fails is reported
+    and the others go on (exit status 1 if any failed). Run it again after a
+    stop: what was imported stays, and files already stored are skipped.
+    Tickets are made once per cloud, for its newest publication, after the run.
     """
-    files = _files(paths)
+    files = backfill.find_files(paths, file_date.date() if file_date else None)
     if not files:
         raise click.ClickException("no ServiceTags_<Cloud>_<YYYYMMDD>.json files found in " + ", ".join(paths))
-    results: list[store.ImportResult] = []
+    job = backfill.Backfill(app.engine, app.settings, force=force)
     show_bar = sys.stderr.isatty() and not as_json and len(files) > 1
-    try:
-        with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
-            for path in bar:
-                result = pipeline.import_file(
-                    app.engine, app.settings, path, file_date=file_date.date() if file_date else None, force=force
-                )
-                results.append(result)
-                if not as_json:
-                    click.echo(views.describe_import(result))
-    finally:
-        if as_json:
-            emit_json([r.to_json() for r in results])
+    with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
+        for item in bar:
+            outcome = job.import_file(item)
+            if not as_json:
+                click.echo(views.describe_file_outcome(outcome), err=outcome.failed)
+    report = job.finish()
+    if as_json:
+        emit_json([o.to_json() for o in report.outcomes])
+    if report.failed:
+        # One file: its own error, as any command's; many: the summary naming the files that failed.
+        alone = report.outcomes[0].error if len(report.outcomes) == 1 else None
+        click.echo(f"Error: {alone or report.summary()}", err=True)
+        sys.exit(1)
+    if not as_json and len(files) > 1:
+        click.echo(report.summary(), err=True)
 
 
 @click.command("publications")
@@ -93,14 +83,24 @@ def publications_command(app: AppContext, cloud: str, as_json: bool) -> None:
 
 @click.command("history")
 @click.argument("tag")
+@click.option("--since", "since_ref", metavar="PUB", help="Start at the version in force at this publication.")
+@exact_option
 @cloud_option
 @json_option
 @pass_app
-def history_command(app: AppContext, tag: str, cloud: str, as_json: bool) -> None:
-    """Show each version of TAG: date, changeNumber, prefix count, +added/-removed."""
+def history_command(app: AppContext, tag: str, since_ref: str | None, exact: bool, cloud: str, as_json: bool) -> None:
+    """Show each version of TAG: date, changeNumber, prefix count, +added/-removed, metadata changes."""
+    cloud = cloud.lower()
+    resolved = None
     with app.engine.connect() as conn:
-        name, entries = store.history(conn, cloud.lower(), tag)
-    present(as_json, lambda: [e.to_json(name) for e in entries], lambda: views.history_lines(entries))
+        name, entries = store.history(conn, cloud, tag)
+        if since_ref is not None:
+            resolved = store.resolve_at(conn, cloud, since_ref, exact=exact)
+            entries = store.entries_since(entries, resolved.publication.file_date)
+    if resolved is not None:
+        say_resolved(resolved)
+    asked = resolved.resolved_from if resolved else None
+    present(as_json, lambda: [e.to_json(name, asked) for e in entries], lambda: views.history_lines(entries))
 
 
 def _watched_tags(app: AppContext, conn: Connection, cloud: str) -> list[str]:
@@ -120,48 +120,62 @@ def _watched_tags(app: AppContext, conn: Connection, cloud: str) -> list[str]:
 @click.option("--to", "to_ref", default="latest", show_default=True, metavar="PUB", help="Publication to compare with.")
 @cloud_option
 @click.option("--all", "all_tags", is_flag=True, help="Every tag that changed, not just the watched ones.")
+@exact_option
 @json_option
 @pass_app
 def diff_command(app: AppContext, tags: tuple[str, ...], from_ref: str, to_ref: str, cloud: str,
-                 all_tags: bool, as_json: bool) -> None:
+                 all_tags: bool, exact: bool, as_json: bool) -> None:
     """What changed for tags between two publications (default: previous -> latest, the watched tags)."""
     cloud = cloud.lower()
     if tags and all_tags:
         raise click.UsageError("name tags or use --all, not both")
     with app.engine.connect() as conn:
-        old = store.resolve_publication(conn, cloud, from_ref)
-        new = store.resolve_publication(conn, cloud, to_ref)
+        first = store.resolve_at(conn, cloud, from_ref, exact=exact)
+        last = store.resolve_at(conn, cloud, to_ref, exact=exact)
+        old, new = first.publication, last.publication
         names = None if all_tags else (list(tags) or _watched_tags(app, conn, cloud))
         changes = store.diff_publications(conn, cloud, old, new, names)
-    present(as_json, lambda: [c.to_json(old, new) for c in changes], lambda: views.diff_lines(old, new, changes))
+    say_resolved(first, last)
+    asked = (first.resolved_from, last.resolved_from)
+    present(as_json, lambda: [c.to_json(old, new, asked) for c in changes],
+            lambda: views.diff_lines(old, new, changes))
 
 
 @click.command("show")
 @click.argument("tag")
 @at_option(PUBLICATION_HELP)
+@exact_option
 @cloud_option
 @json_option
 @pass_app
-def show_command(app: AppContext, tag: str, at_ref: str, cloud: str, as_json: bool) -> None:
-    """Print TAG's prefixes as published at a publication."""
+def show_command(app: AppContext, tag: str, at_ref: str, exact: bool, cloud: str, as_json: bool) -> None:
+    """Print TAG's prefixes as published at a publication (a date: the one on or before it)."""
     cloud = cloud.lower()
     with app.engine.connect() as conn:
-        pub = store.resolve_publication(conn, cloud, at_ref)
+        resolved = store.resolve_at(conn, cloud, at_ref, exact=exact)
+        pub = resolved.publication
         snap = store.snapshot(conn, cloud, tag, pub)
+    say_resolved(resolved)
     if snap is None:
         raise click.ClickException(f"tag {tag!r} was not published in the {cloud} file of {pub.file_date}")
-    present(as_json, snap.to_json, lambda: views.snapshot_lines(snap))
+    present(as_json, lambda: snap.to_json(resolved.resolved_from), lambda: views.snapshot_lines(snap))
 
 
 @click.command("lookup")
 @click.argument("ip")
 @at_option("Publication to search.")
+@click.option("--all-time", is_flag=True, help="Every tag that ever held IP, with its first and last publication.")
 @cloud_option
 @json_option
 @pass_app
-def lookup_command(app: AppContext, ip: str, at_ref: str, cloud: str, as_json: bool) -> None:
-    """Which tags' prefixes contain IP, and since when."""
+def lookup_command(app: AppContext, ip: str, at_ref: str, all_time: bool, cloud: str, as_json: bool) -> None:
+    """Which tags' prefixes contain IP, and since when (or, with --all-time, ever)."""
     cloud = cloud.lower()
+    if all_time:
+        with app.engine.connect() as conn:
+            holders = store.lookup_all_time(conn, cloud, ip)
+        present(as_json, lambda: [h.to_json() for h in holders], lambda: views.holder_lines(ip, cloud, holders))
+        return
     with app.engine.connect() as conn:
         pub = store.resolve_publication(conn, cloud, at_ref)
         hits = store.lookup(conn, cloud, ip, pub)

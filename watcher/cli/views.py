@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
-from .. import notify, pipeline, store
+from .. import backfill, notify, pipeline, store
 from ..config import Check
-from ..diff import TagDiff, address_counts
+from ..diff import TagDiff, address_counts, describe_metadata
 from ..overview import StatusReport
 from ..render import TemplateCheck, one_line
 from ..state import FAMILIES
@@ -35,14 +35,27 @@ def describe_import(result: store.ImportResult) -> str:
     anomalies = list(result.anomalies) + [f"{c.tag}: {a}" for c in changes for a in c.anomalies if "skipped" not in a]
     if anomalies:
         text += f"; {len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'}"
+    text += "".join(f"; {note}" for note in result.notes if "not seen between" in note)
     return head + text
+
+
+def describe_file_outcome(outcome: backfill.FileOutcome) -> str:
+    """One line per file of an import: what its import did, or why it failed."""
+    if outcome.result is None:
+        return f"{outcome.file}: failed: {outcome.error}"
+    return describe_import(outcome.result)
 
 
 def publication_lines(cloud: str, pubs: Sequence[store.PublicationInfo]) -> list[str]:
     if not pubs:
         return [f"no {cloud} publications imported yet"]
-    return [f"{p.file_date}  changeNumber {p.change_number:>5}  {p.tag_count:>5} tags  "
-            f"{p.prefix_count:>6} prefixes  {p.sha256[:12]}  {p.source}" for p in pubs]
+    lines = []
+    for before, p in zip([None, *pubs], pubs):
+        if p.missed_before and before is not None:
+            lines.append(f"            ({store.MissedPublications(p.missed_before, before.file_date, p.file_date).describe()})")
+        lines.append(f"{p.file_date}  changeNumber {p.change_number:>5}  {p.tag_count:>5} tags  "
+                     f"{p.prefix_count:>6} prefixes  {p.sha256[:12]}  {p.source}")
+    return lines
 
 
 def history_lines(entries: Iterable[store.HistoryEntry]) -> list[str]:
@@ -52,8 +65,9 @@ def history_lines(entries: Iterable[store.HistoryEntry]) -> list[str]:
             lines.append(f"{e.date}  withdrawn                      -{e.removed}")
             continue
         flags = f"  [{'; '.join(e.anomalies)}]" if e.anomalies else ""
+        metadata = f"  {describe_metadata(e.metadata)}" if e.metadata else ""
         lines.append(f"{e.date}  changeNumber {e.change_number:>5}  {e.prefix_count:>6} prefixes  "
-                     f"+{e.added} -{e.removed}{flags}")
+                     f"+{e.added} -{e.removed}{metadata}{flags}")
     return lines
 
 
@@ -73,6 +87,8 @@ def describe_diff(change: TagDiff) -> list[str]:
             lines.append(f"  net address space: +{v4a} IPv4 / +{v6a} IPv6 addresses, "
                          f"-{v4r} IPv4 / -{v6r} IPv6 addresses")
             lines += [f"  net +{p}" for p in change.net_added] + [f"  net -{p}" for p in change.net_removed]
+    if change.metadata:
+        lines.append(f"  {describe_metadata(change.metadata)}")
     lines += [f"  anomaly: {a}" for a in change.anomalies]
     return lines
 
@@ -95,6 +111,13 @@ def lookup_lines(address: str, pub: store.PublicationInfo, hits: Sequence[store.
     if not hits:
         return [f"{address} is in no {pub.cloud} tag of {pub.file_date}"]
     return [f"{h.tag}  {h.prefix}  since {h.since}" for h in hits]
+
+
+def holder_lines(address: str, cloud: str, holders: Sequence[store.AddressHolder]) -> list[str]:
+    if not holders:
+        return [f"{address} was in no {cloud} tag of any stored publication"]
+    return [f"{h.tag}  {h.prefix}  {h.first} .. {'now' if h.current else h.last}"
+            + ("" if h.current else f" (last published {h.last})") for h in holders]
 
 
 def watch_lines(watches: Sequence[ResolvedWatch]) -> list[str]:
@@ -220,6 +243,8 @@ def status_lines(report: StatusReport) -> list[str]:
         else:
             lines.append(f"  newest publication: {r.newest.file_date} (changeNumber {r.newest.change_number}), "
                          f"{r.age_days} day(s) old, imported {r.newest.imported_at:%Y-%m-%d %H:%M}")
+        for gap in r.missed:
+            lines.append(f"  missed: {gap.describe()}")
         for label, attempt in (("last attempt", r.last_attempt), ("last success", r.last_success)):
             if attempt is None:
                 lines.append(f"  {label}: never")

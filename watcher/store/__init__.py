@@ -15,20 +15,20 @@ from __future__ import annotations
 
 from .importer import date_from_source, import_bytes
 from .queries import (
-    changed_tag_names, containing_networks, diff_publications, history, lookup, parse_publication_ref,
+    all_publications, changed_tag_names, entries_since, lookup_all_time, resolve_at, containing_networks, diff_publications, history, lookup, parse_publication_ref,
     present_tag_names, publication_by_day, publications, resolve_publication, snapshot, tag_ids, tag_name,
     tag_states,
 )
 from .records import (
-    EMPTY_HASH, NO_METADATA, HistoryEntry, ImportHook, ImportResult, LookupHit, PublicationInfo, TagChange,
-    TagSnapshot, VersionInfo, absent_version, publication_from_row,
+    EMPTY_HASH, METADATA_NAMES, AddressHolder, NO_METADATA, HistoryEntry, ImportHook, ImportResult, LookupHit, MissedPublications,
+    PublicationInfo, ResolvedPublication, TagChange, TagSnapshot, VersionInfo, absent_version, missed_gaps, publication_from_row,
 )
 from .sql import pack, unpack
 from .versions import Versions, load_contents, versions_at, versions_before
 
 __all__ = [
-    "EMPTY_HASH", "NO_METADATA", "HistoryEntry", "ImportHook", "ImportResult", "LookupHit", "PublicationInfo",
-    "TagChange", "TagSnapshot", "VersionInfo", "Versions", "absent_version", "changed_tag_names",
+    "EMPTY_HASH", "METADATA_NAMES", "MissedPublications", "missed_gaps", "NO_METADATA", "HistoryEntry", "ImportHook", "ImportResult", "LookupHit", "PublicationInfo",
+    "TagChange", "TagSnapshot", "all_publications", "entries_since", "resolve_at", "lookup_all_time", "AddressHolder", "ResolvedPublication", "VersionInfo", "Versions", "absent_version", "changed_tag_names",
     "containing_networks", "date_from_source", "diff_publications", "history", "import_bytes", "load_contents",
     "lookup", "pack", "parse_publication_ref", "present_tag_names", "publication_by_day", "publication_from_row",
     "publications", "resolve_publication", "snapshot", "tag_ids", "tag_name", "tag_states", "unpack",

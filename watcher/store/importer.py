@@ -35,7 +35,9 @@ from ..parse import (
     ParsedFile, content_hash, decode_document, file_cloud, normalize_prefixes, parse_document,
 )
 from .planner import ImportPlan, plan_import, withdrawn_tags
-from .records import EMPTY_HASH, ImportHook, ImportResult, PublicationInfo, VersionInfo, publication_from_row
+from .records import (
+    EMPTY_HASH, ImportHook, ImportResult, PublicationInfo, VersionInfo, missed_count, missed_note, publication_from_row,
+)
 from .sql import bulk_insert, compress, execute_many, fetch_in
 from .versions import Versions, load_contents, tag_ids_of, uint32s, versions_at, versions_before
 
@@ -151,8 +153,6 @@ def _lock_cloud(conn: Connection, cloud: str) -> None:
 
 _PUBLICATION_COLUMNS = ", ".join(f"p.{c.name}" for c in Publication.__table__.columns)  # in the model's order
 _PLACEMENT = text(
-    f"SELECT * FROM (SELECT 'same bytes' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
-    "AND sha256 = :sha256 LIMIT 1) AS a UNION ALL "
     f"SELECT * FROM (SELECT 'same day' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
     "AND file_date = :day) AS b UNION ALL "
     f"SELECT * FROM (SELECT 'previous' AS place, {_PUBLICATION_COLUMNS} FROM publications p WHERE cloud = :cloud "
@@ -165,16 +165,21 @@ _PLACEMENT = text(
 
 
 def _placement(conn: Connection, cloud: str, sha256: str, day: dt.date) -> dict[str, PublicationInfo]:
-    """Where a file goes, in one round trip: a publication with its bytes or its date, and its neighbours."""
-    rows = conn.execute(_PLACEMENT, {"cloud": cloud, "sha256": sha256, "day": day})
+    """Where a file goes, in one round trip: the publication of its date, and its neighbours.
+
+    A publication is a cloud and a date: the same bytes under another date are
+    a publication of their own (a week that changed nothing).
+    """
+    rows = conn.execute(_PLACEMENT, {"cloud": cloud, "day": day})
     return {row.place: publication_from_row(row) for row in rows}
 
 
 def _import(conn: Connection, document: Any, source: str, cloud: str, sha256: str, day: dt.date,
             now: Callable[[], dt.datetime]) -> ImportResult:
     place = _placement(conn, cloud, sha256, day)
-    if "same bytes" in place:
-        return ImportResult("already imported", place["same bytes"], reason="the same file (SHA-256) is already stored")
+    if "same day" in place and place["same day"].sha256 == sha256:
+        return ImportResult("already imported", place["same day"],
+                            reason="the same file (SHA-256) is already stored for this date")
     if "same day" in place:
         return _compare_with_existing(conn, document, source, place["same day"], sha256)
 
@@ -186,7 +191,10 @@ def _import(conn: Connection, document: Any, source: str, cloud: str, sha256: st
     clock.lap("validate")
     plan = _plan(conn, parsed, source, before, following)
     clock.lap("plan")
-    publication_id, new_tag_ids = _write(conn, parsed, source, plan, following, now())
+    missed = missed_count(previous.change_number if previous else None, parsed.change_number)
+    publication_id, new_tag_ids = _write(conn, parsed, source, plan, following, now(), missed)
+    if following is not None:  # the file fills (part of) a gap before the following publication
+        _recount_missed(conn, following, parsed.change_number)
     if following is None:  # the newest publication now: the next week's import starts from it
         _write_manifest(conn, cloud, publication_id, parsed, before, plan, new_tag_ids)
     clock.lap("write")
@@ -197,7 +205,7 @@ def _import(conn: Connection, document: Any, source: str, cloud: str, sha256: st
         publication_from_row(row),
         changes=tuple(sorted(plan.changes, key=lambda c: c.tag)),
         anomalies=diffs.publication_anomalies(previous.change_number if previous else None, parsed.change_number),
-        notes=tuple(plan.notes),
+        notes=tuple(plan.notes) + ((missed_note(missed, previous.file_date, day),) if missed and previous else ()),
         previous_day=previous.day if previous else None,
     )
 
@@ -271,8 +279,21 @@ class _Stopwatch:
 # ---------------------------------------------------------------- writing the plan
 
 
+def _recount_missed(conn: Connection, following: PublicationInfo, number: int) -> None:
+    """The publication after an out-of-order file now counts its missed publications from that file."""
+    missed = missed_count(number, following.change_number)
+    if missed != following.missed_before:
+        conn.execute(update(Publication.__table__).where(Publication.id == following.id).values(missed_before=missed))
+
+
+def _parse_warnings(parsed: ParsedFile) -> str | None:
+    """The file's parse warnings as stored: a JSON list, or NULL (parse gives them as ``warnings``, when any)."""
+    warnings = list(getattr(parsed, "warnings", ()) or ())
+    return orjson.dumps([str(w) for w in warnings]).decode() if warnings else None
+
+
 def _write(conn: Connection, parsed: ParsedFile, source: str, plan: ImportPlan, following: PublicationInfo | None,
-           imported_at: dt.datetime) -> tuple[int, dict[str, int]]:
+           imported_at: dt.datetime, missed: int = 0) -> tuple[int, dict[str, int]]:
     """Write the publication and its plan; its id, and the ids of the tags new to the database."""
     publication_id = conn.execute(
         insert(Publication.__table__).returning(Publication.__table__.c.id),
@@ -280,6 +301,7 @@ def _write(conn: Connection, parsed: ParsedFile, source: str, plan: ImportPlan, 
             "cloud": parsed.cloud, "file_date": parsed.file_date, "change_number": parsed.change_number,
             "sha256": parsed.sha256, "source": source[:1024], "imported_at": imported_at,
             "tag_count": parsed.tag_count, "prefix_count": plan.prefix_count,
+            "missed_before": missed, "parse_warnings": _parse_warnings(parsed),
         },
     ).scalar_one()
     clock = _Stopwatch()

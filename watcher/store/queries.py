@@ -5,6 +5,7 @@ that names what was being read, so a face shows one line instead of a traceback.
 """
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import ipaddress
 from typing import Sequence
@@ -13,8 +14,10 @@ from sqlalchemy import Connection, bindparam, func, select, text
 
 from .. import diff as diffs
 from ..errors import NotFoundError, translate_db_errors
-from ..models import Publication, Tag, TagVersion, day_from_key
-from .records import HistoryEntry, LookupHit, PublicationInfo, TagSnapshot, publication_from_row
+from ..models import Publication, Tag, TagVersion, day_from_key, day_key
+from .records import (
+    AddressHolder, HistoryEntry, LookupHit, PublicationInfo, ResolvedPublication, TagSnapshot, publication_from_row,
+)
 from .sql import fetch_all, unpack
 from .versions import VERSION_COLUMNS, load_contents, version_from_row, versions_at
 
@@ -74,6 +77,25 @@ def resolve_publication(conn: Connection, cloud: str, ref: str) -> PublicationIn
     return publication_from_row(rows[index])
 
 
+def resolve_at(conn: Connection, cloud: str, ref: str, *, exact: bool = False) -> ResolvedPublication:
+    """``resolve_publication``, saying which date was asked for; ``exact``: a date must name a publication."""
+    wanted = parse_publication_ref(ref)
+    publication = resolve_publication(conn, cloud, ref) if not (exact and isinstance(wanted, dt.date)) else None
+    if publication is None:
+        assert isinstance(wanted, dt.date)
+        publication = publication_by_day(conn, cloud, wanted)
+        if publication is None:
+            raise NotFoundError(f"no {cloud} publication on {wanted} (--exact); "
+                                "`watcher publications` lists the dates there are")
+    return ResolvedPublication(publication, wanted if isinstance(wanted, dt.date) else None)
+
+
+def entries_since(entries: Sequence[HistoryEntry], day: dt.date) -> list[HistoryEntry]:
+    """The version in force on ``day`` and every later one (pure)."""
+    start = max((i for i, e in enumerate(entries) if e.date <= day), default=0)
+    return list(entries[start:])
+
+
 def tag_name(conn: Connection, cloud: str, name: str) -> str:
     """A tag's stored name, found case-insensitively (an exact match wins)."""
     with translate_db_errors(f"looking up the {cloud} tag {name!r}"):
@@ -120,7 +142,8 @@ def tag_states(conn: Connection, cloud: str, day: int, names: Sequence[str] | No
     with translate_db_errors(f"reading the {cloud} tags of {day_from_key(day)}"):
         versions = {n: v for n, v in versions_at(conn, cloud, day, names).items() if v.present}
         contents = load_contents(conn, [v.content_hash for v in versions.values()])
-    return {n: diffs.TagState.of_sorted(v.change_number, contents[v.content_hash]) for n, v in versions.items()}
+    return {n: diffs.TagState.of_sorted(v.change_number, contents[v.content_hash], v.metadata)
+            for n, v in versions.items()}
 
 
 def changed_tag_names(conn: Connection, cloud: str, first_day: int, last_day: int) -> list[str]:
@@ -150,7 +173,7 @@ def diff_publications(
         if name not in before and name not in after:
             continue  # not published at either point
         change = diffs.diff_tag(name, before.get(name), after.get(name), cache)
-        if names is None and change.status == "unchanged" and not change.anomalies:
+        if names is None and change.status == "unchanged" and not change.anomalies and not change.metadata:
             continue
         result.append(change)
     return sorted(result, key=lambda c: c.tag)
@@ -167,16 +190,24 @@ def history(conn: Connection, cloud: str, name: str) -> tuple[str, list[HistoryE
     entries: list[HistoryEntry] = []
     previous_set: frozenset[str] = frozenset()
     previous_number: int | None = None
+    previous_metadata: tuple | None = None
     for version in versions:
         current = frozenset(contents[bytes(version.content_hash)])
         added, removed = len(current - previous_set), len(previous_set - current)
+        metadata = _metadata_of(version) if version.present else None
         entries.append(HistoryEntry(
             date=day_from_key(version.valid_from), present=version.present, change_number=version.change_number,
             prefix_count=version.prefix_count, added=added, removed=removed,
             anomalies=diffs.change_number_anomalies(previous_number, version.change_number, bool(added or removed)),
+            metadata=diffs.metadata_changes(previous_metadata, metadata),
         ))
         previous_set, previous_number = current, (version.change_number if version.present else None)
+        previous_metadata = metadata
     return real_name, entries
+
+
+def _metadata_of(row) -> tuple:
+    return (row.region, row.region_id, row.platform, row.system_service, row.network_features)
 
 
 def containing_networks(address: str) -> list[str]:
@@ -215,6 +246,37 @@ def lookup(conn: Connection, cloud: str, address: str, publication: PublicationI
     return sorted(hits, key=lambda h: (h.tag, h.prefix))
 
 
+def lookup_all_time(conn: Connection, cloud: str, address: str) -> list[AddressHolder]:
+    """Every tag that ever held ``address``, with the first and last publication it was in, per prefix."""
+    candidates = containing_networks(address)
+    with translate_db_errors(f"looking up {address} in the whole {cloud} history"):
+        spans = conn.execute(
+            text("SELECT tag_id, prefix, first_day, until_day FROM prefix_spans WHERE prefix IN :candidates")
+            .bindparams(bindparam("candidates", expanding=True)),
+            {"candidates": candidates},
+        ).all()
+        if not spans:
+            return []
+        names = dict(conn.execute(
+            select(Tag.id, Tag.name).where(Tag.cloud == cloud, Tag.id.in_(list({s[0] for s in spans})))
+        ).all())
+        days = sorted(day_key(d) for d in conn.execute(
+            select(Publication.file_date).where(Publication.cloud == cloud)).scalars())
+    found: dict[tuple[str, str], tuple[int, int, bool]] = {}
+    for tag_id, prefix, first_day, until_day in spans:
+        if tag_id not in names:
+            continue
+        # A span ends before ``until_day``: its last publication is the one before that day.
+        last_index = (bisect.bisect_left(days, until_day) if until_day is not None else len(days)) - 1
+        last = days[last_index] if last_index >= 0 else first_day
+        key = (names[tag_id], prefix)
+        old = found.get(key)
+        current = until_day is None
+        found[key] = (min(first_day, old[0]), max(last, old[1]), current or old[2]) if old else (first_day, last, current)
+    return sorted((AddressHolder(tag, prefix, day_from_key(f), day_from_key(l), c)
+                   for (tag, prefix), (f, l, c) in found.items()), key=lambda h: (h.tag, h.prefix))
+
+
 def present_tag_names(conn: Connection, cloud: str, publication: PublicationInfo | None = None) -> list[str]:
     """Names of the tags published in ``publication`` (default: the latest of the cloud)."""
     if publication is None:
@@ -224,3 +286,10 @@ def present_tag_names(conn: Connection, cloud: str, publication: PublicationInfo
             return []
     with translate_db_errors(f"reading the {cloud} tags of {publication.file_date}"):
         return sorted(n for n, v in versions_at(conn, cloud, publication.day).items() if v.present)
+
+
+def all_publications(conn: Connection) -> list[PublicationInfo]:
+    """Every publication of every cloud, by cloud and date: what a backfill checks its files against."""
+    with translate_db_errors("listing the publications"):
+        rows = conn.execute(select(Publication.__table__).order_by(Publication.cloud, Publication.file_date))
+        return [publication_from_row(r) for r in rows]

@@ -7,6 +7,7 @@ not depend on the store's SQL.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -18,8 +19,11 @@ from ..parse import content_hash
 
 #: The hash of the empty prefix set: what withdrawn versions point to.
 EMPTY_HASH = content_hash(())
-#: (region, regionId, platform, systemService, networkFeatures) of a withdrawn version.
-NO_METADATA: tuple[str, int, str, str, str] = ("", 0, "", "", "")
+#: (region, regionId, platform, systemService, networkFeatures): each None when the file has none.
+Metadata = tuple[str | None, int | None, str | None, str | None, str | None]
+#: The metadata of a withdrawn version, and of an entry without any: absent, not a made-up 0 or "".
+NO_METADATA: Metadata = (None, None, None, None, None)
+METADATA_NAMES = ("region", "regionId", "platform", "systemService", "networkFeatures")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,10 @@ class PublicationInfo:
     imported_at: dt.datetime
     tag_count: int
     prefix_count: int
+    #: publications the global changeNumber says were not seen since the previous stored one
+    missed_before: int = 0
+    #: what parsing the file warned about (wrong-typed optional metadata)
+    parse_warnings: tuple[str, ...] = ()
 
     @property
     def day(self) -> int:
@@ -54,7 +62,63 @@ class PublicationInfo:
             "imported_at": imported_at.isoformat(),
             "tags": self.tag_count,
             "prefixes": self.prefix_count,
+            "missed_before": self.missed_before,
+            "parse_warnings": list(self.parse_warnings),
         }
+
+
+def missed_count(previous_number: int | None, number: int) -> int:
+    """Publications a global changeNumber says were not seen after ``previous_number`` (a reset: none)."""
+    if previous_number is None or number <= previous_number + 1:
+        return 0
+    return number - previous_number - 1
+
+
+def missed_note(count: int, after: dt.date | None, before: dt.date) -> str:
+    """"N publication(s) not seen between D1 and D2"."""
+    return f"{count} publication(s) not seen between {after} and {before}"
+
+
+@dataclass(frozen=True)
+class MissedPublications:
+    """A gap in a cloud's global changeNumber: ``count`` publications not seen between two stored ones."""
+
+    count: int
+    after: dt.date
+    before: dt.date
+
+    def describe(self) -> str:
+        return missed_note(self.count, self.after, self.before)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "after": self.after.isoformat(), "before": self.before.isoformat()}
+
+
+def missed_gaps(pubs: "list[PublicationInfo]") -> list[MissedPublications]:
+    """The gaps in one cloud's publications (oldest first), as their ``missed_before`` records them."""
+    return [MissedPublications(p.missed_before, q.file_date, p.file_date)
+            for q, p in zip(pubs, pubs[1:]) if p.missed_before]
+
+
+@dataclass(frozen=True)
+class ResolvedPublication:
+    """The publication a reference named; ``asked`` is the date given, when one was."""
+
+    publication: PublicationInfo
+    asked: dt.date | None = None
+
+    @property
+    def resolved_from(self) -> dt.date | None:
+        """The date asked for, when it had no publication and the one before it was taken."""
+        return self.asked if self.asked is not None and self.asked != self.publication.file_date else None
+
+    def note(self) -> str | None:
+        """The line that says so, or None when the date named a publication."""
+        if self.resolved_from is None:
+            return None
+        pub = self.publication
+        return (f"note: no {pub.cloud} publication on {self.resolved_from}; "
+                f"using the one on or before it, {pub.file_date} (--exact refuses instead)")
 
 
 def publication_from_row(row: Any) -> PublicationInfo:
@@ -63,6 +127,8 @@ def publication_from_row(row: Any) -> PublicationInfo:
         id=row.id, cloud=row.cloud, file_date=row.file_date, change_number=row.change_number,
         sha256=row.sha256, source=row.source, imported_at=row.imported_at,
         tag_count=row.tag_count, prefix_count=row.prefix_count,
+        missed_before=getattr(row, "missed_before", 0) or 0,
+        parse_warnings=tuple(json.loads(row.parse_warnings)) if getattr(row, "parse_warnings", None) else (),
     )
 
 
@@ -76,7 +142,7 @@ class VersionInfo:
     valid_until: int | None
     present: bool
     change_number: int | None
-    metadata: tuple[str, int, str, str, str]
+    metadata: Metadata
     prefix_count: int
     content_hash: bytes
     entry_hash: bytes
@@ -173,11 +239,13 @@ class TagSnapshot:
     def since(self) -> dt.date:
         return day_from_key(self.version.valid_from)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, resolved_from: dt.date | None = None) -> dict[str, Any]:
+        """``resolved_from``: the date asked for, when it had no publication and this is the one before."""
         return {
             "tag": self.tag,
             "cloud": self.publication.cloud,
             "date": self.publication.file_date.isoformat(),
+            "resolved_from": resolved_from.isoformat() if resolved_from else None,
             "change_number": self.version.change_number,
             "since": self.since.isoformat(),
             "prefixes": list(self.prefixes),
@@ -193,13 +261,16 @@ class HistoryEntry:
     added: int
     removed: int
     anomalies: tuple[str, ...]
+    #: metadata properties that changed from the version before (both present)
+    metadata: tuple[diffs.MetadataChange, ...] = ()
 
-    def to_json(self, tag: str) -> dict[str, Any]:
-        """``tag``: the tag's name, which the entry itself does not carry."""
+    def to_json(self, tag: str, resolved_from: dt.date | None = None) -> dict[str, Any]:
+        """``tag``: the tag's name, which the entry itself does not carry; ``resolved_from`` as in ``--since``."""
         return {
-            "tag": tag, "date": self.date.isoformat(), "present": self.present, "change_number": self.change_number,
+            "tag": tag, "date": self.date.isoformat(),
+            "resolved_from": resolved_from.isoformat() if resolved_from else None, "present": self.present, "change_number": self.change_number,
             "prefixes": self.prefix_count, "added": self.added, "removed": self.removed,
-            "anomalies": list(self.anomalies),
+            "anomalies": list(self.anomalies), "metadata": [m.to_json() for m in self.metadata],
         }
 
 
@@ -211,3 +282,19 @@ class LookupHit:
 
     def to_json(self) -> dict[str, Any]:
         return {"tag": self.tag, "prefix": self.prefix, "since": self.since.isoformat()}
+
+
+@dataclass(frozen=True)
+class AddressHolder:
+    """A tag that held an address at some time: from its first to its last publication with the prefix."""
+
+    tag: str
+    prefix: str
+    first: dt.date
+    last: dt.date
+    #: still published in the newest publication
+    current: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tag": self.tag, "prefix": self.prefix, "first": self.first.isoformat(),
+                "last": self.last.isoformat(), "current": self.current}
