@@ -375,7 +375,9 @@ def _ticket_for_watch(conn: Connection, watch: ResolvedWatch, new: store.Publica
                       settings: Settings, implausible: Sequence[str], at: dt.datetime) -> int | None:
     approved = states.current(conn, watch.cloud, watch.name)
     live = live_ticket(conn, watch.cloud, watch.name)
-    target = store.tag_states(conn, watch.cloud, new.day, watch.tag_names) if watch.tag_names else {}
+    # A prefix an older version stored that today's gate refuses never reaches a ticket or an approved state.
+    target = {name: diffs.passing_gate(state) for name, state in
+              store.tag_states(conn, watch.cloud, new.day, watch.tag_names).items()} if watch.tag_names else {}
     if approved is None and not target:
         return None  # nothing published for the watch yet (a misspelt region, a cloud without the tags)
     approved_lists = {n: t.prefixes for n, t in approved.tags.items()} if approved else None
