@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from . import notify, render, review, state as states, tickets
+from . import feed_consumers, notify, render, review, state as states, tickets
 from .errors import TransitionError
 from .settings import CLOUD_FILE_NAMES
 from .watches import resolve_watches
@@ -141,6 +141,7 @@ def tickets_show(app: Any, ticket_id: int, as_json: bool) -> None:
         ticket = tickets.get_ticket(conn, ticket_id)
         events = tickets.ticket_events(conn, ticket_id)
         summary = render.render_ticket(conn, app.settings, ticket, "summary")
+        pulls = feed_consumers.pulled_by(conn, ticket_id)
     deliveries = notify.outbox_status(app.engine, app.settings, ticket_id)
     if as_json:
         data = ticket_json(ticket)
@@ -149,9 +150,12 @@ def tickets_show(app: Any, ticket_id: int, as_json: bool) -> None:
                            "to": e.to_state, "comment": e.comment} for e in events]
         data["deliveries"] = [{"destination": d.destination, "state": d.state, "attempts": d.attempts,
                                "error": d.last_error} for d in deliveries]
+        data["pulled_by"] = [p.to_json() for p in pulls]
         _emit_json(data)
         return
     click.echo(summary.rstrip())
+    if ticket.state in ("approved", "applied"):
+        click.echo(f"Feeds: {feed_consumers.pulled_line(pulls)}")
     click.echo("\nReview trail:")
     for e in events:
         comment = f"  ({render.one_line(e.comment)})" if e.comment else ""

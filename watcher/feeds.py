@@ -30,7 +30,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import Connection, select
 
@@ -159,6 +159,23 @@ def build(state: states.ApprovedState, previous: states.ApprovedState | None, at
                    removals_at=state.removals_at, files={f.path: f for f in files})
 
 
+def clock(settings: Settings, fallback: Callable[[], dt.datetime]) -> Callable[[], dt.datetime]:
+    """The feeds' clock: ``fallback``, unless ``[feeds] clock_file`` (tests only) names a file holding an ISO
+    time, read at every call so a test moves a running server through the phases."""
+    path = settings.feeds.clock_file
+    if not path:
+        return fallback
+
+    def now() -> dt.datetime:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            text = ""
+        return states.as_utc(dt.datetime.fromisoformat(text)) if text else fallback()
+
+    return now
+
+
 # ---------------------------------------------------------------- reading the database
 
 
@@ -249,3 +266,33 @@ def write_sets(directory: str | os.PathLike[str], feeds: list[FeedSet]) -> list[
 def export(conn: Connection, settings: Settings, directory: str | os.PathLike[str], at: dt.datetime) -> list[str]:
     """``watcher feeds export DIR``: the served files of every watch, as they are at ``at``."""
     return write_sets(directory, all_sets(conn, settings, at))
+
+
+def nginx_config(directory: str, *, listen: str = "80", cache_seconds: int = 300, public: bool = False) -> str:
+    """The ``map`` and ``server`` blocks (inside ``http {}``) that serve an export folder as ``/feeds/`` with the
+    watcher's headers: its ETags (from the export's map file; reload nginx after an export that changed files),
+    Last-Modified (the files' mtime), content types, Cache-Control, and 304s for both kinds of condition."""
+    root = directory.rstrip("/")
+    cache = f"{'public' if public else 'private'}, max-age={cache_seconds}, must-revalidate"
+    return f"""  map_hash_bucket_size 256;  # feed paths are longer than nginx's default bucket allows
+  map $uri $watcher_feed_etag {{
+    default "";
+    include {root}/{MAP_FILE};
+  }}
+  server {{
+    listen {listen};
+    location /feeds/ {{
+      alias {root}/;
+      types {{ text/plain txt md5; application/json json; }}
+      charset utf-8;
+      charset_types text/plain;
+      etag off;
+      if_modified_since before;
+      add_header ETag $watcher_feed_etag;
+      add_header Cache-Control "{cache}";
+      if ($http_if_none_match = $watcher_feed_etag) {{
+        return 304;
+      }}
+    }}
+  }}
+"""

@@ -1,8 +1,6 @@
 """Feed commands: consumers and their tokens, who has which version, the static export."""
 from __future__ import annotations
 
-import datetime as dt
-
 import click
 
 from .. import feed_consumers, feeds
@@ -79,7 +77,7 @@ def _status_lines(found: list[feed_consumers.ConsumerStatus]) -> list[str]:
 def feeds_status(app: AppContext, as_json: bool) -> None:
     """Each consumer's last fetch, and whether it has each feed's state in force now."""
     with app.engine.connect() as conn:
-        found = feed_consumers.report(conn, app.settings, utcnow())
+        found = feed_consumers.report(conn, app.settings, feeds.clock(app.settings, utcnow)())
     present(as_json, lambda: [s.to_json() for s in found], lambda: _status_lines(found))
 
 
@@ -89,7 +87,7 @@ def feeds_status(app: AppContext, as_json: bool) -> None:
 def feeds_export(app: AppContext, directory: str) -> None:
     """Write every feed file to DIRECTORY (atomically: a temporary file, then a rename), for a static server."""
     with app.engine.connect() as conn:
-        changed = feeds.export(conn, app.settings, directory, dt.datetime.now(dt.timezone.utc))
+        changed = feeds.export(conn, app.settings, directory, feeds.clock(app.settings, utcnow)())
     click.echo(f"{len(changed)} file(s) written to {directory}")
 
 

@@ -18,7 +18,6 @@ import binascii
 import datetime as dt
 import logging
 from email.utils import format_datetime, parsedate_to_datetime
-from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import Engine
@@ -37,19 +36,6 @@ log = logging.getLogger(__name__)
 
 _SUFFIXES = (".checkpoint.json", ".json", ".txt")
 _CHALLENGE = 'Basic realm="watcher feeds", charset="UTF-8", Bearer realm="watcher feeds"'
-
-
-def file_clock(path: str, fallback: Callable[[], dt.datetime]) -> Callable[[], dt.datetime]:
-    """Tests only: now is the ISO time written in ``path`` (the real clock while it is empty or missing)."""
-
-    def now() -> dt.datetime:
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            text = ""
-        return as_utc(dt.datetime.fromisoformat(text)) if text else fallback()
-
-    return now
 
 
 def split_path(parts: list[str]) -> tuple[str, str] | None:
@@ -101,7 +87,7 @@ def _text(status: int, message: str, **headers: str) -> Response:
 
 def routes(settings: Settings, engine: Engine, clock: Callable[[], dt.datetime]) -> list[Route]:
     """The feed routes of the app."""
-    now = file_clock(settings.feeds.clock_file, clock) if settings.feeds.clock_file else clock
+    now = feeds.clock(settings, clock)
     cache_control = (f"{'public' if settings.feeds.public else 'private'}, max-age={settings.feeds.cache_seconds}, "
                      "must-revalidate")
 
