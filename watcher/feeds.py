@@ -23,22 +23,28 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import json
 import os
 import re
 import tempfile
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import state as states
-from .errors import NotFoundError, StoreError
+from .errors import NotFoundError, StoreError, WatcherError
 from .models import ApprovedState as ApprovedStateRow
 from .settings import Settings
 from .watches import EXTRA_WATCH, resolve_watches
+
+log = logging.getLogger(__name__)
 
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
@@ -182,7 +188,7 @@ def clock(settings: Settings, fallback: Callable[[], dt.datetime]) -> Callable[[
 def watch_names(conn: Connection, settings: Settings) -> dict[str, tuple[str, str]]:
     """Feed name -> (cloud, watch), for every watch configured or with an approved state."""
     table = ApprovedStateRow.__table__
-    pairs = set(conn.execute(select(table.c.cloud, table.c.watch).distinct()).tuples())
+    pairs = {(r.cloud, r.watch) for r in conn.execute(select(table.c.cloud, table.c.watch).distinct())}
     pairs |= {(w.cloud, w.name) for w in resolve_watches(settings, {})}
     return {feed_name(cloud, watch): (cloud, watch) for cloud, watch in sorted(pairs)}
 
@@ -296,3 +302,61 @@ def nginx_config(directory: str, *, listen: str = "80", cache_seconds: int = 300
     }}
   }}
 """
+
+
+class Exporter:
+    """The daemon's service that keeps ``[feeds] export_dir`` in step with the served feeds.
+
+    Every ``interval`` seconds it asks the database one cheap question (how many approved states, the newest
+    id); it rewrites the folder when that changed (an approval, by any process) or when a removal date has
+    passed (a phase boundary), and once at start. A failed round is logged and tried again next round.
+    """
+
+    def __init__(self, settings: Settings, engine: Engine, now: Callable[[], dt.datetime],
+                 interval: float = 0.25) -> None:
+        if not settings.feeds.export_dir:
+            raise WatcherError("the feed exporter needs [feeds] export_dir")
+        self.settings, self.engine, self.now, self.interval = settings, engine, clock(settings, now), interval
+        self.directory = settings.feeds.export_dir
+        self._seen: tuple[Any, ...] | None = None
+        self._next_boundary: dt.datetime | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> list[str] | None:
+        """One round: the files rewritten, or None when nothing could have changed."""
+        at = self.now()
+        table = ApprovedStateRow.__table__
+        with self.engine.connect() as conn:
+            seen = tuple(conn.execute(select(func.count(), func.max(table.c.id))).one())
+            if seen == self._seen and (self._next_boundary is None or at < self._next_boundary):
+                return None
+            sets = all_sets(conn, self.settings, at)
+        changed = write_sets(self.directory, sets)
+        self._seen = seen
+        pending = [f.removals_at for f in sets if not f.complete and f.removals_at is not None]
+        self._next_boundary = min(pending) if pending else None
+        if changed:
+            log.info("feeds exported to %s: %d file(s) changed", self.directory, len(changed),
+                     extra={"event": "feeds", "outcome": "exported"})
+        return changed
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.refresh()
+            except (WatcherError, SQLAlchemyError) as exc:
+                log.warning("feeds export to %s failed: %s", self.directory, str(exc).splitlines()[0],
+                            extra={"event": "feeds", "outcome": "failed"})
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def start(self) -> None:
+        self.refresh()  # a folder that cannot be written stops the start
+        self._thread = threading.Thread(target=self._loop, name="watcher-feed-export", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
