@@ -254,7 +254,7 @@ def test_database_gone_mid_run_is_503_never_an_empty_list(postgres_schema_url, p
         engine.dispose()
 
 
-def test_nginx_serving_the_export_gives_the_same_bodies_etags_and_304s(served_feeds, engine, tmp_path):
+def test_nginx_serving_the_export_gives_the_same_bodies_etags_and_last_modified(served_feeds, engine, tmp_path):
     feeds = served_feeds
     token = json.loads(feeds.cli("feeds", "consumer", "add", "fw-1", "--json"))["token"]
     import_made(engine, make_settings(), "20250101", week())
@@ -269,7 +269,8 @@ def test_nginx_serving_the_export_gives_the_same_bodies_etags_and_304s(served_fe
             assert theirs.status_code == 200 and theirs.content == ours.content, relative
             for header in ("etag", "last-modified", "content-type", "cache-control"):
                 assert theirs.headers[header] == ours.headers[header], (relative, header)
-            assert static.get(f"/feeds/{relative}", headers={"If-None-Match": ours.headers["etag"]}).status_code == 304
+            # nginx never answers 304 by ETag (its map may be one export behind): the whole file, not a wrong 304.
+            assert static.get(f"/feeds/{relative}", headers={"If-None-Match": ours.headers["etag"]}).status_code == 200
             assert static.get(f"/feeds/{relative}",
                               headers={"If-Modified-Since": ours.headers["last-modified"]}).status_code == 304
 
@@ -287,7 +288,8 @@ class nginx_serving:  # noqa: N801 - a context manager read as a phrase
         port = free_port()
         server = feeds.nginx_config(str(self.folder), listen=f"127.0.0.1:{port}", cache_seconds=300, public=False)
         (self.work / "nginx.conf").write_text(
-            f"daemon off;\nuser root;  # the folder is under the test runner's private tmp\npid {self.work}/nginx.pid;\nerror_log {self.work}/error.log;\nevents {{}}\n"
+            f"daemon off;\nuser root;\npid {self.work}/nginx.pid;\n"  # user root: the folder is in pytest's private tmp
+            f"error_log {self.work}/error.log;\nevents {{}}\n"
             f"http {{\n  access_log off;\n"
             f"  client_body_temp_path {self.work}; proxy_temp_path {self.work}; fastcgi_temp_path {self.work};\n"
             f"  uwsgi_temp_path {self.work}; scgi_temp_path {self.work};\n{server}}}\n")

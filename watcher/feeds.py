@@ -277,7 +277,10 @@ def export(conn: Connection, settings: Settings, directory: str | os.PathLike[st
 def nginx_config(directory: str, *, listen: str = "80", cache_seconds: int = 300, public: bool = False) -> str:
     """The ``map`` and ``server`` blocks (inside ``http {}``) that serve an export folder as ``/feeds/`` with the
     watcher's headers: its ETags (from the export's map file; reload nginx after an export that changed files),
-    Last-Modified (the files' mtime), content types, Cache-Control, and 304s for both kinds of condition."""
+    Last-Modified (the files' mtime), content types, Cache-Control, and 304 for If-Modified-Since.
+
+    No 304 for If-None-Match: nginx reads the map only at a reload, and a stale map answering 304 to the old
+    ETag would keep a firewall on the old list. Without the ETag (``etag off``) nginx answers it 200."""
     root = directory.rstrip("/")
     cache = f"{'public' if public else 'private'}, max-age={cache_seconds}, must-revalidate"
     return f"""  map_hash_bucket_size 256;  # feed paths are longer than nginx's default bucket allows
@@ -296,9 +299,6 @@ def nginx_config(directory: str, *, listen: str = "80", cache_seconds: int = 300
       if_modified_since before;
       add_header ETag $watcher_feed_etag;
       add_header Cache-Control "{cache}";
-      if ($http_if_none_match = $watcher_feed_etag) {{
-        return 304;
-      }}
     }}
   }}
 """
