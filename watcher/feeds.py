@@ -199,7 +199,7 @@ def previous_state(conn: Connection, state: states.ApprovedState) -> states.Appr
 
 
 def find(conn: Connection, settings: Settings, name: str, at: dt.datetime,
-         names: Mapping[str, tuple[str, str]] | None = None) -> FeedSet:
+         names: Mapping[str, tuple[str, str]] | None = None, cache: dict[Any, FeedSet] | None = None) -> FeedSet:
     """The feed set of the watch named ``name`` at ``at``; NotFoundError when unknown or nothing is approved."""
     names = names if names is not None else watch_names(conn, settings)
     if name not in names:
@@ -208,7 +208,16 @@ def find(conn: Connection, settings: Settings, name: str, at: dt.datetime,
     state = states.current(conn, cloud, watch, at)
     if state is None:
         raise NotFoundError(f"feed {name!r}: watch {watch!r} ({cloud}) has no approved state yet")
-    return build(state, previous_state(conn, state), at)
+    # A feed set is a function of its state (which fixes the state before it) and the phase: built once per pair.
+    key = (state.id, state.removals_at is None or states.as_utc(at) >= state.removals_at)
+    if cache is not None and key in cache:
+        return cache[key]
+    built = build(state, previous_state(conn, state), at)
+    if cache is not None:
+        if len(cache) >= 256:
+            cache.clear()
+        cache[key] = built
+    return built
 
 
 def all_sets(conn: Connection, settings: Settings, at: dt.datetime) -> list[FeedSet]:
@@ -313,7 +322,7 @@ class Exporter:
     """
 
     def __init__(self, settings: Settings, engine: Engine, now: Callable[[], dt.datetime],
-                 interval: float = 0.25) -> None:
+                 interval: float = 0.1) -> None:
         if not settings.feeds.export_dir:
             raise WatcherError("the feed exporter needs [feeds] export_dir")
         self.settings, self.engine, self.now, self.interval = settings, engine, clock(settings, now), interval

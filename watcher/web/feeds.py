@@ -88,6 +88,7 @@ def _text(status: int, message: str, **headers: str) -> Response:
 def routes(settings: Settings, engine: Engine, clock: Callable[[], dt.datetime]) -> list[Route]:
     """The feed routes of the app."""
     now = feeds.clock(settings, clock)
+    built: dict = {}  # (state id, phase) -> feed set; a dict's item access is atomic across the thread pool
     cache_control = (f"{'public' if settings.feeds.public else 'private'}, max-age={settings.feeds.cache_seconds}, "
                      "must-revalidate")
 
@@ -108,7 +109,7 @@ def routes(settings: Settings, engine: Engine, clock: Callable[[], dt.datetime])
                 return _text(403, f"consumer {consumer.name} does not pull feed {name}")
         try:
             with engine.connect() as conn:
-                feed = feeds.find(conn, settings, name, at)
+                feed = feeds.find(conn, settings, name, at, cache=built)
         except NotFoundError as exc:
             return _text(404, str(exc))
         file = feed.files.get(path)
