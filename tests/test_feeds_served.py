@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +22,10 @@ from tests.httpstub import free_port
 from tests.test_web import Served
 from tests.ticket_helpers import import_made, make_settings, utc, week
 from watcher import review
+from watcher.web.feeds import FRESH_SECONDS
+
+#: How long a test waits for the server to see a change and to write its fetch records (both every FRESH_SECONDS).
+SETTLE = FRESH_SECONDS + 0.3
 
 CONFIG = """
 [[registries]]
@@ -48,8 +53,10 @@ class Feeds:
 
     def at(self, *when: int) -> None:
         self.clock.write_text(utc(*when).isoformat())
+        time.sleep(SETTLE)  # the server reads the approved states again after FRESH_SECONDS
 
     def cli(self, *args: str, code: int = 0) -> str:
+        time.sleep(SETTLE)  # the server's fetch records are written in batches
         done = subprocess.run(watcher_command(*args), env=self.env, capture_output=True, text=True, timeout=60)
         assert done.returncode == code, (args, done.stdout, done.stderr)
         return done.stdout + done.stderr
@@ -245,6 +252,7 @@ def test_database_gone_mid_run_is_503_never_an_empty_list(postgres_schema_url, p
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
         admin.dispose()
+        time.sleep(SETTLE)
         for path in ("/feeds/myreg.txt", "/feeds/myreg/v6.txt", "/feeds/myreg.json"):
             gone = feeds.get(path, token)
             assert gone.status_code == 503 and gone.headers["retry-after"] and "last good copy" in gone.text, path
@@ -304,7 +312,6 @@ class nginx_serving:  # noqa: N801 - a context manager read as a phrase
             except httpx.HTTPError:
                 if self.process.poll() is not None:
                     raise AssertionError(self.process.stdout.read().decode())
-                import time
                 time.sleep(0.1)
         raise AssertionError("nginx did not start")
 

@@ -99,17 +99,17 @@ def authenticate(conn: Connection, token: str) -> Consumer | None:
     return _consumer(row) if row is not None and hmac.compare_digest(row.token_hash, digest) else None
 
 
-def count_denial(engine: Engine, at: dt.datetime) -> None:
-    """Count a request refused for wrong or missing credentials (one counter row per day)."""
+def count_denial(engine: Engine, at: dt.datetime, times: int = 1) -> None:
+    """Count requests refused for wrong or missing credentials (one counter row per day)."""
     table = FeedDenial.__table__
     day = day_key(at.date())
     with db.writer(engine).begin() as conn:
-        if conn.execute(update(table).where(table.c.day == day).values(count=table.c.count + 1)).rowcount == 0:
+        if conn.execute(update(table).where(table.c.day == day).values(count=table.c.count + times)).rowcount == 0:
             try:
                 with conn.begin_nested():
-                    conn.execute(insert(table), {"day": day, "count": 1})
+                    conn.execute(insert(table), {"day": day, "count": times})
             except IntegrityError:  # another replica counted the day's first one
-                conn.execute(update(table).where(table.c.day == day).values(count=table.c.count + 1))
+                conn.execute(update(table).where(table.c.day == day).values(count=table.c.count + times))
 
 
 def denials(conn: Connection) -> int:
@@ -117,23 +117,25 @@ def denials(conn: Connection) -> int:
 
 
 def record_fetch(engine: Engine, consumer: Consumer, feed: FeedSet, path: str, version: str, status: int,
-                 at: dt.datetime) -> bool:
-    """Record a fetch (200 or 304); True when this consumer got this version of this file for the first time."""
+                 at: dt.datetime, times: int = 1, first_at: dt.datetime | None = None) -> bool:
+    """Record fetches (200 or 304; ``times`` of them, the last at ``at``, the first at ``first_at``); True when
+    this consumer got this version of this file for the first time."""
     table = FeedFetch.__table__
     key = (table.c.consumer_id == consumer.id) & (table.c.path == path) & (table.c.version == version)
     with db.writer(engine).begin() as conn:
         if conn.execute(update(table).where(key).values(last_at=at, last_status=status,
-                                                        count=table.c.count + 1)).rowcount:
+                                                        count=table.c.count + times)).rowcount:
             return False
         try:
             with conn.begin_nested():
                 conn.execute(insert(table), {
                     "consumer_id": consumer.id, "path": path, "version": version, "cloud": feed.cloud,
-                    "watch": feed.watch, "state_id": feed.state_id, "complete": feed.complete, "first_at": at,
-                    "last_at": at, "last_status": status, "count": 1})
+                    "watch": feed.watch, "state_id": feed.state_id, "complete": feed.complete,
+                    "first_at": first_at or at, "last_at": at, "last_status": status, "count": times})
             return True
         except IntegrityError:  # the same consumer's parallel request recorded it first
-            conn.execute(update(table).where(key).values(last_at=at, last_status=status, count=table.c.count + 1))
+            conn.execute(update(table).where(key).values(last_at=at, last_status=status,
+                                                         count=table.c.count + times))
             return False
 
 

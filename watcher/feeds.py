@@ -185,6 +185,24 @@ def clock(settings: Settings, fallback: Callable[[], dt.datetime]) -> Callable[[
 # ---------------------------------------------------------------- reading the database
 
 
+Head = tuple[str, str, int | None, dt.datetime | None]  # cloud, watch, state id, removals_at (None: none approved)
+
+
+def heads(conn: Connection, settings: Settings, at: dt.datetime) -> dict[str, Head]:
+    """Feed name -> the state in force at ``at`` (its id and removal date only), for every watch configured or
+    with an approved state: one query, no state content read."""
+    table = ApprovedStateRow.__table__
+    newest = (select(func.max(table.c.id)).where(table.c.approved_at <= at)
+              .group_by(table.c.cloud, table.c.watch).scalar_subquery())
+    found: dict[tuple[str, str], Head] = {(w.cloud, w.name): (w.cloud, w.name, None, None)
+                                          for w in resolve_watches(settings, {})}
+    for row in conn.execute(select(table.c.cloud, table.c.watch, table.c.id, table.c.removals_at)
+                            .where(table.c.id.in_(newest))):
+        removals = states.as_utc(row.removals_at) if row.removals_at is not None else None
+        found[(row.cloud, row.watch)] = (row.cloud, row.watch, row.id, removals)
+    return {feed_name(cloud, watch): head for (cloud, watch), head in sorted(found.items())}
+
+
 def watch_names(conn: Connection, settings: Settings) -> dict[str, tuple[str, str]]:
     """Feed name -> (cloud, watch), for every watch configured or with an approved state."""
     table = ApprovedStateRow.__table__
@@ -199,20 +217,24 @@ def previous_state(conn: Connection, state: states.ApprovedState) -> states.Appr
 
 
 def find(conn: Connection, settings: Settings, name: str, at: dt.datetime,
-         names: Mapping[str, tuple[str, str]] | None = None, cache: dict[Any, FeedSet] | None = None) -> FeedSet:
-    """The feed set of the watch named ``name`` at ``at``; NotFoundError when unknown or nothing is approved."""
-    names = names if names is not None else watch_names(conn, settings)
-    if name not in names:
-        raise NotFoundError(f"no feed {name!r} (known: {', '.join(names) or 'none'})")
-    cloud, watch = names[name]
-    state = states.current(conn, cloud, watch, at)
-    if state is None:
+         known: Mapping[str, Head] | None = None, cache: dict[Any, FeedSet] | None = None) -> FeedSet:
+    """The feed set of the watch named ``name`` at ``at``; NotFoundError when unknown or nothing is approved.
+
+    ``known``: ``heads`` read earlier; ``cache``: feed sets by (state, phase), which fix every body."""
+    known = known if known is not None else heads(conn, settings, at)
+    if name not in known:
+        raise NotFoundError(f"no feed {name!r} (known: {', '.join(known) or 'none'})")
+    cloud, watch, state_id, removals_at = known[name]
+    if state_id is None:
         raise NotFoundError(f"feed {name!r}: watch {watch!r} ({cloud}) has no approved state yet")
-    # A feed set is a function of its state (which fixes the state before it) and the phase: built once per pair.
-    key = (state.id, state.removals_at is None or states.as_utc(at) >= state.removals_at)
+    key = (state_id, removals_at is None or states.as_utc(at) >= removals_at)
     if cache is not None and key in cache:
         return cache[key]
-    built = build(state, previous_state(conn, state), at)
+    history = states.history(conn, cloud, watch)
+    mine = [i for i, s in enumerate(history) if s.id == state_id]
+    if not mine:
+        raise NotFoundError(f"feed {name!r}: approved state {state_id} is gone")
+    built = build(history[mine[0]], history[mine[0] - 1] if mine[0] else None, at)
     if cache is not None:
         if len(cache) >= 256:
             cache.clear()
