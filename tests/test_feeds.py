@@ -39,7 +39,8 @@ def test_feed_names_and_paths():
     assert split_path(["myreg.txt"]) == ("myreg", "myreg.txt")
     assert split_path(["myreg.checkpoint.json.md5"]) == ("myreg", "myreg.checkpoint.json.md5")
     assert split_path(["myreg", "Storage.EastUS2.txt"]) == ("myreg", "myreg/Storage.EastUS2.txt")
-    assert split_path(["myreg.exe"]) is None and split_path([".txt"]) is None and split_path(["a", "b", "c.txt"]) is None
+    assert split_path(["myreg.exe"]) is None and split_path([".txt"]) is None
+    assert split_path(["a", "b", "c.txt"]) is None
 
 
 def test_bodies_follow_the_phases_per_watch_family_and_tag(engine):
@@ -120,7 +121,8 @@ def test_consumers_tokens_fetches_status_and_auto_applied(engine):
         metrics = health.metrics_text(conn, settings, utc(2025, 1, 16, 1, 30))
     assert [r for r in reasons if "feed consumer" in r] == ["feed consumer fw-2 has not fetched ever (added "
                                                             "2025-01-14 00:00 UTC)"]
-    assert f'watcher_feed_consumer_last_fetch_timestamp_seconds{{consumer="fw-1"}} {int(utc(2025, 1, 16, 1).timestamp())}' in metrics
+    last = int(utc(2025, 1, 16, 1).timestamp())
+    assert f'watcher_feed_consumer_last_fetch_timestamp_seconds{{consumer="fw-1"}} {last}' in metrics
     assert 'watcher_feed_consumer_last_fetch_timestamp_seconds{consumer="fw-2"} 0' in metrics
     # Auto-applied: only once every consumer of the watch has the final list.
     assert not feed_consumers.mark_applied_when_everyone_has_it(engine, final, utc(2025, 1, 16, 2))

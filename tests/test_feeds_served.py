@@ -194,7 +194,8 @@ def test_a_feed_follows_the_approved_state_through_both_phases_and_knows_who_has
     # The export folder holds the same bytes as the server serves.
     folder = tmp_path / "export"
     assert "file(s) written" in feeds.cli("feeds", "export", str(folder))
-    exported = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "nginx-etags.map")
+    exported = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                      if p.is_file() and p.name != "nginx-etags.map")
     assert "myreg.txt" in exported and "myreg.txt.md5" in exported and "myreg/Storage.EastUS2.txt" in exported
     for relative in exported:
         served = feeds.get(f"/feeds/{relative}", fw1["token"])

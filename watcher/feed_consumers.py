@@ -57,7 +57,8 @@ def _consumer(row: Any) -> Consumer:
     return Consumer(row.id, row.name, tuple(json.loads(row.watches)), states.as_utc(row.created_at))
 
 
-def add(engine: Engine, name: str, watches: Iterable[str], known: Iterable[str], now: dt.datetime) -> tuple[Consumer, str]:
+def add(engine: Engine, name: str, watches: Iterable[str], known: Iterable[str],
+        now: dt.datetime) -> tuple[Consumer, str]:
     """A new consumer and its token (returned once; only its hash is stored)."""
     if not _NAME.fullmatch(name):
         raise ConfigError(f"consumer name {name!r}: use 1 to 100 letters, digits, '.', '_' or '-'")

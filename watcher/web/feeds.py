@@ -29,9 +29,8 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Any
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
