@@ -319,3 +319,33 @@ class nginx_serving:  # noqa: N801 - a context manager read as a phrase
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
         self.process.wait(10)
+
+
+def test_watcher_run_keeps_the_export_folder_in_step_with_approvals(db_url, engine, tmp_path):
+    """The daemon process, with ``[feeds] export_dir``: the folder follows an approval made by another process."""
+    from tests.daemon_helpers import DaemonProcess
+
+    folder, empty = tmp_path / "export", tmp_path / "no-files"
+    empty.mkdir()
+    config = tmp_path / "watcher.toml"
+    config.write_text(CONFIG.replace("[feeds]\n", f'[feeds]\nexport_dir = "{folder}"\n')
+                      + '[daemon]\nschedule = "0 3 1 1 *"\nrun_deadline_seconds = 0.5\n[fetch]\nretries = 0\n')
+    settings = make_settings()
+    import_made(engine, settings, "20250101", week())
+    review.transition(engine, 1, "approve", "alice")
+    daemon = DaemonProcess(base_env(db_url, WATCHER_CONFIG=str(config), WATCHER_SOURCE_URL=str(empty)))
+    target = folder / "myreg.txt"
+    try:
+        daemon.wait_for(lambda: target.is_file() and target.read_bytes() == b"10.1.0.0/22\n10.3.0.0/24\n",
+                        "the first export")
+        import_made(engine, settings, "20250108", week(acr_eastus2=("10.3.0.0/24", "10.3.1.0/24")), 2)
+        started = time.monotonic()
+        review.transition(engine, 2, "approve", "bob")
+        daemon.wait_for(lambda: target.read_bytes() == b"10.1.0.0/22\n10.3.0.0/23\n", "the approval exported")
+        assert time.monotonic() - started < 1.0
+        daemon.wait_for(lambda: (folder / "myreg.txt.md5").read_text()
+                        == hashlib.md5(target.read_bytes()).hexdigest() + "\n", "the .md5 after its file", 2)
+        code, _ = daemon.terminate()
+        assert code == 0
+    finally:
+        daemon.kill()
