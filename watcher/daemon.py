@@ -12,7 +12,7 @@ from typing import Any, Callable
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import db, fetch, leader, pipeline, polls, scheduler, web
+from . import db, feeds, fetch, leader, pipeline, polls, scheduler, web
 from .errors import WatcherError
 from .leader import Leadership
 from .models import utcnow
@@ -91,6 +91,7 @@ def run_daemon(settings: Settings, *, clock: Callable[[], dt.datetime] = utcnow)
             if settings.daemon.http_port is not None:
                 services.append(http_server(settings, engine, daemon_view(settings, leadership, clock),
                                             settings.web.http_host, settings.daemon.http_port, clock=clock))
+            services += [feeds.Exporter(settings, engine, clock)] if settings.feeds.export_dir else []
             scheduler.Daemon(settings, engine, leadership, clock=clock, poll=importing_whole_folder(),
                              services=services).serve_forever()
         finally:

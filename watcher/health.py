@@ -153,7 +153,22 @@ def evaluate(conn: Connection, settings: Settings, now: dt.datetime) -> Health:
         if cloud.newest is not None and cloud.stale:
             reasons.append(f"{cloud.cloud}: no new publication for {cloud.age_days} days (newest "
                            f"{cloud.newest.file_date}; Microsoft publishes weekly)")
+    reasons += stale_consumers(conn, settings, now)
     return Health(not reasons, tuple(reasons), failures, last_run(conn), last_successful_run_at(conn), clouds)
+
+
+def stale_consumers(conn: Connection, settings: Settings, now: dt.datetime) -> list[str]:
+    """A feed consumer silent longer than ``[feeds] stale_after_hours`` (counted from its creation if it never
+    fetched): its firewall may be running an old list."""
+    from . import feed_consumers
+
+    limit = dt.timedelta(hours=settings.feeds.stale_after_hours)
+    reasons = []
+    for name, last, created in feed_consumers.last_fetches(conn):
+        if now - (last or created) > limit:
+            since = f"since {last:%Y-%m-%d %H:%M} UTC" if last else "ever (added {:%Y-%m-%d %H:%M} UTC)".format(created)
+            reasons.append(f"feed consumer {name} has not fetched {since}")
+    return reasons
 
 
 def health_state(engine: Engine, settings: Settings, now: dt.datetime) -> Health:
@@ -302,6 +317,13 @@ def metrics_text(conn: Connection, settings: Settings, now: dt.datetime) -> str:
     outbox = _count_by(conn, OutboxMessage.__table__.c.state)
     metric("watcher_notifications", "gauge", "Ticket notifications by outcome (per destination).",
            [({"state": s}, outbox.get(s, 0)) for s in notify.OUTBOX_STATES])
+    from . import feed_consumers
+
+    metric("watcher_feed_consumer_last_fetch_timestamp_seconds", "gauge",
+           "When each feed consumer last fetched a feed (0: never).",
+           [({"consumer": n}, last.timestamp() if last else 0) for n, last, _ in feed_consumers.last_fetches(conn)])
+    metric("watcher_feed_denied_total", "counter", "Feed requests refused for wrong or missing credentials.",
+           [({}, feed_consumers.denials(conn))])
     metric("watcher_healthy", "gauge", "1 when healthy, 0 when not.", [({}, 1 if health.healthy else 0)])
     return "\n".join(lines) + "\n"
 

@@ -342,3 +342,47 @@ class HealthAlert(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# ---------------------------------------------------------------- feeds (revision 0009)
+
+
+class FeedConsumer(Base):
+    """A firewall (or any poller) allowed to fetch feeds: its name, the hash of its token, its watches."""
+
+    __tablename__ = "feed_consumers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)   # sha256 hex of the token; never the token
+    watches: Mapped[str] = mapped_column(Text, default="[]")            # JSON list of feed names; [] = every feed
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FeedFetch(Base):
+    """One row per consumer, feed file and version it got: first and last fetch, and how many (200 or 304)."""
+
+    __tablename__ = "feed_fetches"
+    __table_args__ = (UniqueConstraint("consumer_id", "path", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    consumer_id: Mapped[int] = mapped_column(ForeignKey("feed_consumers.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(300))
+    version: Mapped[str] = mapped_column(String(80))                    # the ETag served
+    cloud: Mapped[str] = mapped_column(String(16))
+    watch: Mapped[str] = mapped_column(String(100))
+    state_id: Mapped[int] = mapped_column(Integer, index=True)          # the approved state it came from
+    complete: Mapped[bool] = mapped_column(Boolean)                     # the final phase (removals done)
+    first_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    last_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class FeedDenial(Base):
+    """Requests refused for wrong or missing credentials, counted per day."""
+
+    __tablename__ = "feed_denials"
+
+    day: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)

@@ -127,6 +127,18 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class FeedSettings:
+    """The feeds firewalls pull (``/feeds/...``), their consumers and the static export."""
+
+    public: bool = False                   # true: feeds need no token (only behind a network you trust)
+    auto_applied: bool = False             # an approved ticket becomes applied once every consumer has its list
+    stale_after_hours: float = 24.0        # a consumer silent longer than this makes the watcher unhealthy
+    cache_seconds: int = 300               # Cache-Control max-age of a feed
+    export_dir: str | None = None          # the daemon keeps the feed files here (for nginx, a CDN, S3)
+    clock_file: str | None = None          # tests only: a file holding the ISO time the feeds take as now
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     clouds: tuple[str, ...] = ("public",)
@@ -138,6 +150,7 @@ class Settings:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     web: WebSettings = field(default_factory=WebSettings)
     mcr: McrSettings = field(default_factory=McrSettings)
+    feeds: FeedSettings = field(default_factory=FeedSettings)
     config_path: str | None = None
 
     def with_overrides(self, **changes: Any) -> "Settings":
@@ -169,7 +182,7 @@ _MAXIMUM = {
 }
 #: Durations and sizes that must be more than 0.
 _POSITIVE = {"timeout_seconds", "deadline_seconds", "max_bytes", "output_cap_bytes", "run_deadline_seconds",
-             "read_timeout_seconds", "idle_timeout_seconds", "render_seconds"}
+             "read_timeout_seconds", "idle_timeout_seconds", "render_seconds", "stale_after_hours"}
 
 
 def _typed(value: Any, hint: Any, where: str) -> Any:
@@ -254,7 +267,7 @@ def _registry(raw: Any, index: int) -> RegistryWatch:
 
 
 def settings_from_mapping(raw: Mapping[str, Any], config_path: str | None = None) -> Settings:
-    known = {"database_url", "clouds", "registries", "tags", "fetch", "notify", "tickets", "daemon", "web", "mcr"}
+    known = {"database_url", "clouds", "registries", "tags", "fetch", "notify", "tickets", "daemon", "web", "mcr", "feeds"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"config has unknown keys: {', '.join(sorted(unknown))}")
@@ -278,6 +291,7 @@ def settings_from_mapping(raw: Mapping[str, Any], config_path: str | None = None
         daemon=_section(DaemonSettings, raw.get("daemon"), "daemon"),
         web=_section(WebSettings, raw.get("web"), "web"),
         mcr=_section(McrSettings, raw.get("mcr"), "mcr"),
+        feeds=_section(FeedSettings, raw.get("feeds"), "feeds"),
         config_path=config_path,
     )
 
@@ -322,4 +336,6 @@ def apply_environment(settings: Settings, environ: Mapping[str, str]) -> Setting
         settings = replace(settings, daemon=replace(settings.daemon, http_port=port))
     if environ.get("WATCHER_HTTP_HOST"):
         settings = replace(settings, web=replace(settings.web, http_host=environ["WATCHER_HTTP_HOST"]))
+    if environ.get("WATCHER_FEEDS_CLOCK_FILE"):  # tests move the feeds' clock without restarting a server
+        settings = replace(settings, feeds=replace(settings.feeds, clock_file=environ["WATCHER_FEEDS_CLOCK_FILE"]))
     return settings

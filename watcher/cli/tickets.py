@@ -5,7 +5,7 @@ import getpass
 
 import click
 
-from .. import notify, render, review, tickets
+from .. import feed_consumers, notify, render, review, tickets
 from ..errors import TransitionError
 from . import views
 from .app import AppContext, echo_lines, emit_json, json_option, pass_app, present
@@ -48,12 +48,15 @@ def tickets_show(app: AppContext, ticket_id: int, as_json: bool) -> None:
         ticket = tickets.get_ticket(conn, ticket_id)
         events = tickets.ticket_events(conn, ticket_id)
         summary = "" if as_json else render.render_ticket(conn, app.settings, ticket, "summary")
+        pulls = feed_consumers.pulled_by(conn, ticket_id)
     deliveries = notify.outbox_status(app.engine, app.settings, ticket_id)
     if as_json:
         emit_json({**ticket.to_json(), "changes": ticket.changes, "events": [e.to_json() for e in events],
-                   "deliveries": [d.to_json() for d in deliveries]})
+                   "deliveries": [d.to_json() for d in deliveries], "pulled_by": [p.to_json() for p in pulls]})
         return
     click.echo(summary.rstrip())
+    if ticket.state in ("approved", "applied"):
+        click.echo(f"Feeds: {feed_consumers.pulled_line(pulls)}")
     echo_lines(views.ticket_trail_lines(events, deliveries))
 
 

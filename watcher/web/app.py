@@ -20,6 +20,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from .. import health, scheduler
+from . import feeds
 from ..errors import ConfigError, WatcherError
 from ..models import utcnow
 from ..settings import Settings
@@ -89,5 +90,5 @@ def create_app(settings: Settings, engine: Engine, daemon: DaemonView, *,
         return PlainTextResponse("not found: try /healthz or /metrics\n", status_code=404)
 
     routes = [Route("/healthz", from_database(healthz), methods=["GET", "HEAD"]),
-              Route("/metrics", from_database(metrics), methods=["GET", "HEAD"])]
+              Route("/metrics", from_database(metrics), methods=["GET", "HEAD"]), *feeds.routes(settings, engine, clock)]
     return Starlette(routes=routes, exception_handlers={404: not_found})
