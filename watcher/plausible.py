@@ -28,10 +28,9 @@ import msgspec
 import orjson
 
 from .errors import ConfigError, FetchError, ImplausibleFileError
-from .parse import MAX_NESTING, nesting_depth
+from .parse import MAX_NESTING, UTF8_BOM, nesting_depth
 from .settings import CLOUD_FILE_NAMES
 
-UTF8_BOM = b"\xef\xbb\xbf"
 
 #: Address blocks no Azure service publishes (RFC 6890 special-purpose registries), with why.
 BOGONS: tuple[tuple[str, str], ...] = (

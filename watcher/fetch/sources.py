@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from ..errors import FetchError
-from ..plausible import UTF8_BOM
+from ..parse import UTF8_BOM
 from ..redact import redact_url
 from ..settings import CLOUD_FILE_NAMES, FetchSettings
 from .http import READ_CHUNK, _CappedDecoder, _fetch, _is_remote, _Transient
