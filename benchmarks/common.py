@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import sqlalchemy as sa
 
@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "servicetags"
 DEFAULT_POSTGRES_URL = os.environ.get("WATCHER_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 CLOUD_DIRS = {"public": "public", "usgov": "usgov", "china": "china"}
+T = TypeVar("T")
 
 
 def use_repo_migrations() -> str:
@@ -270,6 +271,19 @@ class Backends:
                 database.drop()
         else:
             raise ValueError(f"unknown backend {backend!r}")
+
+    def alternate(self, repeat: int, run: Callable[[Database], T], describe: Callable[[T], str],
+                  log: Callable[[str], None]) -> dict[str, list[T]]:
+        """``repeat`` runs per backend, each on a fresh database, alternating backends within a
+        repetition so that a machine's drift (other load, warm caches) falls on all of them alike."""
+        runs: dict[str, list[T]] = {b: [] for b in self.names}
+        for rep in range(repeat):
+            for backend in self.names:
+                with self.fresh(backend) as database:
+                    result = run(database)
+                runs[backend].append(result)
+                log(f"  repetition {rep + 1}/{repeat} on {backend}: {describe(result)}")
+        return runs
 
     def close(self) -> None:
         if self._admin is not None:

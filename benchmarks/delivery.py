@@ -189,19 +189,16 @@ def measure(backends: Backends, data: Path, quick: bool, repeat: int, log) -> li
         files = files_for(data, quick)
     except FileNotFoundError as exc:
         return [Figure("5", TITLE, "-", "-", status="PENDING", note=f"skipped: {exc}")]
-    runs: dict[str, list[Run]] = {b: [] for b in backends.names}
     receiver = Receiver()
     try:
         settings = settings_for(receiver)
         notify.destinations(settings)  # apprise's plugin registry is loaded once per process, as in the daemon
-        for rep in range(repeat):
-            for backend in backends.names:
-                with backends.fresh(backend) as database:
-                    run = run_once(database, files, settings, receiver)
-                runs[backend].append(run)
-                log(f"  repetition {rep + 1}/{repeat} on {backend}: {run.tickets} tickets, {run.messages} messages, "
-                    f"render {run.render_seconds * 1000:.0f} ms + deliver {run.deliver_seconds * 1000:.0f} ms "
-                    f"= {run.ratio:.2f}× json.loads")
+        runs = backends.alternate(
+            repeat, lambda database: run_once(database, files, settings, receiver),
+            lambda run: (f"{run.tickets} tickets, {run.messages} messages, "
+                         f"render {run.render_seconds * 1000:.0f} ms + deliver {run.deliver_seconds * 1000:.0f} ms "
+                         f"= {run.ratio:.2f}× json.loads"),
+            log)
     finally:
         receiver.close()
     return figures(runs, files)

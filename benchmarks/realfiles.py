@@ -149,14 +149,11 @@ INCREMENTAL_TARGETS = {"sqlite": 2.0, "postgresql": 4.0}
 
 def measure(backends: Backends, files: Sequence[RealFile], repeat: int, log) -> dict[str, Any]:
     """Run ``repeat`` chains per backend, alternating backends within a repetition."""
-    chains: dict[str, list[Chain]] = {b: [] for b in backends.names}
-    for rep in range(repeat):
-        for backend in backends.names:
-            with backends.fresh(backend) as database:
-                chain = run_chain(database, files)
-            chains[backend].append(chain)
-            log(f"  repetition {rep + 1}/{repeat} on {backend}: first import {chain.first_seconds:.2f} s, "
-                f"incremental median {statistics.median(w['seconds'] for w in chain.weeks[1:]):.3f} s")
+    chains = backends.alternate(
+        repeat, lambda database: run_chain(database, files),
+        lambda chain: (f"first import {chain.first_seconds:.2f} s, "
+                       f"incremental median {statistics.median(w['seconds'] for w in chain.weeks[1:]):.3f} s"),
+        log)
     return {"figures": figures(chains, files), "growth": growth(chains)}
 
 

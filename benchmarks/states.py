@@ -82,14 +82,11 @@ def run_once(database: Database, files: Sequence[RealFile]) -> Run:
 
 def measure(backends: Backends, data: Path, repeat: int, log) -> list[Figure]:
     files = read_files(data / "public")[-2:]
-    runs: dict[str, list[Run]] = {b: [] for b in backends.names}
-    for rep in range(repeat):
-        for backend in backends.names:
-            with backends.fresh(backend) as database:
-                run = run_once(database, files)
-            runs[backend].append(run)
-            log(f"  repetition {rep + 1}/{repeat} on {backend}: {run.watches} watches, {run.prefixes} prefixes, "
-                f"{run.seconds * 1000:.0f} ms = {run.ratio:.2f}× json.loads")
+    runs = backends.alternate(
+        repeat, lambda database: run_once(database, files),
+        lambda run: (f"{run.watches} watches, {run.prefixes} prefixes, "
+                     f"{run.seconds * 1000:.0f} ms = {run.ratio:.2f}× json.loads"),
+        log)
     result = []
     for backend, reps in runs.items():
         if not reps:

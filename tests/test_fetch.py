@@ -19,7 +19,6 @@ from watcher.errors import FetchError, ImplausibleFileError, WatcherError
 from watcher.fetch import (
     Deadline,
     Download,
-    check_plausible,
     discover,
     download,
     find_links,
@@ -28,6 +27,7 @@ from watcher.fetch import (
     parse_retry_after,
     quarantine,
 )
+from watcher.plausible import check_plausible
 from watcher.settings import FetchSettings
 
 from tests.conftest import SHARED
@@ -154,27 +154,6 @@ def test_parse_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after("Tue, 28 Oct 2025 11:00:00 GMT", now) == 0.0  # in the past: no wait
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None
-
-
-def test_check_plausible_counts_tags_and_accepts_a_bom() -> None:
-    body = real_file(PUBLIC_NEWEST)
-    assert check_plausible(body, "public", 3002, 0.8) == 3039
-    assert check_plausible(b"\xef\xbb\xbf" + body, "public", None, 0.8) == 3039
-
-
-def test_check_plausible_rejects_html_where_json_should_be() -> None:
-    with pytest.raises(FetchError, match="HTML page where the Public service-tag JSON was expected"):
-        check_plausible(b"\n  <!DOCTYPE html><html><body>Sign in</body></html>", "public", None, 0.8)
-
-
-def test_check_plausible_rejects_invalid_json() -> None:
-    with pytest.raises(FetchError, match="not valid JSON"):
-        check_plausible(b'{"cloud": "Public", "values": [', "public", None, 0.8)
-
-
-def test_check_plausible_rejects_a_file_without_values() -> None:
-    with pytest.raises(ImplausibleFileError, match="no 'values' list"):
-        check_plausible(b'{"cloud": "Public", "changeNumber": 1}', "public", None, 0.8)
 
 
 def test_quarantine_writes_atomically_and_keeps_the_name_safe(tmp_path: Path) -> None:

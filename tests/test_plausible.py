@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import file_bytes, plain_name
+from tests.httpstub import real_file
 from watcher import plausible
-from watcher.errors import ConfigError
+from watcher.errors import ConfigError, FetchError, ImplausibleFileError
 from watcher.parse import parse_bytes
 from watcher.settings import TicketSettings
 
@@ -56,3 +57,27 @@ def test_withdrawing_more_than_the_share_is_implausible(withdrawn, previous, hel
     assert (problem is not None) == held
     if held:
         assert f"withdraws {withdrawn} of the cloud's {previous} tags" in problem
+
+
+# --------------------------------------------------------------------------- a downloaded file as a whole
+
+
+def test_check_plausible_counts_tags_and_accepts_a_bom() -> None:
+    body = real_file("ServiceTags_Public_20251028.json")
+    assert plausible.check_plausible(body, "public", 3002, 0.8) == 3039
+    assert plausible.check_plausible(b"\xef\xbb\xbf" + body, "public", None, 0.8) == 3039
+
+
+def test_check_plausible_rejects_html_where_json_should_be() -> None:
+    with pytest.raises(FetchError, match="HTML page where the Public service-tag JSON was expected"):
+        plausible.check_plausible(b"\n  <!DOCTYPE html><html><body>Sign in</body></html>", "public", None, 0.8)
+
+
+def test_check_plausible_rejects_invalid_json() -> None:
+    with pytest.raises(FetchError, match="not valid JSON"):
+        plausible.check_plausible(b'{"cloud": "Public", "values": [', "public", None, 0.8)
+
+
+def test_check_plausible_rejects_a_file_without_values() -> None:
+    with pytest.raises(ImplausibleFileError, match="no 'values' list"):
+        plausible.check_plausible(b'{"cloud": "Public", "changeNumber": 1}', "public", None, 0.8)

@@ -33,6 +33,8 @@ from .settings import CLOUD_FILE_NAMES, FILE_CLOUD_NAMES
 
 log = logging.getLogger(__name__)
 
+#: Some tools write one before the JSON; real files have none, and it is skipped wherever a file is read.
+UTF8_BOM = b"\xef\xbb\xbf"
 FILE_NAME_RE = re.compile(r"ServiceTags_(?P<cloud>[A-Za-z]+)_(?P<date>\d{8})\.json(?:\.gz)?$")
 
 #: The gate every tag name passes, on every path: the characters real names use
@@ -247,8 +249,7 @@ class Document:
 
 
 def _decode(data: bytes, source: str) -> Document:
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    data = data.removeprefix(UTF8_BOM)
     try:
         if not data.isascii():
             # JSON is UTF-8, and the entries kept as raw bytes are not checked until they are

@@ -133,7 +133,7 @@ def check_local_file(
         with engine.connect() as conn:
             previous = polls.newest_publication(conn, cloud)
         try:
-            fetch.check_plausible(body, cloud, previous.tag_count if previous else None, settings.fetch.min_tag_ratio)
+            plausible.check_plausible(body, cloud, previous.tag_count if previous else None, settings.fetch.min_tag_ratio)
         except ImplausibleFileError as exc:
             if not force:
                 # A malformed file says first what is malformed (the check above counts entries only).
@@ -341,7 +341,7 @@ def _fetch_and_import(
 
     implausible: tuple[str, ...] = ()
     try:
-        fetch.check_plausible(dl.body, cloud, previous.tag_count if previous else None, fs.min_tag_ratio)
+        plausible.check_plausible(dl.body, cloud, previous.tag_count if previous else None, fs.min_tag_ratio)
     except ImplausibleFileError as exc:
         if not force:
             path = fetch.quarantine(dl.body, _quarantine_name(link, dl.sha256), fs.quarantine_dir)

@@ -11,6 +11,11 @@ reviewer decides before a firewall opens.
 Checked against the real files (Public 2025, US Gov and China 2026): the
 widest prefixes are /14 (IPv4) and /39 (IPv6), none is a bogon, and no week
 withdrew a tag; the defaults (/8, /16, 25%) leave a wide margin.
+
+Before any of that, ``check_plausible`` looks at a downloaded file as a whole:
+JSON of the expected cloud (else FetchError: we fetched the wrong thing) that
+lists tags, not far fewer than the previous publication did (else
+ImplausibleFileError: the fetcher keeps it aside in quarantine).
 """
 from __future__ import annotations
 
@@ -19,7 +24,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .errors import ConfigError
+import msgspec
+import orjson
+
+from .errors import ConfigError, FetchError, ImplausibleFileError
+from .parse import MAX_NESTING, UTF8_BOM, nesting_depth
+from .settings import CLOUD_FILE_NAMES
+
 
 #: Address blocks no Azure service publishes (RFC 6890 special-purpose registries), with why.
 BOGONS: tuple[tuple[str, str], ...] = (
@@ -115,3 +126,81 @@ def withdrawn_share_problem(withdrawn: int, previous_tags: int | None, limits: L
     return (f"it withdraws {withdrawn} of the cloud's {previous_tags} tags ({share:.0%}; more than "
             f"{limits.max_withdrawn_share:.0%}, at most {math.floor(limits.max_withdrawn_share * previous_tags)}, "
             "is implausible)")
+
+
+# --------------------------------------------------------------------------- a downloaded file
+
+
+def check_plausible(body: bytes, cloud: str, previous_tag_count: int | None, min_ratio: float) -> int:
+    """Check a downloaded body before import; returns its number of service tags.
+
+    HTML or non-JSON, or another cloud's file -> FetchError (we downloaded the
+    wrong thing). Right cloud but missing/too few tags -> ImplausibleFileError
+    (keep it aside with ``quarantine``).
+    """
+    expected = CLOUD_FILE_NAMES.get(cloud.lower())
+    if expected is None:
+        raise FetchError(f"unknown cloud {cloud!r}")
+    text = body.removeprefix(UTF8_BOM)
+    count = _count_tags_fast(text, expected)
+    if count is not None:
+        return _check_tag_count(count, expected, previous_tag_count, min_ratio)
+    if text.lstrip()[:1] == b"<":
+        raise FetchError(
+            f"got an HTML page where the {expected} service-tag JSON was expected "
+            "(a changed download link, a login page or a proxy's error page?)"
+        )
+    depth = nesting_depth(text)  # the same limit as the parser's, for downloads and local files alike
+    if depth > MAX_NESTING:
+        raise FetchError(f"the downloaded {expected} file has JSON nested {depth} levels deep "
+                         f"(at most {MAX_NESTING} are accepted)")
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise FetchError(f"the downloaded {expected} file is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ImplausibleFileError(f"the downloaded {expected} file is JSON but not an object")
+    actual = data.get("cloud")
+    if not isinstance(actual, str) or actual.lower() != expected.lower():
+        raise FetchError(f"the downloaded file is for cloud {actual!r}, expected {expected!r}")
+    values = data.get("values")
+    if not isinstance(values, list):
+        raise ImplausibleFileError(f"the downloaded {expected} file has no 'values' list of service tags")
+    return _check_tag_count(len(values), expected, previous_tag_count, min_ratio)
+
+
+class _Outline(msgspec.Struct):
+    """What the plausibility check needs of a file: its cloud and how many entries it lists (not decoded)."""
+
+    cloud: str
+    values: list[msgspec.Raw]
+
+
+_decode_outline = msgspec.json.Decoder(_Outline).decode
+
+
+def _count_tags_fast(text: bytes, expected: str) -> int | None:
+    """The entry count of a well-formed file of the expected cloud, without decoding the entries; None otherwise.
+
+    Skipping the entries costs a few milliseconds where decoding them all would
+    cost tens; anything unusual goes to the careful path, which names the problem.
+    """
+    try:
+        outline = _decode_outline(text)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if outline.cloud.lower() != expected.lower():
+        return None
+    return len(outline.values)
+
+
+def _check_tag_count(count: int, expected: str, previous_tag_count: int | None, min_ratio: float) -> int:
+    if count == 0:
+        raise ImplausibleFileError(f"the downloaded {expected} file lists no service tags")
+    if previous_tag_count and count < min_ratio * previous_tag_count:
+        raise ImplausibleFileError(
+            f"the downloaded {expected} file has only {count} service tags; the previous publication had "
+            f"{previous_tag_count} (at least {min_ratio:.0%} of that, "
+            f"{math.ceil(min_ratio * previous_tag_count)}, is expected)"
+        )
+    return count

@@ -146,10 +146,16 @@ def object_name(tag: str, suffix: str = "", max_length: int = 63) -> str:
     service, _, rest = tag.partition(".")
     base = _SERVICE_ABBREVIATIONS.get(service.lower(), service.lower())
     raw = re.sub(r"[^a-z0-9_]+", "_", f"wt_{base}_{rest}".lower() if rest else f"wt_{base}").strip("_")
-    if len(raw) + len(suffix) <= max_length:
-        return raw + suffix
-    digest = hashlib.blake2b(tag.encode(), digest_size=3).hexdigest()
-    return raw[: max_length - len(suffix) - len(digest) - 1] + "_" + digest + suffix
+    return _within(raw, suffix, max_length, unique_by=tag)
+
+
+def _within(name: str, suffix: str, max_length: int, unique_by: str) -> str:
+    """``name`` + ``suffix`` if that fits ``max_length``; else ``name`` cut short with a hash of
+    ``unique_by``, so two long names that share a beginning stay apart."""
+    if len(name) + len(suffix) <= max_length:
+        return name + suffix
+    digest = hashlib.blake2b(unique_by.encode(), digest_size=3).hexdigest()
+    return name[: max_length - len(suffix) - len(digest) - 1] + "_" + digest + suffix
 
 
 def address_name(cidr: str) -> str:
@@ -262,10 +268,7 @@ def markdown(text: Any) -> str:
 def short_name(base: str, suffix: str = "", max_length: int = 31) -> str:
     """``base`` + ``suffix`` within ``max_length`` (ipset allows 31), a hash keeping long names unique."""
     clean = re.sub(r"[^A-Za-z0-9_]+", "_", str(base))
-    if len(clean) + len(suffix) <= max_length:
-        return clean + suffix
-    digest = hashlib.blake2b(clean.encode(), digest_size=3).hexdigest()
-    return clean[: max_length - len(suffix) - len(digest) - 1] + "_" + digest + suffix
+    return _within(clean, suffix, max_length, unique_by=clean)
 
 
 def _percent(value: float) -> str:

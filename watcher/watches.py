@@ -86,17 +86,6 @@ class ResolvedWatch:
 def registry_suffix(cloud: str) -> str:
     return CLOUD_SUFFIXES.get(cloud, CLOUD_SUFFIXES["public"])[0]
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "registry": self.name,
-            "login_server": self.login_server,
-            "cloud": self.cloud,
-            "regions": list(self.regions),
-            "data_endpoint": self.data_endpoint,
-            "tags": [t.to_json() for t in self.tags],
-            "warnings": list(self.warnings),
-        }
-
 
 def regional_tag(service: str, region: str, names_by_lower: dict[str, str]) -> str | None:
     """``<service>.<Suffix>`` whose suffix equals the ARM location, ignoring case."""
