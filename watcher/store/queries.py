@@ -15,7 +15,7 @@ from .. import diff as diffs
 from ..errors import NotFoundError, translate_db_errors
 from ..models import Publication, Tag, TagVersion, day_from_key
 from .records import HistoryEntry, LookupHit, PublicationInfo, TagSnapshot, publication_from_row
-from .sql import fetch_all, unpack
+from .sql import fetch_all, fetch_in, unpack
 from .versions import VERSION_COLUMNS, load_contents, version_from_row, versions_at
 
 
@@ -139,21 +139,76 @@ def diff_publications(
 ) -> list[diffs.TagDiff]:
     """Per-tag diffs from ``old`` to ``new``: the named tags, or every tag that changed."""
     if names is None:
-        wanted = changed_tag_names(conn, cloud, old.day, new.day)
+        wanted = None
     else:
         wanted = list(dict.fromkeys(tag_name(conn, cloud, n) for n in names))
-    before = tag_states(conn, cloud, old.day, wanted)
-    after = tag_states(conn, cloud, new.day, wanted)
+    with translate_db_errors(f"reading the {cloud} tags of {old.file_date} and {new.file_date}"):
+        pairs = _versions_at_both(conn, cloud, old.day, new.day, wanted)
+        if names is None:
+            # Same content and changeNumber on both sides: "unchanged" with no anomaly, left out
+            # below anyway; its prefixes need not even be read.
+            pairs = {n: (b, a) for n, (b, a) in pairs.items()
+                     if b is None or a is None or (b[2], b[1]) != (a[2], a[1])}
+        states = _states_of(conn, pairs)
     result = []
-    cache: diffs.ParseCache = {}
-    for name in wanted:
-        if name not in before and name not in after:
-            continue  # not published at either point
-        change = diffs.diff_tag(name, before.get(name), after.get(name), cache)
+    for change in diffs.diff_tags((name, before, after) for name, (before, after) in states.items()):
         if names is None and change.status == "unchanged" and not change.anomalies:
             continue
         result.append(change)
     return sorted(result, key=lambda c: c.tag)
+
+
+#: (present, change_number, content_hash) of a tag's version
+_VersionKey = tuple[bool, int | None, bytes]
+
+
+def _versions_at_both(conn: Connection, cloud: str, old_day: int, new_day: int,
+                      names: Sequence[str] | None) -> dict[str, tuple[_VersionKey | None, _VersionKey | None]]:
+    """Tag -> its published versions at ``old_day`` and ``new_day`` (None: not published), in one query.
+
+    Without ``names``: the tags with any version row between the two days,
+    the only ones that can differ (as ``changed_tag_names``).
+    """
+    low, high = min(old_day, new_day), max(old_day, new_day)
+    query = (
+        "SELECT t.name, v.valid_from, v.valid_until, v.present, v.change_number, v.content_hash "
+        "FROM tag_versions v JOIN tags t ON t.id = v.tag_id WHERE t.cloud = :cloud "
+        "AND ((v.valid_from <= :low AND (v.valid_until IS NULL OR v.valid_until > :low)) "
+        "OR (v.valid_from <= :high AND (v.valid_until IS NULL OR v.valid_until > :high)))"
+    )
+    params = {"cloud": cloud, "low": low, "high": high}
+    if names is None:
+        rows = fetch_all(conn, query + " AND v.tag_id IN (SELECT c.tag_id FROM tag_versions c "
+                         "WHERE c.valid_from > :low AND c.valid_from <= :high)", params)
+    else:
+        rows = fetch_in(conn, query + " AND t.name IN ({})", list(names), params) if names else []
+    found: dict[str, list[_VersionKey | None]] = {}
+    for name, valid_from, valid_until, present, change_number, content_hash in rows:
+        sides = found.setdefault(name, [None, None])
+        version = (bool(present), change_number, bytes(content_hash)) if present else None
+        for index, day in enumerate((old_day, new_day)):
+            if valid_from <= day and (valid_until is None or valid_until > day):
+                sides[index] = version
+    return {name: (before, after) for name, (before, after) in found.items() if before or after}
+
+
+def _states_of(conn: Connection, pairs: dict[str, tuple[_VersionKey | None, _VersionKey | None]]
+               ) -> dict[str, tuple[diffs.TagState | None, diffs.TagState | None]]:
+    """The versions' tag states: each content read and unpacked once, its set built once."""
+    contents = load_contents(conn, [v[2] for pair in pairs.values() for v in pair if v is not None])
+    sets: dict[bytes, frozenset[str]] = {}
+
+    def state(version: _VersionKey | None) -> diffs.TagState | None:
+        if version is None:
+            return None
+        _, change_number, digest = version
+        ordered = contents[digest]
+        prefixes = sets.get(digest)
+        if prefixes is None:
+            prefixes = sets[digest] = frozenset(ordered)
+        return diffs.TagState(change_number, prefixes, ordered)
+
+    return {name: (state(before), state(after)) for name, (before, after) in pairs.items()}
 
 
 def history(conn: Connection, cloud: str, name: str) -> tuple[str, list[HistoryEntry]]:
