@@ -407,8 +407,14 @@ def _write_spans(conn: Connection, plan: ImportPlan, ids: dict[str, int]) -> Non
         if len(rows) > ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
             log.debug("analyze after %d spans", len(rows))
             # Fresh tables have no statistics; without them PostgreSQL plans the
-            # next imports' look-ups as if the tables were empty.
-            conn.execute(text("ANALYZE tags, tag_versions, contents, prefix_spans"))
+            # next imports' look-ups as if the tables were empty. A sample of 3,000
+            # rows (statistics target 10) is plenty for those key look-ups, and costs
+            # a tenth of the default's 30,000 (~140 ms on 91,000 spans); autovacuum
+            # analyses again with the default target once the tables have grown.
+            conn.exec_driver_sql(
+                "SET LOCAL default_statistics_target = 10; ANALYZE tags, tag_versions, contents, prefix_spans; "
+                "RESET default_statistics_target"
+            )
 
 
 def _write_manifest(conn: Connection, cloud: str, publication_id: int, parsed: ParsedFile, before: Versions,

@@ -89,20 +89,24 @@ def tag_name(conn: Connection, cloud: str, name: str) -> str:
     raise NotFoundError(f"tag name {name!r} is ambiguous: {', '.join(found)}")
 
 
+# Sub-queries, not a three-table join: PostgreSQL plans this in half the time, and a
+# snapshot is one round trip whose planning is a good part of the server's work.
+_SNAPSHOT = (
+    f"SELECT {', '.join(f'v.{c.strip()}' for c in VERSION_COLUMNS.split(','))}, "
+    "(SELECT c.prefixes FROM contents c WHERE c.hash = v.content_hash) FROM tag_versions v "
+    "WHERE v.tag_id = (SELECT t.id FROM tags t WHERE t.cloud = :cloud AND t.name = :name) "
+    "AND v.valid_from <= :day AND (v.valid_until IS NULL OR v.valid_until > :day)"
+)
+
+
 def snapshot(conn: Connection, cloud: str, name: str, publication: PublicationInfo) -> TagSnapshot | None:
     """A tag's prefixes as published in ``publication``; None if it was not published then.
 
     One query (tag, version in force, content) for the usual exact name; a
     name in other letter case is resolved first.
     """
-    columns = ", ".join(f"v.{c.strip()}" for c in VERSION_COLUMNS.split(","))
-    query = (
-        f"SELECT {columns}, c.prefixes FROM tags t JOIN tag_versions v ON v.tag_id = t.id "
-        "JOIN contents c ON c.hash = v.content_hash WHERE t.cloud = :cloud AND t.name = :name "
-        "AND v.valid_from <= :day AND (v.valid_until IS NULL OR v.valid_until > :day)"
-    )
     with translate_db_errors(f"reading {name} in the {cloud} publication of {publication.file_date}"):
-        rows = fetch_all(conn, query, {"cloud": cloud, "name": name, "day": publication.day})
+        rows = fetch_all(conn, _SNAPSHOT, {"cloud": cloud, "name": name, "day": publication.day}, binary=True)
     if not rows:
         real_name = tag_name(conn, cloud, name)  # raises for an unknown tag
         if real_name == name:
