@@ -47,10 +47,15 @@ def fetch_all(conn: Connection, sql: str, params: dict[str, Any], *, binary: boo
     more than the query itself here. ``binary``: PostgreSQL sends the values in
     binary form (a ``bytea`` as its bytes, not as hex text twice their size).
     """
+    return _fetch_driver(conn, driver_sql(conn, sql), params, binary=binary)
+
+
+def _fetch_driver(conn: Connection, query: str, params: dict[str, Any], *, binary: bool) -> list[tuple]:
+    """``query`` (the driver's own parameter style) through the driver's cursor."""
     raw = conn.connection.driver_connection
     cursor = raw.cursor(binary=True) if binary and conn.dialect.name == "postgresql" else raw.cursor()
     try:
-        cursor.execute(driver_sql(conn, sql), params)
+        cursor.execute(query, params)
         return cursor.fetchall()
     finally:
         cursor.close()
@@ -78,7 +83,9 @@ def fetch_in(conn: Connection, sql: str, values: Sequence[Any], params: dict[str
         return []
     if conn.dialect.name == "postgresql":
         assert "IN ({})" in sql, sql
-        return fetch_all(conn, sql.replace("IN ({})", "= ANY(:in_values)"), {**(params or {}), "in_values": list(values)})
+        # %(...)b: the array goes in binary form; as text, psycopg escapes each bytea with a regex.
+        query = driver_sql(conn, sql.replace("IN ({})", "= ANY(%(in_values)b)"))
+        return _fetch_driver(conn, query, {**(params or {}), "in_values": list(values)}, binary=False)
     rows: list[tuple] = []
     for batch in chunks(values, 900):
         names = {f"v{i}": value for i, value in enumerate(batch)}
