@@ -291,7 +291,7 @@ def uncovered(
 
 
 #: Above this many values of the group after the leading ones, a look-up scans the leading groups' whole range.
-NEXT_GROUP_VALUES = 8
+NEXT_GROUP_VALUES = 32
 
 
 def _next_group_texts(family: int, start: int, length: int, depth: int, lead: str) -> list[str] | None:
