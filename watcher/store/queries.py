@@ -15,7 +15,7 @@ from .. import diff as diffs
 from ..errors import NotFoundError, translate_db_errors
 from ..models import Publication, Tag, TagVersion, day_from_key
 from .records import HistoryEntry, LookupHit, PublicationInfo, TagSnapshot, publication_from_row
-from .sql import fetch_all, fetch_in, unpack
+from .sql import fetch_all, fetch_in, no_collector_pauses, unpack
 from .versions import VERSION_COLUMNS, load_contents, version_from_row, versions_at
 
 
@@ -146,19 +146,20 @@ def diff_publications(
         wanted = None
     else:
         wanted = list(dict.fromkeys(tag_name(conn, cloud, n) for n in names))
-    with translate_db_errors(f"reading the {cloud} tags of {old.file_date} and {new.file_date}"):
-        pairs = _versions_at_both(conn, cloud, old.day, new.day, wanted)
-        if names is None:
-            # Same content and changeNumber on both sides: "unchanged" with no anomaly, left out
-            # below anyway; its prefixes need not even be read.
-            pairs = {n: (b, a) for n, (b, a) in pairs.items()
-                     if b is None or a is None or (b[2], b[1]) != (a[2], a[1])}
-        states = _states_of(conn, pairs)
-    result = []
-    for change in diffs.diff_tags((name, before, after) for name, (before, after) in states.items()):
-        if names is None and change.status == "unchanged" and not change.anomalies:
-            continue
-        result.append(change)
+    with no_collector_pauses():  # a diff across many weeks builds ~100,000 sets, tuples and strings
+        with translate_db_errors(f"reading the {cloud} tags of {old.file_date} and {new.file_date}"):
+            pairs = _versions_at_both(conn, cloud, old.day, new.day, wanted)
+            if names is None:
+                # Same content and changeNumber on both sides: "unchanged" with no anomaly, left out
+                # below anyway; its prefixes need not even be read.
+                pairs = {n: (b, a) for n, (b, a) in pairs.items()
+                         if b is None or a is None or (b[2], b[1]) != (a[2], a[1])}
+            states = _states_of(conn, pairs)
+        result = []
+        for change in diffs.diff_tags((name, before, after) for name, (before, after) in states.items()):
+            if names is None and change.status == "unchanged" and not change.anomalies:
+                continue
+            result.append(change)
     return sorted(result, key=lambda c: c.tag)
 
 

@@ -8,12 +8,14 @@ text when short, zstd-compressed otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import re
 import threading
 import zlib
 from itertools import chain
-from typing import Any, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import zstandard
 from sqlalchemy import Boolean, Connection, Integer, LargeBinary, String
@@ -161,6 +163,24 @@ def _copy_types(table: str, columns: tuple[str, ...]) -> list[str] | None:
             return None
         types.append(pg_type)
     return types
+
+
+@contextlib.contextmanager
+def no_collector_pauses() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector out of an import or a diff of many tags.
+
+    Either allocates tens of thousands of short-lived strings and tuples
+    that reference counting frees; each allocation burst would otherwise start
+    a full collection that walks every object of the process (tens of ms in a
+    daemon holding SQLAlchemy, Jinja and apprise), for no cycles to find.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------- packed prefix sets
