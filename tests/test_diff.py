@@ -99,10 +99,54 @@ def test_looking_only_near_the_changes_gives_what_comparing_everything_gives(mon
             after.discard(rng.choice(sorted(after)))
             after.add(_random_prefix(rng))
         local = net_change(before, after, before_sorted=sorted(before), after_sorted=sorted(after))
-        monkeypatch.setattr(diff, "LOCAL_DIFF_RATIO", 0)
+        monkeypatch.setattr(diff, "LOCAL_DIFF_RATIO", 10**9)  # every change: the full merge
         full = net_change(before, after)
         monkeypatch.undo()
         assert local == full, (sorted(before - after), sorted(after - before))
+
+
+def _crowded_prefix(rng):
+    """A prefix inside one busy block (an IPv4 /16, an IPv6 /48, or one with zero groups), any length below it."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        length = rng.randint(16, 32)
+        value = (0x1426_0000 | rng.getrandbits(16)) & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+        return str(ipaddress.IPv4Network((value, length)))
+    base = 0x2603_1030_040F << 80 if kind == 1 else 0x2603_1030_0000 << 80
+    length = rng.choice([32, 40, 47, 48, 49, 56, 60, 61, 62, 63, 64, 65, 66, 80, 127])
+    value = (base | rng.getrandbits(rng.choice([4, 16, 18, 40, 80]))) & ~((1 << (128 - length)) - 1)
+    return str(ipaddress.IPv6Network((value & ((1 << 128) - 1), length)))
+
+
+def test_the_narrowed_look_ups_in_a_busy_block_give_what_comparing_everything_gives(monkeypatch):
+    """Many small prefixes in one /16 or /48: the look-up narrows by the group after the leading ones."""
+    rng = random.Random(29)
+    for _ in range(300):
+        before = {_crowded_prefix(rng) for _ in range(rng.randint(30, 150))}
+        after = set(before)
+        for _ in range(rng.randint(1, 4)):
+            after.discard(rng.choice(sorted(after)))
+            after.add(_crowded_prefix(rng))
+        local = net_change(before, after, before_sorted=sorted(before), after_sorted=sorted(after))
+        monkeypatch.setattr(diff, "LOCAL_DIFF_RATIO", 10**9)  # every change: the full merge
+        full = net_change(before, after)
+        monkeypatch.undo()
+        assert local == full, (sorted(before - after), sorted(after - before))
+
+
+def test_a_batch_of_diffs_is_each_tag_diffed_alone():
+    rng = random.Random(31)
+    items = []
+    for index in range(40):
+        before = frozenset(_crowded_prefix(rng) for _ in range(rng.randint(0, 60)))
+        after = set(before)
+        for _ in range(rng.randint(0, 5)):
+            if after:
+                after.discard(rng.choice(sorted(after)))
+            after.add(_crowded_prefix(rng))
+        items.append((f"T{index}", TagState(index, before) if before else None,
+                      TagState(index + rng.randint(0, 2), frozenset(after))))
+    assert diff.diff_tags(items) == [diff_tag(*item) for item in items]
 
 
 def test_local_and_full_diffs_agree_on_every_changed_tag_of_the_real_weeks(public_files, monkeypatch):
@@ -119,7 +163,7 @@ def test_local_and_full_diffs_agree_on_every_changed_tag_of_the_real_weeks(publi
     for name in changed:
         local = net_change(older[name], newer[name], before_sorted=sorted(older[name]),
                            after_sorted=sorted(newer[name]))
-        monkeypatch.setattr(diff, "LOCAL_DIFF_RATIO", 0)
+        monkeypatch.setattr(diff, "LOCAL_DIFF_RATIO", 10**9)  # every change: the full merge
         assert local == net_change(older[name], newer[name]), name
         monkeypatch.undo()
 
