@@ -1,0 +1,200 @@
+"""The review desk's pages: server-rendered (Jinja2, autoescaped), usable without JavaScript.
+
+Each action is a plain form POST carrying its CSRF token; a viewer sees no
+action forms and gets 403 for a forged POST. The pages call the same library
+functions as the CLI and the API (``watcher.web.api`` shapes them), never SQL.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, quote
+
+import jinja2
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import render, review, state as states, tickets
+from ..errors import WatcherError
+from ..settings import Settings
+from ..users import UserInfo
+from . import api
+from .auth import CSRF_FIELD, Authenticator
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+MAX_FORM_BYTES = 64 * 1024
+SNIPPET_FORMATS = render.RULE_FORMATS
+#: What a page action (form field ``step``) asks of review.transition.
+PAGE_STEPS = {"approve": "approve", "approve-adds": "approve", "reject": "reject", "release": "release",
+              "applied": "applied"}
+
+
+def queue_order(found: list[tickets.TicketInfo]) -> list[tickets.TicketInfo]:
+    """Open and held tickets first (held before open), then the rest; newest first within each."""
+    rank = {"hold": 0, "open": 1}
+    return sorted(found, key=lambda t: (rank.get(t.state, 2), -t.id))
+
+
+def overdue(ticket: tickets.TicketInfo, now: dt.datetime, days: int = 7) -> bool:
+    """A live ticket waiting longer than a week (the weekly publication has moved on)."""
+    updated = ticket.updated_at if ticket.updated_at.tzinfo else ticket.updated_at.replace(tzinfo=dt.timezone.utc)
+    return ticket.state in tickets.LIVE_STATES and now - updated > dt.timedelta(days=days)
+
+
+class PageError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]:
+    def page(template: str, request: Request, user: UserInfo | None, status: int = 200, **values: Any) -> Response:
+        seed, new = auth.csrf_seed(request)
+        html = ENV.get_template(template).render(user=user, csrf_field=CSRF_FIELD, csrf=auth.csrf_token(seed),
+                                                 path=request.url.path, **values)
+        response = HTMLResponse(html, status_code=status)
+        if new:
+            auth.set_csrf_cookie(response, seed)
+        response.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' data:; "
+                                                       "style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    def signed_in(view: Callable[[Request, UserInfo], Response]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                user = await run_in_threadpool(auth.user, request)
+                if user is None:
+                    return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
+                return await run_in_threadpool(view, request, user)
+            except PageError as exc:
+                return page("error.html", request, None, status=exc.status, message=str(exc))
+            except api.ApiError as exc:
+                return page("error.html", request, None, status=exc.status, message=str(exc))
+            except WatcherError as exc:
+                return page("error.html", request, None, status=api.error_status(exc), message=str(exc))
+            except SQLAlchemyError as exc:
+                log.warning("%s: database error %s", request.url.path, type(exc).__name__)
+                return page("error.html", request, None, status=503, message="database unavailable")
+
+        return endpoint
+
+    async def read_form(request: Request) -> dict[str, str]:
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            raise PageError(413, "form too large")
+        return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+
+    # ------------------------------------------------------------ sign-in
+
+    async def login(request: Request) -> Response:
+        next_path = request.query_params.get("next", "/")
+        if request.method == "GET":
+            return page("login.html", request, None, next_path=next_path, message="")
+        form = await read_form(request)
+        if not auth.csrf_ok(request, form.get(CSRF_FIELD)):
+            return page("login.html", request, None, status=403, next_path=next_path,
+                        message="the form expired: sign in again")
+        address = request.client.host if request.client else "unknown"
+        user, why = await run_in_threadpool(auth.sign_in, form.get("username", ""), form.get("password", ""), address)
+        if user is None:
+            return page("login.html", request, None, status=429 if "too many" in why else 401,
+                        next_path=next_path, message=why)
+        target = form.get("next", "/")
+        response = RedirectResponse(target if target.startswith("/") and not target.startswith("//") else "/",
+                                    status_code=303)
+        auth.start_session(response, user)
+        return response
+
+    async def logout(request: Request) -> Response:
+        form = await read_form(request)
+        if not auth.csrf_ok(request, form.get(CSRF_FIELD)):
+            return PlainTextResponse("missing or wrong CSRF token\n", status_code=403)
+        response = RedirectResponse("/login", status_code=303)
+        auth.end_session(response)
+        return response
+
+    # ------------------------------------------------------------ pages
+
+    def queue(request: Request, user: UserInfo) -> Response:
+        wanted = {k: request.query_params.get(k) or "" for k in ("state", "watch", "cloud")}
+        with engine.connect() as conn:
+            found = tickets.list_tickets(conn, wanted["state"] or None) if wanted["state"] in ("", *tickets.STATES) \
+                else []
+        watches = sorted({t.watch for t in found})
+        clouds = sorted({t.cloud for t in found})
+        shown = [t for t in queue_order(found) if (not wanted["watch"] or t.watch == wanted["watch"])
+                 and (not wanted["cloud"] or t.cloud == wanted["cloud"])]
+        now = dt.datetime.now(dt.timezone.utc)
+        return page("queue.html", request, user, tickets=shown, live=[t for t in shown if t.state in tickets.LIVE_STATES],
+                    rest=[t for t in shown if t.state not in tickets.LIVE_STATES], overdue={t.id for t in shown
+                                                                                         if overdue(t, now)},
+                    wanted=wanted, states=tickets.STATES, watches=watches, clouds=clouds)
+
+    def ticket_page(request: Request, user: UserInfo, message: str = "", status: int = 200) -> Response:
+        ticket_id = int(request.path_params["ticket_id"])
+        with engine.connect() as conn:
+            ticket = tickets.get_ticket(conn, ticket_id)
+            events = tickets.ticket_events(conn, ticket_id)
+            approved = states.current(conn, ticket.cloud, ticket.watch)
+            snippets = {fmt: render.render_ticket(conn, settings, ticket, fmt, "add") for fmt in SNIPPET_FORMATS}
+        now = dt.datetime.now(dt.timezone.utc)
+        lists = approved.to_json(now) if approved else None
+        return page("ticket.html", request, user, status=status, ticket=ticket, context=ticket.context, events=events,
+                    snippets=snippets, lists=lists, message=message, families=states.FAMILIES,
+                    may_review=user.may_review)
+
+    async def ticket_action(request: Request) -> Response:
+        form = await read_form(request)
+        user = await run_in_threadpool(auth.user, request)
+        if user is None:
+            return PlainTextResponse("sign in first\n", status_code=401)
+        if not auth.csrf_ok(request, form.get(CSRF_FIELD)):
+            return PlainTextResponse("missing or wrong CSRF token\n", status_code=403)
+        if not user.may_review:
+            return PlainTextResponse(f"{user.name} is a {user.role}: viewers cannot change anything\n", status_code=403)
+        step = form.get("step", "")
+        if step not in PAGE_STEPS:
+            return PlainTextResponse(f"unknown step {step!r}\n", status_code=400)
+        ticket_id = int(request.path_params["ticket_id"])
+
+        def act() -> Response:
+            try:
+                api.review_step(engine, settings, user, ticket_id, PAGE_STEPS[step], form.get("comment", ""),
+                                additions_only=step == "approve-adds")
+            except WatcherError as exc:
+                return ticket_page(request, user, message=str(exc), status=api.error_status(exc))
+            return RedirectResponse(f"/tickets/{ticket_id}", status_code=303)
+
+        return await run_in_threadpool(act)
+
+    def snippet(request: Request, user: UserInfo) -> Response:
+        ticket_id, fmt = int(request.path_params["ticket_id"]), request.path_params["fmt"]
+        phase = request.query_params.get("phase", "add")
+        if fmt not in SNIPPET_FORMATS or phase not in review.PHASES:
+            raise PageError(404, f"no snippet format {fmt!r} with phase {phase!r}")
+        with engine.connect() as conn:
+            text = render.render_ticket(conn, settings, tickets.get_ticket(conn, ticket_id), fmt, phase)
+        return PlainTextResponse(text, headers={
+            "Content-Disposition": f'attachment; filename="ticket-{ticket_id}-{phase}.{fmt}.txt"'})
+
+    return [
+        Route("/", signed_in(queue)),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/tickets/{ticket_id:int}", signed_in(ticket_page)),
+        Route("/tickets/{ticket_id:int}/action", ticket_action, methods=["POST"]),
+        Route("/tickets/{ticket_id:int}/snippet/{fmt}", signed_in(snippet)),
+        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+    ]
