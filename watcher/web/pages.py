@@ -21,11 +21,11 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import render, review, state as states, tickets
+from .. import overview, render, review, state as states, store, tickets
 from ..errors import WatcherError
 from ..settings import Settings
 from ..users import UserInfo
-from . import api
+from . import api, plots
 from .auth import CSRF_FIELD, Authenticator
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,87 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         return PlainTextResponse(text, headers={
             "Content-Disposition": f'attachment; filename="ticket-{ticket_id}-{phase}.{fmt}.txt"'})
 
+    # ------------------------------------------------------------ reading pages
+
+    def tag_history(cloud: str, name: str) -> tuple[str, list[Any], list[plots.SeriesPoint], list[Any]]:
+        with engine.connect() as conn:
+            real, entries = store.history(conn, cloud, name)
+            pubs = store.publications(conn, cloud)
+            versions = []
+            for entry in entries:
+                pub = store.publication_by_day(conn, cloud, entry.date)
+                snap = store.snapshot(conn, cloud, real, pub) if pub and entry.present else None
+                versions.append(plots.VersionPoint(entry.date, snap.prefixes if snap else (), entry.added,
+                                                   entry.removed))
+        return real, entries, plots.tag_series([p.file_date for p in pubs], versions), pubs
+
+    def tag_page(request: Request, user: UserInfo) -> Response:
+        cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
+        real, entries, points, pubs = tag_history(cloud, name)
+        compare = None
+        first, second = request.query_params.get("from"), request.query_params.get("to")
+        if first and second:
+            with engine.connect() as conn:
+                old = store.resolve_publication(conn, cloud, first)
+                new = store.resolve_publication(conn, cloud, second)
+                compare = [c.to_json(old, new) for c in store.diff_publications(conn, cloud, old, new, [real])]
+        return page("tag.html", request, user, tag=real, cloud=cloud, entries=entries, points=points, pubs=pubs,
+                    compare=compare, compare_from=first or "", compare_to=second or "", kinds=plots.PLOT_KINDS)
+
+    def tag_plot(request: Request, user: UserInfo) -> Response:
+        cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
+        kind = request.query_params.get("kind", "prefixes")
+        if kind not in plots.PLOT_KINDS:
+            raise PageError(404, f"no plot {kind!r}")
+        real, _entries, points, _pubs = tag_history(cloud, name)
+        # The SVG is its own document: no script runs in it, and it loads nothing.
+        return Response(plots.plot_svg(real, points, kind), media_type="image/svg+xml", headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "X-Content-Type-Options": "nosniff"})
+
+    def watch_page(request: Request, user: UserInfo) -> Response:
+        cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
+        now = dt.datetime.now(dt.timezone.utc)
+        with engine.connect() as conn:
+            approved = states.current(conn, cloud, name)
+            found = [t for t in tickets.list_tickets(conn) if t.watch == name and t.cloud == cloud]
+        if approved is None and not found:
+            raise PageError(404, f"watch {name!r} ({cloud}) has no tickets and no approved state")
+        return page("watch.html", request, user, watch=name, cloud=cloud, lists=approved.to_json(now) if approved
+                    else None, tickets=queue_order(found), families=states.FAMILIES)
+
+    def lookup_page(request: Request, user: UserInfo) -> Response:
+        address = request.query_params.get("address", "").strip()
+        cloud = api.cloud_of(request.query_params.get("cloud"))
+        hits, pub, message = [], None, ""
+        if address:
+            with engine.connect() as conn:
+                try:
+                    pub = store.resolve_publication(conn, cloud, "latest")
+                    hits = store.lookup(conn, cloud, address, pub)
+                except WatcherError as exc:
+                    message = str(exc)
+        return page("lookup.html", request, user, address=address, cloud=cloud, hits=hits, pub=pub, message=message)
+
+    def publications_page(request: Request, user: UserInfo) -> Response:
+        cloud = api.cloud_of(request.query_params.get("cloud"))
+        with engine.connect() as conn:
+            pubs = store.publications(conn, cloud)
+        return page("publications.html", request, user, cloud=cloud, pubs=list(reversed(pubs)))
+
+    def health_page(request: Request, user: UserInfo) -> Response:
+        with engine.connect() as conn:
+            report = overview.status_report(conn, settings, dt.datetime.now(dt.timezone.utc)).to_json()
+        return page("health.html", request, user, report=report)
+
     return [
         Route("/", signed_in(queue)),
+        Route("/tag", signed_in(tag_page)),
+        Route("/tag/plot.svg", signed_in(tag_plot)),
+        Route("/watch", signed_in(watch_page)),
+        Route("/lookup", signed_in(lookup_page)),
+        Route("/publications", signed_in(publications_page)),
+        Route("/health", signed_in(health_page)),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/tickets/{ticket_id:int}", signed_in(ticket_page)),
