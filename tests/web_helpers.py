@@ -52,17 +52,19 @@ def write_config(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
-def make_desk(db_url: str, engine: sa.Engine, tmp_path: Path, extra_config: str = "") -> Desk:
+def make_desk(db_url: str, engine: sa.Engine, tmp_path: Path, extra_config: str = "",
+              more_tags: dict[str, list[str]] | None = None) -> Desk:
     """Two watches: east with an open change ticket (3), west with a held one (4); users alice and bob
     (approvers), vera (viewer), root (admin); a bearer token for each."""
     config = write_config(tmp_path, extra_config)
     settings = load_settings(config, {})
-    import_made(engine, quietly(settings), "20250101", week())
+    more = dict(more_tags or {})
+    import_made(engine, quietly(settings), "20250101", {**week(), **more})
     for baseline in (1, 2):
         review.transition(engine, baseline, "approve", "setup")
     import_made(engine, quietly(settings), "20250108",
                 week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24", "10.1.9.0/24"),
-                     storage_westus=()), 2)
+                     storage_westus=()) | more, 2)
     tokens = {}
     for name, role in (("alice", "approver"), ("bob", "approver"), ("vera", "viewer"), ("root", "admin")):
         users.add_user(engine, name, role, PASSWORD)

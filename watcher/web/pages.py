@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _when(value: str | None) -> str:
+    """An ISO time as people read it: 2025-01-20 14:05 UTC."""
+    return dt.datetime.fromisoformat(value).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if value else ""
+
+
+ENV.filters["when"] = _when
 MAX_FORM_BYTES = 64 * 1024
 SNIPPET_FORMATS = render.RULE_FORMATS
 #: What a page action (form field ``step``) asks of review.transition.
@@ -148,11 +156,19 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
             ticket = tickets.get_ticket(conn, ticket_id)
             events = tickets.ticket_events(conn, ticket_id)
             approved = states.current(conn, ticket.cloud, ticket.watch)
+            own = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
             snippets = {fmt: render.render_ticket(conn, settings, ticket, fmt, "add") for fmt in SNIPPET_FORMATS}
         now = dt.datetime.now(dt.timezone.utc)
         lists = approved.to_json(now) if approved else None
+        # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
+        if own:
+            removals_after = own[-1].removals_at.isoformat() if own[-1].removals_at else None
+        elif ticket.state in tickets.LIVE_STATES:
+            removals_after = states.removals_time(ticket.file_date, settings.tickets.removal_delay_days, now).isoformat()
+        else:
+            removals_after = None
         return page("ticket.html", request, user, status=status, ticket=ticket, context=ticket.context, events=events,
-                    snippets=snippets, lists=lists, message=message, families=states.FAMILIES,
+                    snippets=snippets, lists=lists, message=message, removals_after=removals_after, families=states.FAMILIES,
                     may_review=user.may_review)
 
     async def ticket_action(request: Request) -> Response:

@@ -79,8 +79,10 @@ def plot_svg(tag: str, points: Sequence[SeriesPoint], kind: str) -> str:
     chart.x_labels = [p.date.isoformat() for p in points]
     first, second = (("IPv4 prefixes", "v4_prefixes"), ("IPv6 prefixes", "v6_prefixes")) if kind == "prefixes" \
         else (("IPv4 addresses", "v4_addresses"), ("IPv6 /64 networks", "v6_networks_64"))
+    # IPv6 space gets its own axis (its units dwarf IPv4's), but only when both families have some.
+    both = all(any(getattr(p, field) for p in points) for _label, field in (first, second))
     for label, field in (first, second):
         chart.add(label, [{"value": getattr(p, field), "node": {"r": 6 if p.changed else 3},
                            "label": "changed" if p.changed else ""} for p in points],
-                  secondary=kind == "space" and field == "v6_networks_64")
+                  secondary=kind == "space" and both and field == "v6_networks_64")
     return chart.render(is_unicode=True)
