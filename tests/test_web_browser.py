@@ -120,6 +120,15 @@ def test_an_approver_signs_in_approves_with_a_comment_and_reads_the_tag_pages(
     assert forged.status == 403
     assert desk.cli("tickets", "show", "4", "--json")["state"] == "hold"
 
+    # A held ticket: its hold reason, and its removals in red with the date they may go.
+    page.goto("/tickets/4")
+    assert "100% of IPv4 space removed" in page.locator("section.hold").inner_text()
+    removed = page.locator("ul.removed li").first
+    assert removed.inner_text().startswith("− 10.2.0.0/24 after ")
+    assert removed.evaluate("e => getComputedStyle(e).color") == "rgb(176, 42, 55)"
+    assert page.get_by_role("button", name="approve additions only").count() == 1
+    page.screenshot(path=str(shots / "held-ticket.png"), full_page=True)
+
     # The tag page: one point per publication in each series, the plots load, the versions are listed.
     page.goto("/tag?name=Storage.EastUS2&cloud=public")
     for kind in ("prefixes", "space"):
