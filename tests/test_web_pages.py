@@ -56,10 +56,17 @@ def test_the_plot_is_svg_without_scripts_or_links_out(client: TestClient) -> Non
 
 def test_tag_series_has_one_point_per_publication_with_the_version_in_force() -> None:
     days = [dt.date(2025, 1, d) for d in (1, 8, 15, 22)]
-    versions = [plots.VersionPoint(dt.date(2025, 1, 8), ("10.0.0.0/24", "10.0.0.0/25", "2001:db8::/48"), 3, 0),
-                plots.VersionPoint(dt.date(2025, 1, 22), (), 0, 3)]
+    versions = [plots.VersionPoint(dt.date(2025, 1, 8), plots.family_sizes(("10.0.0.0/24", "10.0.0.0/25",
+                                                                             "2001:db8::/48")), 3, 0),
+                plots.VersionPoint(dt.date(2025, 1, 22), plots.family_sizes(()), 0, 3)]
     points = plots.tag_series(days, versions)
     assert [(p.date.day, p.v4_prefixes, p.v6_prefixes, p.v4_addresses, p.v6_networks_64, p.changed) for p in points] == [
         (1, 0, 0, 0, 0, False), (8, 2, 1, 256, 65536, True), (15, 2, 1, 256, 65536, False), (22, 0, 0, 0, 0, True)]
     with pytest.raises(ValueError, match="unknown plot"):
         plots.plot_svg("x", points, "pie")
+
+
+def test_family_sizes_count_overlaps_once_and_ipv6_in_64s() -> None:
+    assert plots.family_sizes(["10.0.0.0/24", "10.0.0.128/25", "10.0.1.0/24", "192.168.0.1/32"]) == (4, 0, 513, 0)
+    assert plots.family_sizes(["2001:db8::/48", "2001:db8::/56", "2001:db8:1::/64"]) == (0, 3, 0, 65537)
+    assert plots.family_sizes(["2001:db8::1/128"]) == (0, 1, 0, 1)  # less than a /64 is still some space

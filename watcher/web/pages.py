@@ -42,6 +42,8 @@ def _when(value: str | None) -> str:
 
 ENV.filters["when"] = _when
 MAX_FORM_BYTES = 64 * 1024
+#: Versions whose family sizes are kept (four numbers each); past it the cache starts again.
+SIZE_CACHE_ENTRIES = 100_000
 SNIPPET_FORMATS = render.RULE_FORMATS
 #: What a page action (form field ``step``) asks of review.transition.
 PAGE_STEPS = {"approve": "approve", "approve-adds": "approve", "reject": "reject", "release": "release",
@@ -207,16 +209,25 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
 
     # ------------------------------------------------------------ reading pages
 
+    size_cache: dict[tuple[Any, ...], tuple[int, int, int, int]] = {}
+
     def tag_history(cloud: str, name: str) -> tuple[str, list[Any], list[plots.SeriesPoint], list[Any]]:
         with engine.connect() as conn:
             real, entries = store.history(conn, cloud, name)
             pubs = store.publications(conn, cloud)
             versions = []
             for entry in entries:
-                pub = store.publication_by_day(conn, cloud, entry.date)
-                snap = store.snapshot(conn, cloud, real, pub) if pub and entry.present else None
-                versions.append(plots.VersionPoint(entry.date, snap.prefixes if snap else (), entry.added,
-                                                   entry.removed))
+                # A stored version never changes: its sizes are worked out once per process.
+                key = (cloud, real, entry.date, entry.present, entry.prefix_count, entry.change_number)
+                sizes = size_cache.get(key)
+                if sizes is None:
+                    pub = store.publication_by_day(conn, cloud, entry.date)
+                    snap = store.snapshot(conn, cloud, real, pub) if pub and entry.present else None
+                    sizes = plots.family_sizes(snap.prefixes if snap else ())
+                    if len(size_cache) >= SIZE_CACHE_ENTRIES:
+                        size_cache.clear()
+                    size_cache[key] = sizes
+                versions.append(plots.VersionPoint(entry.date, sizes, entry.added, entry.removed))
         return real, entries, plots.tag_series([p.file_date for p in pubs], versions), pubs
 
     def tag_page(request: Request, user: UserInfo) -> Response:
