@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.daemon_helpers import base_env
 from tests.test_web import Served
@@ -57,7 +57,8 @@ class Watched:
     """A page with its console errors, page errors and dialogs recorded (an alert() would be a dialog)."""
 
     def __init__(self, browser: Browser, base_url: str) -> None:
-        self.context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+        self.context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900},
+                                           permissions=["clipboard-read", "clipboard-write"])
         self.page: Page = self.context.new_page()
         self.problems: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
@@ -113,6 +114,14 @@ def test_an_approver_signs_in_approves_with_a_comment_and_reads_the_tag_pages(
     last = page.locator("#trail li").last.inner_text()
     assert "alice: approve open → approved" in last and "checked <b>against</b> the portal" in last
     page.screenshot(path=str(shots / "ticket.png"), full_page=True)
+    # Each snippet has a copy button (the vendored script) and downloads.
+    page.locator("details.snippet summary", has_text="nftables").click()
+    snippet = page.locator("details.snippet", has_text="nftables")
+    snippet.get_by_role("button", name="copy").click()
+    expect(snippet.get_by_role("button", name="copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == snippet.locator("pre").inner_text()
+    assert snippet.get_by_role("link", name="download (remove)").get_attribute("href") == \
+        "/tickets/3/snippet/nftables?phase=remove"
     assert desk.cli("state", "show", "east", "--json")["ticket"] == 3
 
     # A POST without the CSRF token fails and changes nothing.
