@@ -70,3 +70,12 @@ def test_family_sizes_count_overlaps_once_and_ipv6_in_64s() -> None:
     assert plots.family_sizes(["10.0.0.0/24", "10.0.0.128/25", "10.0.1.0/24", "192.168.0.1/32"]) == (4, 0, 513, 0)
     assert plots.family_sizes(["2001:db8::/48", "2001:db8::/56", "2001:db8:1::/64"]) == (0, 3, 0, 65537)
     assert plots.family_sizes(["2001:db8::1/128"]) == (0, 1, 0, 1)  # less than a /64 is still some space
+
+
+def test_publication_gaps_longer_than_the_stale_bound_are_marked(client: TestClient) -> None:
+    from watcher.web.pages import publication_gaps
+
+    days = [dt.date(2025, 1, 1), dt.date(2025, 1, 8), dt.date(2025, 1, 29), dt.date(2025, 2, 5)]
+    assert publication_gaps(days, 8) == {dt.date(2025, 1, 29): 21}
+    assert publication_gaps(days[:1], 8) == {}
+    assert "missed publications" not in client.get("/publications").text  # the desk's weeks are 7 days apart

@@ -62,6 +62,14 @@ def overdue(ticket: tickets.TicketInfo, now: dt.datetime, days: int = 7) -> bool
     return ticket.state in tickets.LIVE_STATES and now - updated > dt.timedelta(days=days)
 
 
+def publication_gaps(dates: list[dt.date], stale_after_days: int) -> dict[dt.date, int]:
+    """Per publication, the days since the one before when more than ``stale_after_days`` (the health's bound
+    for a stale cloud): publications may be missing in between."""
+    ordered = sorted(dates)
+    return {later: (later - earlier).days for earlier, later in zip(ordered, ordered[1:])
+            if (later - earlier).days > stale_after_days}
+
+
 class PageError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -282,7 +290,8 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         cloud = api.cloud_of(request.query_params.get("cloud"))
         with engine.connect() as conn:
             pubs = store.publications(conn, cloud)
-        return page("publications.html", request, user, cloud=cloud, pubs=list(reversed(pubs)))
+        return page("publications.html", request, user, cloud=cloud, pubs=list(reversed(pubs)),
+                    gaps=publication_gaps([p.file_date for p in pubs], settings.daemon.stale_after_days))
 
     def health_page(request: Request, user: UserInfo) -> Response:
         with engine.connect() as conn:
