@@ -21,7 +21,7 @@ from .. import __version__, logs
 from .. import config as configuration
 from ..errors import WatcherError
 from ..settings import load_settings
-from . import config, daemon, feeds, notify, reading, state, tickets
+from . import config, daemon, feeds, notify, reading, state, tickets, users
 from .app import LOG_FORMAT_CHOICE, AppContext, WatcherGroup
 
 __all__ = ["main", "AppContext"]
@@ -49,7 +49,7 @@ def main(ctx: click.Context, database_url: str | None, config_path: str | None, 
     ctx.call_on_close(lambda: ctx.obj._engine and ctx.obj._engine.dispose())
 
 
-for _module in (config, reading, tickets, state, notify, daemon, feeds):
+for _module in (config, reading, tickets, state, notify, daemon, feeds, users):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

@@ -5,7 +5,8 @@ import getpass
 
 import click
 
-from .. import feed_consumers, notify, render, review, tickets
+from .. import feed_consumers, render, review, tickets
+from ..ticket_detail import ticket_detail
 from ..errors import TransitionError
 from . import views
 from .app import AppContext, echo_lines, emit_json, json_option, pass_app, present
@@ -43,21 +44,16 @@ def tickets_list(app: AppContext, state: str | None, as_json: bool) -> None:
 @json_option
 @pass_app
 def tickets_show(app: AppContext, ticket_id: int, as_json: bool) -> None:
-    """A ticket's summary, changes against the approved state, review trail and deliveries."""
-    with app.engine.connect() as conn:
-        ticket = tickets.get_ticket(conn, ticket_id)
-        events = tickets.ticket_events(conn, ticket_id)
-        summary = "" if as_json else render.render_ticket(conn, app.settings, ticket, "summary")
-        pulls = feed_consumers.pulled_by(conn, ticket_id)
-    deliveries = notify.outbox_status(app.engine, app.settings, ticket_id)
+    """A ticket's summary, changes against the approved state, review trail, deliveries and feed pulls."""
+    detail = ticket_detail(app.engine, app.settings, ticket_id)
     if as_json:
-        emit_json({**ticket.to_json(), "changes": ticket.changes, "events": [e.to_json() for e in events],
-                   "deliveries": [d.to_json() for d in deliveries], "pulled_by": [p.to_json() for p in pulls]})
+        emit_json(detail.to_json())
         return
-    click.echo(summary.rstrip())
-    if ticket.state in ("approved", "applied"):
-        click.echo(f"Feeds: {feed_consumers.pulled_line(pulls)}")
-    echo_lines(views.ticket_trail_lines(events, deliveries))
+    with app.engine.connect() as conn:
+        click.echo(render.render_ticket(conn, app.settings, detail.ticket, "summary").rstrip())
+    if detail.ticket.state in ("approved", "applied"):
+        click.echo(f"Feeds: {feed_consumers.pulled_line(list(detail.pulled_by))}")
+    echo_lines(views.ticket_trail_lines(detail.events, detail.deliveries))
 
 
 @tickets_group.command("render")

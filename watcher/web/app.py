@@ -91,4 +91,10 @@ def create_app(settings: Settings, engine: Engine, daemon: DaemonView, *,
 
     routes = [Route("/healthz", from_database(healthz), methods=["GET", "HEAD"]),
               Route("/metrics", from_database(metrics), methods=["GET", "HEAD"]), *feeds.routes(settings, engine, clock)]
+    # The review desk: the JSON API and the pages, behind sign-in (watcher.web.auth).
+    from . import api, pages
+    from .auth import Authenticator
+
+    auth = Authenticator.create(settings.web, engine)
+    routes += api.routes(settings, engine, auth) + pages.routes(settings, engine, auth)
     return Starlette(routes=routes, exception_handlers={404: not_found})

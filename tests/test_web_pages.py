@@ -1,0 +1,81 @@
+"""The pages in-process: queue order and filters, snippet downloads, clear errors; the plot series (pure)."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from starlette.testclient import TestClient
+
+from tests.web_helpers import PASSWORD, Desk, make_desk
+from watcher import web
+from watcher.web import plots
+
+
+@pytest.fixture
+def client(db_url: str, engine: sa.Engine, tmp_path: Path) -> TestClient:
+    desk: Desk = make_desk(db_url, engine, tmp_path)
+    client = TestClient(web.create_app(desk.settings, desk.engine, web.standalone_view(desk.settings)))
+    token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+    client.post("/login", data={"csrf": token, "username": "vera", "password": PASSWORD})
+    return client
+
+
+def ticket_links(html: str) -> list[str]:
+    return list(dict.fromkeys(part.split('"')[0] for part in html.split('<td><a href="/tickets/')[1:]))
+
+
+def test_the_queue_puts_held_then_open_first_and_filters_by_state_watch_and_cloud(client: TestClient) -> None:
+    assert ticket_links(client.get("/").text) == ["4", "3", "2", "1"]
+    assert ticket_links(client.get("/?watch=east").text) == ["3", "1"]
+    assert ticket_links(client.get("/?state=approved&watch=west").text) == ["2"]
+    assert ticket_links(client.get("/?cloud=china").text) == []
+    assert ticket_links(client.get("/?state=bogus").text) == []
+
+
+def test_snippets_download_per_phase_and_unknown_things_are_clear_404s(client: TestClient) -> None:
+    snippet = client.get("/tickets/3/snippet/nftables?phase=remove")
+    assert snippet.status_code == 200
+    assert snippet.headers["content-disposition"] == 'attachment; filename="ticket-3-remove.nftables.txt"'
+    assert "10.1.9.0/24" in snippet.text
+    assert client.get("/tickets/3/snippet/nosuch").status_code == 404
+    missing = client.get("/tickets/99")
+    assert missing.status_code == 404 and "99" in missing.text
+    assert client.get("/tag?name=NoSuchTag").status_code == 404
+    assert client.get("/watch?name=nowhere").status_code == 404
+    assert client.get("/tag/plot.svg?name=Storage.EastUS2&kind=pie").status_code == 404
+
+
+def test_the_plot_is_svg_without_scripts_or_links_out(client: TestClient) -> None:
+    svg = client.get("/tag/plot.svg?name=Storage.EastUS2&kind=space")
+    assert svg.headers["content-type"].startswith("image/svg+xml")
+    assert "default-src 'none'" in svg.headers["content-security-policy"]
+    assert "<svg" in svg.text and "kozea.github.io" not in svg.text and "<script src" not in svg.text
+
+
+def test_tag_series_has_one_point_per_publication_with_the_version_in_force() -> None:
+    days = [dt.date(2025, 1, d) for d in (1, 8, 15, 22)]
+    versions = [plots.VersionPoint(dt.date(2025, 1, 8), plots.family_sizes(("10.0.0.0/24", "10.0.0.0/25",
+                                                                             "2001:db8::/48")), 3, 0),
+                plots.VersionPoint(dt.date(2025, 1, 22), plots.family_sizes(()), 0, 3)]
+    points = plots.tag_series(days, versions)
+    assert [(p.date.day, p.v4_prefixes, p.v6_prefixes, p.v4_addresses, p.v6_networks_64, p.changed) for p in points] == [
+        (1, 0, 0, 0, 0, False), (8, 2, 1, 256, 65536, True), (15, 2, 1, 256, 65536, False), (22, 0, 0, 0, 0, True)]
+    with pytest.raises(ValueError, match="unknown plot"):
+        plots.plot_svg("x", points, "pie")
+
+
+def test_family_sizes_count_overlaps_once_and_ipv6_in_64s() -> None:
+    assert plots.family_sizes(["10.0.0.0/24", "10.0.0.128/25", "10.0.1.0/24", "192.168.0.1/32"]) == (4, 0, 513, 0)
+    assert plots.family_sizes(["2001:db8::/48", "2001:db8::/56", "2001:db8:1::/64"]) == (0, 3, 0, 65537)
+    assert plots.family_sizes(["2001:db8::1/128"]) == (0, 1, 0, 1)  # less than a /64 is still some space
+
+
+def test_publication_gaps_longer_than_the_stale_bound_are_marked(client: TestClient) -> None:
+    from watcher.web.pages import publication_gaps
+
+    days = [dt.date(2025, 1, 1), dt.date(2025, 1, 8), dt.date(2025, 1, 29), dt.date(2025, 2, 5)]
+    assert publication_gaps(days, 8) == {dt.date(2025, 1, 29): 21}
+    assert publication_gaps(days[:1], 8) == {}
+    assert "missed publications" not in client.get("/publications").text  # the desk's weeks are 7 days apart

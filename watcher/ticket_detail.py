@@ -1,0 +1,38 @@
+"""One ticket whole, as ``tickets show`` and ``GET /api/v1/tickets/{id}`` give it: one value, one JSON shape."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from . import feed_consumers, notify, tickets
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class TicketDetail:
+    """A ticket with its review trail, its deliveries and who pulled its approved state (feeds)."""
+
+    ticket: tickets.TicketInfo
+    events: tuple[tickets.TicketEventInfo, ...]
+    deliveries: tuple[notify.OutboxEntry, ...]
+    pulled_by: tuple[feed_consumers.Pull, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.ticket.to_json(),
+            "changes": self.ticket.changes,
+            "events": [e.to_json() for e in self.events],
+            "deliveries": [d.to_json() for d in self.deliveries],
+            "pulled_by": [p.to_json() for p in self.pulled_by],
+        }
+
+
+def ticket_detail(engine: Engine, settings: Settings, ticket_id: int) -> TicketDetail:
+    with engine.connect() as conn:
+        ticket = tickets.get_ticket(conn, ticket_id)
+        events = tickets.ticket_events(conn, ticket_id)
+        pulls = feed_consumers.pulled_by(conn, ticket_id)
+    deliveries = notify.outbox_status(engine, settings, ticket_id)
+    return TicketDetail(ticket, tuple(events), tuple(deliveries), tuple(pulls))

@@ -1,0 +1,180 @@
+"""Who is asking: signed session cookies, CSRF tokens, bearer tokens, a trusted SSO header, a sign-in limit.
+
+- The session cookie carries the user's name, a stamp of their password hash
+  (a password change ends their sessions) and an expiry, signed with HMAC-SHA256
+  under a key made at start: sessions end when the server restarts (no key to
+  keep or to leak). It is ``HttpOnly``, ``SameSite=Lax``, and ``Secure`` when
+  the server speaks TLS.
+- CSRF: every form carries ``csrf``, an HMAC of a random per-browser cookie;
+  a POST whose token does not match is refused (403) before anything happens.
+  A bearer-token request needs none (a browser never sends one by itself).
+- Failed sign-ins are counted per user name and per address; over
+  ``[web] login_attempts`` within ``login_window_seconds`` sign-in is refused
+  without looking at the password.
+- ``[web] trusted_proxy_header`` names a header carrying the user name, believed
+  only from ``trusted_proxies``; the user must exist (their role applies).
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy import Engine
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import users
+from ..settings import WebSettings
+from ..users import UserInfo
+
+SESSION_COOKIE = "watcher_session"
+CSRF_COOKIE = "watcher_csrf"
+CSRF_FIELD = "csrf"
+CSRF_HEADER = "x-csrf-token"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class LoginLimiter:
+    """Failed sign-ins per key (user name, address) in a sliding window; thread-safe (sign-in runs in a pool)."""
+
+    def __init__(self, attempts: int, window_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.attempts = attempts
+        self.window = window_seconds
+        self.clock = clock
+        self._failures: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str) -> collections.deque[float]:
+        failures = self._failures[key]
+        while failures and failures[0] <= self.clock() - self.window:
+            failures.popleft()
+        return failures
+
+    def blocked(self, *keys: str) -> bool:
+        with self._lock:
+            return any(len(self._recent(k)) >= self.attempts for k in keys)
+
+    def failed(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._recent(key).append(self.clock())
+
+    def succeeded(self, user_key: str) -> None:
+        with self._lock:
+            self._failures.pop(user_key, None)
+
+
+@dataclass
+class Authenticator:
+    settings: WebSettings
+    engine: Engine
+    tls: bool
+    key: bytes
+    limiter: LoginLimiter
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def create(cls, settings: WebSettings, engine: Engine) -> "Authenticator":
+        return cls(settings=settings, engine=engine, tls=bool(settings.tls_cert and settings.tls_key),
+                   key=secrets.token_bytes(32),
+                   limiter=LoginLimiter(settings.login_attempts, settings.login_window_seconds))
+
+    def _sign(self, payload: bytes) -> str:
+        return _b64(hmac.new(self.key, payload, hashlib.sha256).digest())
+
+    # ------------------------------------------------------------ sessions
+
+    def session_value(self, user: UserInfo) -> str:
+        payload = json.dumps({"u": user.name, "s": user.session_stamp,
+                              "e": int(self.clock() + self.settings.session_hours * 3600)}).encode()
+        return f"{_b64(payload)}.{self._sign(payload)}"
+
+    def _session_user(self, value: str) -> UserInfo | None:
+        encoded, _, signature = value.partition(".")
+        try:
+            payload = _unb64(encoded)
+        except ValueError:
+            return None
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            return None
+        data = json.loads(payload)
+        if data["e"] < self.clock():
+            return None
+        with self.engine.connect() as conn:
+            user = users.find_user(conn, data["u"])
+        return user if user is not None and hmac.compare_digest(user.session_stamp, data["s"]) else None
+
+    def start_session(self, response: Response, user: UserInfo) -> None:
+        response.set_cookie(SESSION_COOKIE, self.session_value(user), max_age=int(self.settings.session_hours * 3600),
+                            httponly=True, samesite="lax", secure=self.tls, path="/")
+
+    def end_session(self, response: Response) -> None:
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=self.tls)
+
+    def user(self, request: Request) -> UserInfo | None:
+        """The signed-in user: by bearer token, by the trusted proxy's header, or by session cookie."""
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            with self.engine.connect() as conn:
+                return users.user_of_token(conn, header[7:].strip())
+        proxy_header = self.settings.trusted_proxy_header
+        if proxy_header and request.client and request.client.host in self.settings.trusted_proxies:
+            name = request.headers.get(proxy_header)
+            if name:
+                with self.engine.connect() as conn:
+                    return users.find_user(conn, name.strip())
+        cookie = request.cookies.get(SESSION_COOKIE)
+        return self._session_user(cookie) if cookie else None
+
+    @staticmethod
+    def by_bearer(request: Request) -> bool:
+        return request.headers.get("authorization", "").lower().startswith("bearer ")
+
+    # ------------------------------------------------------------ CSRF
+
+    def csrf_seed(self, request: Request) -> tuple[str, bool]:
+        """The browser's CSRF cookie value, and whether it is new (to be set on the response)."""
+        seed = request.cookies.get(CSRF_COOKIE, "")
+        if len(seed) == 43:  # 32 random bytes, base64url
+            return seed, False
+        return _b64(secrets.token_bytes(32)), True
+
+    def csrf_token(self, seed: str) -> str:
+        return self._sign(b"csrf|" + seed.encode())
+
+    def set_csrf_cookie(self, response: Response, seed: str) -> None:
+        response.set_cookie(CSRF_COOKIE, seed, httponly=True, samesite="lax", secure=self.tls, path="/")
+
+    def csrf_ok(self, request: Request, token: str | None) -> bool:
+        seed = request.cookies.get(CSRF_COOKIE, "")
+        return bool(seed and token) and hmac.compare_digest(token or "", self.csrf_token(seed))
+
+    # ------------------------------------------------------------ sign-in
+
+    def sign_in(self, name: str, password: str, address: str) -> tuple[UserInfo | None, str]:
+        """The user, or None and why not (wrong password, or too many failures)."""
+        keys = (f"user:{name}", f"addr:{address}")
+        if self.limiter.blocked(*keys):
+            return None, "too many failed sign-ins: wait a while and try again"
+        with self.engine.connect() as conn:
+            user = users.authenticate(conn, name, password)
+        if user is None:
+            self.limiter.failed(*keys)
+            return None, "wrong user name or password"
+        self.limiter.succeeded(keys[0])
+        return user, ""

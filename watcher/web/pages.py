@@ -1,0 +1,315 @@
+"""The review desk's pages: server-rendered (Jinja2, autoescaped), usable without JavaScript.
+
+Each action is a plain form POST carrying its CSRF token; a viewer sees no
+action forms and gets 403 for a forged POST. The pages call the same library
+functions as the CLI and the API (``watcher.web.api`` shapes them), never SQL.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, quote
+
+import jinja2
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import overview, render, review, state as states, store, tickets
+from ..errors import WatcherError
+from ..settings import Settings
+from ..users import UserInfo
+from . import api, plots
+from .auth import CSRF_FIELD, Authenticator
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _when(value: str | None) -> str:
+    """An ISO time as people read it: 2025-01-20 14:05 UTC."""
+    return dt.datetime.fromisoformat(value).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if value else ""
+
+
+ENV.filters["when"] = _when
+MAX_FORM_BYTES = 64 * 1024
+#: Versions whose family sizes are kept (four numbers each); past it the cache starts again.
+SIZE_CACHE_ENTRIES = 100_000
+SNIPPET_FORMATS = render.RULE_FORMATS
+#: What a page action (form field ``step``) asks of review.transition.
+PAGE_STEPS = {"approve": "approve", "approve-adds": "approve", "reject": "reject", "release": "release",
+              "applied": "applied"}
+
+
+def queue_order(found: list[tickets.TicketInfo]) -> list[tickets.TicketInfo]:
+    """Open and held tickets first (held before open), then the rest; newest first within each."""
+    rank = {"hold": 0, "open": 1}
+    return sorted(found, key=lambda t: (rank.get(t.state, 2), -t.id))
+
+
+def overdue(ticket: tickets.TicketInfo, now: dt.datetime, days: int = 7) -> bool:
+    """A live ticket waiting longer than a week (the weekly publication has moved on)."""
+    updated = ticket.updated_at if ticket.updated_at.tzinfo else ticket.updated_at.replace(tzinfo=dt.timezone.utc)
+    return ticket.state in tickets.LIVE_STATES and now - updated > dt.timedelta(days=days)
+
+
+def publication_gaps(dates: list[dt.date], stale_after_days: int) -> dict[dt.date, int]:
+    """Per publication, the days since the one before when more than ``stale_after_days`` (the health's bound
+    for a stale cloud): publications may be missing in between."""
+    ordered = sorted(dates)
+    return {later: (later - earlier).days for earlier, later in zip(ordered, ordered[1:])
+            if (later - earlier).days > stale_after_days}
+
+
+class PageError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]:
+    def page(template: str, request: Request, user: UserInfo | None, status: int = 200, **values: Any) -> Response:
+        seed, new = auth.csrf_seed(request)
+        html = ENV.get_template(template).render(user=user, csrf_field=CSRF_FIELD, csrf=auth.csrf_token(seed),
+                                                 path=request.url.path, **values)
+        response = HTMLResponse(html, status_code=status)
+        if new:
+            auth.set_csrf_cookie(response, seed)
+        response.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' data:; "
+                                                       "style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    def signed_in(view: Callable[[Request, UserInfo], Response]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                user = await run_in_threadpool(auth.user, request)
+                if user is None:
+                    return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
+                return await run_in_threadpool(view, request, user)
+            except PageError as exc:
+                return page("error.html", request, None, status=exc.status, message=str(exc))
+            except api.ApiError as exc:
+                return page("error.html", request, None, status=exc.status, message=str(exc))
+            except WatcherError as exc:
+                return page("error.html", request, None, status=api.error_status(exc), message=str(exc))
+            except SQLAlchemyError as exc:
+                log.warning("%s: database error %s", request.url.path, type(exc).__name__)
+                return page("error.html", request, None, status=503, message="database unavailable")
+
+        return endpoint
+
+    async def read_form(request: Request) -> dict[str, str]:
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            raise PageError(413, "form too large")
+        return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+
+    # ------------------------------------------------------------ sign-in
+
+    async def login(request: Request) -> Response:
+        next_path = request.query_params.get("next", "/")
+        if request.method == "GET":
+            return page("login.html", request, None, next_path=next_path, message="")
+        form = await read_form(request)
+        if not auth.csrf_ok(request, form.get(CSRF_FIELD)):
+            return page("login.html", request, None, status=403, next_path=next_path,
+                        message="the form expired: sign in again")
+        address = request.client.host if request.client else "unknown"
+        user, why = await run_in_threadpool(auth.sign_in, form.get("username", ""), form.get("password", ""), address)
+        if user is None:
+            return page("login.html", request, None, status=429 if "too many" in why else 401,
+                        next_path=next_path, message=why)
+        target = form.get("next", "/")
+        response = RedirectResponse(target if target.startswith("/") and not target.startswith("//") else "/",
+                                    status_code=303)
+        auth.start_session(response, user)
+        return response
+
+    async def logout(request: Request) -> Response:
+        form = await read_form(request)
+        if not auth.csrf_ok(request, form.get(CSRF_FIELD)):
+            return PlainTextResponse("missing or wrong CSRF token\n", status_code=403)
+        response = RedirectResponse("/login", status_code=303)
+        auth.end_session(response)
+        return response
+
+    # ------------------------------------------------------------ pages
+
+    def queue(request: Request, user: UserInfo) -> Response:
+        wanted = {k: request.query_params.get(k) or "" for k in ("state", "watch", "cloud")}
+        with engine.connect() as conn:
+            found = tickets.list_tickets(conn, wanted["state"] or None) if wanted["state"] in ("", *tickets.STATES) \
+                else []
+        watches = sorted({t.watch for t in found})
+        clouds = sorted({t.cloud for t in found})
+        shown = [t for t in queue_order(found) if (not wanted["watch"] or t.watch == wanted["watch"])
+                 and (not wanted["cloud"] or t.cloud == wanted["cloud"])]
+        now = dt.datetime.now(dt.timezone.utc)
+        return page("queue.html", request, user, tickets=shown, live=[t for t in shown if t.state in tickets.LIVE_STATES],
+                    rest=[t for t in shown if t.state not in tickets.LIVE_STATES], overdue={t.id for t in shown
+                                                                                         if overdue(t, now)},
+                    wanted=wanted, states=tickets.STATES, watches=watches, clouds=clouds)
+
+    def ticket_page(request: Request, user: UserInfo, message: str = "", status: int = 200) -> Response:
+        ticket_id = int(request.path_params["ticket_id"])
+        with engine.connect() as conn:
+            ticket = tickets.get_ticket(conn, ticket_id)
+            events = tickets.ticket_events(conn, ticket_id)
+            approved = states.current(conn, ticket.cloud, ticket.watch)
+            own = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
+            snippets = {fmt: render.render_ticket(conn, settings, ticket, fmt, "add") for fmt in SNIPPET_FORMATS}
+        now = dt.datetime.now(dt.timezone.utc)
+        lists = approved.to_json(now) if approved else None
+        # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
+        if own:
+            removals_after = own[-1].removals_at.isoformat() if own[-1].removals_at else None
+        elif ticket.state in tickets.LIVE_STATES:
+            removals_after = states.removals_time(ticket.file_date, settings.tickets.removal_delay_days, now).isoformat()
+        else:
+            removals_after = None
+        return page("ticket.html", request, user, status=status, ticket=ticket, context=ticket.context, events=events,
+                    snippets=snippets, lists=lists, message=message, removals_after=removals_after, families=states.FAMILIES,
+                    may_review=user.may_review)
+
+    async def ticket_action(request: Request) -> Response:
+        form = await read_form(request)
+        user = await run_in_threadpool(auth.user, request)
+        if user is None:
+            return PlainTextResponse("sign in first\n", status_code=401)
+        if not auth.csrf_ok(request, form.get(CSRF_FIELD)):
+            return PlainTextResponse("missing or wrong CSRF token\n", status_code=403)
+        if not user.may_review:
+            return PlainTextResponse(f"{user.name} is a {user.role}: viewers cannot change anything\n", status_code=403)
+        step = form.get("step", "")
+        if step not in PAGE_STEPS:
+            return PlainTextResponse(f"unknown step {step!r}\n", status_code=400)
+        ticket_id = int(request.path_params["ticket_id"])
+
+        def act() -> Response:
+            try:
+                api.review_step(engine, settings, user, ticket_id, PAGE_STEPS[step], form.get("comment", ""),
+                                additions_only=step == "approve-adds")
+            except WatcherError as exc:
+                return ticket_page(request, user, message=str(exc), status=api.error_status(exc))
+            return RedirectResponse(f"/tickets/{ticket_id}", status_code=303)
+
+        return await run_in_threadpool(act)
+
+    def snippet(request: Request, user: UserInfo) -> Response:
+        ticket_id, fmt = int(request.path_params["ticket_id"]), request.path_params["fmt"]
+        phase = request.query_params.get("phase", "add")
+        if fmt not in SNIPPET_FORMATS or phase not in review.PHASES:
+            raise PageError(404, f"no snippet format {fmt!r} with phase {phase!r}")
+        with engine.connect() as conn:
+            text = render.render_ticket(conn, settings, tickets.get_ticket(conn, ticket_id), fmt, phase)
+        return PlainTextResponse(text, headers={
+            "Content-Disposition": f'attachment; filename="ticket-{ticket_id}-{phase}.{fmt}.txt"'})
+
+    # ------------------------------------------------------------ reading pages
+
+    size_cache: dict[tuple[Any, ...], tuple[int, int, int, int]] = {}
+
+    def tag_history(cloud: str, name: str) -> tuple[str, list[Any], list[plots.SeriesPoint], list[Any]]:
+        with engine.connect() as conn:
+            real, entries = store.history(conn, cloud, name)
+            pubs = store.publications(conn, cloud)
+            versions = []
+            for entry in entries:
+                # A stored version never changes: its sizes are worked out once per process.
+                key = (cloud, real, entry.date, entry.present, entry.prefix_count, entry.change_number)
+                sizes = size_cache.get(key)
+                if sizes is None:
+                    pub = store.publication_by_day(conn, cloud, entry.date)
+                    snap = store.snapshot(conn, cloud, real, pub) if pub and entry.present else None
+                    sizes = plots.family_sizes(snap.prefixes if snap else ())
+                    if len(size_cache) >= SIZE_CACHE_ENTRIES:
+                        size_cache.clear()
+                    size_cache[key] = sizes
+                versions.append(plots.VersionPoint(entry.date, sizes, entry.added, entry.removed))
+        return real, entries, plots.tag_series([p.file_date for p in pubs], versions), pubs
+
+    def tag_page(request: Request, user: UserInfo) -> Response:
+        cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
+        real, entries, points, pubs = tag_history(cloud, name)
+        compare = None
+        first, second = request.query_params.get("from"), request.query_params.get("to")
+        if first and second:
+            with engine.connect() as conn:
+                old = store.resolve_publication(conn, cloud, first)
+                new = store.resolve_publication(conn, cloud, second)
+                compare = [c.to_json(old, new) for c in store.diff_publications(conn, cloud, old, new, [real])]
+        return page("tag.html", request, user, tag=real, cloud=cloud, entries=entries, points=points, pubs=pubs,
+                    compare=compare, compare_from=first or "", compare_to=second or "", kinds=plots.PLOT_KINDS)
+
+    def tag_plot(request: Request, user: UserInfo) -> Response:
+        cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
+        kind = request.query_params.get("kind", "prefixes")
+        if kind not in plots.PLOT_KINDS:
+            raise PageError(404, f"no plot {kind!r}")
+        real, _entries, points, _pubs = tag_history(cloud, name)
+        # The SVG is its own document: no script runs in it, and it loads nothing.
+        return Response(plots.plot_svg(real, points, kind), media_type="image/svg+xml", headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "X-Content-Type-Options": "nosniff"})
+
+    def watch_page(request: Request, user: UserInfo) -> Response:
+        cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
+        now = dt.datetime.now(dt.timezone.utc)
+        with engine.connect() as conn:
+            approved = states.current(conn, cloud, name)
+            found = [t for t in tickets.list_tickets(conn) if t.watch == name and t.cloud == cloud]
+        if approved is None and not found:
+            raise PageError(404, f"watch {name!r} ({cloud}) has no tickets and no approved state")
+        return page("watch.html", request, user, watch=name, cloud=cloud, lists=approved.to_json(now) if approved
+                    else None, tickets=queue_order(found), families=states.FAMILIES)
+
+    def lookup_page(request: Request, user: UserInfo) -> Response:
+        address = request.query_params.get("address", "").strip()
+        cloud = api.cloud_of(request.query_params.get("cloud"))
+        hits, pub, message = [], None, ""
+        if address:
+            with engine.connect() as conn:
+                try:
+                    pub = store.resolve_publication(conn, cloud, "latest")
+                    hits = store.lookup(conn, cloud, address, pub)
+                except WatcherError as exc:
+                    message = str(exc)
+        return page("lookup.html", request, user, address=address, cloud=cloud, hits=hits, pub=pub, message=message)
+
+    def publications_page(request: Request, user: UserInfo) -> Response:
+        cloud = api.cloud_of(request.query_params.get("cloud"))
+        with engine.connect() as conn:
+            pubs = store.publications(conn, cloud)
+        return page("publications.html", request, user, cloud=cloud, pubs=list(reversed(pubs)),
+                    gaps=publication_gaps([p.file_date for p in pubs], settings.daemon.stale_after_days))
+
+    def health_page(request: Request, user: UserInfo) -> Response:
+        with engine.connect() as conn:
+            report = overview.status_report(conn, settings, dt.datetime.now(dt.timezone.utc)).to_json()
+        return page("health.html", request, user, report=report)
+
+    return [
+        Route("/", signed_in(queue)),
+        Route("/tag", signed_in(tag_page)),
+        Route("/tag/plot.svg", signed_in(tag_plot)),
+        Route("/watch", signed_in(watch_page)),
+        Route("/lookup", signed_in(lookup_page)),
+        Route("/publications", signed_in(publications_page)),
+        Route("/health", signed_in(health_page)),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/tickets/{ticket_id:int}", signed_in(ticket_page)),
+        Route("/tickets/{ticket_id:int}/action", ticket_action, methods=["POST"]),
+        Route("/tickets/{ticket_id:int}/snippet/{fmt}", signed_in(snippet)),
+        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+    ]
