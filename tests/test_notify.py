@@ -3,6 +3,7 @@ mailto://, an HTTP server for json://, and the Mosquitto broker for mqtt://. Del
 backoff when a receiver is down, never lost across a crash, and no secret from a URL shows anywhere."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email
 import email.policy
@@ -363,7 +364,8 @@ def test_invalid_url_is_reported_masked(engine):
 
 def test_messages_follow_the_state_superseded_rejected_approved_and_one_removal_reminder(engine, json_receiver):
     json_receiver.start()
-    settings = make_settings(urls=(f"json://127.0.0.1:{json_receiver.port}/",))
+    registry = RegistryWatch("myreg", ("eastus2",), data_endpoint=True, firewalls=("nftables",))
+    settings = make_settings(registry, urls=(f"json://127.0.0.1:{json_receiver.port}/",))
     held_ticket_week(engine, settings)  # ticket 2, held
     now = soon()
     assert [r.state for r in notify.deliver_due(engine, settings, now=now)] == ["sent"]
@@ -392,6 +394,15 @@ def test_messages_follow_the_state_superseded_rejected_approved_and_one_removal_
     assert reminder.state == "sent" and len(json_receiver.bodies) == count + 1
     assert json_receiver.bodies[-1]["title"].startswith("[watcher ticket 4] [REMOVALS DUE 2025-01-29")
     assert notify.deliver_due(engine, settings, now=utc(2026, 1, 1)) == []  # one reminder only
+    # Only work to do carries snippets: an open ticket and an approval the add phase, the reminder the remove phase.
+    names = [[a["filename"] for a in body["attachments"]] for body in json_receiver.bodies]
+    assert names[0] == ["watcher-ticket-2.md", "watcher-ticket-2-nftables-add.nft"]  # open
+    assert names[2] == ["watcher-ticket-2.md"] and names[3] == ["watcher-ticket-3.md"]  # superseded, rejected
+    assert names[-2] == ["watcher-ticket-4.md", "watcher-ticket-4-nftables-add.nft"]
+    assert names[-1] == ["watcher-ticket-4.md", "watcher-ticket-4-nftables-remove.nft"]
+    with engine.connect() as conn:
+        remove = render.render_ticket(conn, settings, tickets.get_ticket(conn, 4), "nftables", "remove")
+    assert base64.b64decode(json_receiver.bodies[-1]["attachments"][1]["base64"]).decode() == remove
 
 
 LONG_NOTES = (
