@@ -414,8 +414,10 @@ LONG_NOTES = (
 
 
 def mail_attachments(mail) -> dict[str, str]:
-    """Each attached file's text (a .nft or .tf file arrives as bytes: its type is application/octet-stream)."""
-    return {part.get_filename(): part.get_payload(decode=True).decode("utf-8") for part in mail.iter_attachments()}
+    """Each attached file's text; every one is typed as text, so a mail client shows it."""
+    parts = list(mail.iter_attachments())
+    assert all(p.get_content_maintype() == "text" for p in parts), [p.get_content_type() for p in parts]
+    return {part.get_filename(): part.get_payload(decode=True).decode("utf-8") for part in parts}
 
 
 def test_mails_carry_the_snippets_of_the_configured_firewalls_and_keep_list_items_on_one_line(engine, db_url,

@@ -29,6 +29,7 @@ import datetime as dt
 import functools
 import hashlib
 import logging
+import mimetypes
 import re
 import tempfile
 import time
@@ -39,6 +40,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote, unquote, urlsplit
 
 import apprise
+from apprise.attachment.file import AttachFile
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from . import review, db, store, tickets
@@ -268,7 +270,8 @@ def send(destination: Destination, message: Message) -> SendResult:
                 for name, text in ((message.attachment_name, message.attachment), *message.snippets):
                     path = Path(folder) / name
                     path.write_text(text, encoding="utf-8")
-                    attach.add(str(path))
+                    # Typed by name, text where the name says nothing (.nft, .tf): mail clients then show it.
+                    attach.add(AttachFile(str(path), mimetype=mimetypes.guess_type(name)[0] or "text/plain"))
             if destination.scheme in EMAIL_SCHEMES:
                 outcome = sender.notify(title=message.title, body=mail_html(message.html),
                                         body_format=apprise.NotifyFormat.HTML, attach=attach)
