@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from apprise.conversion.format import html_to_text
 
-from watcher.mail import firewall_kinds, mail_html, snippet_phase
+from watcher.mail import attachment_type, firewall_kinds, mail_html, snippet_phase
 from watcher.settings import McrSettings, RegistryWatch, Settings
 from watcher.tickets import TicketInfo
 
@@ -60,3 +60,13 @@ def test_inline_code_no_longer_breaks_a_list_item_in_the_plain_text():
 def test_escaped_text_that_looks_like_code_is_left_alone():
     html = "<p>&lt;code&gt;not a tag&lt;/code&gt;</p>"
     assert mail_html(html) == html
+
+
+@pytest.mark.parametrize("name, mimetype", [
+    ("watcher-ticket-7.md", "text/markdown"), ("watcher-ticket-7-json-add.json", "application/json"),
+    ("watcher-ticket-7-csv-add.csv", "text/csv"), ("watcher-ticket-7-azure-nsg-add.sh", "text/plain"),
+    ("watcher-ticket-7-nftables-add.nft", "text/plain"), ("watcher-ticket-7-terraform-remove.TF", "text/plain"),
+    ("watcher-test.txt", "text/plain"), ("README", "text/plain"),
+])
+def test_every_attachment_is_sent_as_text_whatever_the_host_guesses(name, mimetype):
+    assert attachment_type(name) == mimetype

@@ -16,6 +16,16 @@ SNIPPET_EXTENSIONS = {"nftables": "nft", "iptables": "ipset", "azure-nsg": "sh",
                       "cisco-asa": "txt", "fortigate": "txt", "csv": "csv", "terraform": "tf", "json": "json"}
 
 
+#: Attachment types by file ending; every other file is plain text. Fixed here, not guessed from the host's
+#: mime.types, so a script (.sh) never arrives as something a mail gateway treats as executable.
+_ATTACHMENT_TYPES = {".md": "text/markdown", ".json": "application/json", ".csv": "text/csv"}
+
+
+def attachment_type(name: str) -> str:
+    """The MIME type a message's file is sent with: text, so that a mail client shows it."""
+    return _ATTACHMENT_TYPES.get(name[name.rfind("."):].lower() if "." in name else "", "text/plain")
+
+
 def snippet_phase(ticket: tickets.TicketInfo, event: str) -> str | None:
     """Which phase's snippets a message carries: none for a ticket that is no work to do.
 

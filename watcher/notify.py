@@ -29,7 +29,6 @@ import datetime as dt
 import functools
 import hashlib
 import logging
-import mimetypes
 import re
 import tempfile
 import time
@@ -47,7 +46,7 @@ from . import review, db, store, tickets
 from .errors import NotifyError, RenderError, StoreError, translate_db_errors
 from .models import OutboxMessage, Ticket, utcnow
 from .redact import ordered_secrets, redact_text
-from .mail import mail_html, snippet_attachments
+from .mail import attachment_type, mail_html, snippet_attachments
 from .render import Renderer
 from .settings import Settings
 from .store.records import ImportResult
@@ -270,8 +269,7 @@ def send(destination: Destination, message: Message) -> SendResult:
                 for name, text in ((message.attachment_name, message.attachment), *message.snippets):
                     path = Path(folder) / name
                     path.write_text(text, encoding="utf-8")
-                    # Typed by name, text where the name says nothing (.nft, .tf): mail clients then show it.
-                    attach.add(AttachFile(str(path), mimetype=mimetypes.guess_type(name)[0] or "text/plain"))
+                    attach.add(AttachFile(str(path), mimetype=attachment_type(name)))
             if destination.scheme in EMAIL_SCHEMES:
                 outcome = sender.notify(title=message.title, body=mail_html(message.html),
                                         body_format=apprise.NotifyFormat.HTML, attach=attach)
