@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -478,3 +479,18 @@ def test_mails_carry_the_snippets_of_the_configured_firewalls_and_keep_list_item
     assert "[REJECTED" in mailbox.messages[-1]["Subject"]
     assert list(mail_attachments(mailbox.messages[-1])) == ["watcher-ticket-2.md"]
     assert len(mailbox.messages) == 4
+
+
+def test_the_attachment_files_are_removed_after_sending(smtp_server, tmp_path, monkeypatch):
+    smtp_port, mailbox = smtp_server
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where TMPDIR points (/data in the container)
+    url = f"mailto://bob:{MAIL_SECRET}@127.0.0.1:{smtp_port}?from=watcher@example.com&to=secops@example.com"
+    (destination,) = notify.destinations(make_settings(urls=(url,)))
+    message = notify.Message("t", "b", "<p>b</p>", "watcher-ticket-9.md", "# 9\n",
+                             snippets=(("watcher-ticket-9-nftables-add.nft", "flush set inet watcher x\n"),))
+    assert notify.send(destination, message).ok
+    assert mail_attachments(mailbox.messages[-1]) == {"watcher-ticket-9.md": "# 9\n",
+                                                      "watcher-ticket-9-nftables-add.nft": "flush set inet watcher x\n"}
+    assert list(scratch.iterdir()) == []
