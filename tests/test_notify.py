@@ -3,6 +3,7 @@ mailto://, an HTTP server for json://, and the Mosquitto broker for mqtt://. Del
 backoff when a receiver is down, never lost across a crash, and no secret from a URL shows anywhere."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email
 import email.policy
@@ -10,6 +11,7 @@ import hashlib
 import json
 import logging
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +28,7 @@ from tests.ticket_helpers import approve_baselines, import_made, import_real_pai
 from watcher import db, notify, render, review, tickets
 from watcher.cli import main
 from watcher.models import OutboxMessage
+from watcher.settings import RegistryWatch
 
 JSON_SECRET = "s3cr3tT0kenXq"
 MAIL_SECRET = "pAssw0rdZk9"
@@ -362,7 +365,8 @@ def test_invalid_url_is_reported_masked(engine):
 
 def test_messages_follow_the_state_superseded_rejected_approved_and_one_removal_reminder(engine, json_receiver):
     json_receiver.start()
-    settings = make_settings(urls=(f"json://127.0.0.1:{json_receiver.port}/",))
+    registry = RegistryWatch("myreg", ("eastus2",), data_endpoint=True, firewalls=("nftables",))
+    settings = make_settings(registry, urls=(f"json://127.0.0.1:{json_receiver.port}/",))
     held_ticket_week(engine, settings)  # ticket 2, held
     now = soon()
     assert [r.state for r in notify.deliver_due(engine, settings, now=now)] == ["sent"]
@@ -391,3 +395,102 @@ def test_messages_follow_the_state_superseded_rejected_approved_and_one_removal_
     assert reminder.state == "sent" and len(json_receiver.bodies) == count + 1
     assert json_receiver.bodies[-1]["title"].startswith("[watcher ticket 4] [REMOVALS DUE 2025-01-29")
     assert notify.deliver_due(engine, settings, now=utc(2026, 1, 1)) == []  # one reminder only
+    # Only work to do carries snippets: an open ticket and an approval the add phase, the reminder the remove phase.
+    names = [[a["filename"] for a in body["attachments"]] for body in json_receiver.bodies]
+    assert names[0] == ["watcher-ticket-2.md", "watcher-ticket-2-nftables-add.nft"]  # open
+    assert names[2] == ["watcher-ticket-2.md"] and names[3] == ["watcher-ticket-3.md"]  # superseded, rejected
+    assert names[-2] == ["watcher-ticket-4.md", "watcher-ticket-4-nftables-add.nft"]
+    assert names[-1] == ["watcher-ticket-4.md", "watcher-ticket-4-nftables-remove.nft"]
+    with engine.connect() as conn:
+        remove = render.render_ticket(conn, settings, tickets.get_ticket(conn, 4), "nftables", "remove")
+    assert base64.b64decode(json_receiver.bodies[-1]["attachments"][1]["base64"]).decode() == remove
+
+
+LONG_NOTES = (
+    "the publication's changeNumber went backwards for AzureContainerRegistry.EastUS2 while its prefixes grew by "
+    "more than the configured share, which a genuine Microsoft file has never done",
+    "the file was served from a host outside the allow-list before a redirect brought it back to "
+    "download.microsoft.com, so its origin is not what the schedule expected",
+)
+
+
+def mail_attachments(mail) -> dict[str, str]:
+    """Each attached file's text; every one is typed as text, so a mail client shows it."""
+    parts = list(mail.iter_attachments())
+    assert all(p.get_content_maintype() == "text" for p in parts), [p.get_content_type() for p in parts]
+    return {part.get_filename(): part.get_payload(decode=True).decode("utf-8") for part in parts}
+
+
+def test_mails_carry_the_snippets_of_the_configured_firewalls_and_keep_list_items_on_one_line(engine, db_url,
+                                                                                               tmp_path, smtp_server):
+    smtp_port, mailbox = smtp_server
+    url = f"mailto://bob:{MAIL_SECRET}@127.0.0.1:{smtp_port}?from=watcher@example.com&to=secops@example.com"
+    registry = RegistryWatch("myreg", ("eastus2",), data_endpoint=True, firewalls=("nftables", "paloalto"))
+    settings = make_settings(registry, urls=(url,))
+    config = tmp_path / "watcher.toml"
+    config.write_text('[[registries]]\nname = "myreg"\nregions = ["eastus2"]\ndata_endpoint = true\n'
+                      'firewalls = ["nftables", "paloalto"]\n[tickets]\nbogon_exemptions = ["10.0.0.0/8"]\n')
+
+    def rendered(ticket_id: int, fmt: str, phase: str = "add") -> str:
+        result = CliRunner().invoke(main, ["--db", db_url, "--config", str(config), "tickets", "render",
+                                           str(ticket_id), "--format", fmt, "--phase", phase])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def expected(ticket_id: int) -> dict[str, str]:
+        return {f"watcher-ticket-{ticket_id}-nftables-add.nft": rendered(ticket_id, "nftables"),
+                f"watcher-ticket-{ticket_id}-paloalto-add.txt": rendered(ticket_id, "paloalto")}
+
+    # The baseline (open) ticket: its message carries the add phase of both kinds, as `tickets render` prints it.
+    import_made(engine, settings, "20250101", week())
+    assert [r.state for r in notify.deliver_due(engine, settings)] == ["sent"]
+    files = mail_attachments(mailbox.messages[-1])
+    assert list(files) == ["watcher-ticket-1.md", *expected(1)]
+    assert {name: files[name] for name in expected(1)} == expected(1)
+    assert "10.1.0.0/22," in files["watcher-ticket-1-nftables-add.nft"]  # the four /24s, aggregated
+    approve_baselines(engine)
+
+    # A held change with long reasons: no snippets (nothing is approved), and its plain text keeps each item whole.
+    import_made(engine, settings, "20250108", week(storage_eastus2=("10.1.0.0/24", "10.1.1.0/24", "10.1.2.0/24",
+                                                                   "10.1.4.0/24")), 2, implausible=LONG_NOTES)
+    with engine.connect() as conn:
+        held = tickets.get_ticket(conn, 2)
+    assert held.state == "hold" and all(len(note) > 150 for note in LONG_NOTES)
+    notify.deliver_due(engine, settings)
+    mail = mailbox.messages[-1]
+    assert list(mail_attachments(mail)) == ["watcher-ticket-2.md"]
+    lines = mail.get_body(("plain",)).get_content().splitlines()
+    for reason in held.context["hold"]["reasons"]:
+        assert f"- {reason}" in lines, reason
+    assert any(LONG_NOTES[0] in line for line in lines) and "- 10.1.4.0/24" in lines and "- 10.1.3.0/24" in lines
+    assert "-" not in lines and "- " not in lines  # no bullet left without its item
+    with engine.connect() as conn:  # the ticket's own HTML keeps its <code>: only the mail's body is reshaped
+        assert "<code>10.1.4.0/24</code>" in render.render_ticket(conn, settings, held, "html")
+
+    # Its additions approved: the add phase is attached; rejected: nothing to apply, no snippets.
+    review.transition(engine, 2, "approve-adds", "dave", announce=settings)
+    notify.deliver_due(engine, settings)
+    files = mail_attachments(mailbox.messages[-1])
+    assert list(files) == ["watcher-ticket-2.md", *expected(2)]
+    assert {name: files[name] for name in expected(2)} == expected(2)
+    assert "10.1.4.0/24" in files["watcher-ticket-2-paloalto-add.txt"]
+    review.transition(engine, 2, "reject", "carol", "not yet", announce=settings)
+    notify.deliver_due(engine, settings)
+    assert "[REJECTED" in mailbox.messages[-1]["Subject"]
+    assert list(mail_attachments(mailbox.messages[-1])) == ["watcher-ticket-2.md"]
+    assert len(mailbox.messages) == 4
+
+
+def test_the_attachment_files_are_removed_after_sending(smtp_server, tmp_path, monkeypatch):
+    smtp_port, mailbox = smtp_server
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where TMPDIR points (/data in the container)
+    url = f"mailto://bob:{MAIL_SECRET}@127.0.0.1:{smtp_port}?from=watcher@example.com&to=secops@example.com"
+    (destination,) = notify.destinations(make_settings(urls=(url,)))
+    message = notify.Message("t", "b", "<p>b</p>", "watcher-ticket-9.md", "# 9\n",
+                             snippets=(("watcher-ticket-9-nftables-add.nft", "flush set inet watcher x\n"),))
+    assert notify.send(destination, message).ok
+    assert mail_attachments(mailbox.messages[-1]) == {"watcher-ticket-9.md": "# 9\n",
+                                                      "watcher-ticket-9-nftables-add.nft": "flush set inet watcher x\n"}
+    assert list(scratch.iterdir()) == []

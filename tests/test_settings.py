@@ -70,10 +70,32 @@ def test_config_from_environment_variable(tmp_path):
     ('[[registries]]\nname = "a"\nregions = ["x"]\ndata_endpoint = "false"', "data_endpoint must be true or false"),
     ('[[registries]]\nname = "contoso"\nregions = ["eastus"]\n[[registries]]\nname = "Contoso.azurecr.io"\n'
      'regions = ["westus"]', r"registries\[1\]: registry 'contoso' is already configured in registries\[0\]"),
+    ('[[registries]]\nname = "a"\nregions = ["x"]\nfirewalls = ["nftables", "pf"]',
+     r"registries\[0\].firewalls: unknown firewall kind 'pf' \(choose from nftables, iptables"),
+    ('[[registries]]\nname = "a"\nregions = ["x"]\nfirewalls = [1]', r"registries\[0\].firewalls must be a list of strings"),
+    ('[mcr]\nfirewalls = ["checkpoint"]', "mcr.firewalls: unknown firewall kind 'checkpoint'"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(write(tmp_path, text), {})
+
+
+def test_firewall_kinds_per_registry_and_for_mcr(tmp_path):
+    path = write(tmp_path, """
+[[registries]]
+name = "contoso"
+regions = ["eastus2"]
+firewalls = ["nftables", "paloalto", "nftables"]
+[[registries]]
+name = "fabrikam"
+regions = ["westus"]
+[mcr]
+enabled = true
+firewalls = ["fortigate"]
+""")
+    settings = load_settings(path, {})
+    assert [r.firewalls for r in settings.registries] == [("nftables", "paloalto"), ()]  # once each, in order
+    assert settings.mcr.firewalls == ("fortigate",)
 
 
 def test_missing_config_file(tmp_path):

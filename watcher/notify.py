@@ -33,18 +33,20 @@ import re
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote, unquote, urlsplit
 
 import apprise
+from apprise.attachment.file import AttachFile
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from . import review, db, store, tickets
 from .errors import NotifyError, RenderError, StoreError, translate_db_errors
 from .models import OutboxMessage, Ticket, utcnow
 from .redact import ordered_secrets, redact_text
+from .mail import attachment_type, mail_html, snippet_attachments
 from .render import Renderer
 from .settings import Settings
 from .store.records import ImportResult
@@ -199,6 +201,8 @@ class Message:
     html: str
     attachment_name: str
     attachment: str
+    #: further files, (name, text): the full-state snippets of the watch's firewall kinds
+    snippets: tuple[tuple[str, str], ...] = ()
 
 
 #: What an outbox row announces: the new ticket, or a later move of its state.
@@ -260,11 +264,14 @@ def send(destination: Destination, message: Message) -> SendResult:
             sender.add(plugin)
             attach = None
             if getattr(plugin, "attachment_support", False):
-                path = Path(folder) / message.attachment_name
-                path.write_text(message.attachment, encoding="utf-8")
-                attach = apprise.AppriseAttachment(str(path))
+                # Written to a folder of this send alone, removed with it; names are the watcher's own.
+                attach = apprise.AppriseAttachment()
+                for name, text in ((message.attachment_name, message.attachment), *message.snippets):
+                    path = Path(folder) / name
+                    path.write_text(text, encoding="utf-8")
+                    attach.add(AttachFile(str(path), mimetype=attachment_type(name)))
             if destination.scheme in EMAIL_SCHEMES:
-                outcome = sender.notify(title=message.title, body=message.html,
+                outcome = sender.notify(title=message.title, body=mail_html(message.html),
                                         body_format=apprise.NotifyFormat.HTML, attach=attach)
             else:
                 outcome = sender.notify(title=message.title, body=message.body,
@@ -412,6 +419,7 @@ def deliver_due(
                         ticket = tickets.get_ticket(conn, claim.ticket_id)
                         message = build_message(renderer, ticket, review.full_view(conn, ticket, settings),
                                                 claim.event)
+                        message = replace(message, snippets=snippet_attachments(conn, settings, ticket, claim.event))
                 except RenderError as exc:
                     message = exc
                 messages[(claim.ticket_id, claim.event)] = message

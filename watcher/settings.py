@@ -45,6 +45,8 @@ class RegistryWatch:
     cloud: str = "public"
     include_mcr: bool = False
     extra_tags: tuple[str, ...] = ()
+    #: firewall kinds (render.RULE_FORMATS) whose full-state snippets the ticket mails carry
+    firewalls: tuple[str, ...] = ()
 
     @property
     def login_server(self) -> str:
@@ -101,6 +103,7 @@ class McrSettings:
     """Microsoft Container Registry as a watch of its own (named "mcr"), once per configured cloud."""
 
     enabled: bool = False
+    firewalls: tuple[str, ...] = ()   # as a registry's ``firewalls``
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,16 @@ def _check_range(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where} must be {bounds}, not {value!r}")
 
 
+def check_firewalls(kinds: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """Firewall kinds named in the config: each a snippet format the watcher renders, once."""
+    from .render import RULE_FORMATS  # render imports this module: a top-level import would be circular
+
+    unknown = [k for k in kinds if k not in RULE_FORMATS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown firewall kind {unknown[0]!r} (choose from {', '.join(RULE_FORMATS)})")
+    return tuple(dict.fromkeys(kinds))
+
+
 def _section(cls: type, raw: Any, where: str):
     if raw is None:
         return cls()
@@ -240,6 +253,8 @@ def _section(cls: type, raw: Any, where: str):
     for key, value in raw.items():
         values[key] = _typed(value, hints[key], f"{where}.{key}")
         _check_range(key, values[key], f"{where}.{key}")
+        if key == "firewalls":
+            values[key] = check_firewalls(values[key], f"{where}.{key}")
     return cls(**values)
 
 
@@ -247,7 +262,7 @@ def _registry(raw: Any, index: int) -> RegistryWatch:
     where = f"registries[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table")
-    unknown = set(raw) - {"name", "regions", "data_endpoint", "cloud", "include_mcr", "tags"}
+    unknown = set(raw) - {"name", "regions", "data_endpoint", "cloud", "include_mcr", "tags", "firewalls"}
     if raw.get("include_mcr"):
         # One MCR watch for all registries, or two registries would get two identical MCR tickets.
         raise ConfigError(f"{where}.include_mcr is replaced by a watch of its own: [mcr] enabled = true")
@@ -271,6 +286,7 @@ def _registry(raw: Any, index: int) -> RegistryWatch:
         cloud=check_cloud(_typed(raw.get("cloud", "public"), str, f"{where}.cloud")),
         include_mcr=_typed(raw.get("include_mcr", False), bool, f"{where}.include_mcr"),
         extra_tags=_as_str_tuple(raw.get("tags", []), f"{where}.tags"),
+        firewalls=check_firewalls(_as_str_tuple(raw.get("firewalls", []), f"{where}.firewalls"), f"{where}.firewalls"),
     )
 
 
