@@ -485,12 +485,14 @@ def test_a_ticket_created_after_its_add_before_date_says_overdue_at_the_top_of_e
 def test_overdue_is_decided_by_the_creation_day_against_publication_plus_seven_days():
     import datetime as dt
 
+    from watcher import ticket_text
+
     add_before = dt.date(2025, 1, 8)
-    assert tickets.overdue_note(add_before, utc(2025, 1, 3)) is None
-    assert tickets.overdue_note(add_before, utc(2025, 1, 8, 23, 59)) is None  # the due day itself is on time
-    assert "1 day late" in tickets.overdue_note(add_before, utc(2025, 1, 9))
-    assert "30 days late" in tickets.overdue_note(add_before, utc(2025, 2, 7))
-    assert tickets.overdue_note(add_before, None) is None
+    assert ticket_text.overdue_note(add_before, utc(2025, 1, 3)) is None
+    assert ticket_text.overdue_note(add_before, utc(2025, 1, 8, 23, 59)) is None  # the due day itself is on time
+    assert "1 day late" in ticket_text.overdue_note(add_before, utc(2025, 1, 9))
+    assert "30 days late" in ticket_text.overdue_note(add_before, utc(2025, 2, 7))
+    assert ticket_text.overdue_note(add_before, None) is None
 
 
 def test_a_ticket_of_a_publication_after_missed_ones_says_so_in_its_source_section(engine):

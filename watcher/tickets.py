@@ -47,8 +47,6 @@ LIVE_STATES = ("open", "hold")
 KINDS = ("baseline", "change")
 SYSTEM_ACTOR = "watcher"
 CONTEXT_VERSION = 2
-#: Microsoft publishes new ranges a week before Azure uses them: the additions are due by publication + 7 days.
-ADD_LEAD_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -238,16 +236,6 @@ def _publication_context(pub: store.PublicationInfo, missed: store.MissedPublica
             "source": pub.source, "missed": None if missed is None else {**missed.to_json(), "text": missed.describe()}}
 
 
-def overdue_note(add_before: dt.date, created_at: dt.datetime | None) -> str | None:
-    """Why a ticket born after its "add before" date is late, or None when it is on time (or the time unknown)."""
-    if created_at is None or created_at.date() <= add_before:
-        return None
-    late = (created_at.date() - add_before).days
-    return (f"OVERDUE: the additions were due before {add_before.isoformat()} (publication + {ADD_LEAD_DAYS} days); "
-            f"this ticket was created on {created_at.date().isoformat()}, {late} day{'s' if late != 1 else ''} late. "
-            f"Azure may already use the new prefixes: approve and apply the additions at once.")
-
-
 def _approved_context(approved: states.ApprovedState | None) -> dict[str, Any] | None:
     if approved is None:
         return None
@@ -289,7 +277,7 @@ def build_context(
     n_add = sum(len(t["added"]) for t in tags)
     n_remove = sum(len(t["removed"]) for t in tags)
     date = new.file_date.isoformat()
-    add_before = new.file_date + dt.timedelta(days=ADD_LEAD_DAYS)
+    add_before = new.file_date + dt.timedelta(days=ticket_text.ADD_LEAD_DAYS)
     if kind == "baseline":
         title = f"{label}: baseline allow-list from the Azure {new.cloud} publication of {date}"
         summary = (f"Nothing is approved for this watch yet: this ticket sets up its firewall objects with the "
@@ -322,7 +310,7 @@ def build_context(
         "target": {name: {"prefixes": list(s.sorted_prefixes()), "change_number": s.change_number}
                    for name, s in sorted(target.items())},
         "deadline": {"add_before": add_before.isoformat(), "remove_after": remove_after},
-        "overdue": overdue_note(add_before, created_at),
+        "overdue": ticket_text.overdue_note(add_before, created_at),
         "hold": {"held": bool(reasons), "reasons": reasons, "ratio": removal_hold_ratio},
         "totals": {"added": n_add, "removed": n_remove, "tags": len(target)},
         "risk": ticket_text.risk_lines(tags, label, remove_after),
