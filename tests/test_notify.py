@@ -169,7 +169,7 @@ def test_delivered_once_to_mail_json_and_mqtt_without_leaking_secrets(engine, db
     assert notify.deliver_due(engine, settings, now=soon() + dt.timedelta(days=3650)) == []  # never again, whatever the time
 
     (posted,) = json_receiver.bodies
-    assert posted["title"].startswith("[watcher ticket 2] [HOLD] myreg.azurecr.io")
+    assert posted["title"].startswith("[watcher ticket 2] [HOLD] [OVERDUE] myreg.azurecr.io")
     assert ticket.uid in posted["message"] and "ON HOLD" in posted["message"]
     assert posted["attachments"][0]["filename"] == "watcher-ticket-2.md"
     (mail,) = mailbox.messages

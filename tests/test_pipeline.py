@@ -167,6 +167,34 @@ def test_bare_link_to_the_file_is_downloaded_once_and_then_known_by_its_bytes(
     assert [r["outcome"] for r in poll_rows(engine)] == ["new", "already-imported"]
 
 
+def test_the_same_bytes_under_a_new_date_are_a_publication_of_their_own(
+    engine: sa.Engine, db_url: str, origin: Origin, tmp_path: Path
+) -> None:
+    """A week that changed nothing: Microsoft republishes byte-identical files under a new date."""
+    later = "ServiceTags_China_20260727.json"
+    origin.route(f"/{CHINA_NEW}", reply(real_file(CHINA_NEW)))
+    origin.route(f"/{later}", reply(real_file(CHINA_NEW)))
+    config = write_config(tmp_path)
+    first = run(db_url, config, "poll", "--cloud", "china", "--url", origin.url(f"/{CHINA_NEW}"))
+    assert first.exit_code == 0, first.output
+    before = counts(engine)
+    second = run(db_url, config, "poll", "--cloud", "china", "--url", origin.url(f"/{later}"), "--json")
+    assert second.exit_code == 0, second.output
+    [outcome] = orjson.loads(second.stdout)
+    assert outcome["outcome"] == "new" and outcome["file_date"] == "2026-07-27", outcome
+    after = counts(engine)
+    assert after["publications"] == before["publications"] + 1 == 2
+    assert after["tag_versions"] == before["tag_versions"]  # nothing changed: no history written
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT file_date, sha256 FROM publications ORDER BY file_date")).all()
+    assert [str(d) for d, _ in stored] == ["2026-07-20", "2026-07-27"] and stored[0][1] == stored[1][1]
+    # The same bytes and the same date again: already imported, nothing new.
+    third = run(db_url, config, "poll", "--cloud", "china", "--url", origin.url(f"/{later}"))
+    assert third.exit_code == 0, third.output
+    assert "already imported" in third.stdout and counts(engine) == after
+    assert [r["outcome"] for r in poll_rows(engine)] == ["new", "new", "already-imported"]
+
+
 def test_mirror_file_without_a_dated_name_gets_today_and_says_so(engine: sa.Engine, origin: Origin) -> None:
     origin.route("/mirror/latest.json", reply(real_file(CHINA_NEW)))
     settings = Settings(clouds=("china",))
@@ -177,6 +205,10 @@ def test_mirror_file_without_a_dated_name_gets_today_and_says_so(engine: sa.Engi
     assert outcome.publication is not None and outcome.publication.file_date == dt.date(2026, 7, 22)
     assert any("carries no date; used today's date (UTC), 2026-07-22" in note for note in outcome.notes)
     assert outcome.started_at == noon and outcome.poll_id is not None
+    # The next day the same undated bytes are known by their bytes, not imported under a new "today".
+    [again] = pipeline.poll(engine, settings, url=origin.url("/mirror/latest.json"),
+                            now=lambda: noon + dt.timedelta(days=1))
+    assert again.outcome == "already-imported" and again.publication.file_date == dt.date(2026, 7, 22)
 
 
 def test_one_clouds_error_does_not_stop_the_others(engine: sa.Engine, db_url: str, origin: Origin, tmp_path: Path) -> None:

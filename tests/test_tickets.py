@@ -184,7 +184,8 @@ def test_dangerous_changes_are_held_and_their_additions_can_be_approved_alone(en
     assert {"large removal": "50% of IPv4 space", "withdrawn": "withdrawn", "implausible": "plausibility"}[case] in reason
     with engine.connect() as conn:
         text = render.render_ticket(conn, settings, ticket, "md")
-        assert text.startswith("> **⚠ ON HOLD")
+        overdue, rest = text.split("\n\n", 1)  # born long after its add-before date: that comes first
+        assert overdue.startswith("> **⏰ OVERDUE") and rest.startswith("> **⚠ ON HOLD"), text[:300]
         with pytest.raises(RenderError, match="held: its removals wait"):
             render.render_ticket(conn, settings, ticket, "nftables", "remove")
         held_add = render.render_ticket(conn, settings, ticket, "nftables", "add")
@@ -445,3 +446,71 @@ def test_ticket_ids_out_of_range_are_usage_errors_and_library_not_found(engine, 
             tickets.get_ticket(conn, 99999999999999999999)
     with pytest.raises(NotFoundError):
         review.transition(engine, 2**63, "approve", "alice")
+
+
+FORMATS = ("md", "html", "txt", "summary")
+
+
+def _top_line(text: str) -> str:
+    """The first line a reader sees (in HTML, the first one of the body)."""
+    body = text.split("<body>", 1)[-1]
+    return next(line for line in body.splitlines() if line.strip())
+
+
+def test_a_ticket_created_after_its_add_before_date_says_overdue_at_the_top_of_every_format_and_the_subject(engine):
+    from watcher import notify
+
+    settings = make_settings()
+    import_made(engine, settings, "20250101", week())  # created today, long after 2025-01-01 + 7 days
+    (ticket,) = all_tickets(engine)
+    assert ticket.context["deadline"]["add_before"] == "2025-01-08"
+    assert ticket.context["overdue"].startswith("OVERDUE: the additions were due before 2025-01-08")
+    renderer = render.Renderer(settings.tickets)
+    data = tickets.view(ticket)
+    for fmt in FORMATS:
+        top = _top_line(renderer.render(fmt, data))
+        assert "OVERDUE" in top and "2025-01-08" in top, (fmt, top)
+    assert notify.build_message(renderer, ticket).title.startswith("[watcher ticket 1] [OVERDUE] myreg.azurecr.io")
+    # The same ticket born on time says nothing of the kind, anywhere.
+    on_time = replace(ticket, context={**ticket.context, "overdue": None})
+    for fmt in FORMATS:
+        assert "OVERDUE" not in renderer.render(fmt, tickets.view(on_time)), fmt
+    assert "OVERDUE" not in notify.build_message(renderer, on_time).title
+    # A superseded ticket asks for no work: late additions are not its business any more.
+    superseded = replace(ticket, state="superseded", superseded_by=2)
+    assert "OVERDUE" not in renderer.render("md", tickets.view(superseded))
+    assert "OVERDUE" not in notify.build_message(renderer, superseded, event="superseded").title
+
+
+def test_overdue_is_decided_by_the_creation_day_against_publication_plus_seven_days():
+    import datetime as dt
+
+    from watcher import ticket_text
+
+    add_before = dt.date(2025, 1, 8)
+    assert ticket_text.overdue_note(add_before, utc(2025, 1, 3)) is None
+    assert ticket_text.overdue_note(add_before, utc(2025, 1, 8, 23, 59)) is None  # the due day itself is on time
+    assert "1 day late" in ticket_text.overdue_note(add_before, utc(2025, 1, 9))
+    assert "30 days late" in ticket_text.overdue_note(add_before, utc(2025, 2, 7))
+    assert ticket_text.overdue_note(add_before, None) is None
+
+
+def test_a_ticket_of_a_publication_after_missed_ones_says_so_in_its_source_section(engine):
+    settings = make_settings()
+    import_made(engine, settings, "20250101", week(), change_number=7)
+    approve_baselines(engine)
+    import_made(engine, settings, "20250115", week(storage_eastus2=FOUR + ("10.1.4.0/24",)), change_number=10)
+    baseline, change = all_tickets(engine)
+    assert baseline.context["source"]["missed"] is None
+    assert change.context["source"]["missed"] == {
+        "count": 2, "after": "2025-01-01", "before": "2025-01-15",
+        "text": "2 publication(s) not seen between 2025-01-01 and 2025-01-15"}
+    renderer = render.Renderer(settings.tickets)
+    for fmt in FORMATS:
+        assert "2 publication(s) not seen between 2025-01-01 and 2025-01-15" in renderer.render(
+            fmt, tickets.view(change)), fmt
+        assert "not seen" not in renderer.render(fmt, tickets.view(baseline)), fmt
+    # A ticket stored before the gap was recorded on tickets still renders.
+    old_source = {k: v for k, v in change.context["source"].items() if k != "missed"}
+    old = replace(change, context={**change.context, "source": old_source})
+    assert "not seen" not in renderer.render("md", tickets.view(old))

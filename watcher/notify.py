@@ -232,7 +232,7 @@ def build_message(renderer: Renderer, ticket: tickets.TicketInfo, data: dict | N
     data = tickets.view(ticket) if data is None else data
     prefix = _event_prefix(event, ticket, data)
     return Message(
-        title=f"{ticket.ref} {prefix}{ticket.title}",
+        title=f"{ticket.ref} {prefix}{'[OVERDUE] ' if data.get('overdue') else ''}{ticket.title}",
         body=renderer.render("summary", data),
         html=renderer.render("html", data),
         attachment_name=f"watcher-ticket-{ticket.id}.md",

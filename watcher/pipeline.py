@@ -180,7 +180,8 @@ def _file_cloud(body: bytes, source: str) -> str | None:
 #: * ``new`` — a publication was imported;
 #: * ``unchanged`` — new bytes, but the same content as the publication already stored for that date;
 #: * ``skipped-known-url`` — the listed file was imported from that URL before; not downloaded;
-#: * ``already-imported`` — downloaded, and a publication with the same SHA-256 is stored;
+#: * ``already-imported`` — downloaded, and a publication with the same SHA-256 is stored for the file's date
+#:   (for any date when the file's name carries none); the same bytes under a new date are ``new``;
 #: * ``quarantined`` — the file looked implausible; written aside, not imported;
 #: * ``error`` — a ``WatcherError`` stopped the poll; nothing was imported.
 PollOutcomeKind = Literal["new", "unchanged", "skipped-known-url", "already-imported", "quarantined", "error"]
@@ -333,7 +334,9 @@ def _fetch_and_import(
     dl = fetch.download(link, fs, client, deadline)
     attempt.sha256 = dl.sha256
     with engine.connect() as conn:
-        same = polls.publication_with_sha256(conn, cloud, dl.sha256)
+        # A dated file is its own publication even when its bytes repeat an earlier week's (as the importer
+        # has it); an undated one has only its bytes to go by, or it would be imported again every day.
+        same = polls.publication_with_sha256(conn, cloud, dl.sha256, link.file_date)
         previous = polls.newest_publication(conn, cloud)
     if same is not None:
         attempt.file_date = attempt.file_date or same.file_date

@@ -135,10 +135,16 @@ def publication_for_url(conn: Connection, cloud: str, safe_url: str) -> Publicat
     return publication_from_row(row) if row else None
 
 
-def publication_with_sha256(conn: Connection, cloud: str, sha256: str) -> PublicationInfo | None:
+def publication_with_sha256(conn: Connection, cloud: str, sha256: str,
+                            file_date: dt.date | None = None) -> PublicationInfo | None:
+    """The stored publication with these bytes: on ``file_date`` when given (a publication is a cloud and a
+    date: the same bytes under a new date are a week that changed nothing), else under any date."""
     pubs = Publication.__table__
+    query = select(pubs).where(pubs.c.cloud == cloud, pubs.c.sha256 == sha256)
+    if file_date is not None:
+        query = query.where(pubs.c.file_date == file_date)
     with translate_db_errors(f"finding a {cloud} publication by its SHA-256"):
-        row = conn.execute(select(pubs).where(pubs.c.cloud == cloud, pubs.c.sha256 == sha256).limit(1)).first()
+        row = conn.execute(query.order_by(pubs.c.file_date.desc()).limit(1)).first()
     return publication_from_row(row) if row else None
 
 

@@ -1,10 +1,14 @@
 """The wording of a ticket: address-space sentences, risk, rollback and verification lines (pure)."""
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from . import diff as diffs
 from .watches import ResolvedWatch
+
+#: Microsoft publishes new ranges a week before Azure uses them: the additions are due by publication + 7 days.
+ADD_LEAD_DAYS = 7
 
 
 def space_text(v4: int, v6: int) -> str:
@@ -64,3 +68,13 @@ def verify_lines(watch: ResolvedWatch, tags: list[dict[str, Any]], date: str, cl
         lines.append(f"From a host behind the firewall: `curl -sI https://{watch.login_server}/v2/` answers "
                      "HTTP 401 (reachable), and `docker pull` of a small image from the registry succeeds.")
     return lines
+
+
+def overdue_note(add_before: dt.date, created_at: dt.datetime | None) -> str | None:
+    """Why a ticket born after its "add before" date is late, or None when it is on time (or the time unknown)."""
+    if created_at is None or created_at.date() <= add_before:
+        return None
+    late = (created_at.date() - add_before).days
+    return (f"OVERDUE: the additions were due before {add_before.isoformat()} (publication + {ADD_LEAD_DAYS} days); "
+            f"this ticket was created on {created_at.date().isoformat()}, {late} day{'s' if late != 1 else ''} late. "
+            f"Azure may already use the new prefixes: approve and apply the additions at once.")

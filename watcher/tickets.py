@@ -231,9 +231,9 @@ def _watch_context(watch: ResolvedWatch) -> dict[str, Any]:
     }
 
 
-def _publication_context(pub: store.PublicationInfo) -> dict[str, Any]:
+def _publication_context(pub: store.PublicationInfo, missed: store.MissedPublications | None) -> dict[str, Any]:
     return {"date": pub.file_date.isoformat(), "change_number": pub.change_number, "sha256": pub.sha256,
-            "source": pub.source}
+            "source": pub.source, "missed": None if missed is None else {**missed.to_json(), "text": missed.describe()}}
 
 
 def _approved_context(approved: states.ApprovedState | None) -> dict[str, Any] | None:
@@ -256,8 +256,15 @@ def build_context(
     implausible: Sequence[str] = (),
     moved: Mapping[str, str] | None = None,
     limits: plausible.Limits | None = None,
+    created_at: dt.datetime | None = None,
+    missed: store.MissedPublications | None = None,
 ) -> dict[str, Any]:
-    """Everything a ticket shows, as JSON-ready data: the change from the approved state to ``target``."""
+    """Everything a ticket shows, as JSON-ready data: the change from the approved state to ``target``.
+
+    ``created_at`` decides whether the ticket is born overdue (a backfill or a
+    late poll); ``missed`` is the gap before the publication, when its global
+    changeNumber says publications were not seen.
+    """
     by_name = {t.tag: t for t in watch.tags}
     kind = "baseline" if approved is None else "change"
     changed = [c for c in changes if c.added or c.removed or c.status in ("appeared", "withdrawn")]
@@ -270,6 +277,7 @@ def build_context(
     n_add = sum(len(t["added"]) for t in tags)
     n_remove = sum(len(t["removed"]) for t in tags)
     date = new.file_date.isoformat()
+    add_before = new.file_date + dt.timedelta(days=ticket_text.ADD_LEAD_DAYS)
     if kind == "baseline":
         title = f"{label}: baseline allow-list from the Azure {new.cloud} publication of {date}"
         summary = (f"Nothing is approved for this watch yet: this ticket sets up its firewall objects with the "
@@ -293,7 +301,7 @@ def build_context(
         "title": title,
         "summary": summary,
         "cloud": new.cloud,
-        "source": _publication_context(new),
+        "source": _publication_context(new, missed),
         "previous": _approved_context(approved),
         "watch": _watch_context(watch),
         "warnings": warnings,
@@ -301,7 +309,8 @@ def build_context(
         "tags": tags,
         "target": {name: {"prefixes": list(s.sorted_prefixes()), "change_number": s.change_number}
                    for name, s in sorted(target.items())},
-        "deadline": {"add_before": date, "remove_after": remove_after},
+        "deadline": {"add_before": add_before.isoformat(), "remove_after": remove_after},
+        "overdue": ticket_text.overdue_note(add_before, created_at),
         "hold": {"held": bool(reasons), "reasons": reasons, "ratio": removal_hold_ratio},
         "totals": {"added": n_add, "removed": n_remove, "tags": len(target)},
         "risk": ticket_text.risk_lines(tags, label, remove_after),
@@ -313,8 +322,13 @@ def build_context(
 # ---------------------------------------------------------------- creation
 
 
-def _has_later_publication(conn: Connection, pub: store.PublicationInfo) -> bool:
-    return any(p.file_date > pub.file_date for p in store.publications(conn, pub.cloud))
+def _missed_before(new: store.PublicationInfo,
+                   pubs: Sequence[store.PublicationInfo]) -> store.MissedPublications | None:
+    """The gap the global changeNumber records before ``new``, between the stored publication before it and it."""
+    earlier = [p.file_date for p in pubs if p.file_date < new.file_date]
+    if not new.missed_before or not earlier:
+        return None
+    return store.MissedPublications(new.missed_before, max(earlier), new.file_date)
 
 
 def live_ticket(conn: Connection, cloud: str, watch: str) -> TicketInfo | None:
@@ -355,8 +369,10 @@ def create_tickets(
     if result.outcome != "imported":
         return []
     new = result.publication
-    if _has_later_publication(conn, new):
+    pubs = store.publications(conn, new.cloud)
+    if any(p.file_date > new.file_date for p in pubs):
         return []  # a file older than the newest one (a backfill): the firewall follows the newest
+    missed = _missed_before(new, pubs)
     changed = None if result.previous_day is None else {
         c.tag for c in result.changed_tags if c.added or c.removed or c.status != "unchanged"}
     # Resolve against every tag the cloud has had (one cheap query), so that a watched tag
@@ -365,14 +381,15 @@ def create_tickets(
     created = []
     for watch in resolve_watches(settings, {new.cloud: names}):
         if watch.cloud == new.cloud:
-            ticket_id = _ticket_for_watch(conn, watch, new, changed, settings, implausible, now())
+            ticket_id = _ticket_for_watch(conn, watch, new, changed, settings, implausible, now(), missed)
             if ticket_id is not None:
                 created.append(ticket_id)
     return created
 
 
 def _ticket_for_watch(conn: Connection, watch: ResolvedWatch, new: store.PublicationInfo, changed: set[str] | None,
-                      settings: Settings, implausible: Sequence[str], at: dt.datetime) -> int | None:
+                      settings: Settings, implausible: Sequence[str], at: dt.datetime,
+                      missed: store.MissedPublications | None = None) -> int | None:
     approved = states.current(conn, watch.cloud, watch.name)
     live = live_ticket(conn, watch.cloud, watch.name)
     # A prefix an older version stored that today's gate refuses never reaches a ticket or an approved state.
@@ -398,7 +415,7 @@ def _ticket_for_watch(conn: Connection, watch: ResolvedWatch, new: store.Publica
         watch, approved, new, changes, target, uid=str(uuid.uuid4()), implausible=implausible,
         removal_hold_ratio=settings.tickets.removal_hold_ratio,
         removal_delay_days=settings.tickets.removal_delay_days, moved=_moved(conn, new, changes) if approved else {},
-        limits=plausible.Limits.from_settings(settings.tickets),
+        limits=plausible.Limits.from_settings(settings.tickets), created_at=at, missed=missed,
     )
     ticket_id = _insert(conn, watch, approved, new, context, at)
     if live is not None:
@@ -508,4 +525,7 @@ def view(ticket: TicketInfo) -> dict[str, Any]:
     data["removals_allowed"] = ticket.removals_allowed
     data.setdefault("trail", [])
     data.setdefault("approval", {"removals_at": None, "additions_only": False})
+    # Late additions matter while there is work to do; a superseded, rejected or applied ticket asks for none.
+    data["source"] = {"missed": None, **data["source"]}  # tickets made before missed publications were recorded
+    data["overdue"] = ticket.context.get("overdue") if ticket.state in ("open", "hold", "approved") else None
     return data
