@@ -21,7 +21,7 @@ def test_quick_run_writes_the_expected_json(tmp_path, servicetags_dir, capsys):
     figures = document["figures"]
     assert all(FIGURE_KEYS <= set(f) for f in figures)
     by_id = {(f["id"], f["backend"]): f for f in figures}
-    for fid in ("1", "2", "3", "4a", "4b", "4c", "4e", "5", "6a", "6b", "6c", "7a", "7b", "8a", "8b", "9a", "9b"):
+    for fid in ("1", "2", "3", "4a", "4b", "4c", "4e", "5", "6a", "6b", "6c", "7a", "7b", "8a", "8b", "10a", "10b"):
         figure = by_id[(fid, "sqlite")]
         assert figure["status"] in {"PASS", "FAIL", "INFO"}, figure
         assert set(figure["value"]) == {"median", "min", "max", "n"}
@@ -37,12 +37,12 @@ def test_quick_run_writes_the_expected_json(tmp_path, servicetags_dir, capsys):
     assert by_id[("7b", "sqlite")]["target"] == 120 * 1024 * 1024
     assert [row["date"] for row in document["growth"]["sqlite"]] == ["20250804", "20250811", "20250818"]
     assert len(document["synthetic"]["sqlite"]["weeks"]) == 6
-    backfill = by_id[("9a", "sqlite")]
+    backfill = by_id[("10a", "sqlite")]
     assert backfill["target"] == 2.0 and backfill["extra"]["files"] == 18  # 6 weeks × 3 clouds
-    assert by_id[("9b", "sqlite")]["extra"]["files"] == 6
+    assert by_id[("10b", "sqlite")]["extra"]["files"] == 6
     printed = capsys.readouterr().out
     assert "pending:" not in printed and "[5 sqlite]" in printed
-    for fid in ("1", "2", "3", "4a", "4b", "4c", "4e", "5", "6a", "6b", "6c", "7a", "7b", "8a", "8b", "9a", "9b"):
+    for fid in ("1", "2", "3", "4a", "4b", "4c", "4e", "5", "6a", "6b", "6c", "7a", "7b", "8a", "8b", "10a", "10b"):
         status = by_id[(fid, "sqlite")]["status"]  # each figure's table row ends with its result
         assert re.search(rf"^{re.escape(fid)} .* sqlite .* {status}$", printed, re.MULTILINE), (fid, printed)
     counts = {s: sum(1 for f in figures if f["status"] == s) for s in ("PASS", "FAIL")}
