@@ -37,12 +37,12 @@ LAUNCHER = "import sys; from watcher.cli import main; sys.exit(main(prog_name='w
 
 
 def prefixes(count: int, offset: int = 0) -> list[str]:
-    """``count`` /24s with a gap after each (nothing collapses)."""
-    return [f"10.{(i + offset) // 100}.{2 * ((i + offset) % 100)}.0/24" for i in range(count)]
+    """``count`` /24s with a gap after each (nothing collapses), in public space (private space is held as bogons)."""
+    return [f"20.{(i + offset) // 100}.{2 * ((i + offset) % 100)}.0/24" for i in range(count)]
 
 
 def publication(count: int, extra: int = 0) -> dict[str, list[str]]:
-    return {"AzureContainerRegistry.EastUS2": ["20.0.0.0/24"], "Storage.EastUS2": prefixes(count + extra)}
+    return {"AzureContainerRegistry.EastUS2": ["20.250.0.0/24"], "Storage.EastUS2": prefixes(count + extra)}
 
 
 async def _client(host: str, port: int, request: bytes, stop_at: float, counts: dict[int, int]) -> None:

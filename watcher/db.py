@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
+import os
 import threading
 from importlib import resources
 from pathlib import Path
@@ -154,8 +156,38 @@ def advisory_key(name: str) -> int:
 
 
 @contextlib.contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<database>-migrate.lock`` beside a SQLite file, for the time of a migration.
+
+    Alembic commits each revision on its own, so two first commands on a fresh
+    file could both start from revision 0 (``table ... already exists``). Not
+    the database file itself: the daemon holds that one (``leader``).
+    """
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    path = Path(database).with_name(Path(database).name + "-migrate.lock")
+    held: set[str] = _locks_held.__dict__.setdefault("files", set())
+    if str(path) in held:  # re-entrant, as on PostgreSQL: a second flock of our own would wait forever
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot take the schema migration lock {path}: {exc.strerror}") from None
+    held.add(str(path))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        held.discard(str(path))
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
 def migration_lock(engine: Engine) -> Iterator[None]:
-    """Serialise schema migrations of one PostgreSQL schema across processes (a no-op on SQLite).
+    """Serialise schema migrations of one PostgreSQL schema, or one SQLite file, across processes.
 
     Two commands run at once on a fresh database would otherwise both find no
     schema and both create it; the second failed on a type the first had made
@@ -163,8 +195,12 @@ def migration_lock(engine: Engine) -> Iterator[None]:
     waits, then finds the schema done. Re-entrant within a thread (the daemon
     takes it around ``ensure_schema``, which takes it again): a second session
     asking for a lock its own process holds would wait forever. SQLite needs
-    none: a migration begins IMMEDIATE (see ``alembic_config``).
+    none of PostgreSQL's kind: a file lock beside the database does the same there.
     """
+    if engine.dialect.name == "sqlite":
+        with _sqlite_migration_lock(engine):
+            yield
+        return
     if engine.dialect.name != "postgresql":
         yield
         return
