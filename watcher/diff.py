@@ -519,13 +519,7 @@ def diff_tag(tag: str, before: TagState | None, after: TagState | None, cache: P
     ``cache`` lets a diff of many tags parse each prefix once: AzureCloud
     repeats every regional tag's prefixes (``diff_tags`` shares more).
     """
-    if before is None and after is None:
-        raise ValueError(f"{tag}: nothing to compare")
-    skipped: list[str] = []
-    before, after = _gated(before, skipped), _gated(after, skipped)
-    old = before.prefixes if before else frozenset()
-    new = after.prefixes if after else frozenset()
-    return _diff_tag(tag, before, after, new - old, old - new, {} if cache is None else cache, skipped)
+    return diff_tags([(tag, before, after)], cache)[0]
 
 
 def _diff_tag(tag: str, before: TagState | None, after: TagState | None, added: frozenset[str],
