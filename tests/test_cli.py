@@ -36,6 +36,12 @@ def test_import_folder_then_again(run, servicetags_dir):
     assert [r["outcome"] for r in json.loads(again.output)] == ["already imported"] * 2
 
 
+def test_import_takes_a_relative_path_as_the_readme_shows(run, servicetags_dir, monkeypatch):
+    monkeypatch.chdir(servicetags_dir.parent)  # as `watcher import ../shared/servicetags/public` from the checkout
+    result = run("import", "--json", "servicetags/china")
+    assert [r["outcome"] for r in json.loads(result.stdout)] == ["imported"] * 2
+
+
 def test_a_failing_file_is_reported_and_the_others_go_on(run, servicetags_dir, tmp_path):
     bad = tmp_path / "ServiceTags_Public_20251020.json"  # between the two good files
     bad.write_text('{"changeNumber": 1, "cloud": "Public", "values": [{"name": "A"}]}')

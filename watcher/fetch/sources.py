@@ -193,7 +193,7 @@ def _read_local_file(path: Path, max_bytes: int, deadline: Deadline) -> Fetched:
         raise FetchError(f"cannot read source file {path}: {exc.strerror or exc}") from None
     except _Transient as exc:  # nothing to retry for a local file
         raise FetchError(str(exc)) from None
-    return Fetched(final_url=path.as_uri(), body=body)
+    return Fetched(final_url=path.absolute().as_uri(), body=body)
 
 
 
