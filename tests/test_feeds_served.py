@@ -22,10 +22,11 @@ from tests.httpstub import free_port
 from tests.test_web import Served
 from tests.ticket_helpers import import_made, make_settings, utc, week
 from watcher import review
-from watcher.web.feeds import FRESH_SECONDS
+from watcher.web.feeds import FRESH_SECONDS, STALE_SECONDS
 
-#: How long a test waits for the server to see a change and to write its fetch records (both every FRESH_SECONDS).
-SETTLE = FRESH_SECONDS + 0.3
+#: How long a test waits for the server to see a change (within STALE_SECONDS) and to write its fetch records
+#: (every FRESH_SECONDS).
+SETTLE = max(FRESH_SECONDS, STALE_SECONDS) + 0.3
 
 CONFIG = """
 [[registries]]
@@ -53,7 +54,7 @@ class Feeds:
 
     def at(self, *when: int) -> None:
         self.clock.write_text(utc(*when).isoformat())
-        time.sleep(SETTLE)  # the server reads the approved states again after FRESH_SECONDS
+        time.sleep(SETTLE)  # the server reads the approved states again within STALE_SECONDS
 
     def cli(self, *args: str, code: int = 0) -> str:
         time.sleep(SETTLE)  # the server's fetch records are written in batches

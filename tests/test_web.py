@@ -274,3 +274,20 @@ def dt_now():
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc)
+
+
+def test_a_request_head_over_16_kib_is_a_400_whether_sent_at_once_or_dribbled(served: Served) -> None:
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (17 * 1024) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(big)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+        assert closed_by_server(sock, 5)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        for _ in range(17):  # never ends its header line: refused once the head passes 16 KiB
+            sock.sendall(b"a" * 1024)
+            time.sleep(0.01)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:  # under the bound: answered
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (15 * 1024) + b"\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")

@@ -100,6 +100,16 @@ def authenticate(conn: Connection, token: str) -> Consumer | None:
     return _consumer(row) if row is not None and hmac.compare_digest(row.token_hash, digest) else None
 
 
+def consumers_by_token_hash(conn: Connection, digests: Iterable[str]) -> dict[str, Consumer]:
+    """The consumers whose tokens hash to ``digests`` (missing: removed), in one query."""
+    table = FeedConsumer.__table__
+    wanted = list(digests)
+    if not wanted:
+        return {}
+    return {row.token_hash: _consumer(row)
+            for row in conn.execute(select(table).where(table.c.token_hash.in_(wanted)))}
+
+
 def count_denial(engine: Engine, at: dt.datetime, times: int = 1) -> None:
     """Count requests refused for wrong or missing credentials (one counter row per day)."""
     table = FeedDenial.__table__

@@ -89,12 +89,15 @@ def create_app(settings: Settings, engine: Engine, daemon: DaemonView, *,
     async def not_found(request: Request, exc: Exception) -> Response:
         return PlainTextResponse("not found: try /healthz or /metrics\n", status_code=404)
 
+    feed_routes, feed_service = feeds.routes(settings, engine, clock)
     routes = [Route("/healthz", from_database(healthz), methods=["GET", "HEAD"]),
-              Route("/metrics", from_database(metrics), methods=["GET", "HEAD"]), *feeds.routes(settings, engine, clock)]
+              Route("/metrics", from_database(metrics), methods=["GET", "HEAD"]), *feed_routes]
     # The review desk: the JSON API and the pages, behind sign-in (watcher.web.auth).
     from . import api, pages
     from .auth import Authenticator
 
     auth = Authenticator.create(settings.web, engine)
     routes += api.routes(settings, engine, auth) + pages.routes(settings, engine, auth)
-    return Starlette(routes=routes, exception_handlers={404: not_found})
+    app = Starlette(routes=routes, exception_handlers={404: not_found})
+    app.state.feed_fast_path = feed_service.fast  # the HTTP protocol answers pollers' routine requests itself
+    return app

@@ -7,7 +7,7 @@
 - A request must arrive whole within ``read_timeout_seconds`` (uvicorn
   itself times out only idle keep-alive connections, not a first request or
   a half-sent one); idle keep-alive connections close after
-  ``idle_timeout_seconds``; a request head is at most 16 KiB (h11's limit).
+  ``idle_timeout_seconds``; a request head is at most 16 KiB.
   The event loop holds no thread per connection, so a slow client costs a
   socket, and that only for the read timeout.
 - Over ``max_connections`` open connections, requests get 503 at once.
@@ -25,9 +25,9 @@ import socket
 import threading
 from typing import Any, Callable, Iterator
 
-import h11
+import httptools
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..errors import ConfigError
 from ..settings import WebSettings
@@ -40,27 +40,109 @@ MAX_REQUEST_HEAD_BYTES = 16 * 1024
 SHUTDOWN_SECONDS = 3.0
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a read timeout and a one-line log of client resets."""
+#: The feeds' fast path: (method, path under /feeds/, query, headers, the server's default headers) -> the whole
+#: HTTP/1.1 response, or None when the request needs the app (watcher.web.feeds.FeedService.fast).
+FastPath = Callable[[bytes, str, bytes, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]], "bytes | None"]
 
-    def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
+
+class _HeadTooLarge(Exception):
+    """A request head over MAX_REQUEST_HEAD_BYTES (the parser turns it into a 400)."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a read timeout, a bound on the request head, a one-line log of client
+    resets, and the feeds' fast path.
+
+    The fast path: a poller's GET or HEAD of ``/feeds/...`` that the feed service can answer from memory is
+    answered right here, without an ASGI cycle (a task, a scope and Starlette's routing cost more than the
+    answer): that is what lets one process serve feeds at a useful fraction of nginx's rate. Anything else, or
+    a feed request that needs the database, takes the normal path through the app.
+    """
+
+    def __init__(self, *args: Any, read_timeout: float, fast_path: FastPath | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_timeout = read_timeout
+        self.fast_path = fast_path
         self._read_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0          # received while the current request's head is incomplete
+        self._head_size = 0           # URL and header bytes the parser has handed over
+        self._head_complete = False
+        self._answered_fast = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_read_timer()
 
     def data_received(self, data: bytes) -> None:
+        if not self._head_complete:
+            self._head_bytes += len(data)
         super().data_received(data)
-        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):  # the request is all here
+        if not self._head_complete and self._head_bytes > MAX_REQUEST_HEAD_BYTES and not self.transport.is_closing():
             self._cancel_read_timer()
+            self.send_400_response("Request head too large.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._grow_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _grow_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_REQUEST_HEAD_BYTES:
+            raise _HeadTooLarge  # the parser raises HttpParserCallbackError: uvicorn answers 400 and closes
+
+    def on_headers_complete(self) -> None:
+        self._head_complete, self._head_bytes = True, 0
+        if self.fast_path is not None and self.url.startswith(b"/feeds/"):
+            response = self._fast_response()
+            if response is not None:
+                self.transport.write(response)
+                self._answered_fast = True
+                return
+        super().on_headers_complete()
+
+    def _fast_response(self) -> bytes | None:
+        parser = self.parser
+        if (self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+                or parser.get_method() not in (b"GET", b"HEAD") or parser.get_http_version() != "1.1"
+                or not parser.should_keep_alive() or parser.should_upgrade()
+                or (self.limit_concurrency is not None and len(self.connections) >= self.limit_concurrency)):
+            return None
+        parsed = httptools.parse_url(self.url)
+        path = parsed.path.decode("ascii")
+        if "%" in path:
+            return None
+        try:
+            return self.fast_path(parser.get_method(), path[len("/feeds/"):], parsed.query or b"",  # type: ignore[misc]
+                                  self.headers, self.server_state.default_headers)
+        except Exception:  # the app's path answers it, and reports what went wrong there
+            log.debug("the feeds' fast path passed a request on", exc_info=True)
+            return None
+
+    def on_body(self, body: bytes) -> None:
+        if not self._answered_fast:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._head_complete = False
+        self._cancel_read_timer()  # the request is all here
+        if self._answered_fast:
+            self._answered_fast = False
+            self.on_response_complete()
+            return
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # The next request on this connection gets the same bound (keep-alive's timer covers only silence).
-        if not self.transport.is_closing() and self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+        if not self.transport.is_closing():
             self._arm_read_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -170,12 +252,12 @@ class HttpServer:
             raise ConfigError("[web] tls_cert and tls_key go together: set both for HTTPS, or neither")
         config = uvicorn.Config(
             self.app,
-            http=functools.partial(GuardedH11Protocol, read_timeout=self.web.read_timeout_seconds),  # type: ignore[arg-type]
-            loop="asyncio", ws="none", lifespan="off", log_config=None, access_log=False,
+            http=functools.partial(GuardedHttpToolsProtocol, read_timeout=self.web.read_timeout_seconds,  # type: ignore[arg-type]
+                                   fast_path=getattr(getattr(self.app, "state", None), "feed_fast_path", None)),
+            loop="auto", ws="none", lifespan="off", log_config=None, access_log=False,
             server_header=False, proxy_headers=False,
             timeout_keep_alive=self.web.idle_timeout_seconds,  # type: ignore[arg-type]
             limit_concurrency=self.web.max_connections,
-            h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
             timeout_graceful_shutdown=SHUTDOWN_SECONDS,  # type: ignore[arg-type]
             ssl_certfile=self.web.tls_cert, ssl_keyfile=self.web.tls_key,
         )
