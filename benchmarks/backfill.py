@@ -1,7 +1,9 @@
 """Figure 9: backfill of the synthetic five-year history into an empty database, as ``watcher import`` does it.
 
-The synthetic weeks of the three clouds (``synthetic.Generator``, untimed) are
-written as ``.json`` files into one scratch folder. Timed side by side:
+The synthetic weeks of the three clouds (``synthetic.Generator``, untimed), shaped
+like the real 2019–2025 archive (``synthetic.like_the_archive``: busy churn for
+the first 80% of the weeks, the old layout for the first 36%), are written as
+``.json`` files into one scratch folder. Timed side by side:
 
 * the baseline: ``json.loads(path.read_bytes())`` of every file in the folder;
 * the backfill: ``backfill.Backfill(...).run(backfill.find_files([folder]))``,
@@ -26,7 +28,7 @@ from watcher import backfill, pipeline
 from watcher.settings import Settings
 
 from .common import Backends, Figure, RealFile, Summary, sandwich
-from .synthetic import Generator
+from .synthetic import Generator, like_the_archive
 
 CLOUDS = ("public", "usgov", "china")
 TARGETS = {"sqlite": 2.0, "postgresql": 3.0}
@@ -40,7 +42,8 @@ def write_history(folder: Path, bases: dict[str, RealFile], weeks: int, seed: in
     paths = []
     for cloud, base in bases.items():
         start = dt.datetime.strptime(base.date, "%Y%m%d").date()
-        for synthetic in Generator(orjson.loads(base.data), cloud, start, seed).weeks(weeks):
+        shape = like_the_archive(start, weeks)
+        for synthetic in Generator(orjson.loads(base.data), cloud, start, seed, **shape).weeks(weeks):
             path = folder / synthetic.name
             path.write_bytes(synthetic.data)
             paths.append(path)

@@ -15,7 +15,19 @@ and removed a week, with quiet weeks and occasional large ones):
   are cloned under a new region name with fresh prefixes; now and then a
   regional tag is **withdrawn**;
 * each changed tag's ``changeNumber`` goes up by one and the file's global
-  ``changeNumber`` goes up every week (a week may change nothing else).
+  ``changeNumber`` goes up every week (a week may change nothing else);
+* some weeks change only a tag's ``networkFeatures`` (its number goes up,
+  its prefixes stay), as many real weeks since 2020-08-27 do.
+
+``busy_weeks`` makes the first weeks of the history like the real 2019–2021
+ones instead (``BUSY_FACTOR`` times the churn, as measured on the Public
+archive: the whole archive imported at 3.6x json.loads where its 2025 weeks
+alone took 1.5x, so the older weeks' churn costs about six times 2025's):
+some changed tags keep their ``changeNumber``, and in the middle of the busy
+era one week resets every tag's number to a lower value while it also
+changes prefixes (as in 2020). ``like_the_archive(weeks)`` gives the options
+that shape a history like the real one: busy for its first 80%, written in the
+old layout for its first 36% (2019-01 to 2020-08-27 of 2019–2025).
 
 ``schema`` chooses the layout the files are written in: ``current``; ``old``,
 Microsoft's layout before 2020-08-27 (no ``regionId`` and no
@@ -60,6 +72,13 @@ NEWER_PROPERTIES = ("regionId", "networkFeatures")
 #: What a future file carries that no version of the watcher knows.
 FUTURE_PROPERTY = ("serviceEndpoints", {"kind": "preview", "ports": [443]})
 
+#: How many times 2025's churn a week of the busy era (2019–2021) carries.
+BUSY_FACTOR = 6.0
+#: In a busy week, the share of changed tags that keep their changeNumber.
+STICKY_SHARE = 0.15
+#: The networkFeatures a tag may list.
+NETWORK_FEATURES = ("API", "NSG", "UDR", "FW", "VSE")
+
 #: Operation weights of a churn event on one tag.
 OPERATIONS = [("add", 35), ("remove", 35), ("split", 15), ("merge", 15)]
 
@@ -76,6 +95,8 @@ class SyntheticFile:
     removed: int    # (tag, prefix) pairs removed this week
     new_tags: int
     withdrawn: int
+    kept_numbers: int = 0     # changed tags whose changeNumber stayed
+    renumbered: bool = False  # every tag's changeNumber was reset to a lower value
 
 
 class _Allocator:
@@ -115,7 +136,7 @@ class Generator:
 
     def __init__(
         self, document: dict[str, Any], cloud: str, start: dt.date, seed: int = 1, schema: str = "current",
-        old_schema_until: dt.date | None = None,
+        old_schema_until: dt.date | None = None, busy_weeks: int = 0,
     ) -> None:
         if schema not in SCHEMAS:
             raise ValueError(f"unknown schema {schema!r} (known: {', '.join(SCHEMAS)})")
@@ -144,7 +165,10 @@ class Generator:
         self.v6 = _Allocator(V6_POOLS, taken)
         self.regions = 0
         self.region_ids = max((int(e["properties"].get("regionId", 0)) for e in self.entries.values()), default=0)
+        self.busy_weeks = busy_weeks
         self._changed: set[str] = set()
+        self._sticky: set[str] = set()       # changed this week, number kept
+        self._renumber = False               # this week resets every tag's number
         self._added = self._removed = self._new = self._withdrawn = 0
 
     # ------------------------------------------------------------ state changes
@@ -287,15 +311,31 @@ class Generator:
             self._changed.discard(name)
             self._withdrawn += 1
 
-    def _churn(self) -> None:
+    def _features(self) -> None:
+        """Change only some tags' networkFeatures (their prefixes stay)."""
+        having = [n for n in self.order if "networkFeatures" in self.entries[n]["properties"]]
+        for name in self.rng.sample(having, min(len(having), self._count(3 * self.scale + 0.5, 20))):
+            properties = self.entries[name]["properties"]
+            features = set(properties["networkFeatures"] or ())
+            features ^= {self.rng.choice(NETWORK_FEATURES)}
+            properties["networkFeatures"] = sorted(features)
+            self._changed.add(name)
+
+    def _churn(self, week: int) -> None:
         self.change_number += 1
-        if self.rng.random() < 0.08:
+        busy = week < self.busy_weeks
+        if busy and week == self.busy_weeks // 2:
+            self._renumber = True  # as in 2020: every tag's number goes down, in a week that changes prefixes too
+        elif self.rng.random() < 0.08:
             return  # a quiet week: only the file's changeNumber moves
+        if self.rng.random() < 0.3:
+            self._features()
         if self.rng.random() < (0.08 if self.scale >= 0.5 else 0.01):
             self._new_region()
         if self.rng.random() < 0.03:
             self._withdraw()
-        events = max(1, round(self.rng.lognormvariate(math.log(14 * self.scale + 0.5), 0.8)))
+        events = max(1, round(self.rng.lognormvariate(math.log(14 * self.scale + 0.5), 0.8)
+                              * (BUSY_FACTOR if busy else 1)))
         candidates = [n for n in self.order if n != AGGREGATE and not n.startswith(f"{AGGREGATE}.")]
         operations = {"add": self._op_add, "remove": self._op_remove, "split": self._op_split,
                       "merge": self._op_merge}
@@ -303,6 +343,8 @@ class Generator:
             name = self.rng.choice(candidates)
             kind = self.rng.choices([k for k, _ in OPERATIONS], [w for _, w in OPERATIONS])[0]
             operations[kind](name)
+        if busy:
+            self._sticky = {n for n in sorted(self._changed) if self.rng.random() < STICKY_SHARE}
 
     # ------------------------------------------------------------ output
 
@@ -332,17 +374,21 @@ class Generator:
                 continue
             properties = entry["properties"]
             properties["addressPrefixes"] = sorted(self.prefixes[name], key=_sort_key)
-            if name not in created:
+            if name not in created and name not in self._sticky:
                 properties["changeNumber"] = int(properties["changeNumber"]) + 1
+        if self._renumber:
+            for name in self.order:
+                self.entries[name]["properties"]["changeNumber"] = 1 + self.rng.randrange(3)
         document = {"changeNumber": self.change_number, "cloud": self.cloud_name, "values": self._entries(layout)}
         return orjson.dumps(document, option=orjson.OPT_INDENT_2)
 
     def weeks(self, count: int) -> Iterator[SyntheticFile]:
         for week in range(count):
             self._changed, self._added, self._removed, self._new, self._withdrawn = set(), 0, 0, 0, 0
+            self._sticky, self._renumber = set(), False
             before = set(self.entries)
             if week:
-                self._churn()
+                self._churn(week)
             created = set(self.entries) - before
             date = self.start + dt.timedelta(weeks=week)
             data = self._document(created, self._layout(date))
@@ -350,8 +396,15 @@ class Generator:
                 cloud=self.cloud, week=week, date=date,
                 name=f"ServiceTags_{FILE_CLOUD[self.cloud]}_{date:%Y%m%d}.json", data=data,
                 changed_tags=len(self._changed - created), added=self._added, removed=self._removed,
-                new_tags=self._new, withdrawn=self._withdrawn,
+                new_tags=self._new, withdrawn=self._withdrawn, kept_numbers=len(self._sticky),
+                renumbered=self._renumber,
             )
+
+
+def like_the_archive(start: dt.date, weeks: int) -> dict[str, Any]:
+    """Generator options shaping ``weeks`` like the real 2019–2025 Public history: busy for its first 80%,
+    written in the old layout (no regionId, no networkFeatures) for its first 36%."""
+    return {"busy_weeks": round(weeks * 0.8), "old_schema_until": start + dt.timedelta(weeks=round(weeks * 0.36))}
 
 
 def _write(args: argparse.Namespace) -> int:
@@ -366,10 +419,12 @@ def _write(args: argparse.Namespace) -> int:
         base = read_files(Path(args.data) / cloud)[-1] if args.data else read_files(DEFAULT_DATA / cloud)[-1]
         start = dt.datetime.strptime(base.date, "%Y%m%d").date()
         old_until = dt.datetime.strptime(args.old_schema_until, "%Y%m%d").date() if args.old_schema_until else None
-        generator = Generator(orjson.loads(base.data), cloud, start, args.seed, args.schema, old_until)
+        shape = like_the_archive(start, args.weeks) if args.like_the_archive else {"old_schema_until": old_until}
+        generator = Generator(orjson.loads(base.data), cloud, start, args.seed, args.schema, **shape)
         for file in generator.weeks(args.weeks):
             (out / f"{file.name}.gz").write_bytes(gzip.compress(file.data, 6))
-            print(f"{file.name}: {file.changed_tags} tags changed, +{file.added} -{file.removed} prefixes, "
+            print(f"{file.name}: {file.changed_tags} tags changed ({file.kept_numbers} kept their number"
+                  f"{', all renumbered' if file.renumbered else ''}), +{file.added} -{file.removed} prefixes, "
                   f"{file.new_tags} new, {file.withdrawn} withdrawn")
     return 0
 
@@ -385,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="file layout: old (before 2020-08-27), current, or future (an unknown property)")
     parser.add_argument("--old-schema-until", default=None, metavar="YYYYMMDD",
                         help="write the weeks before this date in the old layout")
+    parser.add_argument("--like-the-archive", action="store_true",
+                        help="busy 2019–2021-like churn for the first 80%% of weeks, old layout for the first 36%%")
     return _write(parser.parse_args(argv))
 
 

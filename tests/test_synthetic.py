@@ -51,3 +51,41 @@ def test_the_layout_switches_on_the_day_microsoft_switched(engine, servicetags_d
 def test_an_unknown_schema_is_refused(servicetags_dir):
     with pytest.raises(ValueError, match="unknown schema 'ancient'"):
         _generator(servicetags_dir, schema="ancient")
+
+
+def _numbers_and_prefixes(data: bytes) -> dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]]:
+    return {e["name"]: (int(e["properties"]["changeNumber"]), tuple(e["properties"]["addressPrefixes"]),
+                        tuple(e["properties"].get("networkFeatures") or ()))
+            for e in orjson.loads(data)["values"]}
+
+
+def test_an_archive_like_history_is_busier_first_keeps_and_resets_numbers_and_changes_features(servicetags_dir):
+    from benchmarks.synthetic import like_the_archive
+
+    weeks = 30
+    shape = like_the_archive(START, weeks)
+    assert shape["busy_weeks"] == 24 and shape["old_schema_until"] == START + dt.timedelta(weeks=11)
+    plain = list(_generator(servicetags_dir).weeks(weeks))
+    files = list(_generator(servicetags_dir, busy_weeks=shape["busy_weeks"]).weeks(weeks))
+    busy = sum(f.changed_tags for f in files[1:24]) / 23
+    calm = sum(f.changed_tags for f in plain[1:24]) / 23
+    assert busy > 2.5 * calm, (busy, calm)
+    # Some changed tags kept their number while their prefixes changed, as hundreds did in the real archive.
+    kept = 0
+    for before, after in zip(files, files[1:]):
+        old, new = _numbers_and_prefixes(before.data), _numbers_and_prefixes(after.data)
+        kept += sum(1 for name in old.keys() & new.keys()
+                    if old[name][0] == new[name][0] and old[name][1] != new[name][1])
+    assert kept > 0 and sum(f.kept_numbers for f in files) > 0
+    # One week, mid-era, lowers every tag's number while changing prefixes.
+    renumbered = [i for i, f in enumerate(files) if f.renumbered]
+    assert renumbered == [12]
+    old, new = _numbers_and_prefixes(files[11].data), _numbers_and_prefixes(files[12].data)
+    assert all(new[n][0] < old[n][0] for n in old.keys() & new.keys() if old[n][0] > 3)
+    assert any(new[n][1] != old[n][1] for n in old.keys() & new.keys())
+    # Some weeks change a tag's networkFeatures only.
+    assert any(old[n][2] != new[n][2] and old[n][1] == new[n][1]
+               for a, b in zip(files, files[1:])
+               for old, new in [(_numbers_and_prefixes(a.data), _numbers_and_prefixes(b.data))]
+               for n in old.keys() & new.keys())
+
