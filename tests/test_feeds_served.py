@@ -350,3 +350,40 @@ def test_watcher_run_keeps_the_export_folder_in_step_with_approvals(db_url, engi
         assert code == 0
     finally:
         daemon.kill()
+
+
+def test_routine_polls_on_one_keep_alive_connection_pipelined_then_idle_closed(db_url, engine, tmp_path):
+    """The fast path (answers from the HTTP protocol itself) keeps HTTP's rules: pipelined requests answered in
+    order, the connection kept alive, then closed once idle for idle_timeout_seconds."""
+    import socket
+
+    config = tmp_path / "watcher.toml"
+    config.write_text(CONFIG + "\n[web]\nidle_timeout_seconds = 1.0\nread_timeout_seconds = 1.0\n")
+    server = Served(base_env(db_url, WATCHER_CONFIG=str(config)), "--port", "0")
+    try:
+        import_made(engine, make_settings(), "20250101", week())
+        review.transition(engine, 1, "approve", "alice")
+        done = subprocess.run(watcher_command("feeds", "consumer", "add", "fw-1", "--json"), capture_output=True,
+                              text=True, timeout=60, env=base_env(db_url, WATCHER_CONFIG=str(config)))
+        token = json.loads(done.stdout)["token"]
+        request = f"GET /feeds/myreg.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+        first = httpx.get(f"{server.url}/feeds/myreg.txt", headers={"Authorization": f"Bearer {token}"})
+        assert first.status_code == 200  # read from the database: from now on answered from memory
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(request * 3)  # pipelined
+            received = b""
+            while received.count(b"HTTP/1.1 200 OK") < 3 or not received.endswith(first.content):
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+            assert received.count(first.content) == 3 and received.count(first.headers["etag"].encode()) == 3
+            sock.sendall(request)  # still open: kept alive
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            started = time.monotonic()
+            sock.settimeout(5)
+            while sock.recv(65536):
+                pass
+            assert 0.5 < time.monotonic() - started < 4  # closed once idle for 1 s
+    finally:
+        if server.process.poll() is None:
+            server.stop()

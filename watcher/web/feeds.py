@@ -261,6 +261,7 @@ class FeedAnswer(NamedTuple):
     headers: dict[str, str]
     body: bytes               # empty for HEAD and 304 (headers carry the length of a 200's body)
     content_type: str | None
+    same_as: tuple[Any, ...] | None = None  # equal for answers with equal headers and body (a feed file's)
 
 
 class FeedRequest(NamedTuple):
@@ -293,6 +294,7 @@ class FeedService:
         self.settings = settings
         self.now = feeds.clock(settings, clock)
         self.reader, self.recorder = _Reader(settings, engine, self.now), _Recorder(settings, engine)
+        self.wire: dict[tuple[Any, ...], bytes] = {}  # an answer's headers and body as written, by `same_as`
         self.cache_control = (f"{'public' if settings.feeds.public else 'private'}, "
                               f"max-age={settings.feeds.cache_seconds}, must-revalidate")
 
@@ -334,10 +336,12 @@ class FeedService:
         status = 304 if _not_modified(request, file, feed.last_modified) else 200
         if consumer is not None:
             self.recorder.fetch(consumer, feed, path, file.etag, status, at)
+        same_as = (status, request.method == "HEAD", path, file.etag, feed.state_id, feed.ticket_id, feed.complete,
+                   feed.last_modified)
         if status == 304:
-            return FeedAnswer(304, headers, b"", None)
+            return FeedAnswer(304, headers, b"", None, same_as)
         headers["Content-Length"] = str(len(file.body))
-        return FeedAnswer(200, headers, b"" if request.method == "HEAD" else file.body, file.content_type)
+        return FeedAnswer(200, headers, b"" if request.method == "HEAD" else file.body, file.content_type, same_as)
 
     async def endpoint(self, request: Request) -> Response:
         asked = FeedRequest(request.method, request.path_params["path"], request.url.query,
@@ -378,14 +382,23 @@ class FeedService:
         status_line = _STATUS_LINES.get(found.status)
         if status_line is None:
             return None
+        rest = self.wire.get(found.same_as) if found.same_as is not None else None
+        if rest is None:
+            lines = []
+            for header, value in found.headers.items():
+                lines.append(f"{header.lower()}: {value}\r\n".encode("latin-1"))
+            if found.content_type is not None:
+                lines.append(f"content-type: {found.content_type}\r\n".encode("latin-1"))
+            lines += [b"\r\n", found.body]
+            rest = b"".join(lines)
+            if found.same_as is not None:
+                if len(self.wire) > 512:
+                    self.wire.clear()
+                self.wire[found.same_as] = rest
         lines = [status_line]
         for header, value in default_headers:
             lines += [header, b": ", value, b"\r\n"]
-        for header, value in found.headers.items():
-            lines.append(f"{header.lower()}: {value}\r\n".encode("latin-1"))
-        if found.content_type is not None:
-            lines.append(f"content-type: {found.content_type}\r\n".encode("latin-1"))
-        lines += [b"\r\n", found.body]
+        lines.append(rest)
         return b"".join(lines)
 
 

@@ -63,7 +63,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.read_timeout = read_timeout
         self.fast_path = fast_path
-        self._read_timer: asyncio.TimerHandle | None = None
+        # One watchdog timer per connection, re-armed only when it fires (not per request: pollers' rate):
+        # it cuts a request that is not whole within read_timeout, and an idle keep-alive connection.
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._busy_since: float | None = None   # a request has begun and is not whole yet
+        self._idle_since: float | None = None   # the last response is complete and no request has begun
         self._head_bytes = 0          # received while the current request's head is incomplete
         self._head_size = 0           # URL and header bytes the parser has handed over
         self._head_complete = False
@@ -71,19 +75,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_read_timer()
+        self._busy_since = self.loop.time()  # the first request too must arrive within read_timeout
+        self._watchdog = self.loop.call_at(self._busy_since + self.read_timeout, self._watch)
 
     def data_received(self, data: bytes) -> None:
         if not self._head_complete:
             self._head_bytes += len(data)
         super().data_received(data)
         if not self._head_complete and self._head_bytes > MAX_REQUEST_HEAD_BYTES and not self.transport.is_closing():
-            self._cancel_read_timer()
             self.send_400_response("Request head too large.")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_size = 0
+        if self._busy_since is None:
+            self._busy_since = self.loop.time()
+        self._idle_since = None
 
     def on_url(self, url: bytes) -> None:
         self._grow_head(len(url))
@@ -131,42 +138,50 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._head_complete = False
-        self._cancel_read_timer()  # the request is all here
+        self._head_complete, self._busy_since = False, None  # the request is all here
         if self._answered_fast:
+            # The response is written: what uvicorn's on_response_complete does, but for its keep-alive timer
+            # (the watchdog covers idleness; the fast path is taken only with nothing pipelined or paused).
             self._answered_fast = False
-            self.on_response_complete()
+            self.server_state.total_requests += 1
+            self._idle_since = self.loop.time()
             return
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # The next request on this connection gets the same bound (keep-alive's timer covers only silence).
-        if not self.transport.is_closing():
-            self._arm_read_timer()
+        if self._busy_since is None:
+            self._idle_since = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_read_timer()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if isinstance(exc, OSError):
             log.warning("client %s reset the connection (%s)", _peer(self.client),
                         exc.strerror or type(exc).__name__, extra={"event": "http", "outcome": "reset"})
         super().connection_lost(exc)
 
-    def _arm_read_timer(self) -> None:
-        self._cancel_read_timer()
-        self._read_timer = self.loop.call_later(self.read_timeout, self._read_timed_out)
-
-    def _cancel_read_timer(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-
-    def _read_timed_out(self) -> None:
-        self._read_timer = None
-        if not self.transport.is_closing():
-            log.info("closing the connection of %s: no complete request within %g s", _peer(self.client),
-                     self.read_timeout, extra={"event": "http", "outcome": "timeout"})
-            self.transport.close()
+    def _watch(self) -> None:
+        self._watchdog = None
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self._busy_since is not None:
+            deadline = self._busy_since + self.read_timeout
+            if now >= deadline:
+                log.info("closing the connection of %s: no complete request within %g s", _peer(self.client),
+                         self.read_timeout, extra={"event": "http", "outcome": "timeout"})
+                self.transport.close()
+                return
+        elif self._idle_since is not None:
+            deadline = self._idle_since + self.timeout_keep_alive
+            if now >= deadline:
+                self.transport.close()  # an idle keep-alive connection, as uvicorn's own timer closes it
+                return
+        else:
+            deadline = now + self.read_timeout  # a response is being made: look again later
+        self._watchdog = self.loop.call_at(deadline, self._watch)
 
 
 def _peer(client: tuple[str, int] | None) -> str:
