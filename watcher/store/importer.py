@@ -36,7 +36,7 @@ from .planner import ImportPlan, plan_import, withdrawn_tags
 from .records import (
     EMPTY_HASH, ImportHook, ImportResult, PublicationInfo, VersionInfo, missed_count, missed_note, publication_from_row,
 )
-from .sql import bulk_insert, compress, execute_many, fetch_in, no_collector_pauses
+from .sql import bulk_insert, compress, fetch_in, no_collector_pauses, update_rows
 from .versions import Versions, load_contents, tag_ids_of, uint32s, versions_at, versions_before
 
 log = logging.getLogger(__name__)
@@ -322,6 +322,23 @@ def _version_row(version: VersionInfo, tag_id: int, publication_id: int, valid_f
 
 
 _SET_VALID_UNTIL = "UPDATE tag_versions SET valid_until = :b_until WHERE tag_id = :b_tag AND valid_from = :b_from"
+_SET_VALID_UNTIL_ALL = (
+    "UPDATE tag_versions AS v SET valid_until = e.b_until "
+    "FROM unnest(CAST(:b_tag AS integer[]), CAST(:b_from AS integer[]), CAST(:b_until AS integer[])) "
+    "AS e(b_tag, b_from, b_until) WHERE v.tag_id = e.b_tag AND v.valid_from = e.b_from"
+)
+_COVERING = "tag_id = :tag_id AND prefix = :prefix AND first_day < :d AND (until_day IS NULL OR until_day > :d)"
+_END_SPAN = f"UPDATE prefix_spans SET until_day = :d WHERE {_COVERING}"
+_END_SPANS_ALL = (
+    "UPDATE prefix_spans AS s SET until_day = :d "
+    "FROM unnest(CAST(:tag_id AS integer[]), CAST(:prefix AS text[])) AS e(tag_id, prefix) "
+    'WHERE s.tag_id = e.tag_id AND s.prefix = e.prefix COLLATE "C" AND s.first_day < :d '
+    "AND (s.until_day IS NULL OR s.until_day > :d)"
+)
+
+
+def _set_valid_until(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    update_rows(conn, _SET_VALID_UNTIL, rows, _SET_VALID_UNTIL_ALL, ("b_tag", "b_from", "b_until"))
 
 
 def _write_versions(conn: Connection, plan: ImportPlan, ids: dict[str, int], publication_id: int,
@@ -350,7 +367,7 @@ def _write_versions(conn: Connection, plan: ImportPlan, ids: dict[str, int], pub
             ends.append({"b_tag": ids[ver.name], "b_from": start, "b_until": d})
         elif ver.name not in new_tags:
             unknown.append(ids[ver.name])
-    execute_many(conn, _SET_VALID_UNTIL, ends)
+    _set_valid_until(conn, ends)
     _relink_versions(conn, unknown, d, None)
 
 
@@ -376,7 +393,7 @@ def _relink_versions(conn: Connection, tag_id_list: list[int], d: int, next_day:
             wanted = None if next_day is None else _next_version_day(conn, tag_id, valid_from)
         if wanted != valid_until:
             fixes.append({"b_tag": tag_id, "b_from": valid_from, "b_until": wanted})
-    execute_many(conn, _SET_VALID_UNTIL, fixes)
+    _set_valid_until(conn, fixes)
 
 
 def _next_version_day(conn: Connection, tag_id: int, valid_from: int) -> int | None:
@@ -387,7 +404,7 @@ def _next_version_day(conn: Connection, tag_id: int, valid_from: int) -> int | N
 
 def _write_spans(conn: Connection, plan: ImportPlan, ids: dict[str, int]) -> None:
     d, s = plan.day, plan.next_day
-    covering_p = "tag_id = :tag_id AND prefix = :prefix AND first_day < :d AND (until_day IS NULL OR until_day > :d)"
+    covering_p = _COVERING
     if plan.split_spans:
         # Copy the span's tail first: it keeps the end the span had before it is cut at d.
         conn.execute(text(
@@ -395,8 +412,8 @@ def _write_spans(conn: Connection, plan: ImportPlan, ids: dict[str, int]) -> Non
             f"SELECT tag_id, prefix, :s, until_day FROM prefix_spans WHERE {covering_p}"
         ), [{"tag_id": t, "prefix": p, "d": d, "s": s} for t, p in plan.split_spans])
     if plan.end_spans:
-        execute_many(conn, f"UPDATE prefix_spans SET until_day = :d WHERE {covering_p}",
-                     [{"tag_id": t, "prefix": p, "d": d} for t, p in plan.end_spans])
+        update_rows(conn, _END_SPAN, [{"tag_id": t, "prefix": p, "d": d} for t, p in plan.end_spans],
+                    _END_SPANS_ALL, ("tag_id", "prefix"))
     if plan.move_span_starts:
         conn.execute(text(
             "UPDATE prefix_spans SET first_day = :d WHERE tag_id = :tag_id AND prefix = :prefix AND first_day = :s"

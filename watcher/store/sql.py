@@ -74,6 +74,26 @@ def execute_many(conn: Connection, sql: str, params: Sequence[dict[str, Any]]) -
         cursor.close()
 
 
+def update_rows(conn: Connection, each: str, rows: Sequence[dict[str, Any]], postgres: str,
+                per_row: Sequence[str]) -> None:
+    """``each`` (``:name`` parameters) once per dictionary in ``rows``; on PostgreSQL ``postgres`` instead, once,
+    with the per-row parameters ``per_row`` as arrays (for ``unnest``) and the others from the first row: one
+    round trip and one plan for a busy week's hundreds of updates, not one statement each."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        execute_many(conn, each, rows)
+        return
+    params = dict(rows[0])
+    for name in per_row:
+        params[name] = [row[name] for row in rows]
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(driver_sql(conn, postgres), params)
+    finally:
+        cursor.close()
+
+
 def fetch_in(conn: Connection, sql: str, values: Sequence[Any], params: dict[str, Any] | None = None) -> list[tuple]:
     """Rows of ``sql`` whose ``IN ({})`` takes ``values``, through the driver.
 
