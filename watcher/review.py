@@ -196,15 +196,16 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
         raise RenderError(f"ticket {ticket.id} is {ticket.state}: nothing to apply{successor} "
                           f"(`watcher state show {ticket.watch}` gives the approved list)")
     if recorded is None:
-        recorded = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
+        recorded = states.history(conn, ticket.cloud, ticket.watch, ticket.id)
     if phase == "remove" and ticket.state == "hold":
         raise RenderError(f"ticket {ticket.id} is held: its removals wait for a reviewer's release "
                           f"(render --phase add for the additions)")
     if recorded:
         mine = recorded[-1]
-        latest = states.current(conn, ticket.cloud, ticket.watch)
-        if latest is not None and latest.id != mine.id and ticket.state != "hold":
+        latest_id = states.current_id(conn, ticket.cloud, ticket.watch)
+        if latest_id is not None and latest_id != mine.id and ticket.state != "hold":
             # An older approval's list would undo a newer one: only the newest approval renders.
+            latest = states.current(conn, ticket.cloud, ticket.watch)
             raise RenderError(f"ticket {ticket.id}'s approval was followed by ticket {latest.ticket_id}'s: render "
                               f"ticket {latest.ticket_id} (or `watcher state show {ticket.watch}`)")
         before, final, removals_at = mine.before, mine.final, mine.removals_at
@@ -239,7 +240,7 @@ def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: s
     data["trail"] = [{"at": e.at.isoformat() if hasattr(e.at, "isoformat") else str(e.at), "actor": e.actor,
                       "action": e.action, "to_state": e.to_state, "comment": e.comment}
                      for e in ticket_events(conn, ticket.id)]
-    approval = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
+    approval = states.history(conn, ticket.cloud, ticket.watch, ticket.id)
     data["approval"] = {"removals_at": approval[-1].removals_at.date().isoformat()
                         if approval and approval[-1].removals_at else None,
                         "additions_only": bool(approval) and approval[-1].removals_at is None}

@@ -24,8 +24,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import msgspec
 from sqlalchemy import Connection, func, insert, select
 
 from . import diff as diffs
@@ -134,15 +135,54 @@ class ApprovedState:
 # ---------------------------------------------------------------- storage
 
 
+class _Content(msgspec.Struct):
+    """A stored state's JSON: the per-tag lists (the largest part, every exact prefix) are kept undecoded."""
+
+    publication: dict[str, Any]
+    tags: msgspec.Raw
+    final: dict[str, list[str]]
+    before: dict[str, list[str]]
+    during: dict[str, list[str]] | None = None
+
+
+_CONTENT = msgspec.json.Decoder(_Content)
+_TAGS = msgspec.json.Decoder(dict[str, Any])
+
+
+class _StoredTags(Mapping[str, TagApproval]):
+    """A state's tags, decoded on first use: listing states and rendering snippets need only the family lists."""
+
+    def __init__(self, raw: msgspec.Raw):
+        self._raw: msgspec.Raw | None = raw
+        self._tags: dict[str, TagApproval] = {}
+
+    def _decoded(self) -> dict[str, TagApproval]:
+        if self._raw is not None:
+            self._tags = {name: TagApproval(tuple(t["prefixes"]), t["change_number"], t["publication"])
+                          for name, t in _TAGS.decode(self._raw).items()}
+            self._raw = None
+        return self._tags
+
+    def __getitem__(self, name: str) -> TagApproval:
+        return self._decoded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
+
+
 def _state(row: Any) -> ApprovedState:
-    content = json.loads(row.content)
+    content = _CONTENT.decode(row.content)
     return ApprovedState(
         id=row.id, cloud=row.cloud, watch=row.watch, ticket_id=row.ticket_id, publication_id=row.publication_id,
-        publication=content["publication"], approved_at=as_utc(row.approved_at),
+        publication=content.publication, approved_at=as_utc(row.approved_at),
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
-        tags={name: TagApproval(tuple(t["prefixes"]), t["change_number"], t["publication"])
-              for name, t in content["tags"].items()},
-        final=content["final"], before=content["before"], during=content.get("during"),
+        tags=_StoredTags(content.tags), final=content.final, before=content.before, during=content.during,
     )
 
 
@@ -174,10 +214,19 @@ def current(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = N
     return _state(row) if row is not None else None
 
 
-def history(conn: Connection, cloud: str, watch: str) -> list[ApprovedState]:
+def current_id(conn: Connection, cloud: str, watch: str) -> int | None:
+    """The id of the state in force for a watch (nothing decoded), or None when nothing was approved yet."""
     table = ApprovedStateRow.__table__
-    rows = conn.execute(select(table).where(table.c.cloud == cloud, table.c.watch == watch).order_by(table.c.id))
-    return [_state(r) for r in rows]
+    return conn.execute(select(func.max(table.c.id)).where(table.c.cloud == cloud, table.c.watch == watch)).scalar()
+
+
+def history(conn: Connection, cloud: str, watch: str, ticket_id: int | None = None) -> list[ApprovedState]:
+    """Every state of a watch, oldest first (only those a ticket's approvals recorded, when ``ticket_id`` is given)."""
+    table = ApprovedStateRow.__table__
+    query = select(table).where(table.c.cloud == cloud, table.c.watch == watch)
+    if ticket_id is not None:
+        query = query.where(table.c.ticket_id == ticket_id)
+    return [_state(r) for r in conn.execute(query.order_by(table.c.id))]
 
 
 def all_current(conn: Connection, at: dt.datetime | None = None) -> list[ApprovedState]:

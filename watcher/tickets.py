@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import orjson
 from sqlalchemy import Connection, insert, select, update
 
 from . import diff as diffs, plausible
@@ -472,7 +473,7 @@ def _ticket(row: Any) -> TicketInfo:
         id=row.id, uid=row.uid, publication_id=row.publication_id,
         previous_publication_id=row.previous_publication_id, cloud=row.cloud, watch=row.watch,
         file_date=row.file_date, state=row.state, removals_allowed=bool(row.removals_allowed),
-        context=json.loads(row.context), created_at=row.created_at, updated_at=row.updated_at,
+        context=orjson.loads(row.context), created_at=row.created_at, updated_at=row.updated_at,
         kind=row.kind, superseded_by=row.superseded_by,
     )
 
