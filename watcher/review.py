@@ -212,10 +212,15 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
         first_phase = mine.first_phase()
     else:  # not approved yet: what an approval now would record
         previous = states.current(conn, ticket.cloud, ticket.watch)
-        before = previous.effective(at or utcnow()) if previous else states.empty_lists()
-        final = states.family_lists(p for t in ticket.target.values() for p in t.prefixes)
+        at = at or utcnow()
+        before = previous.effective(at) if previous else states.empty_lists()
         removals_at = None
-        first_phase = states.union(before, final)
+        prepared = states.first_phase_of(ticket.context.get("approval_lists"), previous, at)
+        if prepared is not None:  # computed when the ticket was made, against the state still in force
+            final, first_phase = prepared
+        else:
+            final = states.family_lists(p for t in ticket.target.values() for p in t.prefixes)
+            first_phase = states.union(before, final)
     objects = first_phase if phase == "add" else {f: list(final[f]) for f in states.FAMILIES}
     kept = {f: set(objects[f]) for f in states.FAMILIES}
     dropped = {f: [c for c in before.get(f, ()) if c not in kept[f]] for f in states.FAMILIES}

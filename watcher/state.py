@@ -114,8 +114,12 @@ class ApprovedState:
     def first_phase(self) -> FamilyLists:
         return {f: list(v) for f, v in self.during.items()} if self.during is not None else union(self.before, self.final)
 
+    def removals_due(self, at: dt.datetime) -> bool:
+        """True from the removal date on: the firewall then allows the final list alone."""
+        return self.removals_at is not None and as_utc(at) >= self.removals_at
+
     def effective(self, at: dt.datetime) -> FamilyLists:
-        if self.removals_at is not None and as_utc(at) >= self.removals_at:
+        if self.removals_due(at):
             return {f: list(self.final.get(f, ())) for f in FAMILIES}
         return self.first_phase()
 
@@ -130,6 +134,35 @@ class ApprovedState:
             "final": {f: list(self.final.get(f, ())) for f in FAMILIES},
             "removals_at": self.removals_at.isoformat() if self.removals_at else None,
         }
+
+
+def prepared_lists(approved: ApprovedState | None, prefixes: Iterable[str]) -> dict[str, Any]:
+    """What approving a ticket for ``prefixes`` would make the firewall allow, against ``approved``, computed once
+    when the ticket is made (a ticket is rendered in every format, often, and each list is a collapse of thousands of
+    prefixes): its final list, and the first phase's union with either list the approved state may be in force with.
+    ``first_phase_of`` reads it back while ``approved`` is still the state in force.
+    """
+    final = family_lists(prefixes)
+    if approved is None:
+        return {"state": None, "final": final}
+    lists = {"state": approved.id, "final": final, "with_final": union(approved.final, final)}
+    during = approved.first_phase()
+    if any(during[f] != list(approved.final.get(f, ())) for f in FAMILIES):
+        lists["with_during"] = union(during, final)
+    return lists
+
+
+def first_phase_of(prepared: Mapping[str, Any] | None, approved: ApprovedState | None,
+                   at: dt.datetime) -> tuple[FamilyLists, FamilyLists] | None:
+    """(final, first phase) from ``prepared_lists``, or None when they were made against another state."""
+    if prepared is None or prepared.get("state") != (approved.id if approved else None):
+        return None
+    final = {f: list(prepared["final"][f]) for f in FAMILIES}
+    if approved is None:
+        return final, {f: list(v) for f, v in final.items()}
+    chosen = prepared["with_final"] if approved.removals_due(at) else prepared.get("with_during",
+                                                                                    prepared["with_final"])
+    return final, {f: list(chosen[f]) for f in FAMILIES}
 
 
 # ---------------------------------------------------------------- storage

@@ -418,6 +418,7 @@ def _ticket_for_watch(conn: Connection, watch: ResolvedWatch, new: store.Publica
         removal_delay_days=settings.tickets.removal_delay_days, moved=_moved(conn, new, changes) if approved else {},
         limits=plausible.Limits.from_settings(settings.tickets), created_at=at, missed=missed,
     )
+    context["approval_lists"] = states.prepared_lists(approved, (p for t in target.values() for p in t.prefixes))
     ticket_id = _insert(conn, watch, approved, new, context, at)
     if live is not None:
         _supersede(conn, live, ticket_id, at, f"superseded by ticket {ticket_id} (publication of {new.file_date})")
