@@ -179,7 +179,9 @@ _PLAIN_CIDR = re.compile(r"^[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}$")
 
 def one_line(text: Any) -> str:
     """Any text on one line: control characters (newlines included) become ``?``."""
-    return _CONTROL.sub("?", str(text))
+    text = str(text)
+    # Every character _CONTROL matches is unprintable: printable text (nearly all of it) skips the regex.
+    return text if text.isprintable() else _CONTROL.sub("?", text)
 
 
 def cidr(prefix: Any) -> str:
@@ -309,6 +311,8 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]|~])")
 
 def markdown(text: Any) -> str:
     """Text for Markdown: HTML characters as entities, Markdown punctuation backslash-escaped, one line."""
+    if type(text) is str and text in _KNOWN_CIDRS:  # a checked prefix has none of those characters
+        return text
     escaped = html.escape(one_line(text), quote=False)
     return _MARKDOWN_SPECIAL.sub(r"\\\1", escaped)
 
@@ -352,9 +356,9 @@ def _one_line_output(value: Any) -> Any:
     if isinstance(value, Block):
         return value
     if isinstance(value, markupsafe.Markup):
-        return markupsafe.Markup(_CONTROL.sub("?", str(value)))
+        return value if value.isprintable() else markupsafe.Markup(_CONTROL.sub("?", str(value)))
     if isinstance(value, str):
-        return _CONTROL.sub("?", value)
+        return value if value.isprintable() else _CONTROL.sub("?", value)
     return value
 
 

@@ -186,32 +186,38 @@ def nsg_priority(settings: Settings, watch: str) -> int:
     return base + 4 + 2 * names.index(watch)
 
 
+_READ = object()  # firewall(): the state in force is read from the database
+
+
 def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: str,
-             at: dt.datetime | None = None, recorded: list[states.ApprovedState] | None = None) -> dict[str, Any]:
-    """The full object contents a snippet sets for ``phase``, and what earlier states left that must go."""
+             at: dt.datetime | None = None, recorded: list[states.ApprovedState] | None = None,
+             latest: Any = _READ) -> dict[str, Any]:
+    """The full object contents a snippet sets for ``phase``, and what earlier states left that must go.
+
+    ``recorded`` (the states the ticket's approvals recorded) and ``latest`` (the watch's state in force, or None)
+    may be given when read already (``states.of_ticket``).
+    """
     if phase not in PHASES:
         raise RenderError(f"unknown phase {phase!r} (choose add or remove)")
     if ticket.state in ("rejected", "superseded"):
         successor = f"; see ticket {ticket.superseded_by}" if ticket.superseded_by else ""
         raise RenderError(f"ticket {ticket.id} is {ticket.state}: nothing to apply{successor} "
                           f"(`watcher state show {ticket.watch}` gives the approved list)")
-    if recorded is None:
-        recorded = states.history(conn, ticket.cloud, ticket.watch, ticket.id)
+    if recorded is None or latest is _READ:
+        recorded, latest = states.of_ticket(conn, ticket.cloud, ticket.watch, ticket.id)
     if phase == "remove" and ticket.state == "hold":
         raise RenderError(f"ticket {ticket.id} is held: its removals wait for a reviewer's release "
                           f"(render --phase add for the additions)")
     if recorded:
         mine = recorded[-1]
-        latest_id = states.current_id(conn, ticket.cloud, ticket.watch)
-        if latest_id is not None and latest_id != mine.id and ticket.state != "hold":
+        if latest is not None and latest.id != mine.id and ticket.state != "hold":
             # An older approval's list would undo a newer one: only the newest approval renders.
-            latest = states.current(conn, ticket.cloud, ticket.watch)
             raise RenderError(f"ticket {ticket.id}'s approval was followed by ticket {latest.ticket_id}'s: render "
                               f"ticket {latest.ticket_id} (or `watcher state show {ticket.watch}`)")
         before, final, removals_at = mine.before, mine.final, mine.removals_at
         first_phase = mine.first_phase()
     else:  # not approved yet: what an approval now would record
-        previous = states.current(conn, ticket.cloud, ticket.watch)
+        previous = latest
         at = at or utcnow()
         before = previous.effective(at) if previous else states.empty_lists()
         removals_at = None
@@ -245,11 +251,11 @@ def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: s
     data["trail"] = [{"at": e.at.isoformat() if hasattr(e.at, "isoformat") else str(e.at), "actor": e.actor,
                       "action": e.action, "to_state": e.to_state, "comment": e.comment}
                      for e in ticket_events(conn, ticket.id)]
-    approval = states.history(conn, ticket.cloud, ticket.watch, ticket.id)
+    approval, latest = states.of_ticket(conn, ticket.cloud, ticket.watch, ticket.id)
     data["approval"] = {"removals_at": approval[-1].removals_at.date().isoformat()
                         if approval and approval[-1].removals_at else None,
                         "additions_only": bool(approval) and approval[-1].removals_at is None}
     if phase is not None:
-        data["firewall"] = firewall(conn, ticket, settings, phase, recorded=approval)
+        data["firewall"] = firewall(conn, ticket, settings, phase, recorded=approval, latest=latest)
     return data
 

@@ -247,12 +247,6 @@ def current(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = N
     return _state(row) if row is not None else None
 
 
-def current_id(conn: Connection, cloud: str, watch: str) -> int | None:
-    """The id of the state in force for a watch (nothing decoded), or None when nothing was approved yet."""
-    table = ApprovedStateRow.__table__
-    return conn.execute(select(func.max(table.c.id)).where(table.c.cloud == cloud, table.c.watch == watch)).scalar()
-
-
 def history(conn: Connection, cloud: str, watch: str, ticket_id: int | None = None) -> list[ApprovedState]:
     """Every state of a watch, oldest first (only those a ticket's approvals recorded, when ``ticket_id`` is given)."""
     table = ApprovedStateRow.__table__
@@ -260,6 +254,18 @@ def history(conn: Connection, cloud: str, watch: str, ticket_id: int | None = No
     if ticket_id is not None:
         query = query.where(table.c.ticket_id == ticket_id)
     return [_state(r) for r in conn.execute(query.order_by(table.c.id))]
+
+
+def of_ticket(conn: Connection, cloud: str, watch: str,
+              ticket_id: int) -> tuple[list[ApprovedState], ApprovedState | None]:
+    """(the states a ticket's approvals recorded, oldest first; the state in force for its watch), in one query."""
+    table = ApprovedStateRow.__table__
+    newest = select(func.max(table.c.id)).where(table.c.cloud == cloud, table.c.watch == watch).scalar_subquery()
+    rows = conn.execute(select(table).where(table.c.cloud == cloud, table.c.watch == watch,
+                                            (table.c.ticket_id == ticket_id) | (table.c.id == newest))
+                        .order_by(table.c.id)).all()
+    found = [_state(r) for r in rows]
+    return [s for s in found if s.ticket_id == ticket_id], (found[-1] if found else None)
 
 
 def all_current(conn: Connection, at: dt.datetime | None = None) -> list[ApprovedState]:
