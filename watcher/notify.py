@@ -40,6 +40,11 @@ from urllib.parse import quote, unquote, urlsplit
 
 import apprise
 from apprise.attachment.file import AttachFile
+
+try:  # apprise 1.9 and later attach from memory: no file is written per send
+    from apprise.attachment.memory import AttachMemory
+except ImportError:  # pragma: no cover - older apprise
+    AttachMemory = None
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from . import review, db, store, tickets
@@ -124,8 +129,11 @@ def _apprise_log_captured() -> Iterator[Any]:
     logger = logging.getLogger("apprise")
     propagate = logger.propagate
     logger.propagate = False
+    # Apprise's debug lines (whole payloads among them) are only re-logged at debug level: when nobody reads that,
+    # they are not made at all. Warnings and errors, which explain a failed send, are always captured.
+    level = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING
     try:
-        with apprise.LogCapture(level=logging.DEBUG) as captured:
+        with apprise.LogCapture(level=level) as captured:
             yield captured
     finally:
         logger.propagate = propagate
@@ -253,7 +261,7 @@ def send(destination: Destination, message: Message) -> SendResult:
         return SendResult(False, "not a valid apprise URL", "")
     error = ""
     ok = False
-    with tempfile.TemporaryDirectory(prefix="watcher-notify-") as folder, _apprise_log_captured() as captured:
+    with contextlib.ExitStack() as stack, _apprise_log_captured() as captured:
         try:
             # One destination per call, so apprise's thread pool (its default) would only add a thread.
             asset = apprise.AppriseAsset(async_mode=False)
@@ -264,9 +272,16 @@ def send(destination: Destination, message: Message) -> SendResult:
             sender.add(plugin)
             attach = None
             if getattr(plugin, "attachment_support", False):
-                # Written to a folder of this send alone, removed with it; names are the watcher's own.
+                # From memory; else (an older apprise, or an empty text, which apprise would call a missing
+                # attachment in memory) written to a folder of this send alone, removed with it. Names are ours.
                 attach = apprise.AppriseAttachment()
+                folder = None
                 for name, text in ((message.attachment_name, message.attachment), *message.snippets):
+                    if AttachMemory is not None and text:
+                        attach.add(AttachMemory(text.encode("utf-8"), name=name, mimetype=attachment_type(name)))
+                        continue
+                    if folder is None:
+                        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="watcher-notify-"))
                     path = Path(folder) / name
                     path.write_text(text, encoding="utf-8")
                     attach.add(AttachFile(str(path), mimetype=attachment_type(name)))
