@@ -565,12 +565,15 @@ def render_formats(conn: Any, settings: Settings, ticket: tickets.TicketInfo, fo
     wanted = list(formats)
     for fmt in wanted:
         template_name(fmt)
-    data = review.full_view(conn, ticket, settings, phase if any(f in RULE_FORMATS for f in wanted) else None)
+    renderer = Renderer(settings.tickets)
+    # The built-in rule templates do not show the review trail: rendering only those reads no events.
+    trail = any(fmt not in RULE_FORMATS or renderer.origin(fmt) == "user" for fmt in wanted)
+    data = review.full_view(conn, ticket, settings, phase if any(f in RULE_FORMATS for f in wanted) else None,
+                            trail=trail)
     if "firewall" in data:
         try:  # checked once here instead of once per format
             for key in ("objects", "dropped"):
                 data["firewall"][key] = {f: checked_cidrs(v) for f, v in data["firewall"][key].items()}
         except RenderError as exc:
             raise RenderError(f"ticket {ticket.id}: {exc}") from None
-    renderer = Renderer(settings.tickets)
     return {fmt: renderer.render(fmt, data) for fmt in wanted}

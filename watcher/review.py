@@ -245,12 +245,15 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
     }
 
 
-def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: str | None = None) -> dict[str, Any]:
-    """What templates see: the ticket's context, its review trail, and (for a phase) the snippet objects."""
+def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: str | None = None,
+              *, trail: bool = True) -> dict[str, Any]:
+    """What templates see: the ticket's context, its review trail (unless ``trail`` is false: an empty one, for
+    templates that do not show it), and (for a phase) the snippet objects."""
     data = view(ticket)
-    data["trail"] = [{"at": e.at.isoformat() if hasattr(e.at, "isoformat") else str(e.at), "actor": e.actor,
-                      "action": e.action, "to_state": e.to_state, "comment": e.comment}
-                     for e in ticket_events(conn, ticket.id)]
+    if trail:
+        data["trail"] = [{"at": e.at.isoformat() if hasattr(e.at, "isoformat") else str(e.at), "actor": e.actor,
+                          "action": e.action, "to_state": e.to_state, "comment": e.comment}
+                         for e in ticket_events(conn, ticket.id)]
     approval, latest = states.of_ticket(conn, ticket.cloud, ticket.watch, ticket.id)
     data["approval"] = {"removals_at": approval[-1].removals_at.date().isoformat()
                         if approval and approval[-1].removals_at else None,
