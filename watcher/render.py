@@ -246,12 +246,32 @@ def checked_cidrs(prefixes: Iterable[Any]) -> CheckedCidrs:
 
 
 class Block(str):
-    """Lines built by ``each`` from checked prefixes: their line breaks are the template's own, kept as they are."""
+    """Lines built by ``each`` from checked prefixes: their line breaks are the template's own, kept as they are.
+
+    ``newlines_only``: the only control characters in it are the line breaks between rows (the pattern has none).
+    """
+
+    newlines_only = False
 
 
-def _names(checked: Sequence[str]) -> list[str]:
-    """``address_name`` of each prefix without its ``wt-`` head, made for the whole list at once (C speed)."""
-    return "\n".join(checked).replace(":", "_").replace("/", "-").split("\n")
+@jinja2.pass_eval_context
+def replace_text(eval_ctx: Any, value: Any, old: Any, new: Any, count: int | None = None) -> Any:
+    """Jinja's ``replace``; a block whose only control characters are its line breaks, put on one line with printable
+    text (``objects | each("{name}") | replace("\n", " ")``), is printed as it is instead of scanned again: the scan
+    would find nothing to change."""
+    if (isinstance(value, Block) and value.newlines_only and old == "\n" and type(new) is str and count is None
+            and not eval_ctx.autoescape and new.isprintable()):
+        return Block(str.replace(value, "\n", new))
+    return jinja2.filters.do_replace(eval_ctx, value, old, new, count)
+
+
+def _names(checked: CheckedCidrs) -> list[str]:
+    """``address_name`` of each prefix without its ``wt-`` head, made for the whole list at once (C speed), once
+    per list (a snippet names its objects twice: as objects, and as a group's members)."""
+    names = checked.__dict__.get("names")
+    if names is None:
+        names = checked.__dict__["names"] = "\n".join(checked).replace(":", "_").replace("/", "-").split("\n")
+    return names
 
 
 def _masks(checked: Sequence[str]) -> list[str]:
@@ -272,7 +292,9 @@ def each(prefixes: Iterable[Any], pattern: str) -> Block:
     literals, keys = pieces[0::2], pieces[1::2]
     count = len(checked)
     if not keys or not count:
-        return Block("\n".join([text] * count))
+        block = Block("\n".join([text] * count))
+        block.newlines_only = text.isprintable()
+        return block
     columns: dict[str, list[str] | Sequence[str]] = {"cidr": checked}
     if "name" in keys:
         columns["name"] = _names(checked)
@@ -288,7 +310,9 @@ def each(prefixes: Iterable[Any], pattern: str) -> Block:
         after = literals[i + 1] if i + 1 < len(keys) else literals[-1] + "\n" + literals[0]
         flat[2 * i + 1::width] = [after] * count
     flat[-1] = literals[-1]
-    return Block(literals[0] + "".join(flat))
+    block = Block(literals[0] + "".join(flat))
+    block.newlines_only = all(piece.isprintable() for piece in literals)  # the values are checked prefixes
+    return block
 
 
 def shell_word(text: Any) -> str:
@@ -327,6 +351,18 @@ def _percent(value: float) -> str:
     return f"{value:.0%}"
 
 
+class _JSONText(markupsafe.Markup):
+    """``tojson`` output known to hold no control character (see ``json_text``)."""
+
+
+@jinja2.pass_eval_context
+def json_text(eval_ctx: Any, value: Any, indent: int | None = None) -> markupsafe.Markup:
+    """Jinja's ``tojson``. JSON escapes every control character below U+0020; ASCII output on one line (no
+    indent) without U+007F has none left, so it is printed without scanning it again (a state is tens of kilobytes)."""
+    text = jinja2.filters.do_tojson(eval_ctx, value, indent)
+    return _JSONText(text) if indent is None and text.isascii() and "\x7f" not in text else text
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "v4": only_v4,
     "v6": only_v6,
@@ -343,6 +379,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "md": markdown,
     "short_name": short_name,
     "each": each,
+    "replace": replace_text,
+    "tojson": json_text,
     "cidrs": lambda prefixes: list(checked_cidrs(prefixes)),
 }
 
@@ -353,7 +391,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
 def _one_line_output(value: Any) -> Any:
     """Every ``{{ expression }}`` prints on one line, in every format: a newline in data (a tag name, a prefix
     with a scope id) can never start a line of its own in a script. Line breaks come from template text only."""
-    if isinstance(value, Block):
+    if isinstance(value, (Block, _JSONText)):
         return value
     if isinstance(value, markupsafe.Markup):
         return value if value.isprintable() else markupsafe.Markup(_CONTROL.sub("?", str(value)))
