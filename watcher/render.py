@@ -391,6 +391,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
 def _one_line_output(value: Any) -> Any:
     """Every ``{{ expression }}`` prints on one line, in every format: a newline in data (a tag name, a prefix
     with a scope id) can never start a line of its own in a script. Line breaks come from template text only."""
+    if type(value) is str:
+        return value if value.isprintable() else _CONTROL.sub("?", value)
     if isinstance(value, (Block, _JSONText)):
         return value
     if isinstance(value, markupsafe.Markup):
