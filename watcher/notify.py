@@ -52,7 +52,7 @@ try:  # apprise 1.9 and later attach from memory: no file is written per send
     from apprise.attachment.memory import AttachMemory
 except ImportError:  # pragma: no cover - older apprise
     AttachMemory = None
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
 
 from . import review, db, store, tickets
 from .errors import NotifyError, RenderError, StoreError, translate_db_errors
@@ -334,18 +334,38 @@ class _Claim:
     event: str = "created"
 
 
-def _due(table, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta, skip: Sequence[int]):
+def _due(table: Any, skip: bool) -> Any:
+    """Rows due for ``:keys`` at ``:now``: pending and due, or claimed before ``:expired`` (``:skip`` left out)."""
     condition = and_(
-        table.c.destination.in_(list(keys)),
+        table.c.destination.in_(bindparam("keys", expanding=True)),
         or_(
-            and_(table.c.state == "pending", table.c.next_attempt_at <= now),
+            and_(table.c.state == "pending", table.c.next_attempt_at <= bindparam("now")),
             # A claim older than the lease belongs to a process that died mid-send.
-            and_(table.c.state == "sending", table.c.claimed_at <= now - lease),
+            and_(table.c.state == "sending", table.c.claimed_at <= bindparam("expired")),
         ),
     )
-    if skip:
-        condition = and_(condition, table.c.id.not_in(list(skip)))
-    return condition
+    return and_(condition, table.c.id.not_in(bindparam("skip", expanding=True))) if skip else condition
+
+
+@functools.lru_cache(maxsize=None)
+def _claim_statements() -> dict[str, Any]:
+    """The claim and record statements, built once (building them cost more than running them on SQLite)."""
+    table = OutboxMessage.__table__
+    columns = (table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts, table.c.event)
+    taking = {"state": "sending", "claim_token": bindparam("token", type_=table.c.claim_token.type),
+              "claimed_at": bindparam("claimed_at", type_=table.c.claimed_at.type), "attempts": table.c.attempts + 1}
+    statements: dict[str, Any] = {}
+    for skip in (False, True):
+        query = select(*columns).where(_due(table, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1)
+        statements[f"pick{'_skip' * skip}"] = query
+        # The queue idiom (PostgreSQL): one statement picks a row no one else holds and takes it.
+        picked = query.with_only_columns(table.c.id).with_for_update(skip_locked=True).scalar_subquery()
+        statements[f"take_locked{'_skip' * skip}"] = (update(table).where(table.c.id == picked).values(**taking)
+                                                      .returning(*columns))
+    statements["take"] = update(table).where(table.c.id == bindparam("row_id"), _due(table, False)).values(**taking)
+    statements["record"] = update(table).where(table.c.id == bindparam("row_id"),
+                                               table.c.claim_token == bindparam("claim"))
+    return statements
 
 
 @contextlib.contextmanager
@@ -375,35 +395,28 @@ _LOST = object()  # _claim_in: another process took the row between our read and
 def _claim_in(conn: Connection, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta,
               skip: Sequence[int], claimed_at: dt.datetime) -> Any:
     """Claim one due row in the caller's writing transaction: a ``_Claim``, None when nothing is due, or ``_LOST``."""
-    table = OutboxMessage.__table__
-    query = (select(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts, table.c.event)
-             .where(_due(table, keys, now, lease, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1))
+    statements = _claim_statements()
+    token = str(uuid.uuid4())
+    due = {"keys": list(keys), "now": now, "expired": now - lease}
+    suffix = "_skip" if skip else ""
+    if skip:
+        due["skip"] = list(skip)
+    taking = {"token": token, "claimed_at": claimed_at}
     if conn.dialect.name == "postgresql":
-        # The queue idiom: one statement picks a row no one else holds and takes it.
-        token = str(uuid.uuid4())
-        picked = query.with_only_columns(table.c.id).with_for_update(skip_locked=True).scalar_subquery()
-        row = conn.execute(
-            update(table).where(table.c.id == picked)
-            .values(state="sending", claim_token=token, claimed_at=claimed_at, attempts=table.c.attempts + 1)
-            .returning(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts, table.c.event)
-        ).first()
+        row = conn.execute(statements["take_locked" + suffix], {**due, **taking}).first()
         return None if row is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token,
                                                row.event)
-    row = conn.execute(query).first()
+    row = conn.execute(statements["pick" + suffix], due).first()
     if row is None:
         return None
-    token = str(uuid.uuid4())
-    claimed = conn.execute(
-        update(table).where(table.c.id == row.id, _due(table, keys, now, lease, ()))
-        .values(state="sending", claim_token=token, claimed_at=claimed_at, attempts=table.c.attempts + 1)
-    ).rowcount
+    due.pop("skip", None)
+    claimed = conn.execute(statements["take"], {**due, **taking, "row_id": row.id}).rowcount
     return _Claim(row.id, row.ticket_id, row.destination, row.attempts + 1, token, row.event) if claimed == 1 \
         else _LOST
 
 
 def _record_in(conn: Connection, claim: _Claim, result: SendResult, settings: Settings, now: dt.datetime) -> str:
     """Record a send's result in the caller's writing transaction; the row's new state."""
-    table = OutboxMessage.__table__
     if result.ok:
         values: dict[str, Any] = {"state": "sent", "sent_at": now, "last_error": "", "claim_token": None}
     elif claim.attempts >= settings.notify.max_attempts:
@@ -412,9 +425,8 @@ def _record_in(conn: Connection, claim: _Claim, result: SendResult, settings: Se
         delay = dt.timedelta(seconds=settings.notify.backoff_seconds * 2 ** (claim.attempts - 1))
         values = {"state": "pending", "next_attempt_at": now + min(delay, MAX_BACKOFF),
                   "last_error": result.error, "claim_token": None}
-    recorded = conn.execute(
-        update(table).where(table.c.id == claim.id, table.c.claim_token == claim.token).values(**values)
-    ).rowcount
+    recorded = conn.execute(_claim_statements()["record"].values(**values),
+                            {"row_id": claim.id, "claim": claim.token}).rowcount
     if recorded != 1:
         log.warning("outbox row %s was claimed again before its result was recorded", claim.id)
     return values["state"]
