@@ -17,8 +17,8 @@ may arrive twice. Every message carries the ticket's id and uid, so a
 receiver can tell a repeat.
 
 On PostgreSQL, claims and results are committed without waiting for the
-server's disk flush (``synchronous_commit`` off for those transactions only:
-a flush costs milliseconds per message). Other sessions see them at once; a
+server's disk flush (``synchronous_commit`` off on the connection that makes
+them, for that time only: a flush costs milliseconds per message). Other sessions see them at once; a
 crash of the database server itself may forget the last fraction of a second
 of them, which moves rows back to ``pending`` or ``sending``: they are sent
 again, as after a crash between 2 and 3, and never lost.
@@ -358,7 +358,7 @@ def _claim_statements() -> dict[str, Any]:
     for skip in (False, True):
         query = select(*columns).where(_due(table, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1)
         statements[f"pick{'_skip' * skip}"] = query
-        # The queue idiom (PostgreSQL): one statement picks a row no one else holds and takes it.
+        # The queue idiom: one statement picks a row no one else holds and takes it (FOR UPDATE: PostgreSQL only).
         picked = query.with_only_columns(table.c.id).with_for_update(skip_locked=True).scalar_subquery()
         statements[f"take_locked{'_skip' * skip}"] = (update(table).where(table.c.id == picked).values(**taking)
                                                       .returning(*columns))
@@ -369,21 +369,39 @@ def _claim_statements() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _outbox_transaction(engine: Engine) -> Iterator[Connection]:
-    """A writing transaction for claims and results (on PostgreSQL committed without waiting for the disk flush:
-    see the module's notes)."""
-    with db.writer(engine).begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-        yield conn
+def _outbox_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for claims and results, one transaction each (on PostgreSQL committed without waiting for the
+    disk flush: see the module's notes); a batch keeps one for all its messages."""
+    with db.writer(engine).connect() as conn:
+        relaxed = conn.dialect.name == "postgresql"
+        if relaxed:
+            conn.exec_driver_sql("SET synchronous_commit TO OFF")
+            conn.commit()
+        try:
+            yield conn
+        finally:
+            if relaxed and not conn.invalidated:
+                try:
+                    conn.rollback()
+                    conn.exec_driver_sql("RESET synchronous_commit")
+                    conn.commit()
+                except Exception:  # noqa: BLE001 - a connection that kept the setting never goes back to the pool
+                    conn.invalidate()
 
 
 def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta,
            skip: Sequence[int], claimed_at: dt.datetime | None = None) -> _Claim | None:
     """Claim one row due at ``now``; the claim is stamped ``claimed_at`` (the time of claiming, default ``now``)."""
+    with _outbox_connection(engine) as conn:
+        return _claim_on(conn, keys, now, lease, skip, claimed_at or now)
+
+
+def _claim_on(conn: Connection, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta,
+              skip: Sequence[int], claimed_at: dt.datetime) -> _Claim | None:
+    """``_claim`` on an outbox connection, a transaction per try."""
     for _ in range(5):
-        with _outbox_transaction(engine) as conn:
-            claim = _claim_in(conn, keys, now, lease, skip, claimed_at or now)
+        with conn.begin():
+            claim = _claim_in(conn, keys, now, lease, skip, claimed_at)
         if claim is not _LOST:
             return claim
     return None  # others keep taking the rows we look at; they will deliver them
@@ -402,7 +420,9 @@ def _claim_in(conn: Connection, keys: Sequence[str], now: dt.datetime, lease: dt
     if skip:
         due["skip"] = list(skip)
     taking = {"token": token, "claimed_at": claimed_at}
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.update_returning:
+        # One statement picks a due row and takes it: on PostgreSQL one no one else holds (SKIP LOCKED); on
+        # SQLite (3.35 and later) under the write lock the transaction took first.
         row = conn.execute(statements["take_locked" + suffix], {**due, **taking}).first()
         return None if row is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token,
                                                row.event)
@@ -432,17 +452,17 @@ def _record_in(conn: Connection, claim: _Claim, result: SendResult, settings: Se
     return values["state"]
 
 
-def _record_and_claim(engine: Engine, claim: _Claim, result: SendResult, settings: Settings,
+def _record_and_claim(conn: Connection, claim: _Claim, result: SendResult, settings: Settings,
                       clock: Callable[[], dt.datetime], keys: Sequence[str], now: dt.datetime,
                       lease: dt.timedelta, skip: Sequence[int]) -> tuple[str, _Claim | None]:
     """Record a send's result and claim the next due row in one transaction (one commit instead of two per
     message); the result is committed before the next send all the same. A lost race for the next row is retried
     as ``_claim`` does."""
-    with _outbox_transaction(engine) as conn:
+    with conn.begin():
         state = _record_in(conn, claim, result, settings, clock())
         following = _claim_in(conn, keys, now, lease, skip, clock())
     if following is _LOST:
-        following = _claim(engine, keys, now, lease, skip, clock())
+        following = _claim_on(conn, keys, now, lease, skip, clock())
     return state, following
 
 
@@ -476,9 +496,9 @@ def deliver_due(
     results: list[DeliveryResult] = []
     attempted: list[int] = []
     messages: dict[tuple[int, str], Message | RenderError] = {}
-    with translate_db_errors("delivering notifications"):
+    with translate_db_errors("delivering notifications"), _outbox_connection(engine) as outbox:
         keys = list(by_key)
-        claim = _claim(engine, keys, at, lease, attempted, clock())
+        claim = _claim_on(outbox, keys, at, lease, attempted, clock())
         while claim is not None:
             attempted.append(claim.id)
             destination = by_key[claim.destination]
@@ -497,7 +517,7 @@ def deliver_due(
                 outcome = SendResult(False, f"rendering failed: {message}", "")
             else:
                 outcome = send(destination, message)
-            state, following = _record_and_claim(engine, claim, outcome, settings, clock, keys, at, lease, attempted)
+            state, following = _record_and_claim(outbox, claim, outcome, settings, clock, keys, at, lease, attempted)
             results.append(DeliveryResult(claim.id, claim.ticket_id, destination.label, state, claim.attempts,
                                           outcome.error))
             claim = following
