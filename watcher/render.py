@@ -222,7 +222,11 @@ class CheckedCidrs(tuple):
 
     def __add__(self, other: Any) -> Any:
         joined = tuple.__add__(self, other)
-        return CheckedCidrs(joined) if isinstance(other, CheckedCidrs) else joined
+        if not isinstance(other, CheckedCidrs):
+            return joined
+        result = CheckedCidrs(joined)
+        result.__dict__["parts"] = (self, other)  # its names and masks are its parts' (made once per list)
+        return result
 
 
 def checked_cidrs(prefixes: Iterable[Any]) -> CheckedCidrs:
@@ -270,15 +274,30 @@ def _names(checked: CheckedCidrs) -> list[str]:
     per list (a snippet names its objects twice: as objects, and as a group's members)."""
     names = checked.__dict__.get("names")
     if names is None:
-        names = checked.__dict__["names"] = "\n".join(checked).replace(":", "_").replace("/", "-").split("\n")
+        parts = checked.__dict__.get("parts")
+        names = _names(parts[0]) + _names(parts[1]) if parts else \
+            "\n".join(checked).replace(":", "_").replace("/", "-").split("\n")
+        checked.__dict__["names"] = names
     return names
 
 
-def _masks(checked: Sequence[str]) -> list[str]:
-    """``netmask`` of each IPv4 prefix (cached), the prefix itself for IPv6."""
-    if ":" not in "".join(checked):  # one C-speed search: all IPv4
-        return list(map(netmask, checked))
-    return [c if ":" in c else netmask(c) for c in checked]
+def _masks(checked: CheckedCidrs) -> list[str]:
+    """``netmask`` of each IPv4 prefix (cached), the prefix itself for IPv6; once per list."""
+    masks = checked.__dict__.get("masks")
+    if masks is None:
+        parts = checked.__dict__.get("parts")
+        if parts:
+            masks = _masks(parts[0]) + _masks(parts[1])
+        else:
+            joined = "".join(checked)  # one C-speed search for each family's mark
+            if ":" not in joined:
+                masks = list(map(netmask, checked))
+            elif "." not in joined:
+                masks = list(checked)
+            else:
+                masks = [c if ":" in c else netmask(c) for c in checked]
+        checked.__dict__["masks"] = masks
+    return masks
 
 
 def each(prefixes: Iterable[Any], pattern: str) -> Block:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Engine, insert, update
 
@@ -228,8 +228,7 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
             final = states.family_lists(p for t in ticket.target.values() for p in t.prefixes)
             first_phase = states.union(before, final)
     objects = first_phase if phase == "add" else {f: list(final[f]) for f in states.FAMILIES}
-    kept = {f: set(objects[f]) for f in states.FAMILIES}
-    dropped = {f: [c for c in before.get(f, ()) if c not in kept[f]] for f in states.FAMILIES}
+    dropped = {f: _missing(before.get(f, ()), objects[f]) for f in states.FAMILIES}
     family, _, table = settings.tickets.nft_table.partition(" ")
     if family not in NFT_FAMILIES or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,30}", table or "watcher"):
         raise RenderError(f"[tickets] nft_table {settings.tickets.nft_table!r} is not '<family> <name>' "
@@ -243,6 +242,12 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
         "nft": {"family": family, "table": table or "watcher"},
         "removals_at": removals_at.isoformat() if removals_at else None,
     }
+
+
+def _missing(earlier: Sequence[str], kept: Sequence[str]) -> list[str]:
+    """The prefixes of ``earlier`` not in ``kept``, in ``earlier``'s order (set arithmetic first: usually none)."""
+    gone = set(earlier).difference(kept)
+    return [c for c in earlier if c in gone] if gone else []
 
 
 def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: str | None = None,
