@@ -174,12 +174,39 @@ class _Content(msgspec.Struct):
     publication: dict[str, Any]
     tags: msgspec.Raw
     final: dict[str, list[str]]
-    before: dict[str, list[str]]
+    before: msgspec.Raw  # only a snippet of the ticket that made the state reads it
     during: dict[str, list[str]] | None = None
 
 
 _CONTENT = msgspec.json.Decoder(_Content)
 _TAGS = msgspec.json.Decoder(dict[str, Any])
+_LISTS = msgspec.json.Decoder(dict[str, list[str]])
+
+
+class _StoredLists(Mapping[str, list[str]]):
+    """A state's family lists, decoded on first use."""
+
+    def __init__(self, raw: msgspec.Raw):
+        self._raw: msgspec.Raw | None = raw
+        self._lists: dict[str, list[str]] = {}
+
+    def _decoded(self) -> dict[str, list[str]]:
+        if self._raw is not None:
+            self._lists = _LISTS.decode(self._raw)
+            self._raw = None
+        return self._lists
+
+    def __getitem__(self, family: str) -> list[str]:
+        return self._decoded()[family]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
 
 
 class _StoredTags(Mapping[str, TagApproval]):
@@ -215,7 +242,8 @@ def _state(row: Any) -> ApprovedState:
         id=row.id, cloud=row.cloud, watch=row.watch, ticket_id=row.ticket_id, publication_id=row.publication_id,
         publication=content.publication, approved_at=as_utc(row.approved_at),
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
-        tags=_StoredTags(content.tags), final=content.final, before=content.before, during=content.during,
+        tags=_StoredTags(content.tags), final=content.final, before=_StoredLists(content.before),
+        during=content.during,
     )
 
 
@@ -277,14 +305,21 @@ def of_ticket(conn: Connection, cloud: str, watch: str,
     return [s for s in found if s.ticket_id == ticket_id], (found[-1] if found else None)
 
 
-def all_current(conn: Connection, at: dt.datetime | None = None) -> list[ApprovedState]:
-    """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query)."""
+def _all_current_query(at: bool) -> Any:
     table = ApprovedStateRow.__table__
     newest = select(func.max(table.c.id))
-    if at is not None:
-        newest = newest.where(table.c.approved_at <= at)
+    if at:
+        newest = newest.where(table.c.approved_at <= bindparam("at"))
     newest = newest.group_by(table.c.cloud, table.c.watch).scalar_subquery()
-    rows = conn.execute(select(table).where(table.c.id.in_(newest)).order_by(table.c.cloud, table.c.watch))
+    return select(table).where(table.c.id.in_(newest)).order_by(table.c.cloud, table.c.watch)
+
+
+_ALL_CURRENT = {False: _all_current_query(False), True: _all_current_query(True)}
+
+
+def all_current(conn: Connection, at: dt.datetime | None = None) -> list[ApprovedState]:
+    """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query)."""
+    rows = conn.execute(_ALL_CURRENT[at is not None], {"at": at} if at is not None else {})
     return [_state(r) for r in rows]
 
 
