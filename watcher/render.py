@@ -339,21 +339,40 @@ def _rows(literals: Sequence[str], columns: Sequence[Sequence[str]], count: int)
     return block
 
 
-def lines(items: Iterable[Any], pattern: str, escape: str = "one_line") -> Block:
-    """One ``pattern`` per item, joined by line breaks, ``{item}`` being the item escaped with ``md`` or
-    ``one_line`` (so never a line break of its own): a ticket's prefix lists in one call instead of a template
-    loop per prefix. Unlike ``each``, anything is accepted, escaped: ticket text shows what a snippet refuses."""
-    escaper = {"md": markdown, "one_line": one_line}.get(str(escape))
+class _MarkupBlock(markupsafe.Markup):
+    """``lines`` output for HTML: escaped items in the template's own markup, line breaks included."""
+
+    verbatim = False  # set on what ``lines`` returns; what Markup's methods derive from it is checked as usual
+
+
+def _html_item(item: Any) -> str:
+    """What ``{{ item }}`` prints in an autoescaped template: one line, HTML-escaped."""
+    return item if type(item) is str and item in _KNOWN_CIDRS else str(markupsafe.escape(one_line(item)))
+
+
+def lines(items: Iterable[Any], pattern: str, escape: str = "one_line") -> Any:
+    """One ``pattern`` per item, joined by line breaks, ``{item}`` being the item escaped with ``md``, ``one_line``
+    or ``html`` (so never a line break of its own): a ticket's prefix lists in one call instead of a template loop
+    per prefix. Unlike ``each``, anything is accepted, escaped: ticket text shows what a snippet refuses. With
+    ``html`` the pattern's own text is markup only when marked safe (``"<li>{item}</li>" | safe``)."""
+    escaper = {"md": markdown, "one_line": one_line, "html": _html_item}.get(str(escape))
     if escaper is None:
-        raise RenderError(f"lines: escape must be md or one_line, not {one_line(escape)[:40]!r}")
+        raise RenderError(f"lines: escape must be md, one_line or html, not {one_line(escape)[:40]!r}")
     values = list(map(escaper, items))
     text = str(pattern)
-    if "{item}" not in text or not values:
-        block = Block("\n".join([text] * len(values)))
-        block.newlines_only = text.isprintable()
-        return block
     literals = text.split("{item}")
-    return _rows(literals, [values] * (len(literals) - 1), len(values))
+    if escape == "html" and not isinstance(pattern, markupsafe.Markup):
+        literals = [str(markupsafe.escape(piece)) for piece in literals]
+    if len(literals) == 1 or not values:
+        block = Block("\n".join([literals[0]] * len(values)))
+        block.newlines_only = literals[0].isprintable()
+    else:
+        block = _rows(literals, [values] * (len(literals) - 1), len(values))
+    if escape != "html":
+        return block
+    marked = _MarkupBlock(block)
+    marked.verbatim = block.newlines_only
+    return marked
 
 
 def shell_word(text: Any) -> str:
@@ -435,7 +454,7 @@ def _one_line_output(value: Any) -> Any:
     with a scope id) can never start a line of its own in a script. Line breaks come from template text only."""
     if type(value) is str:
         return value if value.isprintable() else _CONTROL.sub("?", value)
-    if isinstance(value, (Block, _JSONText)):
+    if isinstance(value, (Block, _JSONText)) or (isinstance(value, _MarkupBlock) and value.verbatim):
         return value
     if isinstance(value, markupsafe.Markup):
         return value if value.isprintable() else markupsafe.Markup(_CONTROL.sub("?", str(value)))
