@@ -275,8 +275,10 @@ def _names(checked: CheckedCidrs) -> list[str]:
     names = checked.__dict__.get("names")
     if names is None:
         parts = checked.__dict__.get("parts")
-        names = _names(parts[0]) + _names(parts[1]) if parts else \
-            "\n".join(checked).replace(":", "_").replace("/", "-").split("\n")
+        if parts:
+            names = _names(parts[0]) + _names(parts[1])
+        else:
+            names = "\n".join(checked).replace(":", "_").replace("/", "-").split("\n") if checked else []
         checked.__dict__["names"] = names
     return names
 
