@@ -255,11 +255,14 @@ def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: s
     """What templates see: the ticket's context, its review trail (unless ``trail`` is false: an empty one, for
     templates that do not show it), and (for a phase) the snippet objects."""
     data = view(ticket)
-    if trail:
+    events = ticket_events(conn, ticket.id) if trail else None
+    if events is not None:
         data["trail"] = [{"at": e.at.isoformat() if hasattr(e.at, "isoformat") else str(e.at), "actor": e.actor,
-                          "action": e.action, "to_state": e.to_state, "comment": e.comment}
-                         for e in ticket_events(conn, ticket.id)]
-    approval, latest = states.of_ticket(conn, ticket.cloud, ticket.watch, ticket.id)
+                          "action": e.action, "to_state": e.to_state, "comment": e.comment} for e in events]
+    if phase is None and events is not None and not any(e.action in ("approve", "approve-adds") for e in events):
+        approval: list[states.ApprovedState] = []  # every approval records its state and its event together
+    else:
+        approval, latest = states.of_ticket(conn, ticket.cloud, ticket.watch, ticket.id)
     data["approval"] = {"removals_at": approval[-1].removals_at.date().isoformat()
                         if approval and approval[-1].removals_at else None,
                         "additions_only": bool(approval) and approval[-1].removals_at is None}
