@@ -375,8 +375,11 @@ def _outbox_connection(engine: Engine) -> Iterator[Connection]:
     with db.writer(engine).connect() as conn:
         relaxed = conn.dialect.name == "postgresql"
         if relaxed:
+            # Each statement its own transaction: a result is one UPDATE, a claim one UPDATE ... RETURNING (the
+            # queue idiom), so no BEGIN and COMMIT round trips. The pool restores the isolation level.
+            conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.exec_driver_sql("SET synchronous_commit TO OFF")
-            conn.commit()
+            conn.commit()  # SQLAlchemy's own transaction marker (the database committed already)
         try:
             yield conn
         finally:
@@ -456,8 +459,8 @@ def _record_and_claim(conn: Connection, claim: _Claim, result: SendResult, setti
                       clock: Callable[[], dt.datetime], keys: Sequence[str], now: dt.datetime,
                       lease: dt.timedelta, skip: Sequence[int]) -> tuple[str, _Claim | None]:
     """Record a send's result and claim the next due row in one transaction (one commit instead of two per
-    message); the result is committed before the next send all the same. A lost race for the next row is retried
-    as ``_claim`` does."""
+    message; on PostgreSQL two statements that commit each); the result is committed before the next send all the
+    same. A lost race for the next row is retried as ``_claim`` does."""
     with conn.begin():
         state = _record_in(conn, claim, result, settings, clock())
         following = _claim_in(conn, keys, now, lease, skip, clock())
