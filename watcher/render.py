@@ -211,7 +211,7 @@ _PLACEHOLDER = re.compile(r"\{(cidr|name|mask)\}")
 #: Strings ``cidr`` accepted, so that the same prefixes rendered again (every format, every ticket of a watch)
 #: are checked with one set difference at C speed; cleared when it grows past the bound.
 _KNOWN_CIDRS: set[str] = set()
-_KNOWN_CIDRS_BOUND = 1 << 18
+_KNOWN_CIDRS_BOUND = 1 << 16  # as the lru_caches below and above: a daemon keeps a few megabytes at most
 
 
 class CheckedCidrs(tuple):
