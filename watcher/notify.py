@@ -4,24 +4,27 @@ A ticket is queued per destination in the ``outbox`` table in the same
 transaction that creates it, so a ticket without its messages cannot exist.
 ``deliver_due`` then works one row at a time:
 
-1. claim the row in a short transaction (``FOR UPDATE SKIP LOCKED`` on
-   PostgreSQL; a conditional UPDATE under SQLite's write lock), marking it
-   ``sending`` with a claim token;
+1. claim the row in a short transaction (one ``UPDATE ... RETURNING``: with
+   ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, under the write lock on SQLite;
+   a conditional UPDATE on SQLite before 3.35), marking it ``sending`` with a
+   claim token;
 2. send it with apprise, outside any transaction, capturing apprise's log;
 3. record the result at once: ``sent``, or ``pending`` again with exponential
-   backoff, or ``failed`` after ``max_attempts``.
+   backoff, or ``failed`` after ``max_attempts`` (in the same transaction as
+   the next claim: one commit per message).
 
 A row recorded as sent is never sent again. Only a crash between 2 and 3
 leaves a row ``sending``; after ``lease`` it is claimed again and the message
 may arrive twice. Every message carries the ticket's id and uid, so a
 receiver can tell a repeat.
 
-On PostgreSQL, claims and results are committed without waiting for the
-server's disk flush (``synchronous_commit`` off on the connection that makes
-them, for that time only: a flush costs milliseconds per message). Other sessions see them at once; a
-crash of the database server itself may forget the last fraction of a second
-of them, which moves rows back to ``pending`` or ``sending``: they are sent
-again, as after a crash between 2 and 3, and never lost.
+On PostgreSQL, claims and results are single statements committed without
+waiting for the server's disk flush (``synchronous_commit`` off on the
+connection that makes them, for that time only: a flush costs milliseconds
+per message). Other sessions see them at once; a crash of the database
+server itself may forget the last fraction of a second of them, which moves
+rows back to ``pending`` or ``sending``: they are sent again, as after a
+crash between 2 and 3, and never lost.
 
 Destination URLs carry secrets (passwords, tokens). The database knows a
 destination by a hash of its URL and by apprise's privacy form; the URL itself
