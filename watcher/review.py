@@ -16,6 +16,7 @@ baseline cannot be who created the ticket or last changed it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import unicodedata
 from typing import Any, Callable, Sequence
@@ -110,6 +111,11 @@ def transition(
             values: dict[str, Any] = {"state": target, "updated_at": at}
             if action == "release":
                 values["removals_allowed"] = True
+            if action in ("approve", "approve-adds") and "approval_lists" in ticket.context:
+                # What an approval would make, kept to render the ticket before it: from now on the ticket
+                # renders the state its approval records, and every read of the ticket decodes less.
+                values["context"] = json.dumps({k: v for k, v in ticket.context.items() if k != "approval_lists"},
+                                               sort_keys=True)
             # Conditional on the state read: a concurrent reviewer's step wins, ours fails loudly.
             moved = conn.execute(
                 update(table).where(table.c.id == ticket_id, table.c.state == ticket.state).values(**values)
