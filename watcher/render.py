@@ -329,6 +329,10 @@ def _rows(literals: Sequence[str], columns: Sequence[Sequence[str]], count: int)
     """``count`` lines of ``literals[0] column[0] literals[1] ... literals[-1]``, as one join: per row, each
     column's value and the text after it, the last text of a row running on into the line break and the first
     text of the next row. The values hold no control characters (callers check or escape them)."""
+    if len(columns) == 1:  # one value per line: the texts around it join the values directly
+        block = Block(literals[0] + (literals[1] + "\n" + literals[0]).join(columns[0]) + literals[1])
+        block.newlines_only = all(piece.isprintable() for piece in literals)
+        return block
     width = 2 * len(columns)
     flat: list[str] = [""] * (width * count)
     for i, column in enumerate(columns):
