@@ -293,13 +293,28 @@ def _masks(checked: CheckedCidrs) -> list[str]:
         else:
             joined = "".join(checked)  # one C-speed search for each family's mark
             if ":" not in joined:
-                masks = list(map(netmask, checked))
+                masks = _netmasks(checked)
             elif "." not in joined:
                 masks = list(checked)
             else:
                 masks = [c if ":" in c else netmask(c) for c in checked]
         checked.__dict__["masks"] = masks
     return masks
+
+
+#: ``netmask`` of the IPv4 prefixes rendered so far, read for a whole list at C speed; bounded as the caches above.
+_NETMASKS: dict[str, str] = {}
+
+
+def _netmasks(checked: Sequence[str]) -> list[str]:
+    try:
+        return list(map(_NETMASKS.__getitem__, checked))
+    except KeyError:
+        masks = list(map(netmask, checked))  # refuses what netmask refuses
+        if len(_NETMASKS) + len(masks) > _KNOWN_CIDRS_BOUND:
+            _NETMASKS.clear()
+        _NETMASKS.update(zip(checked, masks))
+        return masks
 
 
 def each(prefixes: Iterable[Any], pattern: str) -> Block:
@@ -353,7 +368,9 @@ class _MarkupBlock(markupsafe.Markup):
 
 def _html_item(item: Any) -> str:
     """What ``{{ item }}`` prints in an autoescaped template: one line, HTML-escaped."""
-    return item if type(item) is str and item in _KNOWN_CIDRS else str(markupsafe.escape(one_line(item)))
+    if type(item) is str and (item in _KNOWN_CIDRS or _checked_cidr(item)):  # a prefix has nothing to escape
+        return item
+    return str(markupsafe.escape(one_line(item)))
 
 
 def lines(items: Iterable[Any], pattern: str, escape: str = "one_line") -> Any:
@@ -401,7 +418,7 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]|~])")
 
 def markdown(text: Any) -> str:
     """Text for Markdown: HTML characters as entities, Markdown punctuation backslash-escaped, one line."""
-    if type(text) is str and text in _KNOWN_CIDRS:  # a checked prefix has none of those characters
+    if type(text) is str and (text in _KNOWN_CIDRS or _checked_cidr(text)):  # a prefix has none of them
         return text
     escaped = html.escape(one_line(text), quote=False)
     return _MARKDOWN_SPECIAL.sub(r"\\\1", escaped)
