@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
                    help="leave out rendering and delivering a publication's tickets (figure 5)")
     p.add_argument("--skip-states", action="store_true",
                    help="leave out state list and rendering an AzureCloud-sized ticket (figure 9)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated figure numbers to run (e.g. 5,9); the others are left out")
     p.add_argument("--weeks", type=int, default=None, help="weeks of synthetic history (default 260)")
     p.add_argument("--synthetic-backends", default="sqlite",
                    help="backends to import the synthetic history into (default sqlite; add postgresql if time allows)")
@@ -69,6 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = _split(args.backends)
     synthetic_names = [n for n in _split(args.synthetic_backends)]
     backfill_names = _split(args.backfill_backends) if args.backfill_backends else names
+    if args.only is not None:
+        wanted = {n.strip() for n in args.only.split(",") if n.strip()}
+        known = {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"}
+        if not wanted or wanted - known:
+            raise SystemExit(f"--only takes figure numbers from {', '.join(sorted(known, key=int))}")
+        args.skip_tickets |= "5" not in wanted
+        args.skip_states |= "9" not in wanted
+        args.skip_memory |= "7" not in wanted
+        args.skip_synthetic |= "8" not in wanted
+        args.skip_backfill |= "10" not in wanted
+        skip_real = not wanted & {"1", "2", "3", "4", "6"}
+    else:
+        skip_real = False
     if repeat < 1 or weeks < 3:
         raise SystemExit("--repeat must be at least 1 and --weeks at least 3")
 
@@ -102,8 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "versions": {b: backends.server_version(b) for b in dict.fromkeys(names + synthetic_names)},
                 "baseline": "json.loads (stdlib) of the same decompressed bytes, timed right before and after",
             }
-            log(f"figures 1-4, 6: {len(public)} Public files × {repeat} repetitions on {', '.join(names)}")
-            real = realfiles.measure(backends, public, repeat, log)
+            if not skip_real:
+                log(f"figures 1-4, 6: {len(public)} Public files × {repeat} repetitions on {', '.join(names)}")
+            if skip_real:
+                real = {"figures": [], "growth": {}}
+            else:
+                real = realfiles.measure(backends, public, repeat, log)
             figures.extend(real["figures"])
             if not args.skip_tickets:
                 log(f"figure 5: tickets rendered and delivered to json:// × {repeat} repetitions on {', '.join(names)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from benchmarks.runner import main
 
 FIGURE_KEYS = {"id", "title", "backend", "unit", "value", "target", "target_op", "status", "note"}
@@ -48,3 +50,8 @@ def test_quick_run_writes_the_expected_json(tmp_path, servicetags_dir, capsys):
     counts = {s: sum(1 for f in figures if f["status"] == s) for s in ("PASS", "FAIL")}
     assert f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, 0 pending;" in printed
     assert not list(tmp_path.glob("*.db*")), "scratch databases are removed"
+
+
+def test_only_takes_known_figure_numbers():
+    with pytest.raises(SystemExit, match="--only takes figure numbers"):
+        main(["--only", "5,11"])

@@ -348,3 +348,48 @@ def test_user_template_overrides_and_check_templates_cli(tmp_path):
     assert bad.exit_code == 1
     assert re.search(r"BROKEN +nftables +user +rules/nftables\.j2: .*sandbox", bad.output)
     assert "1 template(s) broken" in bad.output
+
+
+def _template(text: str, **data) -> str:
+    """A one-off template in the renderer's own sandboxed environment (its filters and one-line output)."""
+    env = render._environment(None, 2 * 1024 * 1024)
+    return env.from_string(text).render(**data)
+
+
+def test_lines_escapes_each_item_as_the_loop_it_replaces_did():
+    items = ["10.0.0.0/24", "a*b_<i>\nrm -rf /", "2603:1030::/48"]
+    md = _template('{{ xs | lines("- {item}", "md") }}', xs=items)
+    assert md == "- 10.0.0.0/24\n- a\\*b\\_&lt;i&gt;?rm -rf /\n- 2603:1030::/48"
+    text = _template('{{ xs | lines("  allow {item}", "one_line") }}', xs=items)
+    assert text.splitlines() == ["  allow 10.0.0.0/24", "  allow a*b_<i>?rm -rf /", "  allow 2603:1030::/48"]
+    html = render._environment(None, 2 * 1024 * 1024).from_string(
+        '{% autoescape true %}{{ xs | lines("<li>{item}</li>" | safe, "html") }}|'
+        '{{ xs | lines("<b>{item}</b>", "html") }}{% endautoescape %}').render(xs=items)
+    listed, unsafe_pattern = html.split("|")
+    assert listed == "<li>10.0.0.0/24</li>\n<li>a*b_&lt;i&gt;?rm -rf /</li>\n<li>2603:1030::/48</li>"
+    assert "<b>" not in unsafe_pattern and "&lt;b&gt;10.0.0.0/24&lt;/b&gt;" in unsafe_pattern
+    assert _template('{{ xs | lines("- {item}", "md") }}', xs=[]) == ""
+    with pytest.raises(RenderError, match="escape must be"):
+        _template('{{ xs | lines("{item}", "shell") }}', xs=items)
+
+
+def test_each_on_joined_families_names_and_masks_every_prefix_once():
+    v4 = render.checked_cidrs(["10.0.0.0/23", "10.0.4.0/24"])
+    empty = render.checked_cidrs([])
+    v6 = render.checked_cidrs(["2603:1030::/48"])
+    joined = v4 + empty + v6
+    assert isinstance(joined, render.CheckedCidrs)
+    assert render.each(joined, "{name} {mask}") == ("wt-10.0.0.0-23 10.0.0.0 255.255.254.0\n"
+                                                   "wt-10.0.4.0-24 10.0.4.0 255.255.255.0\n"
+                                                   "wt-2603_1030__-48 2603:1030::/48")
+    assert render.each(empty + empty, "{name}") == ""
+    with pytest.raises(RenderError, match="not a plain CIDR"):
+        render.each(["10.0.0.0/24\nflush ruleset"], "{cidr}")
+
+
+def test_a_block_put_on_one_line_is_printed_as_is_and_other_line_breaks_are_not():
+    xs = render.checked_cidrs(["10.0.0.0/24", "10.0.1.0/24"])
+    assert _template('[{{ xs | each("{cidr}") | replace("\\n", " ") }}]', xs=xs) == "[10.0.0.0/24 10.0.1.0/24]"
+    assert _template('[{{ xs | each("{cidr}") | replace("0", "\\n") }}]', xs=xs).count("\n") == 0
+    assert _template('[{{ data | tojson }}]', data={"a": "x\x7f\ny"}) == '[{"a": "x\\u007f\\ny"}]'  # JSON escapes
+    assert _template('[{{ {"a": [1]} | tojson(indent=1) }}]').count("\n") == 0

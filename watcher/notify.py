@@ -4,17 +4,27 @@ A ticket is queued per destination in the ``outbox`` table in the same
 transaction that creates it, so a ticket without its messages cannot exist.
 ``deliver_due`` then works one row at a time:
 
-1. claim the row in a short transaction (``FOR UPDATE SKIP LOCKED`` on
-   PostgreSQL; a conditional UPDATE under SQLite's write lock), marking it
-   ``sending`` with a claim token;
+1. claim the row in a short transaction (one ``UPDATE ... RETURNING``: with
+   ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, under the write lock on SQLite;
+   a conditional UPDATE on SQLite before 3.35), marking it ``sending`` with a
+   claim token;
 2. send it with apprise, outside any transaction, capturing apprise's log;
 3. record the result at once: ``sent``, or ``pending`` again with exponential
-   backoff, or ``failed`` after ``max_attempts``.
+   backoff, or ``failed`` after ``max_attempts`` (in the same transaction as
+   the next claim: one commit per message).
 
 A row recorded as sent is never sent again. Only a crash between 2 and 3
 leaves a row ``sending``; after ``lease`` it is claimed again and the message
 may arrive twice. Every message carries the ticket's id and uid, so a
 receiver can tell a repeat.
+
+On PostgreSQL, claims and results are single statements committed without
+waiting for the server's disk flush (``synchronous_commit`` off on the
+connection that makes them, for that time only: a flush costs milliseconds
+per message). Other sessions see them at once; a crash of the database
+server itself may forget the last fraction of a second of them, which moves
+rows back to ``pending`` or ``sending``: they are sent again, as after a
+crash between 2 and 3, and never lost.
 
 Destination URLs carry secrets (passwords, tokens). The database knows a
 destination by a hash of its URL and by apprise's privacy form; the URL itself
@@ -40,7 +50,12 @@ from urllib.parse import quote, unquote, urlsplit
 
 import apprise
 from apprise.attachment.file import AttachFile
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+
+try:  # apprise 1.9 and later attach from memory: no file is written per send
+    from apprise.attachment.memory import AttachMemory
+except ImportError:  # pragma: no cover - older apprise
+    AttachMemory = None
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
 
 from . import review, db, store, tickets
 from .errors import NotifyError, RenderError, StoreError, translate_db_errors
@@ -124,8 +139,11 @@ def _apprise_log_captured() -> Iterator[Any]:
     logger = logging.getLogger("apprise")
     propagate = logger.propagate
     logger.propagate = False
+    # Apprise's debug lines (whole payloads among them) are only re-logged at debug level: when nobody reads that,
+    # they are not made at all. Warnings and errors, which explain a failed send, are always captured.
+    level = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING
     try:
-        with apprise.LogCapture(level=logging.DEBUG) as captured:
+        with apprise.LogCapture(level=level) as captured:
             yield captured
     finally:
         logger.propagate = propagate
@@ -253,7 +271,7 @@ def send(destination: Destination, message: Message) -> SendResult:
         return SendResult(False, "not a valid apprise URL", "")
     error = ""
     ok = False
-    with tempfile.TemporaryDirectory(prefix="watcher-notify-") as folder, _apprise_log_captured() as captured:
+    with contextlib.ExitStack() as stack, _apprise_log_captured() as captured:
         try:
             # One destination per call, so apprise's thread pool (its default) would only add a thread.
             asset = apprise.AppriseAsset(async_mode=False)
@@ -264,9 +282,16 @@ def send(destination: Destination, message: Message) -> SendResult:
             sender.add(plugin)
             attach = None
             if getattr(plugin, "attachment_support", False):
-                # Written to a folder of this send alone, removed with it; names are the watcher's own.
+                # From memory; else (an older apprise, or an empty text, which apprise would call a missing
+                # attachment in memory) written to a folder of this send alone, removed with it. Names are ours.
                 attach = apprise.AppriseAttachment()
+                folder = None
                 for name, text in ((message.attachment_name, message.attachment), *message.snippets):
+                    if AttachMemory is not None and text:
+                        attach.add(AttachMemory(text.encode("utf-8"), name=name, mimetype=attachment_type(name)))
+                        continue
+                    if folder is None:
+                        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="watcher-notify-"))
                     path = Path(folder) / name
                     path.write_text(text, encoding="utf-8")
                     attach.add(AttachFile(str(path), mimetype=attachment_type(name)))
@@ -312,55 +337,112 @@ class _Claim:
     event: str = "created"
 
 
-def _due(table, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta, skip: Sequence[int]):
+def _due(table: Any, skip: bool) -> Any:
+    """Rows due for ``:keys`` at ``:now``: pending and due, or claimed before ``:expired`` (``:skip`` left out)."""
     condition = and_(
-        table.c.destination.in_(list(keys)),
+        table.c.destination.in_(bindparam("keys", expanding=True)),
         or_(
-            and_(table.c.state == "pending", table.c.next_attempt_at <= now),
+            and_(table.c.state == "pending", table.c.next_attempt_at <= bindparam("now")),
             # A claim older than the lease belongs to a process that died mid-send.
-            and_(table.c.state == "sending", table.c.claimed_at <= now - lease),
+            and_(table.c.state == "sending", table.c.claimed_at <= bindparam("expired")),
         ),
     )
-    if skip:
-        condition = and_(condition, table.c.id.not_in(list(skip)))
-    return condition
+    return and_(condition, table.c.id.not_in(bindparam("skip", expanding=True))) if skip else condition
+
+
+@functools.lru_cache(maxsize=None)
+def _claim_statements() -> dict[str, Any]:
+    """The claim and record statements, built once (building them cost more than running them on SQLite)."""
+    table = OutboxMessage.__table__
+    columns = (table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts, table.c.event)
+    taking = {"state": "sending", "claim_token": bindparam("token", type_=table.c.claim_token.type),
+              "claimed_at": bindparam("claimed_at", type_=table.c.claimed_at.type), "attempts": table.c.attempts + 1}
+    statements: dict[str, Any] = {}
+    for skip in (False, True):
+        query = select(*columns).where(_due(table, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1)
+        statements[f"pick{'_skip' * skip}"] = query
+        # The queue idiom: one statement picks a row no one else holds and takes it (FOR UPDATE: PostgreSQL only).
+        picked = query.with_only_columns(table.c.id).with_for_update(skip_locked=True).scalar_subquery()
+        statements[f"take_locked{'_skip' * skip}"] = (update(table).where(table.c.id == picked).values(**taking)
+                                                      .returning(*columns))
+    statements["take"] = update(table).where(table.c.id == bindparam("row_id"), _due(table, False)).values(**taking)
+    statements["record"] = update(table).where(table.c.id == bindparam("row_id"),
+                                               table.c.claim_token == bindparam("claim"))
+    return statements
+
+
+@contextlib.contextmanager
+def _outbox_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for claims and results, one transaction each (on PostgreSQL committed without waiting for the
+    disk flush: see the module's notes); a batch keeps one for all its messages."""
+    with db.writer(engine).connect() as conn:
+        relaxed = conn.dialect.name == "postgresql"
+        if relaxed:
+            # Each statement its own transaction: a result is one UPDATE, a claim one UPDATE ... RETURNING (the
+            # queue idiom), so no BEGIN and COMMIT round trips. The pool restores the isolation level.
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("SET synchronous_commit TO OFF")
+            conn.commit()  # SQLAlchemy's own transaction marker (the database committed already)
+        try:
+            yield conn
+        finally:
+            if relaxed and not conn.invalidated:
+                try:
+                    conn.rollback()
+                    conn.exec_driver_sql("RESET synchronous_commit")
+                    conn.commit()
+                except Exception:  # noqa: BLE001 - a connection that kept the setting never goes back to the pool
+                    conn.invalidate()
 
 
 def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta,
            skip: Sequence[int], claimed_at: dt.datetime | None = None) -> _Claim | None:
     """Claim one row due at ``now``; the claim is stamped ``claimed_at`` (the time of claiming, default ``now``)."""
-    table = OutboxMessage.__table__
-    claimed_at = claimed_at or now
+    with _outbox_connection(engine) as conn:
+        return _claim_on(conn, keys, now, lease, skip, claimed_at or now)
+
+
+def _claim_on(conn: Connection, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta,
+              skip: Sequence[int], claimed_at: dt.datetime) -> _Claim | None:
+    """``_claim`` on an outbox connection, a transaction per try."""
     for _ in range(5):
-        with db.writer(engine).begin() as conn:
-            query = (select(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts, table.c.event)
-                     .where(_due(table, keys, now, lease, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1))
-            if conn.dialect.name == "postgresql":
-                # The queue idiom: one statement picks a row no one else holds and takes it.
-                token = str(uuid.uuid4())
-                picked = query.with_only_columns(table.c.id).with_for_update(skip_locked=True).scalar_subquery()
-                row = conn.execute(
-                    update(table).where(table.c.id == picked)
-                    .values(state="sending", claim_token=token, claimed_at=claimed_at, attempts=table.c.attempts + 1)
-                    .returning(table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts, table.c.event)
-                ).first()
-                return None if row is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token,
-                                                       row.event)
-            row = conn.execute(query).first()
-            if row is None:
-                return None
-            token = str(uuid.uuid4())
-            claimed = conn.execute(
-                update(table).where(table.c.id == row.id, _due(table, keys, now, lease, ()))
-                .values(state="sending", claim_token=token, claimed_at=claimed_at, attempts=table.c.attempts + 1)
-            ).rowcount
-            if claimed == 1:
-                return _Claim(row.id, row.ticket_id, row.destination, row.attempts + 1, token, row.event)
+        with conn.begin():
+            claim = _claim_in(conn, keys, now, lease, skip, claimed_at)
+        if claim is not _LOST:
+            return claim
     return None  # others keep taking the rows we look at; they will deliver them
 
 
-def _record(engine: Engine, claim: _Claim, result: SendResult, settings: Settings, now: dt.datetime) -> str:
-    table = OutboxMessage.__table__
+_LOST = object()  # _claim_in: another process took the row between our read and our update
+
+
+def _claim_in(conn: Connection, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta,
+              skip: Sequence[int], claimed_at: dt.datetime) -> Any:
+    """Claim one due row in the caller's writing transaction: a ``_Claim``, None when nothing is due, or ``_LOST``."""
+    statements = _claim_statements()
+    token = str(uuid.uuid4())
+    due = {"keys": list(keys), "now": now, "expired": now - lease}
+    suffix = "_skip" if skip else ""
+    if skip:
+        due["skip"] = list(skip)
+    taking = {"token": token, "claimed_at": claimed_at}
+    if conn.dialect.update_returning:
+        # One statement picks a due row and takes it: on PostgreSQL one no one else holds (SKIP LOCKED); on
+        # SQLite (3.35 and later) under the write lock the transaction took first.
+        row = conn.execute(statements["take_locked" + suffix], {**due, **taking}).first()
+        return None if row is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token,
+                                               row.event)
+    row = conn.execute(statements["pick" + suffix], due).first()
+    if row is None:
+        return None
+    due.pop("skip", None)
+    claimed = conn.execute(statements["take"], {**due, **taking, "row_id": row.id}).rowcount
+    return _Claim(row.id, row.ticket_id, row.destination, row.attempts + 1, token, row.event) if claimed == 1 \
+        else _LOST
+
+
+def _record_in(conn: Connection, claim: _Claim, result: SendResult, settings: Settings, now: dt.datetime) -> str:
+    """Record a send's result in the caller's writing transaction; the row's new state."""
     if result.ok:
         values: dict[str, Any] = {"state": "sent", "sent_at": now, "last_error": "", "claim_token": None}
     elif claim.attempts >= settings.notify.max_attempts:
@@ -369,13 +451,25 @@ def _record(engine: Engine, claim: _Claim, result: SendResult, settings: Setting
         delay = dt.timedelta(seconds=settings.notify.backoff_seconds * 2 ** (claim.attempts - 1))
         values = {"state": "pending", "next_attempt_at": now + min(delay, MAX_BACKOFF),
                   "last_error": result.error, "claim_token": None}
-    with db.writer(engine).begin() as conn:
-        recorded = conn.execute(
-            update(table).where(table.c.id == claim.id, table.c.claim_token == claim.token).values(**values)
-        ).rowcount
+    recorded = conn.execute(_claim_statements()["record"].values(**values),
+                            {"row_id": claim.id, "claim": claim.token}).rowcount
     if recorded != 1:
         log.warning("outbox row %s was claimed again before its result was recorded", claim.id)
     return values["state"]
+
+
+def _record_and_claim(conn: Connection, claim: _Claim, result: SendResult, settings: Settings,
+                      clock: Callable[[], dt.datetime], keys: Sequence[str], now: dt.datetime,
+                      lease: dt.timedelta, skip: Sequence[int]) -> tuple[str, _Claim | None]:
+    """Record a send's result and claim the next due row in one transaction (one commit instead of two per
+    message; on PostgreSQL two statements that commit each); the result is committed before the next send all the
+    same. A lost race for the next row is retried as ``_claim`` does."""
+    with conn.begin():
+        state = _record_in(conn, claim, result, settings, clock())
+        following = _claim_in(conn, keys, now, lease, skip, clock())
+    if following is _LOST:
+        following = _claim_on(conn, keys, now, lease, skip, clock())
+    return state, following
 
 
 def _advancing_from(start: dt.datetime) -> Callable[[], dt.datetime]:
@@ -408,8 +502,10 @@ def deliver_due(
     results: list[DeliveryResult] = []
     attempted: list[int] = []
     messages: dict[tuple[int, str], Message | RenderError] = {}
-    with translate_db_errors("delivering notifications"):
-        while (claim := _claim(engine, list(by_key), at, lease, attempted, clock())) is not None:
+    with translate_db_errors("delivering notifications"), _outbox_connection(engine) as outbox:
+        keys = list(by_key)
+        claim = _claim_on(outbox, keys, at, lease, attempted, clock())
+        while claim is not None:
             attempted.append(claim.id)
             destination = by_key[claim.destination]
             message = messages.get((claim.ticket_id, claim.event))
@@ -427,9 +523,10 @@ def deliver_due(
                 outcome = SendResult(False, f"rendering failed: {message}", "")
             else:
                 outcome = send(destination, message)
-            state = _record(engine, claim, outcome, settings, clock())
+            state, following = _record_and_claim(outbox, claim, outcome, settings, clock, keys, at, lease, attempted)
             results.append(DeliveryResult(claim.id, claim.ticket_id, destination.label, state, claim.attempts,
                                           outcome.error))
+            claim = following
     return results
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jinja2
 import markupsafe
@@ -179,7 +179,9 @@ _PLAIN_CIDR = re.compile(r"^[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}$")
 
 def one_line(text: Any) -> str:
     """Any text on one line: control characters (newlines included) become ``?``."""
-    return _CONTROL.sub("?", str(text))
+    text = str(text)
+    # Every character _CONTROL matches is unprintable: printable text (nearly all of it) skips the regex.
+    return text if text.isprintable() else _CONTROL.sub("?", text)
 
 
 def cidr(prefix: Any) -> str:
@@ -206,17 +208,113 @@ def _checked_cidr(text: str) -> bool:
 
 _PLACEHOLDER = re.compile(r"\{(cidr|name|mask)\}")
 
+#: Strings ``cidr`` accepted, so that the same prefixes rendered again (every format, every ticket of a watch)
+#: are checked with one set difference at C speed; cleared when it grows past the bound.
+_KNOWN_CIDRS: set[str] = set()
+_KNOWN_CIDRS_BOUND = 1 << 16  # as the lru_caches below and above: a daemon keeps a few megabytes at most
+
 
 class CheckedCidrs(tuple):
-    """Prefixes already passed through ``cidr`` (once per view, by ``render_formats``): not checked again per format."""
+    """Prefixes already passed through ``cidr`` (once per view, by ``render_formats``): not checked again per format.
+
+    Two of them added (``objects.v4 + objects.v6`` in a template) stay checked.
+    """
+
+    def __add__(self, other: Any) -> Any:
+        joined = tuple.__add__(self, other)
+        if not isinstance(other, CheckedCidrs):
+            return joined
+        result = CheckedCidrs(joined)
+        result.__dict__["parts"] = (self, other)  # its names and masks are its parts' (made once per list)
+        return result
 
 
 def checked_cidrs(prefixes: Iterable[Any]) -> CheckedCidrs:
-    return CheckedCidrs(cidr(p) for p in prefixes)
+    if isinstance(prefixes, CheckedCidrs):
+        return prefixes
+    values = prefixes if isinstance(prefixes, (list, tuple)) else list(prefixes)
+    try:
+        unknown = set(values).difference(_KNOWN_CIDRS)
+    except TypeError:  # something unhashable: checked one by one (and refused)
+        return CheckedCidrs(cidr(p) for p in values)
+    if not unknown:
+        return CheckedCidrs(values)
+    if any(type(p) is not str for p in unknown):
+        return CheckedCidrs(cidr(p) for p in values)
+    for text in unknown:
+        cidr(text)
+    if len(_KNOWN_CIDRS) + len(unknown) > _KNOWN_CIDRS_BOUND:
+        _KNOWN_CIDRS.clear()
+    _KNOWN_CIDRS.update(unknown)
+    return CheckedCidrs(values)
 
 
 class Block(str):
-    """Lines built by ``each`` from checked prefixes: their line breaks are the template's own, kept as they are."""
+    """Lines built by ``each`` from checked prefixes: their line breaks are the template's own, kept as they are.
+
+    ``newlines_only``: the only control characters in it are the line breaks between rows (the pattern has none).
+    """
+
+    newlines_only = False
+
+
+@jinja2.pass_eval_context
+def replace_text(eval_ctx: Any, value: Any, old: Any, new: Any, count: int | None = None) -> Any:
+    """Jinja's ``replace``; a block whose only control characters are its line breaks, put on one line with printable
+    text (``objects | each("{name}") | replace("\n", " ")``), is printed as it is instead of scanned again: the scan
+    would find nothing to change."""
+    if (isinstance(value, Block) and value.newlines_only and old == "\n" and type(new) is str and count is None
+            and not eval_ctx.autoescape and new.isprintable()):
+        return Block(str.replace(value, "\n", new))
+    return jinja2.filters.do_replace(eval_ctx, value, old, new, count)
+
+
+def _names(checked: CheckedCidrs) -> list[str]:
+    """``address_name`` of each prefix without its ``wt-`` head, made for the whole list at once (C speed), once
+    per list (a snippet names its objects twice: as objects, and as a group's members)."""
+    names = checked.__dict__.get("names")
+    if names is None:
+        parts = checked.__dict__.get("parts")
+        if parts:
+            names = _names(parts[0]) + _names(parts[1])
+        else:
+            names = "\n".join(checked).replace(":", "_").replace("/", "-").split("\n") if checked else []
+        checked.__dict__["names"] = names
+    return names
+
+
+def _masks(checked: CheckedCidrs) -> list[str]:
+    """``netmask`` of each IPv4 prefix (cached), the prefix itself for IPv6; once per list."""
+    masks = checked.__dict__.get("masks")
+    if masks is None:
+        parts = checked.__dict__.get("parts")
+        if parts:
+            masks = _masks(parts[0]) + _masks(parts[1])
+        else:
+            joined = "".join(checked)  # one C-speed search for each family's mark
+            if ":" not in joined:
+                masks = _netmasks(checked)
+            elif "." not in joined:
+                masks = list(checked)
+            else:
+                masks = [c if ":" in c else netmask(c) for c in checked]
+        checked.__dict__["masks"] = masks
+    return masks
+
+
+#: ``netmask`` of the IPv4 prefixes rendered so far, read for a whole list at C speed; bounded as the caches above.
+_NETMASKS: dict[str, str] = {}
+
+
+def _netmasks(checked: Sequence[str]) -> list[str]:
+    try:
+        return list(map(_NETMASKS.__getitem__, checked))
+    except KeyError:
+        masks = list(map(netmask, checked))  # refuses what netmask refuses
+        if len(_NETMASKS) + len(masks) > _KNOWN_CIDRS_BOUND:
+            _NETMASKS.clear()
+        _NETMASKS.update(zip(checked, masks))
+        return masks
 
 
 def each(prefixes: Iterable[Any], pattern: str) -> Block:
@@ -225,20 +323,79 @@ def each(prefixes: Iterable[Any], pattern: str) -> Block:
     One call per list instead of a template loop per prefix: rule snippets of 13,000 prefixes render in milliseconds.
     """
     text = str(pattern)
-    checked = prefixes if isinstance(prefixes, CheckedCidrs) else [cidr(p) for p in prefixes]
-    columns = {"cidr": checked}
-    if "{name}" in text:
-        columns["name"] = [address_name(c) for c in checked]
-    if "{mask}" in text:
-        columns["mask"] = [c if ":" in c else netmask(c) for c in checked]
-    # One %-format for the whole list: the pattern's own % signs escaped, each placeholder a %s in its order.
-    pieces = _PLACEHOLDER.split(text.replace("%", "%%"))
-    order = pieces[1::2]
-    layout = "".join(piece if i % 2 == 0 else "%s" for i, piece in enumerate(pieces))
-    if not order:
-        return Block("\n".join(layout % () for _ in checked))
-    rows = zip(*(columns[key] for key in order))
-    return Block("\n".join([layout % row for row in rows]))
+    checked = checked_cidrs(prefixes)
+    pieces = _PLACEHOLDER.split(text)  # text, key, text, key, ..., text
+    literals, keys = pieces[0::2], pieces[1::2]
+    count = len(checked)
+    if not keys or not count:
+        block = Block("\n".join([text] * count))
+        block.newlines_only = text.isprintable()
+        return block
+    columns: dict[str, list[str] | Sequence[str]] = {"cidr": checked}
+    if "name" in keys:
+        columns["name"] = _names(checked)
+        literals = [piece + "wt-" if i < len(keys) and keys[i] == "name" else piece for i, piece in enumerate(literals)]
+    if "mask" in keys:
+        columns["mask"] = _masks(checked)
+    return _rows(literals, [columns[key] for key in keys], count)
+
+
+def _rows(literals: Sequence[str], columns: Sequence[Sequence[str]], count: int) -> Block:
+    """``count`` lines of ``literals[0] column[0] literals[1] ... literals[-1]``, as one join: per row, each
+    column's value and the text after it, the last text of a row running on into the line break and the first
+    text of the next row. The values hold no control characters (callers check or escape them)."""
+    if len(columns) == 1:  # one value per line: the texts around it join the values directly
+        block = Block(literals[0] + (literals[1] + "\n" + literals[0]).join(columns[0]) + literals[1])
+        block.newlines_only = all(piece.isprintable() for piece in literals)
+        return block
+    width = 2 * len(columns)
+    flat: list[str] = [""] * (width * count)
+    for i, column in enumerate(columns):
+        flat[2 * i::width] = column
+        after = literals[i + 1] if i + 1 < len(columns) else literals[-1] + "\n" + literals[0]
+        flat[2 * i + 1::width] = [after] * count
+    flat[-1] = literals[-1]
+    block = Block(literals[0] + "".join(flat))
+    block.newlines_only = all(piece.isprintable() for piece in literals)
+    return block
+
+
+class _MarkupBlock(markupsafe.Markup):
+    """``lines`` output for HTML: escaped items in the template's own markup, line breaks included."""
+
+    verbatim = False  # set on what ``lines`` returns; what Markup's methods derive from it is checked as usual
+
+
+def _html_item(item: Any) -> str:
+    """What ``{{ item }}`` prints in an autoescaped template: one line, HTML-escaped."""
+    if type(item) is str and (item in _KNOWN_CIDRS or _checked_cidr(item)):  # a prefix has nothing to escape
+        return item
+    return str(markupsafe.escape(one_line(item)))
+
+
+def lines(items: Iterable[Any], pattern: str, escape: str = "one_line") -> Any:
+    """One ``pattern`` per item, joined by line breaks, ``{item}`` being the item escaped with ``md``, ``one_line``
+    or ``html`` (so never a line break of its own): a ticket's prefix lists in one call instead of a template loop
+    per prefix. Unlike ``each``, anything is accepted, escaped: ticket text shows what a snippet refuses. With
+    ``html`` the pattern's own text is markup only when marked safe (``"<li>{item}</li>" | safe``)."""
+    escaper = {"md": markdown, "one_line": one_line, "html": _html_item}.get(str(escape))
+    if escaper is None:
+        raise RenderError(f"lines: escape must be md, one_line or html, not {one_line(escape)[:40]!r}")
+    values = list(map(escaper, items))
+    text = str(pattern)
+    literals = text.split("{item}")
+    if escape == "html" and not isinstance(pattern, markupsafe.Markup):
+        literals = [str(markupsafe.escape(piece)) for piece in literals]
+    if len(literals) == 1 or not values:
+        block = Block("\n".join([literals[0]] * len(values)))
+        block.newlines_only = literals[0].isprintable()
+    else:
+        block = _rows(literals, [values] * (len(literals) - 1), len(values))
+    if escape != "html":
+        return block
+    marked = _MarkupBlock(block)
+    marked.verbatim = block.newlines_only
+    return marked
 
 
 def shell_word(text: Any) -> str:
@@ -261,6 +418,8 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]|~])")
 
 def markdown(text: Any) -> str:
     """Text for Markdown: HTML characters as entities, Markdown punctuation backslash-escaped, one line."""
+    if type(text) is str and (text in _KNOWN_CIDRS or _checked_cidr(text)):  # a prefix has none of them
+        return text
     escaped = html.escape(one_line(text), quote=False)
     return _MARKDOWN_SPECIAL.sub(r"\\\1", escaped)
 
@@ -273,6 +432,18 @@ def short_name(base: str, suffix: str = "", max_length: int = 31) -> str:
 
 def _percent(value: float) -> str:
     return f"{value:.0%}"
+
+
+class _JSONText(markupsafe.Markup):
+    """``tojson`` output known to hold no control character (see ``json_text``)."""
+
+
+@jinja2.pass_eval_context
+def json_text(eval_ctx: Any, value: Any, indent: int | None = None) -> markupsafe.Markup:
+    """Jinja's ``tojson``. JSON escapes every control character below U+0020; ASCII output on one line (no
+    indent) without U+007F has none left, so it is printed without scanning it again (a state is tens of kilobytes)."""
+    text = jinja2.filters.do_tojson(eval_ctx, value, indent)
+    return _JSONText(text) if indent is None and text.isascii() and "\x7f" not in text else text
 
 
 FILTERS: dict[str, Callable[..., Any]] = {
@@ -291,7 +462,10 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "md": markdown,
     "short_name": short_name,
     "each": each,
-    "cidrs": lambda prefixes: list(prefixes) if isinstance(prefixes, CheckedCidrs) else [cidr(p) for p in prefixes],
+    "lines": lines,
+    "replace": replace_text,
+    "tojson": json_text,
+    "cidrs": lambda prefixes: list(checked_cidrs(prefixes)),
 }
 
 
@@ -301,12 +475,14 @@ FILTERS: dict[str, Callable[..., Any]] = {
 def _one_line_output(value: Any) -> Any:
     """Every ``{{ expression }}`` prints on one line, in every format: a newline in data (a tag name, a prefix
     with a scope id) can never start a line of its own in a script. Line breaks come from template text only."""
-    if isinstance(value, Block):
+    if type(value) is str:
+        return value if value.isprintable() else _CONTROL.sub("?", value)
+    if isinstance(value, (Block, _JSONText)) or (isinstance(value, _MarkupBlock) and value.verbatim):
         return value
     if isinstance(value, markupsafe.Markup):
-        return markupsafe.Markup(_CONTROL.sub("?", str(value)))
+        return value if value.isprintable() else markupsafe.Markup(_CONTROL.sub("?", str(value)))
     if isinstance(value, str):
-        return _CONTROL.sub("?", value)
+        return value if value.isprintable() else _CONTROL.sub("?", value)
     return value
 
 
@@ -513,12 +689,15 @@ def render_formats(conn: Any, settings: Settings, ticket: tickets.TicketInfo, fo
     wanted = list(formats)
     for fmt in wanted:
         template_name(fmt)
-    data = review.full_view(conn, ticket, settings, phase if any(f in RULE_FORMATS for f in wanted) else None)
+    renderer = Renderer(settings.tickets)
+    # The built-in rule templates do not show the review trail: rendering only those reads no events.
+    trail = any(fmt not in RULE_FORMATS or renderer.origin(fmt) == "user" for fmt in wanted)
+    data = review.full_view(conn, ticket, settings, phase if any(f in RULE_FORMATS for f in wanted) else None,
+                            trail=trail)
     if "firewall" in data:
         try:  # checked once here instead of once per format
             for key in ("objects", "dropped"):
                 data["firewall"][key] = {f: checked_cidrs(v) for f, v in data["firewall"][key].items()}
         except RenderError as exc:
             raise RenderError(f"ticket {ticket.id}: {exc}") from None
-    renderer = Renderer(settings.tickets)
     return {fmt: renderer.render(fmt, data) for fmt in wanted}

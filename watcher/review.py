@@ -16,9 +16,10 @@ baseline cannot be who created the ticket or last changed it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import unicodedata
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Engine, insert, update
 
@@ -110,6 +111,11 @@ def transition(
             values: dict[str, Any] = {"state": target, "updated_at": at}
             if action == "release":
                 values["removals_allowed"] = True
+            if action in ("approve", "approve-adds") and "approval_lists" in ticket.context:
+                # What an approval would make, kept to render the ticket before it: from now on the ticket
+                # renders the state its approval records, and every read of the ticket decodes less.
+                values["context"] = json.dumps({k: v for k, v in ticket.context.items() if k != "approval_lists"},
+                                               sort_keys=True)
             # Conditional on the state read: a concurrent reviewer's step wins, ours fails loudly.
             moved = conn.execute(
                 update(table).where(table.c.id == ticket_id, table.c.state == ticket.state).values(**values)
@@ -186,23 +192,30 @@ def nsg_priority(settings: Settings, watch: str) -> int:
     return base + 4 + 2 * names.index(watch)
 
 
+_READ = object()  # firewall(): the state in force is read from the database
+
+
 def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: str,
-             at: dt.datetime | None = None, recorded: list[states.ApprovedState] | None = None) -> dict[str, Any]:
-    """The full object contents a snippet sets for ``phase``, and what earlier states left that must go."""
+             at: dt.datetime | None = None, recorded: list[states.ApprovedState] | None = None,
+             latest: Any = _READ) -> dict[str, Any]:
+    """The full object contents a snippet sets for ``phase``, and what earlier states left that must go.
+
+    ``recorded`` (the states the ticket's approvals recorded) and ``latest`` (the watch's state in force, or None)
+    may be given when read already (``states.of_ticket``).
+    """
     if phase not in PHASES:
         raise RenderError(f"unknown phase {phase!r} (choose add or remove)")
     if ticket.state in ("rejected", "superseded"):
         successor = f"; see ticket {ticket.superseded_by}" if ticket.superseded_by else ""
         raise RenderError(f"ticket {ticket.id} is {ticket.state}: nothing to apply{successor} "
                           f"(`watcher state show {ticket.watch}` gives the approved list)")
-    if recorded is None:
-        recorded = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
+    if recorded is None or latest is _READ:
+        recorded, latest = states.of_ticket(conn, ticket.cloud, ticket.watch, ticket.id)
     if phase == "remove" and ticket.state == "hold":
         raise RenderError(f"ticket {ticket.id} is held: its removals wait for a reviewer's release "
                           f"(render --phase add for the additions)")
     if recorded:
         mine = recorded[-1]
-        latest = states.current(conn, ticket.cloud, ticket.watch)
         if latest is not None and latest.id != mine.id and ticket.state != "hold":
             # An older approval's list would undo a newer one: only the newest approval renders.
             raise RenderError(f"ticket {ticket.id}'s approval was followed by ticket {latest.ticket_id}'s: render "
@@ -210,14 +223,18 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
         before, final, removals_at = mine.before, mine.final, mine.removals_at
         first_phase = mine.first_phase()
     else:  # not approved yet: what an approval now would record
-        previous = states.current(conn, ticket.cloud, ticket.watch)
-        before = previous.effective(at or utcnow()) if previous else states.empty_lists()
-        final = states.family_lists(p for t in ticket.target.values() for p in t.prefixes)
+        previous = latest
+        at = at or utcnow()
+        before = previous.effective(at) if previous else states.empty_lists()
         removals_at = None
-        first_phase = states.union(before, final)
+        prepared = states.first_phase_of(ticket.context.get("approval_lists"), previous, at)
+        if prepared is not None:  # computed when the ticket was made, against the state still in force
+            final, first_phase = prepared
+        else:
+            final = states.family_lists(p for t in ticket.target.values() for p in t.prefixes)
+            first_phase = states.union(before, final)
     objects = first_phase if phase == "add" else {f: list(final[f]) for f in states.FAMILIES}
-    kept = {f: set(objects[f]) for f in states.FAMILIES}
-    dropped = {f: [c for c in before.get(f, ()) if c not in kept[f]] for f in states.FAMILIES}
+    dropped = {f: _missing(before.get(f, ()), objects[f]) for f in states.FAMILIES}
     family, _, table = settings.tickets.nft_table.partition(" ")
     if family not in NFT_FAMILIES or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,30}", table or "watcher"):
         raise RenderError(f"[tickets] nft_table {settings.tickets.nft_table!r} is not '<family> <name>' "
@@ -233,17 +250,29 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
     }
 
 
-def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: str | None = None) -> dict[str, Any]:
-    """What templates see: the ticket's context, its review trail, and (for a phase) the snippet objects."""
+def _missing(earlier: Sequence[str], kept: Sequence[str]) -> list[str]:
+    """The prefixes of ``earlier`` not in ``kept``, in ``earlier``'s order (set arithmetic first: usually none)."""
+    gone = set(earlier).difference(kept)
+    return [c for c in earlier if c in gone] if gone else []
+
+
+def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: str | None = None,
+              *, trail: bool = True) -> dict[str, Any]:
+    """What templates see: the ticket's context, its review trail (unless ``trail`` is false: an empty one, for
+    templates that do not show it), and (for a phase) the snippet objects."""
     data = view(ticket)
-    data["trail"] = [{"at": e.at.isoformat() if hasattr(e.at, "isoformat") else str(e.at), "actor": e.actor,
-                      "action": e.action, "to_state": e.to_state, "comment": e.comment}
-                     for e in ticket_events(conn, ticket.id)]
-    approval = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
+    events = ticket_events(conn, ticket.id) if trail else None
+    if events is not None:
+        data["trail"] = [{"at": e.at.isoformat() if hasattr(e.at, "isoformat") else str(e.at), "actor": e.actor,
+                          "action": e.action, "to_state": e.to_state, "comment": e.comment} for e in events]
+    if phase is None and events is not None and not any(e.action in ("approve", "approve-adds") for e in events):
+        approval: list[states.ApprovedState] = []  # every approval records its state and its event together
+    else:
+        approval, latest = states.of_ticket(conn, ticket.cloud, ticket.watch, ticket.id)
     data["approval"] = {"removals_at": approval[-1].removals_at.date().isoformat()
                         if approval and approval[-1].removals_at else None,
                         "additions_only": bool(approval) and approval[-1].removals_at is None}
     if phase is not None:
-        data["firewall"] = firewall(conn, ticket, settings, phase, recorded=approval)
+        data["firewall"] = firewall(conn, ticket, settings, phase, recorded=approval, latest=latest)
     return data
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from sqlalchemy import Connection, func, insert, select
+import msgspec
+from sqlalchemy import Connection, bindparam, func, insert, select
 
 from . import diff as diffs
 from .errors import NotFoundError
@@ -113,8 +114,12 @@ class ApprovedState:
     def first_phase(self) -> FamilyLists:
         return {f: list(v) for f, v in self.during.items()} if self.during is not None else union(self.before, self.final)
 
+    def removals_due(self, at: dt.datetime) -> bool:
+        """True from the removal date on: the firewall then allows the final list alone."""
+        return self.removals_at is not None and as_utc(at) >= self.removals_at
+
     def effective(self, at: dt.datetime) -> FamilyLists:
-        if self.removals_at is not None and as_utc(at) >= self.removals_at:
+        if self.removals_due(at):
             return {f: list(self.final.get(f, ())) for f in FAMILIES}
         return self.first_phase()
 
@@ -131,18 +136,114 @@ class ApprovedState:
         }
 
 
+def prepared_lists(approved: ApprovedState | None, prefixes: Iterable[str]) -> dict[str, Any]:
+    """What approving a ticket for ``prefixes`` would make the firewall allow, against ``approved``, computed once
+    when the ticket is made (a ticket is rendered in every format, often, and each list is a collapse of thousands of
+    prefixes): its final list, and the first phase's union with either list the approved state may be in force with.
+    ``first_phase_of`` reads it back while ``approved`` is still the state in force.
+    """
+    final = family_lists(prefixes)
+    if approved is None:
+        return {"state": None, "final": final}
+    lists = {"state": approved.id, "final": final, "with_final": union(approved.final, final)}
+    during = approved.first_phase()
+    if any(during[f] != list(approved.final.get(f, ())) for f in FAMILIES):
+        lists["with_during"] = union(during, final)
+    return lists
+
+
+def first_phase_of(prepared: Mapping[str, Any] | None, approved: ApprovedState | None,
+                   at: dt.datetime) -> tuple[FamilyLists, FamilyLists] | None:
+    """(final, first phase) from ``prepared_lists``, or None when they were made against another state."""
+    if prepared is None or prepared.get("state") != (approved.id if approved else None):
+        return None
+    final = {f: list(prepared["final"][f]) for f in FAMILIES}
+    if approved is None:
+        return final, {f: list(v) for f, v in final.items()}
+    chosen = prepared["with_final"] if approved.removals_due(at) else prepared.get("with_during",
+                                                                                    prepared["with_final"])
+    return final, {f: list(chosen[f]) for f in FAMILIES}
+
+
 # ---------------------------------------------------------------- storage
 
 
+class _Content(msgspec.Struct):
+    """A stored state's JSON: the per-tag lists (the largest part, every exact prefix) are kept undecoded."""
+
+    publication: dict[str, Any]
+    tags: msgspec.Raw
+    final: dict[str, list[str]]
+    before: msgspec.Raw  # only a snippet of the ticket that made the state reads it
+    during: dict[str, list[str]] | None = None
+
+
+_CONTENT = msgspec.json.Decoder(_Content)
+_TAGS = msgspec.json.Decoder(dict[str, Any])
+_LISTS = msgspec.json.Decoder(dict[str, list[str]])
+
+
+class _StoredLists(Mapping[str, list[str]]):
+    """A state's family lists, decoded on first use."""
+
+    def __init__(self, raw: msgspec.Raw):
+        self._raw: msgspec.Raw | None = raw
+        self._lists: dict[str, list[str]] = {}
+
+    def _decoded(self) -> dict[str, list[str]]:
+        if self._raw is not None:
+            self._lists = _LISTS.decode(self._raw)
+            self._raw = None
+        return self._lists
+
+    def __getitem__(self, family: str) -> list[str]:
+        return self._decoded()[family]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
+
+
+class _StoredTags(Mapping[str, TagApproval]):
+    """A state's tags, decoded on first use: listing states and rendering snippets need only the family lists."""
+
+    def __init__(self, raw: msgspec.Raw):
+        self._raw: msgspec.Raw | None = raw
+        self._tags: dict[str, TagApproval] = {}
+
+    def _decoded(self) -> dict[str, TagApproval]:
+        if self._raw is not None:
+            self._tags = {name: TagApproval(tuple(t["prefixes"]), t["change_number"], t["publication"])
+                          for name, t in _TAGS.decode(self._raw).items()}
+            self._raw = None
+        return self._tags
+
+    def __getitem__(self, name: str) -> TagApproval:
+        return self._decoded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
+
+
 def _state(row: Any) -> ApprovedState:
-    content = json.loads(row.content)
+    content = _CONTENT.decode(row.content)
     return ApprovedState(
         id=row.id, cloud=row.cloud, watch=row.watch, ticket_id=row.ticket_id, publication_id=row.publication_id,
-        publication=content["publication"], approved_at=as_utc(row.approved_at),
+        publication=content.publication, approved_at=as_utc(row.approved_at),
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
-        tags={name: TagApproval(tuple(t["prefixes"]), t["change_number"], t["publication"])
-              for name, t in content["tags"].items()},
-        final=content["final"], before=content["before"], during=content.get("during"),
+        tags=_StoredTags(content.tags), final=content.final, before=_StoredLists(content.before),
+        during=content.during,
     )
 
 
@@ -174,20 +275,51 @@ def current(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = N
     return _state(row) if row is not None else None
 
 
-def history(conn: Connection, cloud: str, watch: str) -> list[ApprovedState]:
+def history(conn: Connection, cloud: str, watch: str, ticket_id: int | None = None) -> list[ApprovedState]:
+    """Every state of a watch, oldest first (only those a ticket's approvals recorded, when ``ticket_id`` is given)."""
     table = ApprovedStateRow.__table__
-    rows = conn.execute(select(table).where(table.c.cloud == cloud, table.c.watch == watch).order_by(table.c.id))
-    return [_state(r) for r in rows]
+    query = select(table).where(table.c.cloud == cloud, table.c.watch == watch)
+    if ticket_id is not None:
+        query = query.where(table.c.ticket_id == ticket_id)
+    return [_state(r) for r in conn.execute(query.order_by(table.c.id))]
+
+
+def _of_ticket_query() -> Any:
+    table = ApprovedStateRow.__table__
+    cloud, watch = bindparam("cloud"), bindparam("watch")
+    newest = select(func.max(table.c.id)).where(table.c.cloud == cloud, table.c.watch == watch).scalar_subquery()
+    return select(table).where(table.c.cloud == cloud, table.c.watch == watch,
+                               (table.c.ticket_id == bindparam("ticket_id")) | (table.c.id == newest)
+                               ).order_by(table.c.id)
+
+
+#: Built once: every render of a ticket runs it, and building it costs more than running it on SQLite.
+_OF_TICKET = _of_ticket_query()
+
+
+def of_ticket(conn: Connection, cloud: str, watch: str,
+              ticket_id: int) -> tuple[list[ApprovedState], ApprovedState | None]:
+    """(the states a ticket's approvals recorded, oldest first; the state in force for its watch), in one query."""
+    rows = conn.execute(_OF_TICKET, {"cloud": cloud, "watch": watch, "ticket_id": ticket_id}).all()
+    found = [_state(r) for r in rows]
+    return [s for s in found if s.ticket_id == ticket_id], (found[-1] if found else None)
+
+
+def _all_current_query(at: bool) -> Any:
+    table = ApprovedStateRow.__table__
+    newest = select(func.max(table.c.id))
+    if at:
+        newest = newest.where(table.c.approved_at <= bindparam("at"))
+    newest = newest.group_by(table.c.cloud, table.c.watch).scalar_subquery()
+    return select(table).where(table.c.id.in_(newest)).order_by(table.c.cloud, table.c.watch)
+
+
+_ALL_CURRENT = {False: _all_current_query(False), True: _all_current_query(True)}
 
 
 def all_current(conn: Connection, at: dt.datetime | None = None) -> list[ApprovedState]:
     """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query)."""
-    table = ApprovedStateRow.__table__
-    newest = select(func.max(table.c.id))
-    if at is not None:
-        newest = newest.where(table.c.approved_at <= at)
-    newest = newest.group_by(table.c.cloud, table.c.watch).scalar_subquery()
-    rows = conn.execute(select(table).where(table.c.id.in_(newest)).order_by(table.c.cloud, table.c.watch))
+    rows = conn.execute(_ALL_CURRENT[at is not None], {"at": at} if at is not None else {})
     return [_state(r) for r in rows]
 
 

@@ -31,7 +31,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import Connection, insert, select, update
+import orjson
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from . import diff as diffs, plausible
 from . import ticket_text
@@ -417,6 +418,7 @@ def _ticket_for_watch(conn: Connection, watch: ResolvedWatch, new: store.Publica
         removal_delay_days=settings.tickets.removal_delay_days, moved=_moved(conn, new, changes) if approved else {},
         limits=plausible.Limits.from_settings(settings.tickets), created_at=at, missed=missed,
     )
+    context["approval_lists"] = states.prepared_lists(approved, (p for t in target.values() for p in t.prefixes))
     ticket_id = _insert(conn, watch, approved, new, context, at)
     if live is not None:
         _supersede(conn, live, ticket_id, at, f"superseded by ticket {ticket_id} (publication of {new.file_date})")
@@ -472,7 +474,7 @@ def _ticket(row: Any) -> TicketInfo:
         id=row.id, uid=row.uid, publication_id=row.publication_id,
         previous_publication_id=row.previous_publication_id, cloud=row.cloud, watch=row.watch,
         file_date=row.file_date, state=row.state, removals_allowed=bool(row.removals_allowed),
-        context=json.loads(row.context), created_at=row.created_at, updated_at=row.updated_at,
+        context=orjson.loads(row.context), created_at=row.created_at, updated_at=row.updated_at,
         kind=row.kind, superseded_by=row.superseded_by,
     )
 
@@ -481,7 +483,7 @@ def get_ticket(conn: Connection, ticket_id: int) -> TicketInfo:
     if not 1 <= ticket_id <= MAX_TICKET_ID:  # the drivers refuse numbers past 64 bits with an OverflowError
         raise NotFoundError(f"no ticket {ticket_id}")
     with translate_db_errors(f"reading ticket {ticket_id}"):
-        row = conn.execute(select(Ticket.__table__).where(Ticket.id == ticket_id)).first()
+        row = conn.execute(_TICKET, {"ticket_id": ticket_id}).first()
     if row is None:
         raise NotFoundError(f"no ticket {ticket_id}")
     return _ticket(row)
@@ -506,10 +508,15 @@ def tickets_of_publication(conn: Connection, publication_id: int) -> list[int]:
         ).scalars())
 
 
+#: Built once (every render of a ticket's text reads its events).
+_EVENTS = select(TicketEvent.__table__).where(TicketEvent.__table__.c.ticket_id == bindparam("ticket_id")) \
+    .order_by(TicketEvent.__table__.c.id)
+_TICKET = select(Ticket.__table__).where(Ticket.__table__.c.id == bindparam("ticket_id"))
+
+
 def ticket_events(conn: Connection, ticket_id: int) -> list[TicketEventInfo]:
-    e = TicketEvent.__table__
     with translate_db_errors(f"reading the events of ticket {ticket_id}"):
-        rows = conn.execute(select(e).where(e.c.ticket_id == ticket_id).order_by(e.c.id)).all()
+        rows = conn.execute(_EVENTS, {"ticket_id": ticket_id}).all()
     return [TicketEventInfo(r.at, r.actor, r.action, r.from_state, r.to_state, r.comment) for r in rows]
 
 
