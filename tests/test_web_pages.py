@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from tests.web_helpers import PASSWORD, Desk, make_desk
-from watcher import web
+from watcher import review_queue, tickets, web
 from watcher.web import plots
 
 
@@ -32,6 +32,27 @@ def test_the_queue_puts_held_then_open_first_and_filters_by_state_watch_and_clou
     assert ticket_links(client.get("/?state=approved&watch=west").text) == ["2"]
     assert ticket_links(client.get("/?cloud=china").text) == []
     assert ticket_links(client.get("/?state=bogus").text) == []
+
+
+def test_the_queue_pages_the_decided_tickets_and_reads_the_same_tickets_as_the_library(
+    client: TestClient, engine: sa.Engine
+) -> None:
+    with engine.connect() as conn:
+        every = tickets.list_tickets(conn)
+        first = review_queue.review_queue(conn, decided_limit=1)
+        second = review_queue.review_queue(conn, decided_offset=1, decided_limit=1)
+        east = review_queue.review_queue(conn, watch="east")
+    assert [(r.id, r.state, r.title, r.watch, r.file_date) for r in first.live] == [
+        (t.id, t.state, t.title, t.watch, t.file_date) for t in (every[3], every[2])]
+    assert [r.id for r in first.decided] == [2] and (first.decided_total, first.older_offset) == (2, 1)
+    assert first.newer_offset is None and first.watches == ["east", "west"] and first.clouds == ["public"]
+    assert [r.id for r in second.decided] == [1] and (second.older_offset, second.newer_offset) == (None, 0)
+    assert [r.id for r in east.live + east.decided] == [3, 1]
+    # The page: one page of decided tickets (50 by default), newer and older links past it.
+    assert ticket_links(client.get("/?offset=1").text) == ["4", "3", "1"]
+    assert 'href="/?offset=0">newer</a>' in client.get("/?offset=1").text
+    assert ticket_links(client.get("/?offset=5").text) == ["4", "3"]
+    assert ticket_links(client.get("/?offset=junk").text) == ["4", "3", "2", "1"]
 
 
 def test_snippets_download_per_phase_and_unknown_things_are_clear_404s(client: TestClient) -> None:

@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import overview, render, review, state as states, store, tickets
+from .. import overview, render, review, review_queue, state as states, store, tickets
 from ..errors import WatcherError
 from ..settings import Settings
 from ..users import UserInfo
@@ -147,18 +147,18 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
 
     def queue(request: Request, user: UserInfo) -> Response:
         wanted = {k: request.query_params.get(k) or "" for k in ("state", "watch", "cloud")}
+        try:
+            offset = max(0, int(request.query_params.get("offset") or 0))
+        except ValueError:
+            offset = 0
         with engine.connect() as conn:
-            found = tickets.list_tickets(conn, wanted["state"] or None) if wanted["state"] in ("", *tickets.STATES) \
-                else []
-        watches = sorted({t.watch for t in found})
-        clouds = sorted({t.cloud for t in found})
-        shown = [t for t in queue_order(found) if (not wanted["watch"] or t.watch == wanted["watch"])
-                 and (not wanted["cloud"] or t.cloud == wanted["cloud"])]
+            found = review_queue.review_queue(conn, wanted["state"] or None, wanted["watch"] or None,
+                                              wanted["cloud"] or None, offset)
         now = dt.datetime.now(dt.timezone.utc)
-        return page("queue.html", request, user, tickets=shown, live=[t for t in shown if t.state in tickets.LIVE_STATES],
-                    rest=[t for t in shown if t.state not in tickets.LIVE_STATES], overdue={t.id for t in shown
-                                                                                         if overdue(t, now)},
-                    wanted=wanted, states=tickets.STATES, watches=watches, clouds=clouds)
+        filters = "&".join(f"{k}={quote(v)}" for k, v in wanted.items() if v)
+        return page("queue.html", request, user, queue=found, live=found.live, rest=found.decided,
+                    overdue={t.id for t in found.live if t.overdue(now)}, wanted=wanted, states=tickets.STATES,
+                    watches=found.watches, clouds=found.clouds, filters=filters)
 
     def ticket_page(request: Request, user: UserInfo, message: str = "", status: int = 200) -> Response:
         ticket_id = int(request.path_params["ticket_id"])
