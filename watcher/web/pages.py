@@ -7,12 +7,14 @@ functions as the CLI and the API (``watcher.web.api`` shapes them), never SQL.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote
 
 import jinja2
+from markupsafe import Markup
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import overview, render, review, review_queue, state as states, store, tickets
 from ..errors import WatcherError
+from ..store import series
 from ..settings import Settings
 from ..users import UserInfo
 from . import api, plots
@@ -42,8 +45,8 @@ def _when(value: str | None) -> str:
 
 ENV.filters["when"] = _when
 MAX_FORM_BYTES = 64 * 1024
-#: Versions whose family sizes are kept (four numbers each); past it the cache starts again.
-SIZE_CACHE_ENTRIES = 100_000
+#: Tag series (and plots) kept per process; past it the cache starts again.
+SERIES_CACHE_ENTRIES = 256
 SNIPPET_FORMATS = render.RULE_FORMATS
 #: What a page action (form field ``step``) asks of review.transition.
 PAGE_STEPS = {"approve": "approve", "approve-adds": "approve", "reject": "reject", "release": "release",
@@ -217,50 +220,64 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
 
     # ------------------------------------------------------------ reading pages
 
-    size_cache: dict[tuple[Any, ...], tuple[int, int, int, int]] = {}
+    # A tag's series, its page body and its plots change only when a publication is imported: cached per
+    # (cloud, tag, publications stamp), so a view costs one small query (and the user's part of the page).
+    series_cache: dict[tuple[Any, ...], tuple[str, list[Any], list[plots.SeriesPoint], list[Any]]] = {}
+    body_cache: dict[tuple[Any, ...], str] = {}
+    svg_cache: dict[tuple[Any, ...], bytes] = {}
 
-    def tag_history(cloud: str, name: str) -> tuple[str, list[Any], list[plots.SeriesPoint], list[Any]]:
+    def remember(cache: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any) -> Any:
+        if len(cache) >= SERIES_CACHE_ENTRIES:
+            cache.clear()
+        cache[key] = value
+        return value
+
+    def tag_history(cloud: str, name: str) -> tuple[tuple[Any, ...], str, list[Any], list[plots.SeriesPoint], list[Any]]:
         with engine.connect() as conn:
-            real, entries = store.history(conn, cloud, name)
-            pubs = store.publications(conn, cloud)
-            versions = []
-            for entry in entries:
-                # A stored version never changes: its sizes are worked out once per process.
-                key = (cloud, real, entry.date, entry.present, entry.prefix_count, entry.change_number)
-                sizes = size_cache.get(key)
-                if sizes is None:
-                    pub = store.publication_by_day(conn, cloud, entry.date)
-                    snap = store.snapshot(conn, cloud, real, pub) if pub and entry.present else None
-                    sizes = plots.family_sizes(snap.prefixes if snap else ())
-                    if len(size_cache) >= SIZE_CACHE_ENTRIES:
-                        size_cache.clear()
-                    size_cache[key] = sizes
-                versions.append(plots.VersionPoint(entry.date, sizes, entry.added, entry.removed))
-        return real, entries, plots.tag_series([p.file_date for p in pubs], versions), pubs
+            key = (cloud, name, *series.publications_stamp(conn, cloud))
+            cached = series_cache.get(key)
+            if cached is None:
+                pubs = store.publications(conn, cloud)
+                found = series.tag_series(conn, cloud, name)
+                versions = [plots.VersionPoint(e.date, found.sizes[e.date], e.added, e.removed) for e in found.entries]
+                cached = remember(series_cache, key, (found.name, found.entries,
+                                                      plots.tag_series([p.file_date for p in pubs], versions), pubs))
+        return (key, *cached)
 
     def tag_page(request: Request, user: UserInfo) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
-        real, entries, points, pubs = tag_history(cloud, name)
+        key, real, entries, points, pubs = tag_history(cloud, name)
         compare = None
-        first, second = request.query_params.get("from"), request.query_params.get("to")
+        first, second = request.query_params.get("from") or "", request.query_params.get("to") or ""
         if first and second:
             with engine.connect() as conn:
                 old = store.resolve_publication(conn, cloud, first)
                 new = store.resolve_publication(conn, cloud, second)
                 compare = [c.to_json(old, new) for c in store.diff_publications(conn, cloud, old, new, [real])]
-        return page("tag.html", request, user, tag=real, cloud=cloud, entries=entries, points=points, pubs=pubs,
-                    compare=compare, compare_from=first or "", compare_to=second or "", kinds=plots.PLOT_KINDS)
+        body = body_cache.get((*key, first, second))
+        if body is None:  # the plots, the numbers, the versions and the compare form: the same for everyone
+            body = remember(body_cache, (*key, first, second), ENV.get_template("tag_body.html").render(
+                tag=real, cloud=cloud, entries=entries, points=points, pubs=pubs, compare_from=first,
+                compare_to=second, kinds=plots.PLOT_KINDS))
+        return page("tag.html", request, user, tag=real, body=Markup(body), compare=compare, compare_from=first,
+                    compare_to=second)
 
     def tag_plot(request: Request, user: UserInfo) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
         kind = request.query_params.get("kind", "prefixes")
         if kind not in plots.PLOT_KINDS:
             raise PageError(404, f"no plot {kind!r}")
-        real, _entries, points, _pubs = tag_history(cloud, name)
+        key, real, _entries, points, _pubs = tag_history(cloud, name)
+        svg = svg_cache.get((*key, kind))
+        if svg is None:
+            svg = remember(svg_cache, (*key, kind), plots.plot_svg(real, points, kind).encode())
+        etag = '"' + hashlib.sha256(repr((*key, kind)).encode()).hexdigest()[:32] + '"'
+        headers = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                   "X-Content-Type-Options": "nosniff", "ETag": etag, "Cache-Control": "private, no-cache"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
         # The SVG is its own document: no script runs in it, and it loads nothing.
-        return Response(plots.plot_svg(real, points, kind), media_type="image/svg+xml", headers={
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-            "X-Content-Type-Options": "nosniff"})
+        return Response(svg, media_type="image/svg+xml", headers=headers)
 
     def watch_page(request: Request, user: UserInfo) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
