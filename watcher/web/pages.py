@@ -47,6 +47,10 @@ ENV.filters["when"] = _when
 MAX_FORM_BYTES = 64 * 1024
 #: Tag series (and plots) kept per process; past it the cache starts again.
 SERIES_CACHE_ENTRIES = 256
+#: Tickets whose rendered snippets are kept per process (an AzureCloud ticket's take ~2 MB).
+SNIPPET_CACHE_TICKETS = 16
+#: Lines of each snippet shown in the ticket page; the copy button and the downloads give the whole text.
+SNIPPET_PREVIEW_LINES = 40
 SNIPPET_FORMATS = render.RULE_FORMATS
 #: What a page action (form field ``step``) asks of review.transition.
 PAGE_STEPS = {"approve": "approve", "approve-adds": "approve", "reject": "reject", "release": "release",
@@ -71,6 +75,17 @@ def publication_gaps(dates: list[dt.date], stale_after_days: int) -> dict[dt.dat
     ordered = sorted(dates)
     return {later: (later - earlier).days for earlier, later in zip(ordered, ordered[1:])
             if (later - earlier).days > stale_after_days}
+
+
+def snippet_preview(fmt: str, text: str) -> dict[str, Any]:
+    """A snippet as the ticket page shows it: its first lines, and how many there are in all."""
+    lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+    if lines <= SNIPPET_PREVIEW_LINES:
+        return {"format": fmt, "text": text, "lines": lines, "truncated": False}
+    cut = 0
+    for _ in range(SNIPPET_PREVIEW_LINES):
+        cut = text.index("\n", cut) + 1
+    return {"format": fmt, "text": text[:cut], "lines": lines, "truncated": True}
 
 
 class PageError(Exception):
@@ -110,6 +125,14 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
                 return page("error.html", request, None, status=503, message="database unavailable")
 
         return endpoint
+
+    def remember(cache: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any,
+                 limit: int = SERIES_CACHE_ENTRIES) -> Any:
+        """Keep ``value`` under ``key``; a full cache starts again (the keys are cheap to fill again)."""
+        if len(cache) >= limit:
+            cache.clear()
+        cache[key] = value
+        return value
 
     async def read_form(request: Request) -> dict[str, str]:
         body = await request.body()
@@ -163,6 +186,18 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
                     overdue={t.id for t in found.live if t.overdue(now)}, wanted=wanted, states=tickets.STATES,
                     watches=found.watches, clouds=found.clouds, filters=filters)
 
+    # Every snippet format of a ticket, rendered from one view and kept while the ticket and its watch's
+    # approved state stay as they are (an AzureCloud ticket's nine formats take a second to render).
+    snippet_cache: dict[tuple[Any, ...], dict[str, str]] = {}
+
+    def ticket_snippets(conn: Any, ticket: tickets.TicketInfo, approved: Any) -> dict[str, str]:
+        key = (ticket.id, ticket.state, ticket.updated_at, approved.id if approved else None)
+        found = snippet_cache.get(key)
+        if found is None:
+            found = remember(snippet_cache, key, render.render_formats(conn, settings, ticket, SNIPPET_FORMATS, "add"),
+                             SNIPPET_CACHE_TICKETS)
+        return found
+
     def ticket_page(request: Request, user: UserInfo, message: str = "", status: int = 200) -> Response:
         ticket_id = int(request.path_params["ticket_id"])
         with engine.connect() as conn:
@@ -170,7 +205,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
             events = tickets.ticket_events(conn, ticket_id)
             approved = states.current(conn, ticket.cloud, ticket.watch)
             own = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
-            snippets = {fmt: render.render_ticket(conn, settings, ticket, fmt, "add") for fmt in SNIPPET_FORMATS}
+            snippets = [snippet_preview(fmt, text) for fmt, text in ticket_snippets(conn, ticket, approved).items()]
         now = dt.datetime.now(dt.timezone.utc)
         lists = approved.to_json(now) if approved else None
         # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
@@ -225,12 +260,6 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
     series_cache: dict[tuple[Any, ...], tuple[str, list[Any], list[plots.SeriesPoint], list[Any]]] = {}
     body_cache: dict[tuple[Any, ...], str] = {}
     svg_cache: dict[tuple[Any, ...], bytes] = {}
-
-    def remember(cache: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any) -> Any:
-        if len(cache) >= SERIES_CACHE_ENTRIES:
-            cache.clear()
-        cache[key] = value
-        return value
 
     def tag_history(cloud: str, name: str) -> tuple[tuple[Any, ...], str, list[Any], list[plots.SeriesPoint], list[Any]]:
         with engine.connect() as conn:
