@@ -8,7 +8,9 @@ import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
+from tests.ticket_helpers import import_made, quietly, week
 from tests.web_helpers import PASSWORD, Desk, make_desk
+from watcher.settings import load_settings
 from watcher import review_queue, tickets, web
 from watcher.web import plots
 
@@ -73,6 +75,21 @@ def test_the_plot_is_svg_without_scripts_or_links_out(client: TestClient) -> Non
     assert svg.headers["content-type"].startswith("image/svg+xml")
     assert "default-src 'none'" in svg.headers["content-security-policy"]
     assert "<svg" in svg.text and "kozea.github.io" not in svg.text and "<script src" not in svg.text
+    unchanged = client.get("/tag/plot.svg?name=Storage.EastUS2&kind=space", headers={"If-None-Match": svg.headers["etag"]})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+
+
+def test_the_kept_tag_page_and_plots_follow_a_new_publication(client: TestClient, engine: sa.Engine) -> None:
+    def rows() -> int:
+        return client.get("/tag?name=Storage.EastUS2").text.count("<tr><td>2025-")
+
+    before, svg = rows(), client.get("/tag/plot.svg?name=Storage.EastUS2&kind=prefixes")
+    assert before == 2 + 2  # two publications in the numbers, two versions
+    import_made(engine, quietly(load_settings(None, {})), "20250115",
+                week(storage_eastus2=("10.1.0.0/24", "10.1.9.0/24"), storage_westus=()), 3)
+    assert rows() == 3 + 3
+    again = client.get("/tag/plot.svg?name=Storage.EastUS2&kind=prefixes", headers={"If-None-Match": svg.headers["etag"]})
+    assert again.status_code == 200 and again.headers["etag"] != svg.headers["etag"] and again.text != svg.text
 
 
 def test_tag_series_has_one_point_per_publication_with_the_version_in_force() -> None:
