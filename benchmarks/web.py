@@ -145,14 +145,14 @@ def _queue_week(week: int) -> dict[str, list[str]]:
     return tags
 
 
-def queue_setup(engine: Any) -> Any:
+def queue_setup(engine: Any, weeks: int = QUEUE_WEEKS) -> Any:
     from watcher import pipeline, review, tickets
     from watcher.settings import NotifySettings, RegistryWatch, Settings
 
     config = Settings(registries=tuple(RegistryWatch(f"queue{i:02d}", (r,)) for i, r in enumerate(QUEUE_REGIONS)),
                       notify=NotifySettings())
     start = dt.date(2021, 1, 5)
-    for week in range(QUEUE_WEEKS):
+    for week in range(weeks):
         day = (start + dt.timedelta(weeks=week)).strftime("%Y%m%d")
         pipeline.import_publication(engine, config, build_file(_queue_week(week), change_number=week + 1),
                                     file_name(day))
@@ -165,8 +165,8 @@ def queue_setup(engine: Any) -> Any:
                 review.transition(engine, ticket_id, "approve", "benchmark")
     with engine.connect() as conn:
         count = len(tickets.list_tickets(conn))
-    if count != QUEUE_WATCHES * QUEUE_WEEKS:
-        raise RuntimeError(f"expected {QUEUE_WATCHES * QUEUE_WEEKS} tickets, made {count}")
+    if count != QUEUE_WATCHES * weeks:
+        raise RuntimeError(f"expected {QUEUE_WATCHES * weeks} tickets, made {count}")
     return config
 
 
@@ -181,7 +181,7 @@ def _state(engine: Any, ticket_id: int) -> str:
 
 
 def measure_backend(backends: Backends, backend: str, files: list[RealFile], weeks: int, seed: int,
-                    repeat: int, pages: list[str]) -> dict[str, Any]:
+                    repeat: int, pages: list[str], queue_weeks: int = QUEUE_WEEKS) -> dict[str, Any]:
     baseline = files[-1]
     out: dict[str, Any] = {}
     if "ticket" in pages:
@@ -189,7 +189,7 @@ def measure_backend(backends: Backends, backend: str, files: list[RealFile], wee
     if "tag" in pages:
         out.update(measure_tag(backends, backend, baseline, weeks, seed, repeat))
     if "queue" in pages:
-        out.update(measure_queue(backends, backend, baseline, repeat))
+        out.update(measure_queue(backends, backend, baseline, repeat, queue_weeks))
     return out
 
 
@@ -237,11 +237,12 @@ def measure_tag(backends: Backends, backend: str, baseline: RealFile, weeks: int
     return out
 
 
-def measure_queue(backends: Backends, backend: str, baseline: RealFile, repeat: int) -> dict[str, Any]:
+def measure_queue(backends: Backends, backend: str, baseline: RealFile, repeat: int,
+                  weeks: int = QUEUE_WEEKS) -> dict[str, Any]:
     out = {}
     with backends.fresh(backend) as database:
-        log(f"  {backend}: queue set-up ({QUEUE_WATCHES * QUEUE_WEEKS} tickets)")
-        config = queue_setup(database.engine)
+        log(f"  {backend}: queue set-up ({QUEUE_WATCHES * weeks} tickets)")
+        config = queue_setup(database.engine, weeks)
         with signed_in_client(config, database.engine) as client:
             fetch_all(client, ["/"])
             runs = [timed_ratio(baseline, lambda: fetch_all(client, ["/"])) for _ in range(repeat)]
@@ -265,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--pages", default="ticket,tag,queue", help="which pages to measure")
+    parser.add_argument("--queue-weeks", type=int, default=QUEUE_WEEKS,
+                        help=f"weeks of {QUEUE_WATCHES} tickets each in the queue (default {QUEUE_WEEKS}: 1,000 tickets)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     import logging
@@ -274,12 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     pages = [p for p in args.pages.split(",") if p]
     started = time.perf_counter()
     results: dict[str, Any] = {"targets": TARGETS, "weeks": args.weeks, "repeat": args.repeat,
+                               "queue_tickets": QUEUE_WATCHES * args.queue_weeks,
                                "baseline": f"json.loads of {files[-1].name} ({len(files[-1].data)} bytes)"}
     with workdir() as scratch:
         backends = Backends(args.backends.split(","), scratch, args.postgres_url)
         try:
             for backend in backends.names:
-                results[backend] = measure_backend(backends, backend, files, args.weeks, args.seed, args.repeat, pages)
+                results[backend] = measure_backend(backends, backend, files, args.weeks, args.seed, args.repeat, pages,
+                                                   args.queue_weeks)
         finally:
             backends.close()
     results["pass"] = all(results[b][page]["ratio_median"] <= TARGETS[page] for b in backends.names for page in pages)

@@ -4,10 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+import datetime as dt
+
+from sqlalchemy import Connection, Engine, select
 
 from . import feed_consumers, notify, tickets
+from .models import ApprovedState as ApprovedStateRow
 from .settings import Settings
+from .state import as_utc
 
 
 @dataclass(frozen=True)
@@ -36,3 +40,21 @@ def ticket_detail(engine: Engine, settings: Settings, ticket_id: int) -> TicketD
         pulls = feed_consumers.pulled_by(conn, ticket_id)
     deliveries = notify.outbox_status(engine, settings, ticket_id)
     return TicketDetail(ticket, tuple(events), tuple(deliveries), tuple(pulls))
+
+
+@dataclass(frozen=True)
+class OwnApproval:
+    """When the ticket's newest approval was recorded, and when its removals may go (None: additions only)."""
+
+    approved_at: dt.datetime
+    removals_at: dt.datetime | None
+
+
+def own_approval(conn: Connection, ticket_id: int) -> OwnApproval | None:
+    """The newest approved state this ticket recorded, without reading its lists (one indexed row), or None."""
+    table = ApprovedStateRow.__table__
+    row = conn.execute(select(table.c.approved_at, table.c.removals_at).where(table.c.ticket_id == ticket_id)
+                       .order_by(table.c.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    return OwnApproval(as_utc(row.approved_at), as_utc(row.removals_at) if row.removals_at is not None else None)

@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import overview, render, review, review_queue, state as states, store, tickets
+from .. import overview, render, review, review_queue, state as states, store, ticket_detail, tickets
 from ..errors import WatcherError
 from ..store import series
 from ..settings import Settings
@@ -108,12 +108,17 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         return response
 
     def signed_in(view: Callable[[Request, UserInfo], Response]) -> Callable[[Request], Any]:
+        def as_user(request: Request) -> Response | None:
+            user = auth.user(request)
+            return view(request, user) if user is not None else None
+
         async def endpoint(request: Request) -> Response:
             try:
-                user = await run_in_threadpool(auth.user, request)
-                if user is None:
+                # One trip to the thread pool for the user and the page (each trip costs a thread hand-over).
+                response = await run_in_threadpool(as_user, request)
+                if response is None:
                     return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
-                return await run_in_threadpool(view, request, user)
+                return response
             except PageError as exc:
                 return page("error.html", request, None, status=exc.status, message=str(exc))
             except api.ApiError as exc:
@@ -204,13 +209,13 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
             ticket = tickets.get_ticket(conn, ticket_id)
             events = tickets.ticket_events(conn, ticket_id)
             approved = states.current(conn, ticket.cloud, ticket.watch)
-            own = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
+            own = ticket_detail.own_approval(conn, ticket.id)
             snippets = [snippet_preview(fmt, text) for fmt, text in ticket_snippets(conn, ticket, approved).items()]
         now = dt.datetime.now(dt.timezone.utc)
         lists = approved.to_json(now) if approved else None
         # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
-        if own:
-            removals_after = own[-1].removals_at.isoformat() if own[-1].removals_at else None
+        if own is not None:
+            removals_after = own.removals_at.isoformat() if own.removals_at else None
         elif ticket.state in tickets.LIVE_STATES:
             removals_after = states.removals_time(ticket.file_date, settings.tickets.removal_delay_days, now).isoformat()
         else:
