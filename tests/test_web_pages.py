@@ -75,6 +75,9 @@ def test_the_plot_is_svg_without_scripts_or_links_out(client: TestClient) -> Non
     assert svg.headers["content-type"].startswith("image/svg+xml")
     assert "default-src 'none'" in svg.headers["content-security-policy"]
     assert "<svg" in svg.text and "kozea.github.io" not in svg.text and "<script src" not in svg.text
+    assert svg.headers["content-encoding"] == "gzip"  # the client asked for it; the plot is kept gzipped too
+    plain = client.get("/tag/plot.svg?name=Storage.EastUS2&kind=space", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.text == svg.text
     unchanged = client.get("/tag/plot.svg?name=Storage.EastUS2&kind=space", headers={"If-None-Match": svg.headers["etag"]})
     assert unchanged.status_code == 304 and unchanged.content == b""
 
