@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from tests.ticket_helpers import import_made, quietly, week
 from tests.web_helpers import PASSWORD, Desk, make_desk
 from watcher.settings import load_settings
-from watcher import review_queue, tickets, web
+from watcher import review, review_queue, ticket_detail, tickets, web
 from watcher.web import plots
 
 
@@ -55,6 +55,19 @@ def test_the_queue_pages_the_decided_tickets_and_reads_the_same_tickets_as_the_l
     assert 'href="/?offset=0">newer</a>' in client.get("/?offset=1").text
     assert ticket_links(client.get("/?offset=5").text) == ["4", "3"]
     assert ticket_links(client.get("/?offset=junk").text) == ["4", "3", "2", "1"]
+
+
+def test_a_kept_ticket_page_follows_a_review_step_taken_elsewhere(client: TestClient, engine: sa.Engine) -> None:
+    before = client.get("/tickets/3").text
+    assert 'id="ticket-state">open<' in before and "by the API" not in before
+    assert client.get("/tickets/3").text == before  # kept, and shown the same
+    review.transition(engine, 3, "approve", "alice", "by the API")
+    after = client.get("/tickets/3").text
+    assert 'id="ticket-state">approved<' in after and "by the API" in after
+    assert "Approved state of east" in after and "from ticket #3" in after
+    with engine.connect() as conn:
+        stamp = ticket_detail.page_stamp(conn, 3)
+    assert stamp.state == "approved" and stamp.own is not None and stamp.approved_id is not None
 
 
 def test_snippets_download_per_phase_and_unknown_things_are_clear_404s(client: TestClient) -> None:

@@ -50,6 +50,8 @@ MAX_FORM_BYTES = 64 * 1024
 SERIES_CACHE_ENTRIES = 256
 #: Tickets whose rendered snippets are kept per process (an AzureCloud ticket's take ~2 MB).
 SNIPPET_CACHE_TICKETS = 16
+#: Ticket pages (head and body, ~250 KB for an AzureCloud ticket) kept per process.
+TICKET_PAGE_CACHE_ENTRIES = 64
 #: Lines of each snippet shown in the ticket page; the copy button and the downloads give the whole text.
 SNIPPET_PREVIEW_LINES = 40
 SNIPPET_FORMATS = render.RULE_FORMATS
@@ -204,26 +206,39 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
                              SNIPPET_CACHE_TICKETS)
         return found
 
+    # A ticket page's head and body (all but the review forms) depend only on the page stamp; kept per stamp,
+    # a view of a ticket seen before costs one small query instead of reading its context and lists.
+    ticket_page_cache: dict[tuple[Any, ...], tuple[str, str]] = {}
+
     def ticket_page(request: Request, user: UserInfo, message: str = "", status: int = 200) -> Response:
         ticket_id = int(request.path_params["ticket_id"])
-        with engine.connect() as conn:
-            ticket = tickets.get_ticket(conn, ticket_id)
-            events = tickets.ticket_events(conn, ticket_id)
-            approved = states.current(conn, ticket.cloud, ticket.watch)
-            own = ticket_detail.own_approval(conn, ticket.id)
-            snippets = [snippet_preview(fmt, text) for fmt, text in ticket_snippets(conn, ticket, approved).items()]
         now = dt.datetime.now(dt.timezone.utc)
-        lists = approved.to_json(now) if approved else None
-        # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
-        if own is not None:
-            removals_after = own.removals_at.isoformat() if own.removals_at else None
-        elif ticket.state in tickets.LIVE_STATES:
-            removals_after = states.removals_time(ticket.file_date, settings.tickets.removal_delay_days, now).isoformat()
-        else:
-            removals_after = None
-        return page("ticket.html", request, user, status=status, ticket=ticket, context=ticket.context, events=events,
-                    snippets=snippets, lists=lists, message=message, removals_after=removals_after, families=states.FAMILIES,
-                    may_review=user.may_review)
+        with engine.connect() as conn:
+            stamp = ticket_detail.page_stamp(conn, ticket_id)
+            # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
+            if stamp.own is not None:
+                removals_after = stamp.own.removals_at.isoformat() if stamp.own.removals_at else None
+            elif stamp.state in tickets.LIVE_STATES:
+                removals_after = states.removals_time(stamp.file_date, settings.tickets.removal_delay_days,
+                                                      now).isoformat()
+            else:
+                removals_after = None
+            final_phase = stamp.approved_removals_at is not None and now >= stamp.approved_removals_at
+            key = (ticket_id, stamp.state, stamp.updated_at, stamp.approved_id, final_phase, _when(removals_after))
+            kept = ticket_page_cache.get(key)
+            if kept is None:
+                ticket = tickets.get_ticket(conn, ticket_id)
+                events = tickets.ticket_events(conn, ticket_id)
+                approved = states.current(conn, ticket.cloud, ticket.watch)
+                snippets = [snippet_preview(fmt, text) for fmt, text in ticket_snippets(conn, ticket, approved).items()]
+                shown = {"ticket": ticket, "context": ticket.context}
+                kept = remember(ticket_page_cache, key, (
+                    ENV.get_template("ticket_head.html").render(**shown),
+                    ENV.get_template("ticket_body.html").render(
+                        **shown, events=events, snippets=snippets, lists=approved.to_json(now) if approved else None,
+                        removals_after=removals_after, families=states.FAMILIES)), TICKET_PAGE_CACHE_ENTRIES)
+        return page("ticket.html", request, user, status=status, ticket_id=ticket_id, state=stamp.state,
+                    head=Markup(kept[0]), body=Markup(kept[1]), message=message, may_review=user.may_review)
 
     async def ticket_action(request: Request) -> Response:
         form = await read_form(request)
