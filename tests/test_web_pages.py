@@ -60,11 +60,13 @@ def test_the_queue_pages_the_decided_tickets_and_reads_the_same_tickets_as_the_l
 def test_a_kept_ticket_page_follows_a_review_step_taken_elsewhere(client: TestClient, engine: sa.Engine) -> None:
     before = client.get("/tickets/3").text
     assert 'id="ticket-state">open<' in before and "by the API" not in before
+    assert "Waiting for review (2)" in client.get("/").text
     assert client.get("/tickets/3").text == before  # kept, and shown the same
     review.transition(engine, 3, "approve", "alice", "by the API")
     after = client.get("/tickets/3").text
     assert 'id="ticket-state">approved<' in after and "by the API" in after
     assert "Approved state of east" in after and "from ticket #3" in after
+    assert "Waiting for review (1)" in client.get("/").text  # the kept queue follows too
     with engine.connect() as conn:
         stamp = ticket_detail.page_stamp(conn, 3)
     assert stamp.state == "approved" and stamp.own is not None and stamp.approved_id is not None

@@ -98,3 +98,11 @@ def review_queue(conn: Connection, state: str | None = None, watch: str | None =
     total = sum(n for w, c, n in groups if (not watch or w == watch) and (not cloud or c == cloud))
     watches, clouds = sorted({w for w, _, _ in groups}), sorted({c for _, c, _ in groups})
     return ReviewQueue(live, decided, total, decided_offset, decided_limit, watches, clouds)
+
+
+def tickets_stamp(conn: Connection) -> tuple[int, int | None, object]:
+    """How many tickets there are, the newest id and the latest change: it moves with every new ticket and
+    every review step, so it keys what is worked out from the queue."""
+    with translate_db_errors("reading the review queue"):
+        count, newest, changed = conn.execute(select(func.count(), func.max(Ticket.id), func.max(Ticket.updated_at))).one()
+    return int(count), newest, changed

@@ -179,20 +179,30 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
 
     # ------------------------------------------------------------ pages
 
+    # The queue's content is the same for everyone: kept per tickets stamp, filters and minute (overdue marks
+    # move with the clock), so a view costs one small query.
+    queue_cache: dict[tuple[Any, ...], str] = {}
+
     def queue(request: Request, user: UserInfo) -> Response:
         wanted = {k: request.query_params.get(k) or "" for k in ("state", "watch", "cloud")}
         try:
             offset = max(0, int(request.query_params.get("offset") or 0))
         except ValueError:
             offset = 0
-        with engine.connect() as conn:
-            found = review_queue.review_queue(conn, wanted["state"] or None, wanted["watch"] or None,
-                                              wanted["cloud"] or None, offset)
         now = dt.datetime.now(dt.timezone.utc)
-        filters = "&".join(f"{k}={quote(v)}" for k, v in wanted.items() if v)
-        return page("queue.html", request, user, queue=found, live=found.live, rest=found.decided,
-                    overdue={t.id for t in found.live if t.overdue(now)}, wanted=wanted, states=tickets.STATES,
-                    watches=found.watches, clouds=found.clouds, filters=filters)
+        with engine.connect() as conn:
+            key = (*review_queue.tickets_stamp(conn), now.strftime("%Y%m%d%H%M"), *wanted.values(), offset)
+            body = queue_cache.get(key)
+            if body is None:
+                found = review_queue.review_queue(conn, wanted["state"] or None, wanted["watch"] or None,
+                                                  wanted["cloud"] or None, offset)
+                filters = "&".join(f"{k}={quote(v)}" for k, v in wanted.items() if v)
+                body = remember(queue_cache, key, ENV.get_template("queue_body.html").render(
+                    queue=found, live=found.live, rest=found.decided, overdue={t.id for t in found.live
+                                                                               if t.overdue(now)},
+                    wanted=wanted, states=tickets.STATES, watches=found.watches, clouds=found.clouds,
+                    filters=filters))
+        return page("queue.html", request, user, body=Markup(body))
 
     # Every snippet format of a ticket, rendered from one view and kept while the ticket and its watch's
     # approved state stay as they are (an AzureCloud ticket's nine formats take a second to render).
