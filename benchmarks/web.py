@@ -16,6 +16,8 @@ Per backend (set-up untimed, fresh databases):
   ``tag_first_view`` the first view on a freshly made app, and ``tag_html_only_first_view`` its HTML alone.
 * **queue**: 1,000 tickets (10 watches changing every week for 100 weeks; most superseded, some
   approved, ten live). Timed: ``GET /`` (the live tickets and the newest 50 decided ones).
+* **request_floor**: ``GET /static/desk.css`` (a 2 KB file: no sign-in, no database), what any request costs
+  in this harness; a page cannot go below it.
 
 Requests go through the Starlette app in this process (``TestClient`` kept open, signed in as an approver),
 so the figures hold routing, sign-in, the library calls, templates and pygal, and no sockets. Each timed
@@ -257,7 +259,11 @@ def measure_queue(backends: Backends, backend: str, baseline: RealFile, repeat: 
         with signed_in_client(config, database.engine) as client:
             fetch_all(client, ["/"])
             runs = [timed_ratio(baseline, lambda: fetch_all(client, ["/"]), VIEWS_PER_SAMPLE) for _ in range(repeat)]
+            # The floor under every figure: a request for a small static file (no sign-in, no database).
+            static = ["/static/desk.css"]
+            floor = [timed_ratio(baseline, lambda: fetch_all(client, static), VIEWS_PER_SAMPLE) for _ in range(repeat)]
         out["queue"] = summary(runs, ["/"])
+        out["request_floor"] = summary(floor, static)
     return out
 
 
