@@ -178,3 +178,26 @@ def test_a_viewer_gets_no_review_buttons_and_a_forged_post_gets_403(browser: Bro
     assert desk.cli("tickets", "show", "4", "--json")["state"] == "hold"
     assert vera.problems == []
     vera.context.close()
+
+
+def test_a_long_snippet_shows_its_first_lines_and_copy_takes_the_whole_text(browser: Browser, server: Served,
+                                                                             desk: Desk) -> None:
+    many = [f"10.1.{2 * i}.0/24" for i in range(70)]  # apart: nothing collapses
+    import_made(desk.engine, quietly(desk.settings), "20250122", week(storage_eastus2=many, storage_westus=()), 4)
+    with desk.engine.connect() as conn:
+        (ticket,) = [t for t in tickets.list_tickets(conn) if t.watch == "east" and t.state in tickets.LIVE_STATES]
+    alice = Watched(browser, server.url)
+    alice.sign_in("alice")
+    page = alice.page
+    page.goto(f"/tickets/{ticket.id}")
+    page.locator("details.snippet summary", has_text="nftables").click()
+    snippet = page.locator("details.snippet", has_text="nftables")
+    whole = page.request.get(f"{server.url}/tickets/{ticket.id}/snippet/nftables?phase=add").text()
+    shown = snippet.locator("pre").inner_text()
+    assert "copy and download take them all" in snippet.inner_text()
+    assert len(shown.splitlines()) == 40 and whole.startswith(shown) and len(whole.splitlines()) > 40
+    snippet.get_by_role("button", name="copy").click()
+    expect(snippet.get_by_role("button", name="copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == whole
+    assert alice.problems == []
+    alice.context.close()

@@ -8,8 +8,10 @@ import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
+from tests.ticket_helpers import import_made, quietly, week
 from tests.web_helpers import PASSWORD, Desk, make_desk
-from watcher import web
+from watcher.settings import load_settings
+from watcher import review, review_queue, ticket_detail, tickets, web
 from watcher.web import plots
 
 
@@ -34,6 +36,42 @@ def test_the_queue_puts_held_then_open_first_and_filters_by_state_watch_and_clou
     assert ticket_links(client.get("/?state=bogus").text) == []
 
 
+def test_the_queue_pages_the_decided_tickets_and_reads_the_same_tickets_as_the_library(
+    client: TestClient, engine: sa.Engine
+) -> None:
+    with engine.connect() as conn:
+        every = tickets.list_tickets(conn)
+        first = review_queue.review_queue(conn, decided_limit=1)
+        second = review_queue.review_queue(conn, decided_offset=1, decided_limit=1)
+        east = review_queue.review_queue(conn, watch="east")
+    assert [(r.id, r.state, r.title, r.watch, r.file_date) for r in first.live] == [
+        (t.id, t.state, t.title, t.watch, t.file_date) for t in (every[3], every[2])]
+    assert [r.id for r in first.decided] == [2] and (first.decided_total, first.older_offset) == (2, 1)
+    assert first.newer_offset is None and first.watches == ["east", "west"] and first.clouds == ["public"]
+    assert [r.id for r in second.decided] == [1] and (second.older_offset, second.newer_offset) == (None, 0)
+    assert [r.id for r in east.live + east.decided] == [3, 1]
+    # The page: one page of decided tickets (50 by default), newer and older links past it.
+    assert ticket_links(client.get("/?offset=1").text) == ["4", "3", "1"]
+    assert 'href="/?offset=0">newer</a>' in client.get("/?offset=1").text
+    assert ticket_links(client.get("/?offset=5").text) == ["4", "3"]
+    assert ticket_links(client.get("/?offset=junk").text) == ["4", "3", "2", "1"]
+
+
+def test_a_kept_ticket_page_follows_a_review_step_taken_elsewhere(client: TestClient, engine: sa.Engine) -> None:
+    before = client.get("/tickets/3").text
+    assert 'id="ticket-state">open<' in before and "by the API" not in before
+    assert "Waiting for review (2)" in client.get("/").text
+    assert client.get("/tickets/3").text == before  # kept, and shown the same
+    review.transition(engine, 3, "approve", "alice", "by the API")
+    after = client.get("/tickets/3").text
+    assert 'id="ticket-state">approved<' in after and "by the API" in after
+    assert "Approved state of east" in after and "from ticket #3" in after
+    assert "Waiting for review (1)" in client.get("/").text  # the kept queue follows too
+    with engine.connect() as conn:
+        stamp = ticket_detail.page_stamp(conn, 3)
+    assert stamp.state == "approved" and stamp.own is not None and stamp.approved_id is not None
+
+
 def test_snippets_download_per_phase_and_unknown_things_are_clear_404s(client: TestClient) -> None:
     snippet = client.get("/tickets/3/snippet/nftables?phase=remove")
     assert snippet.status_code == 200
@@ -52,6 +90,24 @@ def test_the_plot_is_svg_without_scripts_or_links_out(client: TestClient) -> Non
     assert svg.headers["content-type"].startswith("image/svg+xml")
     assert "default-src 'none'" in svg.headers["content-security-policy"]
     assert "<svg" in svg.text and "kozea.github.io" not in svg.text and "<script src" not in svg.text
+    assert svg.headers["content-encoding"] == "gzip"  # the client asked for it; the plot is kept gzipped too
+    plain = client.get("/tag/plot.svg?name=Storage.EastUS2&kind=space", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.text == svg.text
+    unchanged = client.get("/tag/plot.svg?name=Storage.EastUS2&kind=space", headers={"If-None-Match": svg.headers["etag"]})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+
+
+def test_the_kept_tag_page_and_plots_follow_a_new_publication(client: TestClient, engine: sa.Engine) -> None:
+    def rows() -> int:
+        return client.get("/tag?name=Storage.EastUS2").text.count("<tr><td>2025-")
+
+    before, svg = rows(), client.get("/tag/plot.svg?name=Storage.EastUS2&kind=prefixes")
+    assert before == 2 + 2  # two publications in the numbers, two versions
+    import_made(engine, quietly(load_settings(None, {})), "20250115",
+                week(storage_eastus2=("10.1.0.0/24", "10.1.9.0/24"), storage_westus=()), 3)
+    assert rows() == 3 + 3
+    again = client.get("/tag/plot.svg?name=Storage.EastUS2&kind=prefixes", headers={"If-None-Match": svg.headers["etag"]})
+    assert again.status_code == 200 and again.headers["etag"] != svg.headers["etag"] and again.text != svg.text
 
 
 def test_tag_series_has_one_point_per_publication_with_the_version_in_force() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from starlette.responses import Response
 from starlette.testclient import TestClient
 
+from tests.daemon_helpers import base_env
+from tests.test_web import Served
 from tests.web_helpers import PASSWORD, Desk, make_desk
 from watcher import users, web
 from watcher.cli import main
@@ -189,3 +192,37 @@ def test_the_trusted_proxy_header_counts_only_from_the_trusted_addresses(desk: D
     assert trusted.get("/", headers={"X-Forwarded-User": "mallory"}, follow_redirects=False).status_code == 303
     untrusted = client_for(desk, trusted_proxy_header="X-Forwarded-User", trusted_proxies=("10.0.0.1",))
     assert untrusted.get("/", headers={"X-Forwarded-User": "bob"}, follow_redirects=False).status_code == 303
+
+
+def test_a_session_from_one_server_process_works_on_a_replica_and_after_a_restart(desk: Desk) -> None:
+    """Two ``watcher serve`` processes on one database (replicas behind a load balancer) sign with the
+    database's key: a cookie and CSRF token from one are accepted by the other, and by a restarted one."""
+    env = base_env(desk.db_url, WATCHER_CONFIG=str(desk.config))
+    first, second = Served(env, "--port", "0"), Served(env, "--port", "0")
+    try:
+        with httpx.Client(base_url=first.url) as at_first:
+            assert sign_in(at_first, "alice").status_code == 303
+            cookies = dict(at_first.cookies)
+            token = csrf_of(at_first.get("/").text)
+        with httpx.Client(base_url=second.url, cookies=cookies) as at_second:
+            queue = at_second.get("/", follow_redirects=False)
+            assert queue.status_code == 200 and "alice (approver)" in queue.text
+            approved = at_second.post("/tickets/3/action", data={"csrf": token, "step": "approve",
+                                                                 "comment": "checked on the replica"})
+            assert (approved.status_code, approved.headers["location"]) == (303, "/tickets/3"), approved.text
+        assert desk.cli("tickets", "show", "3", "--json")["state"] == "approved"
+        first.stop()
+        restarted = Served(env, "--port", "0")
+        try:
+            with httpx.Client(base_url=restarted.url, cookies=cookies) as after_restart:
+                assert "alice (approver)" in after_restart.get("/", follow_redirects=False).text
+        finally:
+            restarted.stop()
+    finally:
+        for served in (first, second):
+            if served.process.poll() is None:
+                served.stop()
+    with desk.engine.connect() as conn:
+        assert len(users.session_key(desk.engine)) == 32
+        assert conn.execute(sa.text("SELECT count(*) FROM server_secrets")).scalar() == 1
+    assert not [line for line in first.stderr + second.stderr if users._b64(users.session_key(desk.engine)) in line]

@@ -414,3 +414,21 @@ class ApiToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+# ---------------------------------------------------------------- secrets every server process shares (revision 0011)
+
+
+class ServerSecret(Base):
+    """A random secret made once and shared by every process on the database (``server_secrets``, 0011).
+
+    ``session_key`` signs the review desk's session cookies and CSRF tokens: kept
+    here, a restart does not sign everyone out and replicas behind one load
+    balancer accept each other's cookies.
+    """
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

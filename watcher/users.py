@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import db
 from .errors import NotFoundError, WatcherError
-from .models import ApiToken, User, utcnow
+from .models import ApiToken, ServerSecret, User, utcnow
 
 ROLES = ("viewer", "approver", "admin")
 #: Roles that may take review steps (approve, reject, release, applied).
@@ -33,6 +33,7 @@ MAX_PASSWORD = 1024
 # scrypt cost: n=2**14, r=8 takes ~16 MiB and a few tens of ms: slow for a guesser, quick for a sign-in.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 TOKEN_PREFIX = "wt_"
+SESSION_KEY_NAME = "session_key"
 
 
 class UserError(WatcherError):
@@ -209,3 +210,27 @@ _DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAA
 __all__ = ["ROLES", "REVIEWERS", "UserError", "UserInfo", "add_user", "authenticate", "check_name",
            "find_user", "get_user", "hash_password", "list_users", "new_token", "read_password", "remove_user",
            "set_password", "user_of_token", "verify_password"]
+
+
+def session_key(engine: Engine, now: Callable[[], dt.datetime] = utcnow) -> bytes:
+    """The key that signs session cookies and CSRF tokens: made once, kept in the database.
+
+    Every process on the database reads the same key, so a restart keeps people
+    signed in and replicas accept each other's cookies. Two processes starting
+    together may both try to make it: the primary key lets one insert win, and
+    the other reads the winner's key.
+    """
+    secrets_table = ServerSecret.__table__
+    query = select(secrets_table.c.value).where(secrets_table.c.name == SESSION_KEY_NAME)
+    with engine.connect() as conn:
+        found = conn.execute(query).scalar()
+    if found is None:
+        try:
+            with db.writer(engine).begin() as conn:
+                conn.execute(insert(secrets_table), {"name": SESSION_KEY_NAME, "created_at": now(),
+                                                     "value": _b64(secrets.token_bytes(32))})
+        except IntegrityError:
+            pass  # another process made it first: theirs is read below
+        with engine.connect() as conn:
+            found = conn.execute(query).scalar_one()
+    return _unb64(found)

@@ -14,6 +14,9 @@ header); reading is for every role, review steps for approvers and admins
     GET  /api/v1/diff[?from=&to=&cloud=&tag=...&all=1]  watcher diff --json
     GET  /api/v1/tags/{name}/history[?cloud=]  watcher history --json
     GET  /api/v1/health                      watcher status --json
+    GET  /api/v1/openapi.json                this API's OpenAPI 3 document (no sign-in needed)
+
+Each route's endpoint carries its OpenAPI operation as its docstring (watcher.web.openapi).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from ..errors import NotFoundError, StoreError, TransitionError, WatcherError
 from ..settings import CLOUD_FILE_NAMES, Settings
 from ..users import UserInfo
 from ..watches import watched_tags
+from . import openapi
 from .auth import CSRF_HEADER, Authenticator
 
 log = logging.getLogger(__name__)
@@ -149,7 +153,8 @@ def health_json(engine: Engine, settings: Settings) -> dict[str, Any]:
 
 
 def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Route]:
-    def endpoint(handler: Callable[[Request, UserInfo], Any], *, changes: bool = False) -> Callable[[Request], Any]:
+    def endpoint(handler: Callable[[Request, UserInfo], Any], doc: str, *,
+                 changes: bool = False) -> Callable[[Request], Any]:
         async def answer(request: Request) -> Response:
             body = await request.body() if changes else b""
             try:
@@ -169,6 +174,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Rout
                 log.warning("%s: database error %s", request.url.path, type(exc).__name__)
                 return json_response(503, {"error": "database unavailable"})
 
+        answer.__doc__ = doc  # the operation in the OpenAPI document
         return answer
 
     def ticket_id(request: Request) -> int:
@@ -199,18 +205,28 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Rout
         return [e.to_json(name) for e in entries]
 
     q = lambda request, key: request.query_params.get(key)  # noqa: E731
-    return [
-        Route("/api/v1/tickets", endpoint(lambda r, u: ticket_list(engine, q(r, "state")))),
-        Route("/api/v1/tickets/{ticket_id:int}", endpoint(lambda r, u: ticket_detail(engine, settings, ticket_id(r)))),
-        Route("/api/v1/tickets/{ticket_id:int}/{step}", endpoint(post_step, changes=True), methods=["POST"]),
+    api = [
+        Route("/api/v1/tickets", endpoint(lambda r, u: ticket_list(engine, q(r, "state")), openapi.TICKETS)),
+        Route("/api/v1/tickets/{ticket_id:int}",
+              endpoint(lambda r, u: ticket_detail(engine, settings, ticket_id(r)), openapi.TICKET)),
+        Route("/api/v1/tickets/{ticket_id:int}/{step}", endpoint(post_step, openapi.TICKET_STEP, changes=True),
+              methods=["POST"]),
         Route("/api/v1/state", endpoint(lambda r, u: state_json(engine, q(r, "watch"), cloud_of(q(r, "cloud")),
-                                                                 q(r, "at")))),
-        Route("/api/v1/lookup", endpoint(lookup)),
-        Route("/api/v1/publications", endpoint(publications)),
-        Route("/api/v1/diff", endpoint(lambda r, u: diff_json(engine, settings, r.query_params))),
-        Route("/api/v1/tags/{name:path}/history", endpoint(history)),
-        Route("/api/v1/health", endpoint(lambda r, u: health_json(engine, settings))),
+                                                                 q(r, "at")), openapi.STATE)),
+        Route("/api/v1/lookup", endpoint(lookup, openapi.LOOKUP)),
+        Route("/api/v1/publications", endpoint(publications, openapi.PUBLICATIONS)),
+        Route("/api/v1/diff", endpoint(lambda r, u: diff_json(engine, settings, r.query_params), openapi.DIFF)),
+        Route("/api/v1/tags/{name:path}/history", endpoint(history, openapi.HISTORY)),
+        Route("/api/v1/health", endpoint(lambda r, u: health_json(engine, settings), openapi.HEALTH)),
     ]
+
+    def openapi_document(request: Request) -> Response:
+        return json_response(200, described)
+
+    openapi_document.__doc__ = openapi.OPENAPI
+    api.append(Route(openapi.OPENAPI_PATH, openapi_document, methods=["GET"]))
+    described = openapi.document(api)  # made once: the routes do not change while the app runs
+    return api
 
 
 def _json_body(body: bytes) -> dict[str, Any]:

@@ -97,6 +97,10 @@ def create_app(settings: Settings, engine: Engine, daemon: DaemonView, *,
     from .auth import Authenticator
 
     auth = Authenticator.create(settings.web, engine)
+    try:
+        auth.key  # read at start when the database is there; otherwise on the first request that needs it
+    except (WatcherError, SQLAlchemyError) as exc:
+        log.warning("session key not read yet (database unavailable): %s", type(exc).__name__)
     routes += api.routes(settings, engine, auth) + pages.routes(settings, engine, auth)
     app = Starlette(routes=routes, exception_handlers={404: not_found})
     app.state.feed_fast_path = feed_service.fast  # the HTTP protocol answers pollers' routine requests itself

@@ -2,9 +2,11 @@
 
 - The session cookie carries the user's name, a stamp of their password hash
   (a password change ends their sessions) and an expiry, signed with HMAC-SHA256
-  under a key made at start: sessions end when the server restarts (no key to
-  keep or to leak). It is ``HttpOnly``, ``SameSite=Lax``, and ``Secure`` when
-  the server speaks TLS.
+  under a key kept in the database (``users.session_key``): a restart keeps
+  people signed in, and replicas on one database accept each other's cookies.
+  It is read on first use, so the app starts (and ``/healthz`` answers 503)
+  while the database is down. It is ``HttpOnly``, ``SameSite=Lax``, and
+  ``Secure`` when the server speaks TLS.
 - CSRF: every form carries ``csrf``, an HMAC of a random per-browser cookie;
   a POST whose token does not match is refused (403) before anything happens.
   A bearer-token request needs none (a browser never sends one by itself).
@@ -24,7 +26,7 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from sqlalchemy import Engine
@@ -84,15 +86,24 @@ class Authenticator:
     settings: WebSettings
     engine: Engine
     tls: bool
-    key: bytes
     limiter: LoginLimiter
     clock: Callable[[], float] = time.time
+    _key: bytes | None = field(default=None, repr=False)
+    _key_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls, settings: WebSettings, engine: Engine) -> "Authenticator":
         return cls(settings=settings, engine=engine, tls=bool(settings.tls_cert and settings.tls_key),
-                   key=secrets.token_bytes(32),
                    limiter=LoginLimiter(settings.login_attempts, settings.login_window_seconds))
+
+    @property
+    def key(self) -> bytes:
+        """The database's session key, read once (a database error propagates; the next request tries again)."""
+        if self._key is None:
+            with self._key_lock:
+                if self._key is None:
+                    self._key = users.session_key(self.engine)
+        return self._key
 
     def _sign(self, payload: bytes) -> str:
         return _b64(hmac.new(self.key, payload, hashlib.sha256).digest())

@@ -7,12 +7,15 @@ functions as the CLI and the API (``watcher.web.api`` shapes them), never SQL.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote
 
 import jinja2
+from markupsafe import Markup
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -21,8 +24,9 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import overview, render, review, state as states, store, tickets
+from .. import overview, render, review, review_queue, state as states, store, ticket_detail, tickets
 from ..errors import WatcherError
+from ..store import series
 from ..settings import Settings
 from ..users import UserInfo
 from . import api, plots
@@ -42,8 +46,14 @@ def _when(value: str | None) -> str:
 
 ENV.filters["when"] = _when
 MAX_FORM_BYTES = 64 * 1024
-#: Versions whose family sizes are kept (four numbers each); past it the cache starts again.
-SIZE_CACHE_ENTRIES = 100_000
+#: Tag series (and plots) kept per process; past it the cache starts again.
+SERIES_CACHE_ENTRIES = 256
+#: Tickets whose rendered snippets are kept per process (an AzureCloud ticket's take ~2 MB).
+SNIPPET_CACHE_TICKETS = 16
+#: Ticket pages (head and body, ~250 KB for an AzureCloud ticket) kept per process.
+TICKET_PAGE_CACHE_ENTRIES = 64
+#: Lines of each snippet shown in the ticket page; the copy button and the downloads give the whole text.
+SNIPPET_PREVIEW_LINES = 40
 SNIPPET_FORMATS = render.RULE_FORMATS
 #: What a page action (form field ``step``) asks of review.transition.
 PAGE_STEPS = {"approve": "approve", "approve-adds": "approve", "reject": "reject", "release": "release",
@@ -70,6 +80,17 @@ def publication_gaps(dates: list[dt.date], stale_after_days: int) -> dict[dt.dat
             if (later - earlier).days > stale_after_days}
 
 
+def snippet_preview(fmt: str, text: str) -> dict[str, Any]:
+    """A snippet as the ticket page shows it: its first lines, and how many there are in all."""
+    lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+    if lines <= SNIPPET_PREVIEW_LINES:
+        return {"format": fmt, "text": text, "lines": lines, "truncated": False}
+    cut = 0
+    for _ in range(SNIPPET_PREVIEW_LINES):
+        cut = text.index("\n", cut) + 1
+    return {"format": fmt, "text": text[:cut], "lines": lines, "truncated": True}
+
+
 class PageError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -90,12 +111,17 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         return response
 
     def signed_in(view: Callable[[Request, UserInfo], Response]) -> Callable[[Request], Any]:
+        def as_user(request: Request) -> Response | None:
+            user = auth.user(request)
+            return view(request, user) if user is not None else None
+
         async def endpoint(request: Request) -> Response:
             try:
-                user = await run_in_threadpool(auth.user, request)
-                if user is None:
+                # One trip to the thread pool for the user and the page (each trip costs a thread hand-over).
+                response = await run_in_threadpool(as_user, request)
+                if response is None:
                     return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
-                return await run_in_threadpool(view, request, user)
+                return response
             except PageError as exc:
                 return page("error.html", request, None, status=exc.status, message=str(exc))
             except api.ApiError as exc:
@@ -107,6 +133,14 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
                 return page("error.html", request, None, status=503, message="database unavailable")
 
         return endpoint
+
+    def remember(cache: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any,
+                 limit: int = SERIES_CACHE_ENTRIES) -> Any:
+        """Keep ``value`` under ``key``; a full cache starts again (the keys are cheap to fill again)."""
+        if len(cache) >= limit:
+            cache.clear()
+        cache[key] = value
+        return value
 
     async def read_form(request: Request) -> dict[str, str]:
         body = await request.body()
@@ -145,41 +179,76 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
 
     # ------------------------------------------------------------ pages
 
+    # The queue's content is the same for everyone: kept per tickets stamp, filters and minute (overdue marks
+    # move with the clock), so a view costs one small query.
+    queue_cache: dict[tuple[Any, ...], str] = {}
+
     def queue(request: Request, user: UserInfo) -> Response:
         wanted = {k: request.query_params.get(k) or "" for k in ("state", "watch", "cloud")}
-        with engine.connect() as conn:
-            found = tickets.list_tickets(conn, wanted["state"] or None) if wanted["state"] in ("", *tickets.STATES) \
-                else []
-        watches = sorted({t.watch for t in found})
-        clouds = sorted({t.cloud for t in found})
-        shown = [t for t in queue_order(found) if (not wanted["watch"] or t.watch == wanted["watch"])
-                 and (not wanted["cloud"] or t.cloud == wanted["cloud"])]
+        try:
+            offset = max(0, int(request.query_params.get("offset") or 0))
+        except ValueError:
+            offset = 0
         now = dt.datetime.now(dt.timezone.utc)
-        return page("queue.html", request, user, tickets=shown, live=[t for t in shown if t.state in tickets.LIVE_STATES],
-                    rest=[t for t in shown if t.state not in tickets.LIVE_STATES], overdue={t.id for t in shown
-                                                                                         if overdue(t, now)},
-                    wanted=wanted, states=tickets.STATES, watches=watches, clouds=clouds)
+        with engine.connect() as conn:
+            key = (*review_queue.tickets_stamp(conn), now.strftime("%Y%m%d%H%M"), *wanted.values(), offset)
+            body = queue_cache.get(key)
+            if body is None:
+                found = review_queue.review_queue(conn, wanted["state"] or None, wanted["watch"] or None,
+                                                  wanted["cloud"] or None, offset)
+                filters = "&".join(f"{k}={quote(v)}" for k, v in wanted.items() if v)
+                body = remember(queue_cache, key, ENV.get_template("queue_body.html").render(
+                    queue=found, live=found.live, rest=found.decided, overdue={t.id for t in found.live
+                                                                               if t.overdue(now)},
+                    wanted=wanted, states=tickets.STATES, watches=found.watches, clouds=found.clouds,
+                    filters=filters))
+        return page("queue.html", request, user, body=Markup(body))
+
+    # Every snippet format of a ticket, rendered from one view and kept while the ticket and its watch's
+    # approved state stay as they are (an AzureCloud ticket's nine formats take a second to render).
+    snippet_cache: dict[tuple[Any, ...], dict[str, str]] = {}
+
+    def ticket_snippets(conn: Any, ticket: tickets.TicketInfo, approved: Any) -> dict[str, str]:
+        key = (ticket.id, ticket.state, ticket.updated_at, approved.id if approved else None)
+        found = snippet_cache.get(key)
+        if found is None:
+            found = remember(snippet_cache, key, render.render_formats(conn, settings, ticket, SNIPPET_FORMATS, "add"),
+                             SNIPPET_CACHE_TICKETS)
+        return found
+
+    # A ticket page's head and body (all but the review forms) depend only on the page stamp; kept per stamp,
+    # a view of a ticket seen before costs one small query instead of reading its context and lists.
+    ticket_page_cache: dict[tuple[Any, ...], tuple[str, str]] = {}
 
     def ticket_page(request: Request, user: UserInfo, message: str = "", status: int = 200) -> Response:
         ticket_id = int(request.path_params["ticket_id"])
-        with engine.connect() as conn:
-            ticket = tickets.get_ticket(conn, ticket_id)
-            events = tickets.ticket_events(conn, ticket_id)
-            approved = states.current(conn, ticket.cloud, ticket.watch)
-            own = [s for s in states.history(conn, ticket.cloud, ticket.watch) if s.ticket_id == ticket.id]
-            snippets = {fmt: render.render_ticket(conn, settings, ticket, fmt, "add") for fmt in SNIPPET_FORMATS}
         now = dt.datetime.now(dt.timezone.utc)
-        lists = approved.to_json(now) if approved else None
-        # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
-        if own:
-            removals_after = own[-1].removals_at.isoformat() if own[-1].removals_at else None
-        elif ticket.state in tickets.LIVE_STATES:
-            removals_after = states.removals_time(ticket.file_date, settings.tickets.removal_delay_days, now).isoformat()
-        else:
-            removals_after = None
-        return page("ticket.html", request, user, status=status, ticket=ticket, context=ticket.context, events=events,
-                    snippets=snippets, lists=lists, message=message, removals_after=removals_after, families=states.FAMILIES,
-                    may_review=user.may_review)
+        with engine.connect() as conn:
+            stamp = ticket_detail.page_stamp(conn, ticket_id)
+            # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
+            if stamp.own is not None:
+                removals_after = stamp.own.removals_at.isoformat() if stamp.own.removals_at else None
+            elif stamp.state in tickets.LIVE_STATES:
+                removals_after = states.removals_time(stamp.file_date, settings.tickets.removal_delay_days,
+                                                      now).isoformat()
+            else:
+                removals_after = None
+            final_phase = stamp.approved_removals_at is not None and now >= stamp.approved_removals_at
+            key = (ticket_id, stamp.state, stamp.updated_at, stamp.approved_id, final_phase, _when(removals_after))
+            kept = ticket_page_cache.get(key)
+            if kept is None:
+                ticket = tickets.get_ticket(conn, ticket_id)
+                events = tickets.ticket_events(conn, ticket_id)
+                approved = states.current(conn, ticket.cloud, ticket.watch)
+                snippets = [snippet_preview(fmt, text) for fmt, text in ticket_snippets(conn, ticket, approved).items()]
+                shown = {"ticket": ticket, "context": ticket.context}
+                kept = remember(ticket_page_cache, key, (
+                    ENV.get_template("ticket_head.html").render(**shown),
+                    ENV.get_template("ticket_body.html").render(
+                        **shown, events=events, snippets=snippets, lists=approved.to_json(now) if approved else None,
+                        removals_after=removals_after, families=states.FAMILIES)), TICKET_PAGE_CACHE_ENTRIES)
+        return page("ticket.html", request, user, status=status, ticket_id=ticket_id, state=stamp.state,
+                    head=Markup(kept[0]), body=Markup(kept[1]), message=message, may_review=user.may_review)
 
     async def ticket_action(request: Request) -> Response:
         form = await read_form(request)
@@ -217,50 +286,62 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
 
     # ------------------------------------------------------------ reading pages
 
-    size_cache: dict[tuple[Any, ...], tuple[int, int, int, int]] = {}
+    # A tag's series, its page body and its plots change only when a publication is imported: cached per
+    # (cloud, tag, publications stamp), so a view costs one small query (and the user's part of the page).
+    series_cache: dict[tuple[Any, ...], tuple[str, list[Any], list[plots.SeriesPoint], list[Any]]] = {}
+    body_cache: dict[tuple[Any, ...], str] = {}
+    svg_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
 
-    def tag_history(cloud: str, name: str) -> tuple[str, list[Any], list[plots.SeriesPoint], list[Any]]:
+    def tag_history(cloud: str, name: str) -> tuple[tuple[Any, ...], str, list[Any], list[plots.SeriesPoint], list[Any]]:
         with engine.connect() as conn:
-            real, entries = store.history(conn, cloud, name)
-            pubs = store.publications(conn, cloud)
-            versions = []
-            for entry in entries:
-                # A stored version never changes: its sizes are worked out once per process.
-                key = (cloud, real, entry.date, entry.present, entry.prefix_count, entry.change_number)
-                sizes = size_cache.get(key)
-                if sizes is None:
-                    pub = store.publication_by_day(conn, cloud, entry.date)
-                    snap = store.snapshot(conn, cloud, real, pub) if pub and entry.present else None
-                    sizes = plots.family_sizes(snap.prefixes if snap else ())
-                    if len(size_cache) >= SIZE_CACHE_ENTRIES:
-                        size_cache.clear()
-                    size_cache[key] = sizes
-                versions.append(plots.VersionPoint(entry.date, sizes, entry.added, entry.removed))
-        return real, entries, plots.tag_series([p.file_date for p in pubs], versions), pubs
+            key = (cloud, name, *series.publications_stamp(conn, cloud))
+            cached = series_cache.get(key)
+            if cached is None:
+                pubs = store.publications(conn, cloud)
+                found = series.tag_series(conn, cloud, name)
+                versions = [plots.VersionPoint(e.date, found.sizes[e.date], e.added, e.removed) for e in found.entries]
+                cached = remember(series_cache, key, (found.name, found.entries,
+                                                      plots.tag_series([p.file_date for p in pubs], versions), pubs))
+        return (key, *cached)
 
     def tag_page(request: Request, user: UserInfo) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
-        real, entries, points, pubs = tag_history(cloud, name)
+        key, real, entries, points, pubs = tag_history(cloud, name)
         compare = None
-        first, second = request.query_params.get("from"), request.query_params.get("to")
+        first, second = request.query_params.get("from") or "", request.query_params.get("to") or ""
         if first and second:
             with engine.connect() as conn:
                 old = store.resolve_publication(conn, cloud, first)
                 new = store.resolve_publication(conn, cloud, second)
                 compare = [c.to_json(old, new) for c in store.diff_publications(conn, cloud, old, new, [real])]
-        return page("tag.html", request, user, tag=real, cloud=cloud, entries=entries, points=points, pubs=pubs,
-                    compare=compare, compare_from=first or "", compare_to=second or "", kinds=plots.PLOT_KINDS)
+        body = body_cache.get((*key, first, second))
+        if body is None:  # the plots, the numbers, the versions and the compare form: the same for everyone
+            body = remember(body_cache, (*key, first, second), ENV.get_template("tag_body.html").render(
+                tag=real, cloud=cloud, entries=entries, points=points, pubs=pubs, compare_from=first,
+                compare_to=second, kinds=plots.PLOT_KINDS))
+        return page("tag.html", request, user, tag=real, body=Markup(body), compare=compare, compare_from=first,
+                    compare_to=second)
 
     def tag_plot(request: Request, user: UserInfo) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
         kind = request.query_params.get("kind", "prefixes")
         if kind not in plots.PLOT_KINDS:
             raise PageError(404, f"no plot {kind!r}")
-        real, _entries, points, _pubs = tag_history(cloud, name)
+        key, real, _entries, points, _pubs = tag_history(cloud, name)
+        kept = svg_cache.get((*key, kind))
+        if kept is None:  # the SVG and its gzip form (a 260-week plot: ~190 KB of markup, ~20 KB gzipped)
+            svg = plots.plot_svg(real, points, kind).encode()
+            kept = remember(svg_cache, (*key, kind), (svg, gzip.compress(svg, 6, mtime=0)))
+        etag = '"' + hashlib.sha256(repr((*key, kind)).encode()).hexdigest()[:32] + '"'
+        headers = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                   "X-Content-Type-Options": "nosniff", "ETag": etag, "Cache-Control": "private, no-cache",
+                   "Vary": "Accept-Encoding"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
         # The SVG is its own document: no script runs in it, and it loads nothing.
-        return Response(plots.plot_svg(real, points, kind), media_type="image/svg+xml", headers={
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-            "X-Content-Type-Options": "nosniff"})
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            return Response(kept[1], media_type="image/svg+xml", headers={**headers, "Content-Encoding": "gzip"})
+        return Response(kept[0], media_type="image/svg+xml", headers=headers)
 
     def watch_page(request: Request, user: UserInfo) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")

@@ -8,6 +8,7 @@ comes from a CDN by default: switched off), so the page works offline.
 """
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import socket
 from dataclasses import dataclass
@@ -81,12 +82,12 @@ def family_sizes(prefixes: Sequence[str]) -> tuple[int, int, int, int]:
 def tag_series(publication_dates: Sequence[dt.date], versions: Sequence[VersionPoint]) -> list[SeriesPoint]:
     """One point per publication: the version in force on its date (nothing before the tag's first version)."""
     ordered = sorted(versions, key=lambda v: v.since)
-    sizes = {v.since: v.sizes for v in ordered}
+    starts = [v.since for v in ordered]
     points = []
     for day in sorted(publication_dates):
-        in_force = [v for v in ordered if v.since <= day]
-        current = in_force[-1] if in_force else None
-        numbers = sizes[current.since] if current else (0, 0, 0, 0)
+        at = bisect.bisect_right(starts, day) - 1  # the last version that started on or before the day
+        current = ordered[at] if at >= 0 else None
+        numbers = current.sizes if current else (0, 0, 0, 0)
         points.append(SeriesPoint(day, *numbers, changed=current is not None and current.since == day))
     return points
 

@@ -1,0 +1,317 @@
+"""The review desk's pages through the real app, each ÷ ``json.loads`` of one real Public file, side by side.
+
+    python -m benchmarks.web [--backends sqlite,postgresql] [--weeks 260] [--repeat 5] [--out FILE]
+
+Per backend (set-up untimed, fresh databases):
+
+* **ticket**: the last two real Public files imported with 19 registries and an extra-tags watch of
+  ``AzureCloud`` (as figure 9); the first file's baselines approved. Timed: ``GET /tickets/ID`` of the
+  AzureCloud change ticket (~13,000 prefixes: its changes, approved lists, trail and nine rule snippets).
+  ``ticket`` is a view on an app that has shown the ticket before (its snippets are kept per ticket state);
+  ``ticket_first_view`` the first view on a freshly made app (the snippets rendered: ``render.render_formats``).
+* **tag**: a synthetic 5-year history (``--weeks`` weekly files from the last real Public file,
+  ``benchmarks.synthetic``) imported. Timed: the tag page of ``AzureCloud`` as a browser loads it,
+  ``GET /tag`` and its two plots ``GET /tag/plot.svg`` (prefixes, space). ``tag`` is a view on an app that
+  has shown it since the last import (series, page body and plots are kept per publications stamp);
+  ``tag_first_view`` the first view on a freshly made app, and ``tag_html_only_first_view`` its HTML alone.
+* **queue**: 1,000 tickets (10 watches changing every week for 100 weeks; most superseded, some
+  approved, ten live). Timed: ``GET /`` (the live tickets and the newest 50 decided ones).
+* **request_floor**: ``GET /static/desk.css`` (a 2 KB file: no sign-in, no database), what any request costs
+  in this harness; a page cannot go below it.
+
+Requests go through the Starlette app in this process (``TestClient`` kept open, signed in as an approver),
+so the figures hold routing, sign-in, the library calls, templates and pygal, and no sockets. Each timed
+sample (a first view alone, or the mean of five repeated views) sits between two ``json.loads`` of the last
+real Public file. Targets: ticket and tag ≤ 0.5,
+queue ≤ 0.2 (``pass`` judges the repeated views: ticket, tag, queue).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_DATA, DEFAULT_POSTGRES_URL, Backends, RealFile, read_files, sandwich, workdir,
+)
+from benchmarks.synthetic import Generator  # noqa: E402
+from tests.factory import build_file, file_name  # noqa: E402
+
+TARGETS = {"ticket": 0.5, "tag": 0.5, "queue": 0.2}
+PASSWORD = "benchmark passphrase"
+QUEUE_WATCHES, QUEUE_WEEKS = 10, 100
+QUEUE_REGIONS = ("eastus", "eastus2", "westus", "westus2", "westeurope", "northeurope", "centralus", "uksouth",
+                 "japaneast", "swedencentral")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def signed_in_client(settings: Any, engine: Any) -> Iterator[Any]:
+    """A TestClient on a freshly made app, signed in as the approver ``bench`` (added once per database).
+
+    Used as a context, the client keeps one event loop thread for all its requests, as a server does
+    (outside one, each request would start and stop a loop: ~2 ms that no server spends)."""
+    from starlette.testclient import TestClient
+
+    from watcher import users, web
+
+    with engine.connect() as conn:
+        if users.find_user(conn, "bench") is None:
+            users.add_user(engine, "bench", "approver", PASSWORD)
+    with TestClient(web.create_app(settings, engine, web.standalone_view(settings))) as client:
+        sign_in(client)
+        yield client
+
+
+def sign_in(client: Any) -> None:
+    form = client.get("/login").text
+    token = form.split('name="csrf" value="')[1].split('"')[0]
+    answer = client.post("/login", data={"csrf": token, "username": "bench", "password": PASSWORD},
+                         follow_redirects=False)
+    if answer.status_code != 303:
+        raise RuntimeError(f"sign-in failed: {answer.status_code}")
+
+
+def fetch_all(client: Any, paths: list[str]) -> int:
+    """GET each path (all must answer 200); the bytes received."""
+    size = 0
+    for path in paths:
+        answer = client.get(path)
+        if answer.status_code != 200:
+            raise RuntimeError(f"GET {path}: {answer.status_code}")
+        size += len(answer.content)
+    return size
+
+
+#: A repeated view is timed as the mean of this many in a row: one request of a few milliseconds is at the
+#: mercy of the scheduler on a shared machine (a first view cannot be repeated, and is timed alone).
+VIEWS_PER_SAMPLE = 5
+
+
+def timed_ratio(baseline: RealFile, subject: Callable[[], Any], views: int = 1) -> tuple[float, float, Any]:
+    """(one subject ÷ json.loads, one subject's seconds, its result), ``views`` subjects timed together."""
+    def repeated() -> Any:
+        for _ in range(views - 1):
+            subject()
+        return subject()
+
+    seconds, loads, result = sandwich(lambda: json.loads(baseline.data), repeated)
+    return seconds / views / loads, seconds / views, result
+
+
+# ---------------------------------------------------------------- set-ups
+
+
+def ticket_setup(engine: Any, files: list[RealFile]) -> tuple[Any, int]:
+    from benchmarks import states
+    from watcher import pipeline, review, tickets
+
+    config = states.settings()
+    pipeline.import_publication(engine, config, files[-2].data, files[-2].name)
+    with engine.connect() as conn:
+        for ticket in tickets.list_tickets(conn, "open"):
+            review.transition(engine, ticket.id, "approve", "benchmark")
+    pipeline.import_publication(engine, config, files[-1].data, files[-1].name)
+    with engine.connect() as conn:
+        live = [t for t in tickets.list_tickets(conn) if t.watch == "(extra tags)" and t.state in ("open", "hold")]
+    if len(live) != 1:
+        raise RuntimeError(f"{files[-1].name} made no AzureCloud ticket")
+    return config, live[0].id
+
+
+def tag_setup(engine: Any, base: RealFile, weeks: int, seed: int) -> int:
+    from watcher import store
+
+    start = dt.datetime.strptime(base.date, "%Y%m%d").date()
+    for week in Generator(orjson.loads(base.data), "public", start, seed).weeks(weeks):
+        result = store.import_bytes(engine, week.data, week.name)
+        if result.outcome != "imported":
+            raise RuntimeError(f"synthetic {week.name}: {result.outcome} ({result.reason})")
+        if week.week and week.week % 52 == 0:
+            log(f"    synthetic week {week.week}/{weeks} imported")
+    return weeks
+
+
+def _queue_week(week: int) -> dict[str, list[str]]:
+    """Every watch's storage tag changes every week (one /24 more, the oldest one gone after 40 weeks)."""
+    tags = {}
+    for index, region in enumerate(QUEUE_REGIONS):
+        first = max(0, week - 40)
+        tags[f"Storage.{region}"] = [f"20.{100 + index}.{n % 250}.0/24" if n < 250 else f"21.{100 + index}.{n - 250}.0/24"
+                                     for n in range(first, week + 10)]
+        tags[f"AzureContainerRegistry.{region}"] = [f"20.{200 + index}.0.0/24"]
+    return tags
+
+
+def queue_setup(engine: Any, weeks: int = QUEUE_WEEKS) -> Any:
+    from watcher import pipeline, review, tickets
+    from watcher.settings import NotifySettings, RegistryWatch, Settings
+
+    config = Settings(registries=tuple(RegistryWatch(f"queue{i:02d}", (r,)) for i, r in enumerate(QUEUE_REGIONS)),
+                      notify=NotifySettings())
+    start = dt.date(2021, 1, 5)
+    for week in range(weeks):
+        day = (start + dt.timedelta(weeks=week)).strftime("%Y%m%d")
+        pipeline.import_publication(engine, config, build_file(_queue_week(week), change_number=week + 1),
+                                    file_name(day))
+        if week % 7 == 0:  # now and then a reviewer approves what is live (the rest is superseded)
+            with engine.connect() as conn:
+                live = [t.id for t in tickets.list_tickets(conn) if t.state in tickets.LIVE_STATES]
+            for ticket_id in live:
+                if _state(engine, ticket_id) == "hold":
+                    review.transition(engine, ticket_id, "release", "benchmark")
+                review.transition(engine, ticket_id, "approve", "benchmark")
+    with engine.connect() as conn:
+        count = len(tickets.list_tickets(conn))
+    if count != QUEUE_WATCHES * weeks:
+        raise RuntimeError(f"expected {QUEUE_WATCHES * weeks} tickets, made {count}")
+    return config
+
+
+def _state(engine: Any, ticket_id: int) -> str:
+    from watcher import tickets
+
+    with engine.connect() as conn:
+        return tickets.get_ticket(conn, ticket_id).state
+
+
+# ---------------------------------------------------------------- measures
+
+
+def measure_backend(backends: Backends, backend: str, files: list[RealFile], weeks: int, seed: int,
+                    repeat: int, pages: list[str], queue_weeks: int = QUEUE_WEEKS) -> dict[str, Any]:
+    baseline = files[-1]
+    out: dict[str, Any] = {}
+    if "ticket" in pages:
+        out.update(measure_ticket(backends, backend, files, repeat))
+    if "tag" in pages:
+        out.update(measure_tag(backends, backend, baseline, weeks, seed, repeat))
+    if "queue" in pages:
+        out.update(measure_queue(backends, backend, baseline, repeat, queue_weeks))
+    return out
+
+
+def measure_ticket(backends: Backends, backend: str, files: list[RealFile], repeat: int) -> dict[str, Any]:
+    baseline, out = files[-1], {}
+    with backends.fresh(backend) as database:
+        log(f"  {backend}: ticket set-up (two real files, 20 watches)")
+        config, ticket_id = ticket_setup(database.engine, files)
+        paths = [f"/tickets/{ticket_id}"]
+        with signed_in_client(config, database.engine) as client:
+            fetch_all(client, paths)  # templates compile once per process
+        first, again = [], []
+        for _ in range(repeat):
+            with signed_in_client(config, database.engine) as client:  # a new app: its snippet cache is empty
+                first.append(timed_ratio(baseline, lambda: fetch_all(client, paths)))
+                again.append(timed_ratio(baseline, lambda: fetch_all(client, paths), VIEWS_PER_SAMPLE))
+        out["ticket"] = summary(again, paths)
+        out["ticket_first_view"] = summary(first, paths)
+    return out
+
+
+def measure_tag(backends: Backends, backend: str, baseline: RealFile, weeks: int, seed: int,
+                repeat: int) -> dict[str, Any]:
+    out = {}
+    with backends.fresh(backend) as database:
+        log(f"  {backend}: tag set-up ({weeks} synthetic weeks)")
+        tag_setup(database.engine, baseline, weeks, seed)
+        from watcher.settings import Settings
+
+        config = Settings()
+        paths = ["/tag?name=AzureCloud&cloud=public"] + [
+            f"/tag/plot.svg?name=AzureCloud&cloud=public&kind={kind}" for kind in ("prefixes", "space")]
+        cold, warm = [], []
+        for _ in range(repeat):
+            with signed_in_client(config, database.engine) as client:  # a new app: nothing cached in the process
+                cold.append(timed_ratio(baseline, lambda: fetch_all(client, paths)))
+                warm.append(timed_ratio(baseline, lambda: fetch_all(client, paths), VIEWS_PER_SAMPLE))
+        out["tag"] = summary(warm, paths)
+        out["tag_first_view"] = summary(cold, paths)
+        html_only = []
+        for _ in range(repeat):
+            with signed_in_client(config, database.engine) as client:
+                html_only.append(timed_ratio(baseline, lambda: fetch_all(client, paths[:1])))
+        out["tag_html_only_first_view"] = summary(html_only, paths[:1])
+    return out
+
+
+def measure_queue(backends: Backends, backend: str, baseline: RealFile, repeat: int,
+                  weeks: int = QUEUE_WEEKS) -> dict[str, Any]:
+    out = {}
+    with backends.fresh(backend) as database:
+        log(f"  {backend}: queue set-up ({QUEUE_WATCHES * weeks} tickets)")
+        config = queue_setup(database.engine, weeks)
+        with signed_in_client(config, database.engine) as client:
+            fetch_all(client, ["/"])
+            runs = [timed_ratio(baseline, lambda: fetch_all(client, ["/"]), VIEWS_PER_SAMPLE) for _ in range(repeat)]
+            # The floor under every figure: a request for a small static file (no sign-in, no database).
+            static = ["/static/desk.css"]
+            floor = [timed_ratio(baseline, lambda: fetch_all(client, static), VIEWS_PER_SAMPLE) for _ in range(repeat)]
+        out["queue"] = summary(runs, ["/"])
+        out["request_floor"] = summary(floor, static)
+    return out
+
+
+def summary(runs: list[tuple[float, float, Any]], paths: list[str]) -> dict[str, Any]:
+    ratios = [r for r, _, _ in runs]
+    return {"ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+            "ratio_max": round(max(ratios), 3), "ms_median": round(statistics.median(s for _, s, _ in runs) * 1000, 1),
+            "bytes": runs[0][2], "paths": paths, "n": len(runs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.web", description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--weeks", type=int, default=260, help="weeks of synthetic history for the tag page")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
+    parser.add_argument("--pages", default="ticket,tag,queue", help="which pages to measure")
+    parser.add_argument("--queue-weeks", type=int, default=QUEUE_WEEKS,
+                        help=f"weeks of {QUEUE_WATCHES} tickets each in the queue (default {QUEUE_WEEKS}: 1,000 tickets)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.disable(logging.WARNING)  # the pipeline's notes are not the benchmark's output
+    files = read_files(args.data / "public")[-2:]
+    pages = [p for p in args.pages.split(",") if p]
+    started = time.perf_counter()
+    results: dict[str, Any] = {"targets": TARGETS, "weeks": args.weeks, "repeat": args.repeat,
+                               "queue_tickets": QUEUE_WATCHES * args.queue_weeks,
+                               "baseline": f"json.loads of {files[-1].name} ({len(files[-1].data)} bytes)"}
+    with workdir() as scratch:
+        backends = Backends(args.backends.split(","), scratch, args.postgres_url)
+        try:
+            for backend in backends.names:
+                results[backend] = measure_backend(backends, backend, files, args.weeks, args.seed, args.repeat, pages,
+                                                   args.queue_weeks)
+        finally:
+            backends.close()
+    results["pass"] = all(results[b][page]["ratio_median"] <= TARGETS[page] for b in backends.names for page in pages)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0 if results["pass"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
