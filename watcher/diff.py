@@ -43,6 +43,8 @@ class TagState:
     ordered: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
     #: (region, regionId, platform, systemService, networkFeatures), None each when absent; None when unknown
     metadata: tuple[Any, ...] | None = field(default=None, compare=False)
+    #: the prefixes are known to hold only the characters of plain notation (the store checked its text)
+    plain: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def of_sorted(cls, change_number: int | None, ordered: tuple[str, ...],
@@ -368,6 +370,9 @@ def uncovered(
 def _probe(prefix: str, cache: ParseCache, bands: dict[tuple[int, int, int], tuple[str, ...]]) -> Probe:
     family, start, end = cache.get(prefix) or cache.setdefault(prefix, _parse(prefix))
     length = int(prefix[prefix.rindex("/") + 1:])
+    if family == 4 and length >= 24:  # most changes: the leading groups are the text up to the last "."
+        lead = prefix[:prefix.rindex(".") + 1]
+        return family, start, end, _supernet_texts(4, start, 24, bands), ((lead, lead[:-1] + "/"),)
     depth, lead = _leading_groups(prefix, family, length)
     supernets = _supernet_texts(family, start, depth, bands)
     if not lead:
@@ -521,7 +526,7 @@ def _gated(state: TagState | None, skipped: list[str]) -> TagState | None:
     One C-speed pass over the text decides for nearly every state; only a state
     with a suspicious character is looked at prefix by prefix.
     """
-    if state is None or plain_prefix_text(state.sorted_prefixes()):
+    if state is None or state.plain or plain_prefix_text(state.sorted_prefixes()):
         return state
     kept = tuple(p for p in state.sorted_prefixes() if passes_prefix_gate(p))
     skipped.extend(state.prefixes.difference(kept))
