@@ -13,6 +13,7 @@ strings next to the content comparison that decides the status.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from bisect import bisect_left
@@ -292,9 +293,9 @@ _LENGTH_TEXT = [str(n) for n in range(129)]
 LOCAL_DIFF_RATIO = 8
 
 #: What a look-up near one prefix needs, whichever tag it changed in: (family, first address, last
-#: address, the texts of its supernets shorter than its leading groups, the text ranges of ``other``
-#: to scan for the rest, or None for all of it)
-Probe = tuple[int, int, int, tuple[str, ...], tuple[tuple[str, str], ...] | None]
+#: address, the texts of its supernets shorter than its leading groups, the text range of ``other``
+#: that starts with the leading groups (None: all of it), and narrower ranges within that one, if any)
+Probe = tuple[int, int, int, tuple[str, ...], tuple[str, str] | None, tuple[tuple[str, str], ...] | None]
 
 
 class ProbeCache:
@@ -304,12 +305,12 @@ class ProbeCache:
     share most of their supernets.
     """
 
-    __slots__ = ("probes", "bands")
+    __slots__ = ("probes", "supernets")
 
     def __init__(self) -> None:
         self.probes: dict[str, Probe] = {}
-        #: (family, group index, the groups up to it) -> texts of the supernets whose length cuts that group
-        self.bands: dict[tuple[int, int, int], tuple[str, ...]] = {}
+        #: leading groups' text -> the texts of the supernets shorter than them
+        self.supernets: dict[str, tuple[str, ...]] = {}
 
 
 def uncovered(
@@ -332,25 +333,27 @@ def uncovered(
     for prefix in prefixes:
         probe = known.get(prefix)
         if probe is None:
-            probe = known[prefix] = _probe(prefix, cache, probes.bands)
-        family, start, end, supernets, ranges = probe
+            probe = known[prefix] = _probe(prefix, cache, probes.supernets)
+        family, start, end, supernets, lead, narrower = probe
         if not other.isdisjoint(supernets):
             continue
-        if ranges is None:  # no leading group to narrow by (rare: very short or zero-led prefixes)
+        if lead is None:  # no leading group to narrow by (rare: very short or zero-led prefixes)
             candidates: Sequence[str] = other_sorted
-        elif len(ranges) == 1:
-            low = bisect_left(other_sorted, ranges[0][0])
-            candidates = other_sorted[low:bisect_left(other_sorted, ranges[0][1], low)]
-            if not candidates:
+        else:
+            low = bisect_left(other_sorted, lead[0])
+            high = bisect_left(other_sorted, lead[1], low)
+            if high == low:
                 result[family].append((start, end))
                 continue
-        else:
-            candidates = []
-            for low_text, high_text in ranges:
-                low = bisect_left(other_sorted, low_text)
-                high = bisect_left(other_sorted, high_text, low)
-                if high > low:
-                    candidates = [*candidates, *other_sorted[low:high]]
+            if narrower is None or high - low <= 2 * len(narrower):  # scanning beats two look-ups per range
+                candidates = other_sorted[low:high]
+            else:
+                candidates = []
+                for low_text, high_text in narrower:
+                    first = bisect_left(other_sorted, low_text, low, high)
+                    last = bisect_left(other_sorted, high_text, first, high)
+                    if last > first:
+                        candidates = [*candidates, *other_sorted[first:last]]
         inside: list[Interval] = []
         for candidate in candidates:
             c_family, c_start, c_end = cache.get(candidate) or cache.setdefault(candidate, _parse(candidate))
@@ -367,18 +370,19 @@ def uncovered(
     return {family: _merge(intervals) for family, intervals in result.items()}
 
 
-def _probe(prefix: str, cache: ParseCache, bands: dict[tuple[int, int, int], tuple[str, ...]]) -> Probe:
+def _probe(prefix: str, cache: ParseCache, supernets_of: dict[str, tuple[str, ...]]) -> Probe:
     family, start, end = cache.get(prefix) or cache.setdefault(prefix, _parse(prefix))
     length = int(prefix[prefix.rindex("/") + 1:])
     if family == 4 and length >= 24:  # most changes: the leading groups are the text up to the last "."
         lead = prefix[:prefix.rindex(".") + 1]
-        return family, start, end, _supernet_texts(4, start, 24, bands), ((lead, lead[:-1] + "/"),)
+        return family, start, end, _supernet_texts(4, start, lead, supernets_of), (lead, lead[:-1] + "/"), None
     depth, lead = _leading_groups(prefix, family, length)
-    supernets = _supernet_texts(family, start, depth, bands)
+    supernets = _supernet_texts(family, start, lead, supernets_of)
     if not lead:
-        return family, start, end, supernets, None
-    texts = _next_group_texts(family, start, length, depth, lead) or [lead]
-    return family, start, end, supernets, tuple((t, t[:-1] + chr(ord(t[-1]) + 1)) for t in texts)
+        return family, start, end, supernets, None, None
+    texts = _next_group_texts(family, start, length, depth, lead)
+    narrower = tuple((t, t[:-1] + chr(ord(t[-1]) + 1)) for t in texts) if texts else None
+    return family, start, end, supernets, (lead, lead[:-1] + chr(ord(lead[-1]) + 1)), narrower
 
 
 #: Above this many values of the group after the leading ones, a look-up scans the leading groups' whole range.
@@ -439,45 +443,50 @@ _OCTET_KEEP = [0xFF00 >> n & 0xFF for n in range(8)]
 _IPV4_TAILS = (".0.0.0/", ".0.0/", ".0/", "/")
 
 
-def _supernet_texts(family: int, start: int, depth: int, bands: dict[tuple[int, int, int], tuple[str, ...]]
+def _supernet_texts(family: int, start: int, lead: str, supernets_of: dict[str, tuple[str, ...]]
                     ) -> tuple[str, ...]:
-    """The canonical texts of the supernets of ``start`` shorter than ``depth`` (its leading groups' bits).
+    """The canonical texts of the supernets of ``start`` shorter than its leading groups (``lead``, their text).
 
-    By band: the supernets whose length cuts one group are written once per
-    value of the groups up to it (``bands``), so neighbouring prefixes share them.
+    Written once per leading groups' text (``supernets_of``) from those of the
+    groups before the last, so neighbouring prefixes share them. A lead's text
+    tells the family (IPv4 ends in ".", IPv6 in ":").
     """
-    bits, width = (8, 32) if family == 4 else (16, 128)
-    texts: tuple[str, ...] = ()
-    for index in range(depth // bits):
-        key = (family, index, start >> (width - bits * (index + 1)))
-        band = bands.get(key)
-        if band is None:
-            band = bands[key] = _band_texts(family, index, key[2])
-        texts += band
-    return texts
+    if not lead:
+        return ()
+    found = supernets_of.get(lead)
+    if found is None:
+        shorter = lead[:lead.rfind("." if family == 4 else ":", 0, len(lead) - 1) + 1]
+        index = shorter.count("." if family == 4 else ":")  # the group the last band's lengths cut
+        bits, width = (8, 32) if family == 4 else (16, 128)
+        group = start >> (width - bits * (index + 1)) & ((1 << bits) - 1)
+        tails = _ipv4_band_tails(index, group) if family == 4 else _ipv6_band_tails(index, group)
+        found = supernets_of[lead] = (
+            _supernet_texts(family, start, shorter, supernets_of) + tuple([shorter + tail for tail in tails])
+        )
+    return found
 
 
-def _band_texts(family: int, index: int, value: int) -> tuple[str, ...]:
-    """The texts of the supernets whose length cuts group ``index``; ``value``: the groups up to it.
+@functools.lru_cache(maxsize=None)  # at most 3 × 256 (index, octet) pairs
+def _ipv4_band_tails(index: int, octet: int) -> tuple[str, ...]:
+    """What follows the octets before ``index`` in the texts of the supernets whose length cuts that octet."""
+    return tuple(f"{_OCTET_TEXT[octet & _OCTET_KEEP[kept]]}{_IPV4_TAILS[index]}{8 * index + kept}"
+                 for kept in range(8))
 
-    IPv4 writes every octet. In IPv6 the groups before ``index`` are non-zero
-    (leading groups), so a supernet's text is those, the group its length cuts
-    (unless that is zero) and "::": the only run of zeros is the trailing one, of
-    two groups or more (``index`` is at most 3).
+
+@functools.lru_cache(maxsize=8192)
+def _ipv6_band_tails(index: int, group: int) -> tuple[str, ...]:
+    """What follows the groups before ``index`` in the texts of the supernets whose length cuts that group.
+
+    Those groups are non-zero (leading groups), so a supernet's text is them, the
+    group its length cuts (unless that is zero) and "::": the only run of zeros is
+    the trailing one, of two groups or more (``index`` is at most 3).
     """
-    if family == 4:
-        head = "".join(f"{value >> (8 * (index - i)) & 255}." for i in range(index))
-        octet = value & 255
-        return tuple(f"{head}{_OCTET_TEXT[octet & _OCTET_KEEP[kept]]}{_IPV4_TAILS[index]}{8 * index + kept}"
-                     for kept in range(8))
-    head = "".join(f"{value >> (16 * (index - i)) & 0xFFFF:x}:" for i in range(index))
-    group = value & 0xFFFF
-    texts = []
+    tails = []
     for kept in range(16):
         cut = group & (0xFFFF0000 >> kept) & 0xFFFF
         length = 16 * index + kept
-        texts.append(f"{head}{cut:x}::/{length}" if cut else f"{head}:/{length}" if index else f"::/{length}")
-    return tuple(texts)
+        tails.append(f"{cut:x}::/{length}" if cut else f":/{length}" if index else f"::/{length}")
+    return tuple(tails)
 
 
 def collapse(prefixes: Iterable[str]) -> list[str]:
