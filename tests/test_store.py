@@ -393,3 +393,19 @@ def test_the_manifest_holds_any_tag_name(engine, caplog):
     assert [(c.tag, c.status) for c in result.changed_tags] == [(odd, "changed")]
     assert "manifest" not in caplog.text  # read, not refused
     assert prefixes_at(engine, odd, "latest") == {"10.0.2.0/24"}
+
+
+@pytest.mark.parametrize("until_day", [None, 20250811])
+def test_bulk_span_rows_are_stored_as_given(engine, until_day):
+    """The spans' bulk write (one binary COPY buffer on PostgreSQL) stores each row as given."""
+    from watcher.store.sql import bulk_insert
+
+    rng = random.Random(5)
+    rows = sorted({(f"{rng.randrange(256)}.{rng.randrange(256)}.0.0/{rng.randrange(8, 33)}", rng.randrange(1, 2**31))
+                   for _ in range(2000)} | {("2603:1030:40f::/48", 7), ("::/0", 0)})
+    with engine.begin() as conn:
+        bulk_insert(conn, "prefix_spans", ("prefix", "tag_id"), rows, same={"first_day": 20250804, "until_day": until_day})
+    with engine.connect() as conn:
+        stored = sorted(tuple(r) for r in conn.execute(sa.select(
+            PrefixSpan.prefix, PrefixSpan.tag_id, PrefixSpan.first_day, PrefixSpan.until_day)))
+    assert stored == [(p, t, 20250804, until_day) for p, t in rows]
