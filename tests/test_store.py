@@ -409,3 +409,21 @@ def test_bulk_span_rows_are_stored_as_given(engine, until_day):
         stored = sorted(tuple(r) for r in conn.execute(sa.select(
             PrefixSpan.prefix, PrefixSpan.tag_id, PrefixSpan.first_day, PrefixSpan.until_day)))
     assert stored == [(p, t, 20250804, until_day) for p, t in rows]
+
+
+def test_a_first_import_leaves_the_span_key_as_the_migrations_made_it(engine, public_files):
+    """On PostgreSQL the first import builds the spans' key after writing them: it must come back the same."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from watcher.models import Base
+
+    store.import_bytes(engine, file_bytes(public_files[0]), plain_name(public_files[0]))
+    with engine.connect() as conn:
+        key = sa.inspect(conn).get_pk_constraint("prefix_spans")
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    assert (key["name"], key["constrained_columns"]) == ("pk_prefix_spans", ["prefix", "tag_id", "first_day"])
+    # The key is there and enforced: the same span again is refused.
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        row = conn.execute(sa.select(PrefixSpan.__table__).limit(1)).one()
+        conn.execute(sa.insert(PrefixSpan.__table__), dict(row._mapping))
