@@ -55,6 +55,15 @@ class TagState:
     def sorted_prefixes(self) -> tuple[str, ...]:
         return self.ordered if self.ordered is not None else tuple(sorted(self.prefixes))
 
+    def forget_order(self) -> None:
+        """Drop ``ordered`` (a cache: ``sorted_prefixes`` sorts again if asked).
+
+        For a holder of many states that no longer needs the order: a diff of
+        every tag across months keeps ~126,000 prefixes in sets *and* tuples, and
+        the garbage collector walks every reference of both once they are kept.
+        """
+        object.__setattr__(self, "ordered", None)  # frozen for the compared fields; this one is a cache
+
 
 #: The metadata properties in the order the store keeps them (``TagState.metadata``).
 METADATA_PROPERTIES = ("region", "regionId", "platform", "systemService", "networkFeatures")

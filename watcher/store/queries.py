@@ -182,6 +182,10 @@ def diff_publications(
             if names is None and change.status == "unchanged" and not change.anomalies and not change.metadata:
                 continue
             result.append(change)
+        for change in result:  # its readers need no order; freed here, the tuples cost no collection later
+            for state in (change.before, change.after):
+                if state is not None:
+                    state.forget_order()
     return sorted(result, key=lambda c: c.tag)
 
 
