@@ -411,8 +411,8 @@ def test_bulk_span_rows_are_stored_as_given(engine, until_day):
     assert stored == [(p, t, 20250804, until_day) for p, t in rows]
 
 
-def test_a_first_import_leaves_the_span_key_as_the_migrations_made_it(engine, public_files):
-    """On PostgreSQL the first import builds the spans' key after writing them: it must come back the same."""
+def test_a_first_import_leaves_keys_and_foreign_keys_as_the_migrations_made_them(engine, public_files):
+    """On PostgreSQL the first import adds the spans' key and the versions' foreign keys after its bulk writes."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -421,9 +421,17 @@ def test_a_first_import_leaves_the_span_key_as_the_migrations_made_it(engine, pu
     store.import_bytes(engine, file_bytes(public_files[0]), plain_name(public_files[0]))
     with engine.connect() as conn:
         key = sa.inspect(conn).get_pk_constraint("prefix_spans")
+        foreign = {(f["name"], f["referred_table"], f["options"].get("ondelete"))
+                   for f in sa.inspect(conn).get_foreign_keys("tag_versions")}
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     assert (key["name"], key["constrained_columns"]) == ("pk_prefix_spans", ["prefix", "tag_id", "first_day"])
+    assert foreign == {("fk_tag_versions_tag_id_tags", "tags", "CASCADE"),
+                       ("fk_tag_versions_content_hash_contents", "contents", None),
+                       ("fk_tag_versions_publication_id_publications", "publications", "CASCADE")}
     # The key is there and enforced: the same span again is refused.
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         row = conn.execute(sa.select(PrefixSpan.__table__).limit(1)).one()
         conn.execute(sa.insert(PrefixSpan.__table__), dict(row._mapping))
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:  # a version of no tag
+        row = conn.execute(sa.select(TagVersion.__table__).limit(1)).one()
+        conn.execute(sa.insert(TagVersion.__table__), {**row._mapping, "tag_id": 10**9})
