@@ -396,13 +396,14 @@ def test_the_manifest_holds_any_tag_name(engine, caplog):
 
 
 @pytest.mark.parametrize("until_day", [None, 20250811])
-def test_bulk_span_rows_are_stored_as_given(engine, until_day):
-    """The spans' bulk write (one binary COPY buffer on PostgreSQL) stores each row as given."""
+@pytest.mark.parametrize("odd_text", [None, "a\\b\tc\nd"])
+def test_bulk_span_rows_are_stored_as_given(engine, until_day, odd_text):
+    """The spans' bulk write (one COPY buffer on PostgreSQL; row by row if a text needs escaping) stores each row."""
     from watcher.store.sql import bulk_insert
 
     rng = random.Random(5)
     rows = sorted({(f"{rng.randrange(256)}.{rng.randrange(256)}.0.0/{rng.randrange(8, 33)}", rng.randrange(1, 2**31))
-                   for _ in range(2000)} | {("2603:1030:40f::/48", 7), ("::/0", 0)})
+                   for _ in range(2000)} | {("2603:1030:40f::/48", 7), ("::/0", 0)} | ({(odd_text, 3)} if odd_text else set()))
     with engine.begin() as conn:
         bulk_insert(conn, "prefix_spans", ("prefix", "tag_id"), rows, same={"first_day": 20250804, "until_day": until_day})
     with engine.connect() as conn:
