@@ -303,8 +303,9 @@ LOCAL_DIFF_RATIO = 8
 
 #: What a look-up near one prefix needs, whichever tag it changed in: (family, first address, last
 #: address, the texts of its supernets shorter than its leading groups, the text range of ``other``
-#: that starts with the leading groups (None: all of it), and narrower ranges within that one, if any)
-Probe = tuple[int, int, int, tuple[str, ...], tuple[str, str] | None, tuple[tuple[str, str], ...] | None]
+#: that starts with the leading groups (None: all of it), and narrower ranges within that one (None: none;
+#: an int: the leading groups' bits, the ranges not written yet)
+Probe = tuple[int, int, int, tuple[str, ...], tuple[str, str] | None, tuple[tuple[str, str], ...] | int | None]
 
 
 class ProbeCache:
@@ -354,8 +355,11 @@ def uncovered(
             if high == low:
                 result[family].append((start, end))
                 continue
-            if narrower is None or high - low <= 2 * len(narrower):  # scanning beats two look-ups per range
-                candidates = other_sorted[low:high]
+            if narrower is not None and high - low > SCAN_UP_TO and not isinstance(narrower, tuple):
+                narrower = _narrower(prefix, family, start, narrower, lead[0])
+                known[prefix] = (family, start, end, supernets, lead, narrower)
+            if narrower is None or high - low <= SCAN_UP_TO or high - low <= 2 * len(narrower):  # type: ignore[arg-type]
+                candidates = other_sorted[low:high]  # scanning beats two look-ups per narrower range
             else:
                 candidates = []
                 for low_text, high_text in narrower:
@@ -389,10 +393,17 @@ def _probe(prefix: str, cache: ParseCache, supernets_of: dict[str, tuple[str, ..
     supernets = _supernet_texts(family, start, lead, supernets_of)
     if not lead:
         return family, start, end, supernets, None, None
-    texts = _next_group_texts(family, start, length, depth, lead)
-    narrower = tuple((t, t[:-1] + chr(ord(t[-1]) + 1)) for t in texts) if texts else None
-    return family, start, end, supernets, (lead, lead[:-1] + chr(ord(lead[-1]) + 1)), narrower
+    # The narrower ranges are written when a look-up first meets a big range (most never do): ``depth`` till then.
+    return family, start, end, supernets, (lead, lead[:-1] + chr(ord(lead[-1]) + 1)), depth
 
+
+def _narrower(prefix: str, family: int, start: int, depth: int, lead: str) -> tuple[tuple[str, str], ...] | None:
+    texts = _next_group_texts(family, start, int(prefix[prefix.rindex("/") + 1:]), depth, lead)
+    return tuple((t, t[:-1] + chr(ord(t[-1]) + 1)) for t in texts) if texts else None
+
+
+#: A look-up scans a leading groups' range of up to this many prefixes rather than narrow it.
+SCAN_UP_TO = 8
 
 #: Above this many values of the group after the leading ones, a look-up scans the leading groups' whole range.
 NEXT_GROUP_VALUES = 32
