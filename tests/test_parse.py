@@ -387,3 +387,13 @@ def test_the_prefix_text_gate_passes_every_real_prefix_and_refuses_non_ascii(pub
     assert all(plain_prefix_text(t.raw_prefixes) for t in parsed.tags)
     with pytest.raises(ParseError, match="invalid prefix"):
         check_prefix_text("A", ["10.0.0.0/24", "１0.0.0.0/24"], SOURCE)  # a full-width digit
+
+
+def test_ipv4_canonical_check_refuses_what_inet_ntop_would_write_differently():
+    from watcher import prefixes
+
+    good, other = prefixes._canonical_prefixes(
+        ["10.0.0.0/8", "010.0.0.0/8", "10.0.0.1/8", "10.00.0.0/16", "10.0.0.0/08", "1.2.3/24", "256.0.0.0/8"])
+    assert good == ["10.0.0.0/8"]
+    assert sorted(other) == sorted(["010.0.0.0/8", "10.0.0.1/8", "10.00.0.0/16", "10.0.0.0/08", "1.2.3/24",
+                                    "256.0.0.0/8"])

@@ -393,3 +393,46 @@ def test_the_manifest_holds_any_tag_name(engine, caplog):
     assert [(c.tag, c.status) for c in result.changed_tags] == [(odd, "changed")]
     assert "manifest" not in caplog.text  # read, not refused
     assert prefixes_at(engine, odd, "latest") == {"10.0.2.0/24"}
+
+
+@pytest.mark.parametrize("until_day", [None, 20250811])
+@pytest.mark.parametrize("odd_text", [None, "a\\b\tc\nd"])
+def test_bulk_span_rows_are_stored_as_given(engine, until_day, odd_text):
+    """The spans' bulk write (one COPY buffer on PostgreSQL; row by row if a text needs escaping) stores each row."""
+    from watcher.store.sql import bulk_insert
+
+    rng = random.Random(5)
+    rows = sorted({(f"{rng.randrange(256)}.{rng.randrange(256)}.0.0/{rng.randrange(8, 33)}", rng.randrange(1, 2**31))
+                   for _ in range(2000)} | {("2603:1030:40f::/48", 7), ("::/0", 0)} | ({(odd_text, 3)} if odd_text else set()))
+    with engine.begin() as conn:
+        bulk_insert(conn, "prefix_spans", ("prefix", "tag_id"), rows, same={"first_day": 20250804, "until_day": until_day})
+    with engine.connect() as conn:
+        stored = sorted(tuple(r) for r in conn.execute(sa.select(
+            PrefixSpan.prefix, PrefixSpan.tag_id, PrefixSpan.first_day, PrefixSpan.until_day)))
+    assert stored == [(p, t, 20250804, until_day) for p, t in rows]
+
+
+def test_a_first_import_leaves_keys_and_foreign_keys_as_the_migrations_made_them(engine, public_files):
+    """On PostgreSQL the first import adds the spans' key and the versions' foreign keys after its bulk writes."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from watcher.models import Base
+
+    store.import_bytes(engine, file_bytes(public_files[0]), plain_name(public_files[0]))
+    with engine.connect() as conn:
+        key = sa.inspect(conn).get_pk_constraint("prefix_spans")
+        foreign = {(f["name"], f["referred_table"], f["options"].get("ondelete"))
+                   for f in sa.inspect(conn).get_foreign_keys("tag_versions")}
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    assert (key["name"], key["constrained_columns"]) == ("pk_prefix_spans", ["prefix", "tag_id", "first_day"])
+    assert foreign == {("fk_tag_versions_tag_id_tags", "tags", "CASCADE"),
+                       ("fk_tag_versions_content_hash_contents", "contents", None),
+                       ("fk_tag_versions_publication_id_publications", "publications", "CASCADE")}
+    # The key is there and enforced: the same span again is refused.
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        row = conn.execute(sa.select(PrefixSpan.__table__).limit(1)).one()
+        conn.execute(sa.insert(PrefixSpan.__table__), dict(row._mapping))
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:  # a version of no tag
+        row = conn.execute(sa.select(TagVersion.__table__).limit(1)).one()
+        conn.execute(sa.insert(TagVersion.__table__), {**row._mapping, "tag_id": 10**9})

@@ -142,7 +142,7 @@ def test_a_tag_new_to_the_database_is_created_and_appears():
 
     assert result.new_tags == ["Storage"]
     assert result.versions[0].tag_id == 0  # the writer fills in the id it creates
-    assert result.new_spans == [NewSpans("Storage", {A_, B_})]
+    assert result.new_spans == [NewSpans("Storage", (A_, B_))]  # all new: the sorted tuple, in key order
     assert result.predecessors == {}
     assert result.changes[0].status == "appeared" and result.changes[0].change_number_before is None
     assert result.present == [PresentEntry("Storage", None, b"entry-new".ljust(16, b"."), 2)]
@@ -166,7 +166,7 @@ def test_same_content_with_other_entry_bytes_only_records_the_new_fingerprint():
 
 def test_host_bits_are_repaired_and_noted():
     result = plan(parsed(tag("Sql", ["10.0.0.1/24"])), {})
-    assert result.new_spans == [NewSpans("Sql", {A_})]
+    assert result.new_spans == [NewSpans("Sql", (A_,))]
     assert result.notes  # the repair is reported
 
 

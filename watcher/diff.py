@@ -13,8 +13,8 @@ strings next to the content comparison that decides the status.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
-import re
 import socket
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -44,6 +44,8 @@ class TagState:
     ordered: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
     #: (region, regionId, platform, systemService, networkFeatures), None each when absent; None when unknown
     metadata: tuple[Any, ...] | None = field(default=None, compare=False)
+    #: the prefixes are known to hold only the characters of plain notation (the store checked its text)
+    plain: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def of_sorted(cls, change_number: int | None, ordered: tuple[str, ...],
@@ -52,6 +54,15 @@ class TagState:
 
     def sorted_prefixes(self) -> tuple[str, ...]:
         return self.ordered if self.ordered is not None else tuple(sorted(self.prefixes))
+
+    def forget_order(self) -> None:
+        """Drop ``ordered`` (a cache: ``sorted_prefixes`` sorts again if asked).
+
+        For a holder of many states that no longer needs the order: a diff of
+        every tag across months keeps ~126,000 prefixes in sets *and* tuples, and
+        the garbage collector walks every reference of both once they are kept.
+        """
+        object.__setattr__(self, "ordered", None)  # frozen for the compared fields; this one is a cache
 
 
 #: The metadata properties in the order the store keeps them (``TagState.metadata``).
@@ -265,6 +276,7 @@ def net_change(
 def _net_change(
     old_set: Collection[str], new_set: Collection[str], added: Collection[str], removed: Collection[str],
     cache: ParseCache, before_sorted: Sequence[str] | None, after_sorted: Sequence[str] | None,
+    probes: ProbeCache | None = None,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``net_change`` given the exact change (``added``, ``removed``), computed once by the caller."""
     if not added and not removed:
@@ -272,8 +284,8 @@ def _net_change(
     if (len(added) + len(removed)) * LOCAL_DIFF_RATIO < len(old_set) + len(new_set):
         old_sorted = before_sorted if before_sorted is not None else sorted(old_set)
         new_sorted = after_sorted if after_sorted is not None else sorted(new_set)
-        gained = uncovered(added, old_set, old_sorted, cache)
-        lost = uncovered(removed, new_set, new_sorted, cache)
+        gained = uncovered(added, old_set, old_sorted, cache, probes)
+        lost = uncovered(removed, new_set, new_sorted, cache, probes)
     else:
         old, new = merged_intervals(old_set, cache), merged_intervals(new_set, cache)
         gained = {family: subtract(new[family], old[family]) for family in (4, 6)}
@@ -285,60 +297,82 @@ def _net_change(
 
 
 _LENGTH_TEXT = [str(n) for n in range(129)]
-_LENGTH_RE = re.compile(r"/(\d+)")
 
 #: Below one changed prefix in this many, a diff looks only near the changes.
 LOCAL_DIFF_RATIO = 8
 
+#: What a look-up near one prefix needs, whichever tag it changed in: (family, first address, last
+#: address, the texts of its supernets shorter than its leading groups, the text range of ``other``
+#: that starts with the leading groups (None: all of it), and narrower ranges within that one (None: none;
+#: an int: the leading groups' bits, the ranges not written yet)
+Probe = tuple[int, int, int, tuple[str, ...], tuple[str, str] | None, tuple[tuple[str, str], ...] | int | None]
+
+
+class ProbeCache:
+    """The probes of the prefixes a batch of diffs looks near, each written once.
+
+    AzureCloud repeats every regional tag's changes, and neighbouring prefixes
+    share most of their supernets.
+    """
+
+    __slots__ = ("probes", "supernets")
+
+    def __init__(self) -> None:
+        self.probes: dict[str, Probe] = {}
+        #: leading groups' text -> the texts of the supernets shorter than them
+        self.supernets: dict[str, tuple[str, ...]] = {}
+
 
 def uncovered(
-    prefixes: Iterable[str], other: Collection[str], other_sorted: Sequence[str], cache: ParseCache
+    prefixes: Iterable[str], other: Collection[str], other_sorted: Sequence[str], cache: ParseCache,
+    probes: ProbeCache | None = None,
 ) -> dict[int, list[Interval]]:
     """Per family, the merged address intervals of ``prefixes`` that no prefix of ``other`` covers.
 
     Two CIDR blocks either nest or do not meet, so only ``other``'s supernets
     and subnets of a prefix matter. Its supernets up to the depth of its
-    leading groups are looked up by name; every other overlapping prefix shares
-    those leading groups, so its canonical text starts with theirs and lies in
-    one contiguous range of ``other_sorted``. Canonical text makes this exact:
+    leading groups are looked up by name (one C-speed ``isdisjoint`` over texts
+    written once per prefix); every other overlapping prefix shares those
+    leading groups, so its canonical text starts with theirs and lies in one
+    contiguous range of ``other_sorted``. Canonical text makes this exact:
     IPv4 writes every octet; IPv6 never compresses a non-zero group.
     """
     result: dict[int, list[Interval]] = {4: [], 6: []}
-    prefixes = list(prefixes)
-    # Which prefix lengths ``other`` has at all: most supernets need not be looked up.
-    # Reading them costs a pass over ``other`` (a regular expression over the joined
-    # text: a third of a loop's cost), worth it only for many look-ups: up to 24 per
-    # IPv4 prefix, up to 64 per IPv6 one (each three times dearer).
-    ipv6 = sum(1 for p in prefixes if ":" in p)
-    lengths = None
-    if (len(prefixes) + 2 * ipv6) * 48 > len(other):
-        lengths = set(_LENGTH_RE.findall("\n".join(other_sorted)))
+    probes = ProbeCache() if probes is None else probes
+    known = probes.probes
     for prefix in prefixes:
-        family, start, end = cache.get(prefix) or cache.setdefault(prefix, _parse(prefix))
-        length = int(prefix.rpartition("/")[2])
-        depth, lead = _leading_groups(prefix, family, length)
-        if _has_supernet(family, start, min(length, depth), other, lengths):
+        probe = known.get(prefix)
+        if probe is None:
+            probe = known[prefix] = _probe(prefix, cache, probes.supernets)
+        family, start, end, supernets, lead, narrower = probe
+        if not other.isdisjoint(supernets):
             continue
-        ranges = _next_group_texts(family, start, length, depth, lead) if lead else None
-        if ranges is not None:
-            candidates: Sequence[str] = []
-            for text in ranges:
-                low = bisect_left(other_sorted, text)
-                high = bisect_left(other_sorted, text[:-1] + chr(ord(text[-1]) + 1), low)
-                if high > low:
-                    candidates = [*candidates, *other_sorted[low:high]]
-        elif lead:
-            low = bisect_left(other_sorted, lead)
-            high = bisect_left(other_sorted, lead[:-1] + chr(ord(lead[-1]) + 1), low)
-            candidates = other_sorted[low:high]
-        else:  # no leading group to narrow by (rare: very short or zero-led prefixes)
-            candidates = other_sorted
+        if lead is None:  # no leading group to narrow by (rare: very short or zero-led prefixes)
+            candidates: Sequence[str] = other_sorted
+        else:
+            low = bisect_left(other_sorted, lead[0])
+            high = bisect_left(other_sorted, lead[1], low)
+            if high == low:
+                result[family].append((start, end))
+                continue
+            if narrower is not None and high - low > SCAN_UP_TO and not isinstance(narrower, tuple):
+                narrower = _narrower(prefix, family, start, narrower, lead[0])
+                known[prefix] = (family, start, end, supernets, lead, narrower)
+            if narrower is None or high - low <= SCAN_UP_TO or high - low <= 2 * len(narrower):  # type: ignore[arg-type]
+                candidates = other_sorted[low:high]  # scanning beats two look-ups per narrower range
+            else:
+                candidates = []
+                for low_text, high_text in narrower:
+                    first = bisect_left(other_sorted, low_text, low, high)
+                    last = bisect_left(other_sorted, high_text, first, high)
+                    if last > first:
+                        candidates = [*candidates, *other_sorted[first:last]]
         inside: list[Interval] = []
         for candidate in candidates:
             c_family, c_start, c_end = cache.get(candidate) or cache.setdefault(candidate, _parse(candidate))
             if c_family != family or c_end < start or c_start > end:
                 continue
-            if c_start <= start and end <= c_end:  # a supernet deeper than ``depth``
+            if c_start <= start and end <= c_end:  # a supernet deeper than the leading groups
                 break
             inside.append((c_start, c_end))
         else:
@@ -349,10 +383,30 @@ def uncovered(
     return {family: _merge(intervals) for family, intervals in result.items()}
 
 
+def _probe(prefix: str, cache: ParseCache, supernets_of: dict[str, tuple[str, ...]]) -> Probe:
+    family, start, end = cache.get(prefix) or cache.setdefault(prefix, _parse(prefix))
+    length = int(prefix[prefix.rindex("/") + 1:])
+    if family == 4 and length >= 24:  # most changes: the leading groups are the text up to the last "."
+        lead = prefix[:prefix.rindex(".") + 1]
+        return family, start, end, _supernet_texts(4, start, lead, supernets_of), (lead, lead[:-1] + "/"), None
+    depth, lead = _leading_groups(prefix, family, length)
+    supernets = _supernet_texts(family, start, lead, supernets_of)
+    if not lead:
+        return family, start, end, supernets, None, None
+    # The narrower ranges are written when a look-up first meets a big range (most never do): ``depth`` till then.
+    return family, start, end, supernets, (lead, lead[:-1] + chr(ord(lead[-1]) + 1)), depth
+
+
+def _narrower(prefix: str, family: int, start: int, depth: int, lead: str) -> tuple[tuple[str, str], ...] | None:
+    texts = _next_group_texts(family, start, int(prefix[prefix.rindex("/") + 1:]), depth, lead)
+    return tuple((t, t[:-1] + chr(ord(t[-1]) + 1)) for t in texts) if texts else None
+
+
+#: A look-up scans a leading groups' range of up to this many prefixes rather than narrow it.
+SCAN_UP_TO = 8
+
 #: Above this many values of the group after the leading ones, a look-up scans the leading groups' whole range.
 NEXT_GROUP_VALUES = 32
-
-
 def _next_group_texts(family: int, start: int, length: int, depth: int, lead: str) -> list[str] | None:
     """Text prefixes that every prefix overlapping this one and deeper than ``depth`` starts with, or None.
 
@@ -404,53 +458,55 @@ def _leading_groups(prefix: str, family: int, length: int) -> tuple[int, str]:
 
 
 _OCTET_TEXT = [str(n) for n in range(256)]
-
-
-def _has_supernet(family: int, start: int, below: int, other: Collection[str], lengths: set[str] | None) -> bool:
-    """Whether ``other`` (which has prefixes of ``lengths``, if known) names one shorter than ``below`` containing ``start``."""
-    if family == 4:
-        return _has_ipv4_supernet(start, below, other, lengths)
-    # Up to the first zero group, a supernet's text is its leading groups, the group its
-    # length cuts (unless that is zero) and "::": the only run of zeros is the trailing one
-    # (two groups or more, so folded: up to a /95).
-    heads = [""]  # heads[j]: the first j groups, each followed by ":"
-    while len(heads) <= min(below - 1, 95) >> 4:
-        group = start >> (128 - 16 * len(heads)) & 0xFFFF
-        if not group:
-            break
-        heads.append(f"{heads[-1]}{group:x}:")
-    for length in range(below):
-        if lengths is not None and _LENGTH_TEXT[length] not in lengths:
-            continue
-        index = length >> 4
-        if index < len(heads):
-            cut = start >> (112 - 16 * index) & 0xFFFF & (0xFFFF0000 >> (length & 15))
-            text = f"{heads[index]}{cut:x}::" if cut else f"{heads[index]}:" if index else "::"
-            text = f"{text}/{_LENGTH_TEXT[length]}"
-        else:
-            text = _cidr_text(6, start & ~_MASKS[6][length] & ((1 << 128) - 1), length)
-        if text in other:
-            return True
-    return False
-
-
 #: the bits of an octet that a length keeping ``n`` of them leaves
 _OCTET_KEEP = [0xFF00 >> n & 0xFF for n in range(8)]
 _IPV4_TAILS = (".0.0.0/", ".0.0/", ".0/", "/")
 
 
-def _has_ipv4_supernet(start: int, below: int, other: Collection[str], lengths: set[str] | None) -> bool:
-    """``_has_supernet`` for IPv4, writing each supernet's text from the octets (a fifth of ``inet_ntop``'s cost)."""
-    octets = (start >> 24, start >> 16 & 255, start >> 8 & 255, start & 255)
-    heads = ("", f"{octets[0]}.", f"{octets[0]}.{octets[1]}.", f"{octets[0]}.{octets[1]}.{octets[2]}.")
-    for length in range(min(below, 32)):
-        if lengths is not None and _LENGTH_TEXT[length] not in lengths:
-            continue
-        index = length >> 3  # the octet the length cuts
-        cut = _OCTET_TEXT[octets[index] & _OCTET_KEEP[length & 7]]
-        if f"{heads[index]}{cut}{_IPV4_TAILS[index]}{_LENGTH_TEXT[length]}" in other:
-            return True
-    return False
+def _supernet_texts(family: int, start: int, lead: str, supernets_of: dict[str, tuple[str, ...]]
+                    ) -> tuple[str, ...]:
+    """The canonical texts of the supernets of ``start`` shorter than its leading groups (``lead``, their text).
+
+    Written once per leading groups' text (``supernets_of``) from those of the
+    groups before the last, so neighbouring prefixes share them. A lead's text
+    tells the family (IPv4 ends in ".", IPv6 in ":").
+    """
+    if not lead:
+        return ()
+    found = supernets_of.get(lead)
+    if found is None:
+        shorter = lead[:lead.rfind("." if family == 4 else ":", 0, len(lead) - 1) + 1]
+        index = shorter.count("." if family == 4 else ":")  # the group the last band's lengths cut
+        bits, width = (8, 32) if family == 4 else (16, 128)
+        group = start >> (width - bits * (index + 1)) & ((1 << bits) - 1)
+        tails = _ipv4_band_tails(index, group) if family == 4 else _ipv6_band_tails(index, group)
+        found = supernets_of[lead] = (
+            _supernet_texts(family, start, shorter, supernets_of) + tuple([shorter + tail for tail in tails])
+        )
+    return found
+
+
+@functools.lru_cache(maxsize=None)  # at most 3 × 256 (index, octet) pairs
+def _ipv4_band_tails(index: int, octet: int) -> tuple[str, ...]:
+    """What follows the octets before ``index`` in the texts of the supernets whose length cuts that octet."""
+    return tuple(f"{_OCTET_TEXT[octet & _OCTET_KEEP[kept]]}{_IPV4_TAILS[index]}{8 * index + kept}"
+                 for kept in range(8))
+
+
+@functools.lru_cache(maxsize=8192)
+def _ipv6_band_tails(index: int, group: int) -> tuple[str, ...]:
+    """What follows the groups before ``index`` in the texts of the supernets whose length cuts that group.
+
+    Those groups are non-zero (leading groups), so a supernet's text is them, the
+    group its length cuts (unless that is zero) and "::": the only run of zeros is
+    the trailing one, of two groups or more (``index`` is at most 3).
+    """
+    tails = []
+    for kept in range(16):
+        cut = group & (0xFFFF0000 >> kept) & 0xFFFF
+        length = 16 * index + kept
+        tails.append(f"{cut:x}::/{length}" if cut else f":/{length}" if index else f"::/{length}")
+    return tuple(tails)
 
 
 def collapse(prefixes: Iterable[str]) -> list[str]:
@@ -499,7 +555,7 @@ def _gated(state: TagState | None, skipped: list[str]) -> TagState | None:
     One C-speed pass over the text decides for nearly every state; only a state
     with a suspicious character is looked at prefix by prefix.
     """
-    if state is None or plain_prefix_text(state.sorted_prefixes()):
+    if state is None or state.plain or plain_prefix_text(state.sorted_prefixes()):
         return state
     kept = tuple(p for p in state.sorted_prefixes() if passes_prefix_gate(p))
     skipped.extend(state.prefixes.difference(kept))
@@ -523,7 +579,8 @@ def diff_tag(tag: str, before: TagState | None, after: TagState | None, cache: P
 
 
 def _diff_tag(tag: str, before: TagState | None, after: TagState | None, added: frozenset[str],
-              removed: frozenset[str], cache: ParseCache, skipped: Sequence[str] = ()) -> TagDiff:
+              removed: frozenset[str], cache: ParseCache, skipped: Sequence[str] = (),
+              probes: ProbeCache | None = None) -> TagDiff:
     if before is None:
         status: Status = "appeared"
     elif after is None:
@@ -532,7 +589,7 @@ def _diff_tag(tag: str, before: TagState | None, after: TagState | None, added: 
         status = "changed" if added or removed else "unchanged"
     net_added, net_removed = _net_change(
         before.prefixes if before else frozenset(), after.prefixes if after else frozenset(), added, removed, cache,
-        before.sorted_prefixes() if before else (), after.sorted_prefixes() if after else (),
+        before.sorted_prefixes() if before else (), after.sorted_prefixes() if after else (), probes,
     ) if (added or removed) else ((), ())
     anomalies = change_number_anomalies(
         before.change_number if before else None,
@@ -576,5 +633,6 @@ def diff_tags(
         old = before.prefixes if before else frozenset()
         new = after.prefixes if after else frozenset()
         work.append((tag, before, after, new - old, old - new, skipped))
-    return [_diff_tag(tag, before, after, added, removed, cache, skipped)
+    probes = ProbeCache()
+    return [_diff_tag(tag, before, after, added, removed, cache, skipped, probes)
             for tag, before, after, added, removed, skipped in work]

@@ -78,6 +78,25 @@ _HOST_MASKS_V4 = {str(n): (1 << (32 - n)) - 1 for n in range(33)}
 _HOST_MASKS_V6 = {str(n): (1 << (128 - n)) - 1 for n in range(129)}
 
 
+def _strict_ipv4_parser() -> bool:
+    """Whether this platform's ``inet_pton`` reads only the dotted quad ``inet_ntop`` writes.
+
+    glibc, musl and the BSDs refuse leading zeros, missing or extra parts and
+    octets above 255, so an IPv4 address it reads is canonical as written and
+    need not be written back to be compared (a third of the check's cost).
+    """
+    for text in ("01.2.3.4", "1.2.3.04", "00.0.0.0", "1.2.3", "1.2.3.4.5", "1.2.3.256", "0x1.2.3.4"):
+        try:
+            socket.inet_pton(socket.AF_INET, text)
+        except OSError:
+            continue
+        return False
+    return True
+
+
+_STRICT_IPV4 = _strict_ipv4_parser()
+
+
 def _canonical_prefixes(texts: Iterable[str]) -> tuple[list[str], list[str]]:
     """Split prefix strings into those already canonical and the rest, at C speed per string.
 
@@ -89,6 +108,7 @@ def _canonical_prefixes(texts: Iterable[str]) -> tuple[list[str], list[str]]:
     """
     pton, ntop, from_bytes = socket.inet_pton, socket.inet_ntop, int.from_bytes
     v4, v6, masks_v4, masks_v6 = socket.AF_INET, socket.AF_INET6, _HOST_MASKS_V4, _HOST_MASKS_V6
+    strict_v4 = _STRICT_IPV4
     canonical: list[str] = []
     other: list[str] = []
     for text in texts:
@@ -102,7 +122,7 @@ def _canonical_prefixes(texts: Iterable[str]) -> tuple[list[str], list[str]]:
                     continue
             else:
                 packed = pton(v4, addr)
-                if from_bytes(packed, "big") & masks_v4[bits] or ntop(v4, packed) != addr:
+                if from_bytes(packed, "big") & masks_v4[bits] or not strict_v4 and ntop(v4, packed) != addr:
                     other.append(text)
                     continue
         except (OSError, KeyError, ValueError):  # ValueError: an embedded NUL

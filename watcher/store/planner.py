@@ -168,7 +168,9 @@ def plan_import(
             continue
         next_version = after.get(name)
         nxt = set(contents[next_version.content_hash]) if next_version is not None else set()
-        plan_spans(plan, name, tag_id, nxt, added, removed)
+        # All of a tag's prefixes are new (a first import): its sorted tuple, so that the spans'
+        # sort by prefix merges ~3,000 sorted runs instead of ordering 93,000 rows from sets.
+        plan_spans(plan, name, tag_id, nxt, prefixes if len(added) == len(prefixes) else added, removed)
         plan_versions(plan, name, tag_id, new_version, old_version, next_version)
         plan.changes.append(tag_change(name, old_version, new_version, len(added), len(removed)))
     return plan

@@ -19,7 +19,7 @@ from .records import (
     AddressHolder, HistoryEntry, LookupHit, PublicationInfo, ResolvedPublication, TagSnapshot, publication_from_row,
 )
 from .sql import fetch_all, fetch_in, no_collector_pauses, unpack
-from .versions import VERSION_COLUMNS, load_contents, version_from_row, versions_at
+from .versions import VERSION_COLUMNS, load_checked_contents, load_contents, version_from_row, versions_at
 
 
 def publications(conn: Connection, cloud: str) -> list[PublicationInfo]:
@@ -182,6 +182,10 @@ def diff_publications(
             if names is None and change.status == "unchanged" and not change.anomalies and not change.metadata:
                 continue
             result.append(change)
+        for change in result:  # its readers need no order; freed here, the tuples cost no collection later
+            for state in (change.before, change.after):
+                if state is not None:
+                    state.forget_order()
     return sorted(result, key=lambda c: c.tag)
 
 
@@ -208,9 +212,9 @@ def _versions_at_both(conn: Connection, cloud: str, old_day: int, new_day: int,
     params = {"cloud": cloud, "low": low, "high": high}
     if names is None:
         rows = fetch_all(conn, query + " AND v.tag_id IN (SELECT c.tag_id FROM tag_versions c "
-                         "WHERE c.valid_from > :low AND c.valid_from <= :high)", params)
+                         "WHERE c.valid_from > :low AND c.valid_from <= :high)", params, binary=True)
     else:
-        rows = fetch_in(conn, query + " AND t.name IN ({})", list(names), params) if names else []
+        rows = fetch_in(conn, query + " AND t.name IN ({})", list(names), params, binary=True) if names else []
     found: dict[str, list[_VersionKey | None]] = {}
     for name, valid_from, valid_until, present, change_number, content_hash, *metadata in rows:
         sides = found.setdefault(name, [None, None])
@@ -224,18 +228,18 @@ def _versions_at_both(conn: Connection, cloud: str, old_day: int, new_day: int,
 def _states_of(conn: Connection, pairs: dict[str, tuple[_VersionKey | None, _VersionKey | None]]
                ) -> dict[str, tuple[diffs.TagState | None, diffs.TagState | None]]:
     """The versions' tag states: each content read and unpacked once, its set built once."""
-    contents = load_contents(conn, [v[2] for pair in pairs.values() for v in pair if v is not None])
+    contents = load_checked_contents(conn, [v[2] for pair in pairs.values() for v in pair if v is not None])
     sets: dict[bytes, frozenset[str]] = {}
 
     def state(version: _VersionKey | None) -> diffs.TagState | None:
         if version is None:
             return None
         _, change_number, digest, metadata = version
-        ordered = contents[digest]
+        ordered, plain = contents[digest]
         prefixes = sets.get(digest)
         if prefixes is None:
             prefixes = sets[digest] = frozenset(ordered)
-        return diffs.TagState(change_number, prefixes, ordered, metadata)
+        return diffs.TagState(change_number, prefixes, ordered, metadata, plain=plain)
 
     return {name: (state(before), state(after)) for name, (before, after) in pairs.items()}
 

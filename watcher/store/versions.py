@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy import Connection, bindparam, text
 
 from .records import EMPTY_HASH, PublicationInfo, VersionInfo
-from .sql import chunks, fetch_all, fetch_in, unpack
+from .sql import chunks, fetch_all, fetch_in, unpack, unpack_checked
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,19 @@ def load_contents(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, tupl
     """Prefix sets by content hash."""
     wanted = sorted(set(hashes) - {EMPTY_HASH})
     found: dict[bytes, tuple[str, ...]] = {EMPTY_HASH: ()}
-    for digest, packed in fetch_in(conn, "SELECT hash, prefixes FROM contents WHERE hash IN ({})", wanted):
+    for digest, packed in fetch_in(conn, "SELECT hash, prefixes FROM contents WHERE hash IN ({})", wanted,
+                                   binary=True):
         found[bytes(digest)] = unpack(packed)
+    return found
+
+
+def load_checked_contents(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, tuple[tuple[str, ...], bool]]:
+    """``load_contents``, each with whether its text holds only plain prefix characters (``unpack_checked``)."""
+    wanted = sorted(set(hashes) - {EMPTY_HASH})
+    found: dict[bytes, tuple[tuple[str, ...], bool]] = {EMPTY_HASH: ((), True)}
+    for digest, packed in fetch_in(conn, "SELECT hash, prefixes FROM contents WHERE hash IN ({})", wanted,
+                                   binary=True):
+        found[bytes(digest)] = unpack_checked(packed)
     return found
 
 
