@@ -66,12 +66,6 @@ def queue_order(found: list[tickets.TicketInfo]) -> list[tickets.TicketInfo]:
     return sorted(found, key=lambda t: (rank.get(t.state, 2), -t.id))
 
 
-def overdue(ticket: tickets.TicketInfo, now: dt.datetime, days: int = 7) -> bool:
-    """A live ticket waiting longer than a week (the weekly publication has moved on)."""
-    updated = ticket.updated_at if ticket.updated_at.tzinfo else ticket.updated_at.replace(tzinfo=dt.timezone.utc)
-    return ticket.state in tickets.LIVE_STATES and now - updated > dt.timedelta(days=days)
-
-
 def publication_gaps(dates: list[dt.date], stale_after_days: int) -> dict[dt.date, int]:
     """Per publication, the days since the one before when more than ``stale_after_days`` (the health's bound
     for a stale cloud): publications may be missing in between."""
