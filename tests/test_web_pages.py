@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
+import re
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,16 @@ def test_the_kept_tag_page_and_plots_follow_a_new_publication(client: TestClient
     import_made(engine, quietly(load_settings(None, {})), "20250115",
                 week(storage_eastus2=("10.1.0.0/24", "10.1.9.0/24"), storage_westus=()), 3)
     assert rows() == 3 + 3
+    named = html.unescape(re.search(r'id="plot-prefixes" src="([^"]+)"', client.get("/tag?name=Storage.EastUS2").text)[1])
+    assert named.endswith("&kind=prefixes&v=3-3")  # three publications, the newest has id 3
+    lasting = client.get(named)
+    assert lasting.headers["cache-control"] == "private, max-age=31536000, immutable"
+    assert lasting.text == client.get("/tag/plot.svg?name=Storage.EastUS2&kind=prefixes").text
+    # The stamp the page had before the import still names the plot of then (it never changes) ...
+    assert client.get(named.replace("v=3-3", "v=2-2")).text == svg.text
+    # ... and one that names no kept plot gets the current one, not to be kept.
+    unknown = client.get(named.replace("v=3-3", "v=9-9"))
+    assert unknown.text == lasting.text and unknown.headers["cache-control"] == "private, no-cache"
     again = client.get("/tag/plot.svg?name=Storage.EastUS2&kind=prefixes", headers={"If-None-Match": svg.headers["etag"]})
     assert again.status_code == 200 and again.headers["etag"] != svg.headers["etag"] and again.text != svg.text
 

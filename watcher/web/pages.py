@@ -66,12 +66,6 @@ def queue_order(found: list[tickets.TicketInfo]) -> list[tickets.TicketInfo]:
     return sorted(found, key=lambda t: (rank.get(t.state, 2), -t.id))
 
 
-def overdue(ticket: tickets.TicketInfo, now: dt.datetime, days: int = 7) -> bool:
-    """A live ticket waiting longer than a week (the weekly publication has moved on)."""
-    updated = ticket.updated_at if ticket.updated_at.tzinfo else ticket.updated_at.replace(tzinfo=dt.timezone.utc)
-    return ticket.state in tickets.LIVE_STATES and now - updated > dt.timedelta(days=days)
-
-
 def publication_gaps(dates: list[dt.date], stale_after_days: int) -> dict[dt.date, int]:
     """Per publication, the days since the one before when more than ``stale_after_days`` (the health's bound
     for a stale cloud): publications may be missing in between."""
@@ -318,7 +312,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         if body is None:  # the plots, the numbers, the versions and the compare form: the same for everyone
             body = remember(body_cache, (*key, first, second), ENV.get_template("tag_body.html").render(
                 tag=real, cloud=cloud, entries=entries, points=points, pubs=pubs, compare_from=first,
-                compare_to=second, kinds=plots.PLOT_KINDS))
+                compare_to=second, kinds=plots.PLOT_KINDS, version=f"{key[2]}-{key[3]}"))
         return page("tag.html", request, user, tag=real, body=Markup(body), compare=compare, compare_from=first,
                     compare_to=second)
 
@@ -327,15 +321,24 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         kind = request.query_params.get("kind", "prefixes")
         if kind not in plots.PLOT_KINDS:
             raise PageError(404, f"no plot {kind!r}")
-        key, real, _entries, points, _pubs = tag_history(cloud, name)
-        kept = svg_cache.get((*key, kind))
-        if kept is None:  # the SVG and its gzip form (a 260-week plot: ~190 KB of markup, ~20 KB gzipped)
-            svg = plots.plot_svg(real, points, kind).encode()
-            kept = remember(svg_cache, (*key, kind), (svg, gzip.compress(svg, 6, mtime=0)))
+        # The page names the plot with its publications stamp (v=COUNT-NEWEST): a plot kept under that stamp
+        # is served without reading the stamp again, and may be kept by the browser for good (it never changes).
+        count, _, newest = request.query_params.get("v", "").partition("-")
+        named = (cloud, name, int(count), int(newest)) if count.isdigit() and newest.isdigit() else None
+        kept = svg_cache.get((*named, kind)) if named else None
+        if kept is not None:
+            key = named
+        else:
+            key, real, _entries, points, _pubs = tag_history(cloud, name)
+            kept = svg_cache.get((*key, kind))
+            if kept is None:  # the SVG and its gzip form (a 260-week plot: ~190 KB of markup, ~20 KB gzipped)
+                svg = plots.plot_svg(real, points, kind).encode()
+                kept = remember(svg_cache, (*key, kind), (svg, gzip.compress(svg, 6, mtime=0)))
+        lasting = key == named
         etag = '"' + hashlib.sha256(repr((*key, kind)).encode()).hexdigest()[:32] + '"'
         headers = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-                   "X-Content-Type-Options": "nosniff", "ETag": etag, "Cache-Control": "private, no-cache",
-                   "Vary": "Accept-Encoding"}
+                   "X-Content-Type-Options": "nosniff", "ETag": etag, "Vary": "Accept-Encoding",
+                   "Cache-Control": "private, max-age=31536000, immutable" if lasting else "private, no-cache"}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
         # The SVG is its own document: no script runs in it, and it loads nothing.
