@@ -28,12 +28,15 @@ def test_the_series_from_spans_equals_history_and_a_recount_of_each_version(engi
             "SELECT t.name FROM tags t JOIN tag_versions v ON v.tag_id = t.id WHERE t.cloud = 'china' "
             "GROUP BY t.name ORDER BY count(*) DESC, t.name LIMIT 6")).scalars().all()
         assert "AzureCloud" in busiest
+        lengths = []
         for name in busiest:
             found = series.tag_series(conn, "china", name.lower())
             real, entries = store.history(conn, "china", name)
             assert found.name == real == name
-            assert found.entries == entries and len(entries) > 3
+            assert found.entries == entries
+            lengths.append(len(entries))
             for entry in entries:
                 snap = store.snapshot(conn, "china", name, pubs[entry.date]) if entry.present else None
                 assert found.sizes[entry.date] == address_space.family_sizes(snap.prefixes if snap else ()), \
                     (name, entry.date)
+        assert max(lengths) > 8 and sum(1 for n in lengths if n > 3) >= 3, lengths  # long histories compared
