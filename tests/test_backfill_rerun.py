@@ -81,8 +81,9 @@ def approved_start(engine: sa.Engine, settings: Settings) -> None:
     assert len(approve_baselines(engine)) == 1
 
 
-def run(engine: sa.Engine, settings: Settings, folder: Path, make_hooks=pipeline.derived_work) -> backfill.BackfillReport:
-    return backfill.Backfill(engine, settings, make_hooks).run(backfill.find_files([folder]))
+def run(engine: sa.Engine, settings: Settings, folder: Path, make_hooks=pipeline.derived_work,
+        force: bool = False) -> backfill.BackfillReport:
+    return backfill.Backfill(engine, settings, make_hooks, force=force).run(backfill.find_files([folder]))
 
 
 def failing_once() -> backfill.HookMaker:
@@ -100,13 +101,13 @@ def failing_once() -> backfill.HookMaker:
     return make
 
 
-def stop_before_hooks(engine: sa.Engine, settings: Settings, folder: Path, how: str) -> None:
+def stop_before_hooks(engine: sa.Engine, settings: Settings, folder: Path, how: str, force: bool = False) -> None:
     if how == "killed-after-imports":
-        report = run(engine, settings, folder, make_hooks=None)
+        report = run(engine, settings, folder, make_hooks=None, force=force)
         assert report.hook_runs == [] and not report.failed
     else:
         with pytest.raises(StoreError, match="making the public tickets"):
-            run(engine, settings, folder, make_hooks=failing_once())
+            run(engine, settings, folder, make_hooks=failing_once(), force=force)
 
 
 def made(engine: sa.Engine) -> list[dict[str, Any]]:
@@ -200,6 +201,29 @@ def test_a_newer_file_arriving_before_the_rerun_makes_one_ticket_since_the_last_
     assert expected[0]["date"] == day(5) and expected[0]["previous"] == day(1).isoformat()
     [hook_run] = rerun.hook_runs
     assert hook_run.since.file_date == day(1)  # not week 4, the newest stored before the rerun
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_a_file_forced_through_the_plausibility_check_holds_the_tickets_a_rerun_makes(
+        engine: sa.Engine, twin: sa.Engine, tmp_path: Path, stop: str) -> None:
+    """Week 5 has 3 of 5 tags and is imported with --force; the rerun, without --force, holds its ticket as well."""
+    settings = make_settings(urls=(DESTINATION,))
+    folder = tmp_path / "archive"
+    for n in range(2, 5):
+        write(folder, n, storage_week(n))
+    write(folder, 5, week(storage_eastus2=["10.1.0.0/24", "10.1.15.0/24"],
+                          withdraw=("AzureContainerRegistry.WestUS", "Storage.WestUS")))
+    approved_start(engine, settings)
+    stop_before_hooks(engine, settings, folder, stop, force=True)
+    rerun = run(engine, settings, folder)
+    assert not rerun.failed and rerun.count("already imported") == 4
+    approved_start(twin, settings)
+    run(twin, settings, folder, force=True)
+    expected = made(twin)
+    assert made(engine) == expected
+    [ticket] = expected
+    assert ticket["state"] == "hold" and ticket["date"] == day(5)
+    assert any("imported with --force despite" in reason and "only 3 service tags" in reason for reason in ticket["held_for"])
 
 
 def rejected_week_2(engine: sa.Engine, settings: Settings) -> None:

@@ -164,8 +164,6 @@ class Backfill:
         with engine.connect() as conn:
             stored = store.all_publications(conn)
         self._known = {(p.cloud, p.file_date, p.sha256): p for p in stored}
-        #: per publication id imported with --force: the checks it failed
-        self._implausible: dict[int, tuple[str, ...]] = {}
 
     def import_file(self, item: BackfillFile) -> FileOutcome:
         outcome = self._import(item)
@@ -185,13 +183,11 @@ class Backfill:
                         "already imported", known, reason="the same file (SHA-256) is already stored for this date",
                     ), skipped=True)
             result = store.import_bytes(self.engine, data, name, file_date=item.file_date,
-                                        expected_cloud=checked.cloud)
+                                        expected_cloud=checked.cloud, on_imported=self._keep_forced(checked))
         except WatcherError as exc:
             return FileOutcome(name, item.cloud, item.file_date, error=str(exc))
         if checked.implausible:
             result = replace(result, notes=result.notes + checked.implausible)
-        if result.outcome == "imported" and checked.implausible:
-            self._implausible[result.publication.id] = checked.implausible
         return FileOutcome(name, result.publication.cloud, result.publication.file_date, result)
 
     def finish(self) -> BackfillReport:
@@ -208,9 +204,15 @@ class Backfill:
                 self.report.hook_runs.append(run)
         return self.report
 
-    def _hooks_for(self, newest: store.PublicationInfo) -> Sequence[hook_marks.Hook]:
-        # What --force let through is known for the files this run imported; a stopped run's is not kept.
-        return self.make_hooks(implausible=self._implausible.get(newest.id, ()))
+    def _hooks_for(self, implausible: Sequence[str]) -> Sequence[hook_marks.Hook]:
+        return self.make_hooks(implausible=implausible)
+
+    @staticmethod
+    def _keep_forced(checked: pipeline.CheckedFile) -> store.ImportHook | None:
+        """What ``--force`` let through is kept with the publication: its tickets may be made by a later run."""
+        if not checked.implausible:
+            return None
+        return lambda conn, result: hook_marks.record_forced(conn, result.publication, checked.implausible)
 
     def run(self, files: Iterable[BackfillFile],
             on_file: Callable[[FileOutcome], None] | None = None) -> BackfillReport:

@@ -21,6 +21,7 @@ tickets in one transaction, so they ran for all its watches or for none.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -28,13 +29,13 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from . import db, diff as diffs, store, tickets
 from .errors import translate_db_errors
-from .models import HookMark, Publication, utcnow
+from .models import ForcedImport, HookMark, Publication, utcnow
 from .settings import Settings
 
 #: One of the pipeline's hooks (``pipeline.derived_work``).
 Hook = Callable[[Connection, store.ImportResult, Settings], None]
-#: The hooks for a publication (they may depend on what its file failed).
-HookMaker = Callable[[store.PublicationInfo], Sequence[Hook]]
+#: The hooks, given the plausibility checks the publication's file failed (``pipeline.derived_work``).
+HookMaker = Callable[[Sequence[str]], Sequence[Hook]]
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,19 @@ def mark(conn: Connection, publication: store.PublicationInfo, now: Callable[[],
         # The caller holds the cloud's import lock, so no one else writes this row in between.
         if conn.execute(update(table).where(table.c.cloud == publication.cloud).values(**values)).rowcount == 0:
             conn.execute(insert(table), {"cloud": publication.cloud, **values})
+
+
+def record_forced(conn: Connection, publication: store.PublicationInfo, reasons: Sequence[str]) -> None:
+    """Keep what a file imported with ``--force`` failed, in its import's transaction: whichever run makes
+    the publication's tickets holds them for the same reasons."""
+    if reasons:
+        conn.execute(insert(ForcedImport.__table__), {"publication_id": publication.id, "reasons": json.dumps(list(reasons))})
+
+
+def forced_reasons(conn: Connection, publication: store.PublicationInfo) -> tuple[str, ...]:
+    with translate_db_errors(f"reading why the {publication.cloud} publication of {publication.file_date} was forced"):
+        row = conn.execute(select(ForcedImport.reasons).where(ForcedImport.publication_id == publication.id)).first()
+    return tuple(json.loads(row.reasons)) if row is not None else ()
 
 
 def due(conn: Connection, cloud: str) -> tuple[store.PublicationInfo | None, store.PublicationInfo] | None:
@@ -157,7 +171,7 @@ def run_due(engine: Engine, settings: Settings, cloud: str, make_hooks: HookMake
         marked, newest = pending
         result = run_result(conn, marked, newest)
         existing = set(tickets.tickets_of_publication(conn, newest.id))
-        for hook in make_hooks(newest):
+        for hook in make_hooks(forced_reasons(conn, newest)):
             hook(conn, result, settings)
         mark(conn, newest)
         made = tuple(t for t in tickets.tickets_of_publication(conn, newest.id) if t not in existing)

@@ -450,3 +450,17 @@ class HookMark(Base):
     cloud: Mapped[str] = mapped_column(String(16), primary_key=True)
     publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"))
     marked_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ForcedImport(Base):
+    """A publication imported with ``--force`` despite failed plausibility checks, and the checks (0014).
+
+    Written in the import's transaction: the checks hold the publication's
+    tickets, and a backfill's tickets may be made by a later run or a poll.
+    """
+
+    __tablename__ = "forced_imports"
+
+    publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"), primary_key=True)
+    #: JSON list of what the file failed, as the tickets' hold reasons name it
+    reasons: Mapped[str] = mapped_column(Text)

@@ -1,4 +1,6 @@
-"""hook_marks: per cloud, the publication whose ticket hooks ran last (a stopped backfill owes the rest).
+"""hook_marks: per cloud, the publication whose ticket hooks ran last (a stopped backfill owes the rest);
+forced_imports: the failed plausibility checks of a publication imported with --force (they hold its tickets,
+whichever run makes them).
 
 Databases made before this revision get a mark on each cloud's newest
 publication: the hooks of every earlier import ran in its own transaction, and
@@ -30,6 +32,14 @@ def upgrade() -> None:
                                 name=op.f("fk_hook_marks_publication_id_publications"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("cloud", name=op.f("pk_hook_marks")),
     )
+    op.create_table(
+        "forced_imports",
+        sa.Column("publication_id", sa.Integer(), nullable=False),
+        sa.Column("reasons", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(["publication_id"], ["publications.id"],
+                                name=op.f("fk_forced_imports_publication_id_publications"), ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("publication_id", name=op.f("pk_forced_imports")),
+    )
     newest = op.get_bind().execute(sa.text(
         "SELECT p.cloud, p.id FROM publications p WHERE p.file_date = "
         "(SELECT max(q.file_date) FROM publications q WHERE q.cloud = p.cloud)"
@@ -40,4 +50,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("forced_imports")
     op.drop_table("hook_marks")
