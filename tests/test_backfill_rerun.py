@@ -226,19 +226,24 @@ def test_a_file_forced_through_the_plausibility_check_holds_the_tickets_a_rerun_
     assert any("imported with --force despite" in reason and "only 3 service tags" in reason for reason in ticket["held_for"])
 
 
-def rejected_week_2(engine: sa.Engine, settings: Settings) -> None:
-    """Week 1 approved; week 2 (a poll's import) changes Storage.EastUS2 and its ticket is rejected."""
-    approved_start(engine, settings)
-    import_made(engine, settings, day(2).strftime("%Y%m%d"), storage_week(2), change_number=2)
-    with engine.connect() as conn:
-        [live] = [t for t in tickets.list_tickets(conn) if t.file_date == day(2) and t.state in tickets.LIVE_STATES]
-    review.transition(engine, live.id, "reject", "reviewer", "not now")
+def reviewed_week_2(step: str):
+    """Week 1 approved; week 2 (a poll's import) changes Storage.EastUS2; its ticket is rejected or left live."""
+    def before(engine: sa.Engine, settings: Settings) -> None:
+        approved_start(engine, settings)
+        import_made(engine, settings, day(2).strftime("%Y%m%d"), storage_week(2), change_number=2)
+        with engine.connect() as conn:
+            [live] = [t for t in tickets.list_tickets(conn) if t.file_date == day(2) and t.state in tickets.LIVE_STATES]
+        if step == "reject":
+            review.transition(engine, live.id, "reject", "reviewer", "not now")
+
+    return before
 
 
 @pytest.mark.parametrize("stop", STOPS)
+@pytest.mark.parametrize("step", ["reject", "leave-live"])
 @pytest.mark.parametrize("acr_changes", [False, True], ids=["nothing-new", "acr-changes-in-week-3"])
-def test_a_rejected_change_does_not_come_back_and_a_change_after_it_is_not_lost(
-        engine: sa.Engine, twin: sa.Engine, tmp_path: Path, stop: str, acr_changes: bool) -> None:
+def test_a_rejected_change_does_not_come_back_a_live_ticket_is_not_repeated_and_a_later_change_is_not_lost(
+        engine: sa.Engine, twin: sa.Engine, tmp_path: Path, stop: str, step: str, acr_changes: bool) -> None:
     """Comparing with the newest publication before the rerun (week 4) would see no change and lose week 3's."""
     settings = make_settings(urls=(DESTINATION,))
     folder = tmp_path / "archive"
@@ -246,14 +251,15 @@ def test_a_rejected_change_does_not_come_back_and_a_change_after_it_is_not_lost(
                  acr_eastus2=["10.3.0.0/24", "10.3.9.0/24"] if acr_changes else ["10.3.0.0/24"])
     for n in range(3, 6):
         write(folder, n, later)  # week 3 is the last change; weeks 4 and 5 repeat it
-    rejected_week_2(engine, settings)
+    reviewed_week_2(step)(engine, settings)
     stop_before_hooks(engine, settings, folder, stop)
     run(engine, settings, folder)
-    expected = uninterrupted(twin, settings, folder, before=rejected_week_2)
+    expected = uninterrupted(twin, settings, folder, before=reviewed_week_2(step))
     assert made(engine) == expected
-    rejected = [t for t in expected if t["state"] == "rejected"]
-    fresh = [t for t in expected if t["state"] != "rejected"]
-    assert len(rejected) == 1 and rejected[0]["date"] == day(2)
+    week_2 = [t for t in expected if t["date"] == day(2)]
+    fresh = [t for t in expected if t["date"] > day(2)]
+    live_state = "superseded" if acr_changes else "hold"  # held: it removes 75% of the tag's space
+    assert [t["state"] for t in week_2] == ["rejected" if step == "reject" else live_state]
     if not acr_changes:
         assert fresh == []
     else:
@@ -291,10 +297,10 @@ def test_a_polled_new_week_after_a_stopped_backfill_compares_with_the_last_hooks
     later = week(storage_eastus2=["10.1.0.0/24", "10.1.12.0/24"], acr_eastus2=["10.3.0.0/24", "10.3.9.0/24"])
     for n in range(3, 6):
         write(folder, n, later)
-    rejected_week_2(engine, settings)
+    reviewed_week_2("reject")(engine, settings)
     stop_before_hooks(engine, settings, folder, "killed-after-imports")
     import_made(engine, settings, day(6).strftime("%Y%m%d"), later, change_number=6)
-    expected = uninterrupted(twin, settings, folder, before=rejected_week_2)
+    expected = uninterrupted(twin, settings, folder, before=reviewed_week_2("reject"))
     import_made(twin, settings, day(6).strftime("%Y%m%d"), later, change_number=6)
     mine, theirs = made(engine), made(twin)
     # Uninterrupted: week 5's ticket, then week 6 (the same lists) makes none. Stopped: week 6's ticket.
