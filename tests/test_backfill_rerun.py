@@ -223,7 +223,8 @@ def test_a_file_forced_through_the_plausibility_check_holds_the_tickets_a_rerun_
     assert made(engine) == expected
     [ticket] = expected
     assert ticket["state"] == "hold" and ticket["date"] == day(5)
-    assert any("imported with --force despite" in reason and "only 3 service tags" in reason for reason in ticket["held_for"])
+    assert any("imported with --force despite" in reason and "only 3 service tags" in reason
+               for reason in ticket["held_for"])
 
 
 def reviewed_week_2(step: str):

@@ -128,7 +128,8 @@ class BackfillReport:
         (the cloud's last file of the run when none of them is that publication)."""
         holders: dict[int, hook_marks.HookRun] = {}
         for run in self.hook_runs:
-            same_cloud = [i for i, o in enumerate(self.outcomes) if (o.result.publication.cloud if o.result else o.cloud) == run.cloud]
+            same_cloud = [i for i, o in enumerate(self.outcomes)
+                          if (o.result.publication.cloud if o.result else o.cloud) == run.cloud]
             exact = [i for i in same_cloud if self.outcomes[i].result is not None
                      and self.outcomes[i].result.publication.id == run.publication.id]
             if exact or same_cloud:

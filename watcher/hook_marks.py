@@ -87,7 +87,8 @@ def record_forced(conn: Connection, publication: store.PublicationInfo, reasons:
     """Keep what a file imported with ``--force`` failed, in its import's transaction: whichever run makes
     the publication's tickets holds them for the same reasons."""
     if reasons:
-        conn.execute(insert(ForcedImport.__table__), {"publication_id": publication.id, "reasons": json.dumps(list(reasons))})
+        conn.execute(insert(ForcedImport.__table__),
+                     {"publication_id": publication.id, "reasons": json.dumps(list(reasons))})
 
 
 def forced_reasons(conn: Connection, publication: store.PublicationInfo) -> tuple[str, ...]:

@@ -388,7 +388,8 @@ def _owed_tickets(engine: Engine, settings: Settings, outcome: PollOutcome) -> P
     from here up to its newest file so far, and its own hooks then supersede
     them: one ticket too many at worst, never one lost.
     """
-    run = hook_marks.run_due(engine, settings, outcome.cloud, lambda implausible: derived_work(implausible=implausible))
+    run = hook_marks.run_due(engine, settings, outcome.cloud,
+                             lambda implausible: derived_work(implausible=implausible))
     if run is None:
         return outcome
     note = f"{run.describe()}: its import ran before, its tickets had not been made"
