@@ -161,7 +161,8 @@ def test_a_rerun_after_a_stop_before_the_hooks_makes_the_tickets_of_the_uninterr
     lines = rerun.to_json()
     assert [line["tickets"] for line in lines[:-1]] == [None] * 3
     assert lines[-1]["outcome"] == "already imported" and lines[-1]["tickets"] == {
-        "cloud": "public", "date": day(5).isoformat(), "since": day(1).isoformat(), "made": list(hook_run.tickets)}
+        "cloud": "public", "date": day(5).isoformat(), "since": day(1).isoformat(), "made": list(hook_run.tickets),
+        "owed": True}
     assert len(hook_run.tickets) == 1
     # And once more: nothing is owed any longer.
     again = run(engine, settings, folder)
@@ -177,6 +178,7 @@ def test_a_rerun_after_a_complete_run_makes_no_ticket_and_says_none(engine: sa.E
     first = run(engine, settings, folder)
     [hook_run] = first.hook_runs
     assert len(hook_run.tickets) == 1 and first.to_json()[-1]["tickets"]["made"] == list(hook_run.tickets)
+    assert not hook_run.owed and "owed" not in hook_run.describe()
     after_first = made(engine)
     assert len(after_first) == 1 and after_first[0]["messages"] == ["created"]
     rerun = run(engine, settings, folder)
@@ -201,6 +203,7 @@ def test_a_newer_file_arriving_before_the_rerun_makes_one_ticket_since_the_last_
     assert expected[0]["date"] == day(5) and expected[0]["previous"] == day(1).isoformat()
     [hook_run] = rerun.hook_runs
     assert hook_run.since.file_date == day(1)  # not week 4, the newest stored before the rerun
+    assert not hook_run.owed  # week 5 came in with the rerun
 
 
 @pytest.mark.parametrize("stop", STOPS)
@@ -282,7 +285,8 @@ def test_a_poll_makes_the_tickets_a_stopped_backfill_owes_once(
     url = origin.url(f"/files/{newest.name}")
     [polled] = pipeline.poll(engine, settings, ["public"], url=url)
     assert polled.outcome == "already-imported" and polled.ok
-    assert any("1 ticket made for the publication of 2024-01-29 (changes since 2024-01-01)" in n for n in polled.notes)
+    assert polled.notes == ("public: 1 ticket made for the publication of 2024-01-29 (changes since 2024-01-01; "
+                            "owed by an earlier run that stopped before its tickets)",)
     assert made(engine) == uninterrupted(twin, settings, folder)
     [again] = pipeline.poll(engine, settings, ["public"], url=url)
     assert again.outcome == "already-imported" and again.notes == ()
@@ -364,6 +368,12 @@ def test_watcher_import_json_after_a_stop_tells_the_tickets_the_rerun_made(
         [baseline] = tickets.list_tickets(conn)
     assert baseline.kind == "baseline" and baseline.file_date == day(3)
     assert [line["tickets"] for line in lines] == [None, None, {
-        "cloud": "public", "date": day(3).isoformat(), "since": None, "made": [baseline.id]}]
+        "cloud": "public", "date": day(3).isoformat(), "since": None, "made": [baseline.id], "owed": True}]
+    write(folder, 4, storage_week(4))  # stopped once more, after importing week 4
+    stop_before_hooks(engine, settings, folder, "killed-after-imports")
     text = cli().stdout
-    assert "ticket" not in text and text.count("already imported") == 3  # nothing owed, nothing said
+    assert text.count("already imported") == 4
+    assert ("public: 1 ticket made for the publication of 2024-01-22 (changes since 2024-01-15; "
+            "owed by an earlier run that stopped before its tickets)") in text
+    text = cli().stdout
+    assert "ticket" not in text and text.count("already imported") == 4  # nothing owed, nothing said

@@ -200,7 +200,9 @@ class Backfill:
             return self.report
         clouds = sorted({o.result.publication.cloud if o.result else o.cloud for o in self.report.outcomes} - {None})
         for cloud in clouds:
-            run = hook_marks.run_due(self.engine, self.settings, cloud, self._hooks_for)
+            imported = {o.result.publication.id for o in self.report.outcomes
+                        if o.result is not None and o.result.outcome == "imported"}
+            run = hook_marks.run_due(self.engine, self.settings, cloud, self._hooks_for, imported)
             if run is not None:
                 self.report.hook_runs.append(run)
         return self.report

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
@@ -46,16 +46,20 @@ class HookRun:
     publication: store.PublicationInfo
     since: store.PublicationInfo | None
     tickets: tuple[int, ...]
+    #: the publication was imported before (by a run that stopped before its tickets): these were owed
+    owed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"cloud": self.cloud, "date": self.publication.file_date.isoformat(),
-                "since": self.since.file_date.isoformat() if self.since else None, "made": list(self.tickets)}
+                "since": self.since.file_date.isoformat() if self.since else None, "made": list(self.tickets),
+                "owed": self.owed}
 
     def describe(self) -> str:
         since = f"changes since {self.since.file_date}" if self.since else "the cloud's first tickets"
         made = len(self.tickets)
+        owed = "; owed by an earlier run that stopped before its tickets" if self.owed else ""
         return (f"{self.cloud}: {made} ticket{'s' if made != 1 else ''} made for the publication of "
-                f"{self.publication.file_date} ({since})")
+                f"{self.publication.file_date} ({since}{owed})")
 
 
 def marked_publication(conn: Connection, cloud: str) -> store.PublicationInfo | None:
@@ -153,8 +157,12 @@ def run_for_import(conn: Connection, result: store.ImportResult, settings: Setti
         mark(conn, new)
 
 
-def run_due(engine: Engine, settings: Settings, cloud: str, make_hooks: HookMaker) -> HookRun | None:
+def run_due(engine: Engine, settings: Settings, cloud: str, make_hooks: HookMaker,
+            imported_now: Collection[int] = ()) -> HookRun | None:
     """Run the hooks a cloud owes (its newest publication's, since the marked one), once; None when none are owed.
+
+    ``imported_now``: the publications the caller imported itself; the hooks
+    of any other were owed by an earlier run (``HookRun.owed``).
 
     The check is read first without a write lock, so a cloud that owes nothing
     costs no write transaction; it is repeated under the cloud's import lock,
@@ -176,4 +184,4 @@ def run_due(engine: Engine, settings: Settings, cloud: str, make_hooks: HookMake
             hook(conn, result, settings)
         mark(conn, newest)
         made = tuple(t for t in tickets.tickets_of_publication(conn, newest.id) if t not in existing)
-    return HookRun(cloud, newest, marked, made)
+    return HookRun(cloud, newest, marked, made, owed=newest.id not in imported_now)

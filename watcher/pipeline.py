@@ -392,7 +392,7 @@ def _owed_tickets(engine: Engine, settings: Settings, outcome: PollOutcome) -> P
                              lambda implausible: derived_work(implausible=implausible))
     if run is None:
         return outcome
-    note = f"{run.describe()}: its import ran before, its tickets had not been made"
+    note = run.describe()
     log.warning("%s poll: %s", outcome.cloud, note)
     return replace(outcome, notes=outcome.notes + (note,))
 
