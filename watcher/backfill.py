@@ -7,12 +7,19 @@ what it imported, so running it again imports the rest. A file whose (cloud,
 date, SHA-256) is already stored is skipped after hashing, before decoding.
 
 No alert storm: files are imported without the tickets/outbox hooks. After
-the run, each cloud whose newest publication came in with this run gets the
-hooks once, for that newest publication, compared with the newest publication
-stored before the run; history imported by the run, or older than what was
-stored, makes no tickets. A cloud with nothing stored before the run gets
-the hooks as a first import would (what the ticket stage makes of a first
-publication, e.g. a baseline), once, for its newest publication.
+the run, each cloud of the run whose newest publication has not had its hooks
+gets them once, for that newest publication, compared with the publication
+they last ran for (``hook_marks``): the newest one stored before the run, when
+every earlier run finished. History imported by the run, or older than what
+was stored, makes no tickets. A cloud whose hooks never ran gets them as a
+first import would (what the ticket stage makes of a first publication, e.g.
+a baseline), once, for its newest publication.
+
+A run stopped between its last import and its hooks (killed, a crash, a
+database error in the hooks) leaves them owed; the next run, whose files are
+then all "already imported", runs them from the same starting point, so it
+makes the tickets the stopped run would have made, and a run after a
+complete one makes none.
 """
 from __future__ import annotations
 
@@ -22,17 +29,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
-from . import db, diff as diffs, pipeline, store
-from .errors import ParseError, WatcherError, translate_db_errors
+from . import hook_marks, pipeline, store
+from .errors import ParseError, WatcherError
 from .parse import FILE_NAME_RE
 from .settings import FILE_CLOUD_NAMES, Settings
 
-#: What runs once per cloud after a run (the pipeline's tickets and outbox hooks).
-RunHook = Callable[[Connection, store.ImportResult, Settings], None]
 #: Makes the hooks, given the plausibility checks the newest file failed (``--force``): ``pipeline.derived_work``.
-HookMaker = Callable[..., Sequence[RunHook]]
+HookMaker = Callable[..., Sequence[hook_marks.Hook]]
 
 
 @dataclass(frozen=True)
@@ -97,19 +102,39 @@ class FileOutcome:
     def failed(self) -> bool:
         return self.error is not None
 
-    def to_json(self) -> dict[str, Any]:
-        """``ImportResult.to_json`` plus the file and the error (None when it worked)."""
+    def to_json(self, tickets: hook_marks.HookRun | None = None) -> dict[str, Any]:
+        """``ImportResult.to_json`` plus the file, the error (None when it worked), and ``tickets``: what the
+        run's ticket hooks made for its cloud, on the file they ran for (None on the others)."""
         base = self.result.to_json() if self.result is not None else {
             "outcome": "failed", "cloud": self.cloud, "date": self.file_date.isoformat() if self.file_date else None,
         }
-        return {"file": self.file, **base, "error": self.error}
+        return {"file": self.file, **base, "error": self.error,
+                "tickets": tickets.to_json() if tickets is not None else None}
 
 
 @dataclass
 class BackfillReport:
     outcomes: list[FileOutcome] = field(default_factory=list)
-    #: tickets made after the run, per cloud
-    tickets: dict[str, list[int]] = field(default_factory=dict)
+    #: the ticket hooks run after the run, one per cloud that owed them (this run's imports, or a stopped run's)
+    hook_runs: list[hook_marks.HookRun] = field(default_factory=list)
+
+    @property
+    def tickets(self) -> dict[str, list[int]]:
+        """The tickets made after the run, per cloud."""
+        return {run.cloud: list(run.tickets) for run in self.hook_runs}
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """One object per file; each cloud's hook run is told on the file of the publication it ran for
+        (the cloud's last file of the run when none of them is that publication)."""
+        holders: dict[int, hook_marks.HookRun] = {}
+        for run in self.hook_runs:
+            same_cloud = [i for i, o in enumerate(self.outcomes)
+                          if (o.result.publication.cloud if o.result else o.cloud) == run.cloud]
+            exact = [i for i in same_cloud if self.outcomes[i].result is not None
+                     and self.outcomes[i].result.publication.id == run.publication.id]
+            if exact or same_cloud:
+                holders[(exact or same_cloud)[-1]] = run
+        return [o.to_json(holders.get(i)) for i, o in enumerate(self.outcomes)]
 
     @property
     def failed(self) -> list[FileOutcome]:
@@ -140,13 +165,6 @@ class Backfill:
         with engine.connect() as conn:
             stored = store.all_publications(conn)
         self._known = {(p.cloud, p.file_date, p.sha256): p for p in stored}
-        #: the newest publication of each cloud before the run: what its tickets compare with
-        self._newest_before: dict[str, store.PublicationInfo] = {}
-        for p in stored:  # by cloud and date: the last one wins
-            self._newest_before[p.cloud] = p
-        self._imported: dict[str, set[int]] = {}
-        #: per publication id imported with --force: the checks it failed
-        self._implausible: dict[int, tuple[str, ...]] = {}
 
     def import_file(self, item: BackfillFile) -> FileOutcome:
         outcome = self._import(item)
@@ -166,33 +184,38 @@ class Backfill:
                         "already imported", known, reason="the same file (SHA-256) is already stored for this date",
                     ), skipped=True)
             result = store.import_bytes(self.engine, data, name, file_date=item.file_date,
-                                        expected_cloud=checked.cloud)
+                                        expected_cloud=checked.cloud, on_imported=self._keep_forced(checked))
         except WatcherError as exc:
             return FileOutcome(name, item.cloud, item.file_date, error=str(exc))
         if checked.implausible:
             result = replace(result, notes=result.notes + checked.implausible)
-        if result.outcome == "imported":
-            self._imported.setdefault(result.publication.cloud, set()).add(result.publication.id)
-            if checked.implausible:
-                self._implausible[result.publication.id] = checked.implausible
         return FileOutcome(name, result.publication.cloud, result.publication.file_date, result)
 
     def finish(self) -> BackfillReport:
-        """Run the hooks once per cloud whose newest publication this run imported."""
+        """Run the hooks each cloud of the run owes, once: for its newest publication, since they last ran.
+
+        ``make_hooks`` None leaves them owed (the next run with hooks makes the tickets).
+        """
         if self.make_hooks is None:
             return self.report
-        for cloud, ids in sorted(self._imported.items()):
-            before = self._newest_before.get(cloud)
-            with db.writer(self.engine).begin() as conn:
-                newest = store.resolve_publication(conn, cloud, "latest")
-                if newest.id not in ids or (before is not None and newest.file_date <= before.file_date):
-                    continue
-                result = run_result(conn, before, newest)
-                hooks = self.make_hooks(implausible=self._implausible.get(newest.id, ()))
-                with translate_db_errors(f"making the tickets of {cloud} {newest.file_date}"):
-                    for hook in hooks:
-                        hook(conn, result, self.settings)
+        clouds = sorted({o.result.publication.cloud if o.result else o.cloud for o in self.report.outcomes} - {None})
+        for cloud in clouds:
+            imported = {o.result.publication.id for o in self.report.outcomes
+                        if o.result is not None and o.result.outcome == "imported"}
+            run = hook_marks.run_due(self.engine, self.settings, cloud, self._hooks_for, imported)
+            if run is not None:
+                self.report.hook_runs.append(run)
         return self.report
+
+    def _hooks_for(self, implausible: Sequence[str]) -> Sequence[hook_marks.Hook]:
+        return self.make_hooks(implausible=implausible)
+
+    @staticmethod
+    def _keep_forced(checked: pipeline.CheckedFile) -> store.ImportHook | None:
+        """What ``--force`` let through is kept with the publication: its tickets may be made by a later run."""
+        if not checked.implausible:
+            return None
+        return lambda conn, result: hook_marks.record_forced(conn, result.publication, checked.implausible)
 
     def run(self, files: Iterable[BackfillFile],
             on_file: Callable[[FileOutcome], None] | None = None) -> BackfillReport:
@@ -201,26 +224,3 @@ class Backfill:
             if on_file is not None:
                 on_file(outcome)
         return self.finish()
-
-
-def run_result(conn: Connection, before: store.PublicationInfo | None,
-               newest: store.PublicationInfo) -> store.ImportResult:
-    """The run as if it were one import: from the newest publication before it (if any) to the newest after it."""
-    if before is None:  # the cloud's first publications: as a first import, nothing to compare with
-        return store.ImportResult("imported", newest)
-    changes = store.diff_publications(conn, newest.cloud, before, newest)
-    return store.ImportResult(
-        "imported", newest,
-        changes=tuple(_tag_change(c) for c in changes),
-        anomalies=diffs.publication_anomalies(before.change_number, newest.change_number),
-        previous_day=before.day,
-    )
-
-
-def _tag_change(change: diffs.TagDiff) -> store.TagChange:
-    return store.TagChange(
-        tag=change.tag, status=change.status, added=len(change.added), removed=len(change.removed),
-        change_number_before=change.before.change_number if change.before else None,
-        change_number_after=change.after.change_number if change.after else None,
-        anomalies=change.anomalies,
-    )

@@ -432,3 +432,35 @@ class ServerSecret(Base):
     name: Mapped[str] = mapped_column(String(50), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+# ---------------------------------------------------------------- which publication the ticket hooks last ran for (0014)
+
+
+class HookMark(Base):
+    """Per cloud, the publication whose tickets and outbox hooks ran last (``watcher.hook_marks``, 0014).
+
+    Written in the hooks' own transaction: a backfill stopped between its last
+    import and its hooks leaves the mark behind its newest publication, and the
+    next run (or poll) runs the hooks it owes from there, once.
+    """
+
+    __tablename__ = "hook_marks"
+
+    cloud: Mapped[str] = mapped_column(String(16), primary_key=True)
+    publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"))
+    marked_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ForcedImport(Base):
+    """A publication imported with ``--force`` despite failed plausibility checks, and the checks (0014).
+
+    Written in the import's transaction: the checks hold the publication's
+    tickets, and a backfill's tickets may be made by a later run or a poll.
+    """
+
+    __tablename__ = "forced_imports"
+
+    publication_id: Mapped[int] = mapped_column(ForeignKey("publications.id", ondelete="CASCADE"), primary_key=True)
+    #: JSON list of what the file failed, as the tickets' hold reasons name it
+    reasons: Mapped[str] = mapped_column(Text)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal, Sequence
 import httpx
 from sqlalchemy import Connection, Engine
 
-from . import fetch, notify, plausible, polls, redact, store, tickets
+from . import fetch, hook_marks, notify, plausible, polls, redact, store, tickets
 from .errors import FetchError, ImplausibleFileError, ParseError, StoreError, WatcherError, translate_db_errors
 from .models import day_from_key, utcnow
 from .parse import FILE_NAME_RE, decode_document, file_cloud, parse_bytes, validate_prefixes
@@ -68,12 +68,16 @@ def import_publication(
     expected_cloud: str | None = None,
     implausible: Sequence[str] = (),
 ) -> store.ImportResult:
-    """Store one file's bytes and everything derived from them, atomically."""
+    """Store one file's bytes and everything derived from them, atomically.
+
+    The hooks compare with the publication they last ran for (``hook_marks``),
+    which is the one stored before this file unless a backfill stopped before
+    its own hooks.
+    """
     hooks = derived_work(implausible=implausible)
 
     def on_imported(conn: Connection, result: store.ImportResult) -> None:
-        for hook in hooks:
-            hook(conn, result, settings)
+        hook_marks.run_for_import(conn, result, settings, hooks)
 
     return store.import_bytes(
         engine, data, source, file_date=file_date, expected_cloud=expected_cloud, on_imported=on_imported
@@ -304,6 +308,8 @@ def _poll_cloud(
     try:
         with translate_db_errors("polling"):  # the poll's own reads; the import names its errors itself
             outcome = _fetch_and_import(engine, settings, attempt, client, force, now)
+        if outcome.ok:
+            outcome = _owed_tickets(engine, settings, outcome)
     except WatcherError as exc:
         outcome = attempt.finish("error", now(), error=redact.redact_text(str(exc)))
     except Exception as exc:
@@ -370,6 +376,25 @@ def _fetch_and_import(
     else:  # another poller got there first (same bytes), or the same content for that date is stored
         kind = "already-imported" if result.publication.sha256 == dl.sha256 else "unchanged"
     return attempt.finish(kind, now(), result=result, publication=result.publication)
+
+
+def _owed_tickets(engine: Engine, settings: Settings, outcome: PollOutcome) -> PollOutcome:
+    """Make the tickets a stopped backfill owes for the cloud's newest publication (``hook_marks``).
+
+    The poll's own imports run their hooks in their transaction; but a
+    backfill stopped between its last import and its hooks leaves the newest
+    publication without tickets, and the poll then finds its file already
+    stored. A backfill still running when the poll comes gets its tickets
+    from here up to its newest file so far, and its own hooks then supersede
+    them: one ticket too many at worst, never one lost.
+    """
+    run = hook_marks.run_due(engine, settings, outcome.cloud,
+                             lambda implausible: derived_work(implausible=implausible))
+    if run is None:
+        return outcome
+    note = run.describe()
+    log.warning("%s poll: %s", outcome.cloud, note)
+    return replace(outcome, notes=outcome.notes + (note,))
 
 
 def _quarantine_name(link: fetch.FileLink, sha256: str) -> str:

@@ -45,7 +45,8 @@ def import_command(
     Each file is imported whole or not at all; a file that fails is reported
     and the others go on (exit status 1 if any failed). Run it again after a
     stop: what was imported stays, and files already stored are skipped.
-    Tickets are made once per cloud, for its newest publication, after the run.
+    Tickets are made once per cloud, for its newest publication, after the run;
+    a run stopped before them leaves them owed, and the next run makes them.
     """
     files = backfill.find_files(paths, file_date.date() if file_date else None)
     if not files:
@@ -59,7 +60,10 @@ def import_command(
                 click.echo(views.describe_file_outcome(outcome), err=outcome.failed)
     report = job.finish()
     if as_json:
-        emit_json([o.to_json() for o in report.outcomes])
+        emit_json(report.to_json())
+    else:
+        for run in report.hook_runs:
+            click.echo(run.describe())
     if report.failed:
         # One file: its own error, as any command's; many: the summary naming the files that failed.
         alone = report.outcomes[0].error if len(report.outcomes) == 1 else None

@@ -119,6 +119,11 @@ def date_from_source(source: str) -> dt.date:
     return found
 
 
+def lock_cloud(conn: Connection, cloud: str) -> None:
+    """Take the cloud's import lock for the rest of ``conn``'s transaction (what runs the ticket hooks needs it too)."""
+    _lock_cloud(conn, cloud)
+
+
 def _lock_cloud(conn: Connection, cloud: str) -> None:
     """Serialise imports of one cloud (SQLite's BEGIN IMMEDIATE already does).
 
