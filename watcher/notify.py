@@ -186,8 +186,8 @@ def enqueue(conn: Connection, ticket_ids: Sequence[int], settings: Settings, now
     at = now or utcnow()
     table = OutboxMessage.__table__
     # Once per ticket, destination and event: a step taken twice is announced once.
-    queued = set(conn.execute(select(table.c.ticket_id, table.c.destination).where(
-        table.c.ticket_id.in_(list(ticket_ids)), table.c.event == event)).tuples())
+    queued = {(row[0], row[1]) for row in conn.execute(select(table.c.ticket_id, table.c.destination).where(
+        table.c.ticket_id.in_(list(ticket_ids)), table.c.event == event))}
     rows = [
         {"ticket_id": t, "destination": d.key, "destination_label": d.label[:1024], "state": "pending",
          "attempts": 0, "next_attempt_at": due or at, "last_error": "", "created_at": at, "event": event}
