@@ -35,6 +35,7 @@ the URL masked.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import functools
 import hashlib
@@ -57,12 +58,12 @@ except ImportError:  # pragma: no cover - older apprise
     AttachMemory = None
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
 
-from . import review, db, store, tickets
+from . import db, store, tickets
 from .errors import NotifyError, RenderError, StoreError, translate_db_errors
 from .models import OutboxMessage, Ticket, utcnow
 from .redact import ordered_secrets, redact_text
-from .mail import attachment_type, mail_html, snippet_attachments
-from .render import Renderer
+from .mail import attachment_type, mail_html, snippet_files, snippet_kinds
+from .render import Renderer, formats_view
 from .settings import Settings
 from .store.records import ImportResult
 
@@ -258,6 +259,21 @@ def build_message(renderer: Renderer, ticket: tickets.TicketInfo, data: dict | N
     )
 
 
+#: The formats of a message's own text (``build_message``).
+MESSAGE_FORMATS = ("summary", "html", "md")
+
+
+def _message(conn: Connection, settings: Settings, renderer: Renderer, ticket: tickets.TicketInfo,
+             event: str) -> Message:
+    """A ticket's message with its snippet files, from one view of the ticket (one check of the state in force)."""
+    phase, kinds = snippet_kinds(settings, ticket, event)
+    data = formats_view(conn, settings, ticket, (*MESSAGE_FORMATS, *kinds), phase, renderer)
+    message = build_message(renderer, ticket, data, event)
+    if not kinds:
+        return message
+    return replace(message, snippets=snippet_files(ticket, phase, {kind: renderer.render(kind, data) for kind in kinds}))
+
+
 @dataclass(frozen=True)
 class SendResult:
     ok: bool
@@ -265,21 +281,45 @@ class SendResult:
     log: str
 
 
+#: Apprise objects kept for one delivery batch, by destination key (``send``'s ``senders``).
+Senders = dict[str, tuple[Any, Any]]
+
+
+def _sender(destination: Destination, senders: Senders | None) -> tuple[Any, Any]:
+    """(plugin, Apprise object) for ``destination``: made once per batch when ``senders`` is given.
+
+    Only a plugin without a send-rate limit is kept: apprise throttles a plugin object's later sends to its
+    service's rate (seconds apart for many), which a fresh object per send never waits for.
+    """
+    kept = senders.get(destination.key) if senders is not None else None
+    if kept is not None:
+        return kept
+    # One destination per call, so apprise's thread pool (its default) would only add a thread.
+    asset = apprise.AppriseAsset(async_mode=False)
+    plugin = apprise.Apprise.instantiate(destination.url, asset=asset)
+    if plugin is None:
+        raise NotifyError("not a valid apprise URL")
+    sender = apprise.Apprise(asset=asset)
+    sender.add(plugin)
+    if senders is not None and getattr(plugin, "request_rate_per_sec", 1) <= 0:
+        senders[destination.key] = (plugin, sender)
+    return plugin, sender
+
+
+#: The Apprise objects of the delivery batch under way (``deliver_due``), or None outside one.
+_BATCH_SENDERS: contextvars.ContextVar[Senders | None] = contextvars.ContextVar("watcher_batch_senders", default=None)
+
+
 def send(destination: Destination, message: Message) -> SendResult:
-    """Send one message to one destination with its own Apprise object; check its result."""
+    """Send one message to one destination; check its result. Within ``deliver_due`` the batch's Apprise object for
+    the destination is reused (its URL parsed once per batch)."""
     if not destination.valid:
         return SendResult(False, "not a valid apprise URL", "")
     error = ""
     ok = False
     with contextlib.ExitStack() as stack, _apprise_log_captured() as captured:
         try:
-            # One destination per call, so apprise's thread pool (its default) would only add a thread.
-            asset = apprise.AppriseAsset(async_mode=False)
-            plugin = apprise.Apprise.instantiate(destination.url, asset=asset)
-            if plugin is None:
-                raise NotifyError("not a valid apprise URL")
-            sender = apprise.Apprise(asset=asset)
-            sender.add(plugin)
+            plugin, sender = _sender(destination, _BATCH_SENDERS.get())
             attach = None
             if getattr(plugin, "attachment_support", False):
                 # From memory; else (an older apprise, or an empty text, which apprise would call a missing
@@ -366,8 +406,14 @@ def _claim_statements() -> dict[str, Any]:
         statements[f"take_locked{'_skip' * skip}"] = (update(table).where(table.c.id == picked).values(**taking)
                                                       .returning(*columns))
     statements["take"] = update(table).where(table.c.id == bindparam("row_id"), _due(table, False)).values(**taking)
-    statements["record"] = update(table).where(table.c.id == bindparam("row_id"),
-                                               table.c.claim_token == bindparam("claim"))
+    record = update(table).where(table.c.id == bindparam("row_id"), table.c.claim_token == bindparam("claim"))
+    # One statement per outcome, its values bound: no statement is built (nor its cache key made) per message.
+    released = {"claim_token": None, "last_error": bindparam("error", type_=table.c.last_error.type)}
+    statements["record_sent"] = record.values(state="sent", sent_at=bindparam("at", type_=table.c.sent_at.type),
+                                              **released)
+    statements["record_failed"] = record.values(state="failed", **released)
+    statements["record_pending"] = record.values(
+        state="pending", next_attempt_at=bindparam("at", type_=table.c.next_attempt_at.type), **released)
     return statements
 
 
@@ -443,19 +489,20 @@ def _claim_in(conn: Connection, keys: Sequence[str], now: dt.datetime, lease: dt
 
 def _record_in(conn: Connection, claim: _Claim, result: SendResult, settings: Settings, now: dt.datetime) -> str:
     """Record a send's result in the caller's writing transaction; the row's new state."""
+    values: dict[str, Any] = {"row_id": claim.id, "claim": claim.token, "error": result.error}
     if result.ok:
-        values: dict[str, Any] = {"state": "sent", "sent_at": now, "last_error": "", "claim_token": None}
+        state = "sent"
+        values.update(at=now, error="")
     elif claim.attempts >= settings.notify.max_attempts:
-        values = {"state": "failed", "last_error": result.error, "claim_token": None}
+        state = "failed"
     else:
+        state = "pending"
         delay = dt.timedelta(seconds=settings.notify.backoff_seconds * 2 ** (claim.attempts - 1))
-        values = {"state": "pending", "next_attempt_at": now + min(delay, MAX_BACKOFF),
-                  "last_error": result.error, "claim_token": None}
-    recorded = conn.execute(_claim_statements()["record"].values(**values),
-                            {"row_id": claim.id, "claim": claim.token}).rowcount
+        values["at"] = now + min(delay, MAX_BACKOFF)
+    recorded = conn.execute(_claim_statements()[f"record_{state}"], values).rowcount
     if recorded != 1:
         log.warning("outbox row %s was claimed again before its result was recorded", claim.id)
-    return values["state"]
+    return state
 
 
 def _record_and_claim(conn: Connection, claim: _Claim, result: SendResult, settings: Settings,
@@ -498,6 +545,15 @@ def deliver_due(
         clock = utcnow if now is None else _advancing_from(now)
     at = now or clock()
     by_key = {d.key: d for d in destinations(settings)}
+    batch = _BATCH_SENDERS.set({})  # one Apprise object per destination for the batch
+    try:
+        return _deliver(engine, settings, at, lease, clock, by_key)
+    finally:
+        _BATCH_SENDERS.reset(batch)
+
+
+def _deliver(engine: Engine, settings: Settings, at: dt.datetime, lease: dt.timedelta,
+             clock: Callable[[], dt.datetime], by_key: Mapping[str, Destination]) -> list[DeliveryResult]:
     renderer = Renderer(settings.tickets)
     results: list[DeliveryResult] = []
     attempted: list[int] = []
@@ -513,9 +569,7 @@ def deliver_due(
                 try:
                     with engine.connect() as conn:
                         ticket = tickets.get_ticket(conn, claim.ticket_id)
-                        message = build_message(renderer, ticket, review.full_view(conn, ticket, settings),
-                                                claim.event)
-                        message = replace(message, snippets=snippet_attachments(conn, settings, ticket, claim.event))
+                        message = _message(conn, settings, renderer, ticket, claim.event)
                 except RenderError as exc:
                     message = exc
                 messages[(claim.ticket_id, claim.event)] = message
