@@ -32,6 +32,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select
 from . import diff as diffs
 from .errors import NotFoundError
 from .models import ApprovedState as ApprovedStateRow
+from .store import sql
 
 FAMILIES = ("v4", "v6")
 FamilyLists = dict[str, list[str]]
@@ -169,18 +170,28 @@ def first_phase_of(prepared: Mapping[str, Any] | None, approved: ApprovedState |
 
 
 class _Content(msgspec.Struct):
-    """A stored state's JSON: the per-tag lists (the largest part, every exact prefix) are kept undecoded."""
+    """A stored state's ``content`` column."""
 
     publication: dict[str, Any]
-    tags: msgspec.Raw
+
+
+class _Lists(msgspec.Struct):
+    """A stored state's ``lists`` column: the previous lists are kept undecoded."""
+
     final: dict[str, list[str]]
     before: msgspec.Raw  # only a snippet of the ticket that made the state reads it
     during: dict[str, list[str]] | None = None
 
 
 _CONTENT = msgspec.json.Decoder(_Content)
+_PACKED_LISTS = msgspec.json.Decoder(_Lists)
 _TAGS = msgspec.json.Decoder(dict[str, Any])
 _LISTS = msgspec.json.Decoder(dict[str, list[str]])
+
+
+def _packed(value: Any) -> bytes:
+    """JSON with sorted keys, zstd-compressed when long (``lists`` and ``tags`` columns)."""
+    return sql.compress(json.dumps(value, sort_keys=True).encode())
 
 
 class _StoredLists(Mapping[str, list[str]]):
@@ -212,15 +223,15 @@ class _StoredLists(Mapping[str, list[str]]):
 class _StoredTags(Mapping[str, TagApproval]):
     """A state's tags, decoded on first use: listing states and rendering snippets need only the family lists."""
 
-    def __init__(self, raw: msgspec.Raw):
-        self._raw: msgspec.Raw | None = raw
+    def __init__(self, packed: bytes):
+        self._packed: bytes | None = packed
         self._tags: dict[str, TagApproval] = {}
 
     def _decoded(self) -> dict[str, TagApproval]:
-        if self._raw is not None:
+        if self._packed is not None:
             self._tags = {name: TagApproval(tuple(t["prefixes"]), t["change_number"], t["publication"])
-                          for name, t in _TAGS.decode(self._raw).items()}
-            self._raw = None
+                          for name, t in _TAGS.decode(sql.decompress(self._packed)).items()}
+            self._packed = None
         return self._tags
 
     def __getitem__(self, name: str) -> TagApproval:
@@ -237,13 +248,12 @@ class _StoredTags(Mapping[str, TagApproval]):
 
 
 def _state(row: Any) -> ApprovedState:
-    content = _CONTENT.decode(row.content)
+    lists = _PACKED_LISTS.decode(sql.decompress(row.lists))
     return ApprovedState(
         id=row.id, cloud=row.cloud, watch=row.watch, ticket_id=row.ticket_id, publication_id=row.publication_id,
-        publication=content.publication, approved_at=as_utc(row.approved_at),
+        publication=_CONTENT.decode(row.content).publication, approved_at=as_utc(row.approved_at),
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
-        tags=_StoredTags(content.tags), final=content.final, before=_StoredLists(content.before),
-        during=content.during,
+        tags=_StoredTags(row.tags), final=lists.final, before=_StoredLists(lists.before), during=lists.during,
     )
 
 
@@ -254,12 +264,12 @@ def record(conn: Connection, *, cloud: str, watch: str, ticket_id: int, publicat
     final = family_lists(p for t in tags.values() for p in t.prefixes)
     if removals_at is None:
         final = union(final, before)  # additions only: nothing the firewall allows goes yet
-    content = {"publication": dict(publication), "tags": {n: t.to_json() for n, t in sorted(tags.items())},
-               "final": final, "before": {f: list(before.get(f, ())) for f in FAMILIES},
-               "during": union(before, final)}
+    lists = {"final": final, "before": {f: list(before.get(f, ())) for f in FAMILIES}, "during": union(before, final)}
     new_id = conn.execute(insert(ApprovedStateRow.__table__).returning(ApprovedStateRow.__table__.c.id), {
         "cloud": cloud, "watch": watch, "ticket_id": ticket_id, "publication_id": publication_id,
-        "approved_at": approved_at, "removals_at": removals_at, "content": json.dumps(content, sort_keys=True),
+        "approved_at": approved_at, "removals_at": removals_at,
+        "content": json.dumps({"publication": dict(publication)}, sort_keys=True),
+        "lists": _packed(lists), "tags": _packed({n: t.to_json() for n, t in sorted(tags.items())}),
     }).scalar_one()
     row = conn.execute(select(ApprovedStateRow.__table__).where(ApprovedStateRow.id == new_id)).one()
     return _state(row)
