@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from tests.ticket_helpers import import_made, make_settings, utc, week
-from watcher import db, models, review, state
+from watcher import db, models, review, state, tickets
 from watcher.store import sql
 from watcher.errors import NotFoundError
 from watcher.settings import RegistryWatch
@@ -95,6 +95,9 @@ def test_migration_0012_moves_the_lists_into_packed_columns_and_back_with_data(e
     with engine.connect() as conn:
         expected = _snapshot(conn)
         packed = conn.execute(sa.text("SELECT lists, tags FROM approved_states ORDER BY id DESC")).first()
+        made = [(t.context, t.target_lists) for t in tickets.list_tickets(conn)]
+        events = conn.execute(sa.text("SELECT count(*) FROM ticket_events")).scalar_one()
+    assert "target" not in made[2][0] and len(made[2][1]["Storage.EastUS2"]["prefixes"]) == len(many)
     assert len(expected) == 3 and len(expected[1]["tags"]["Storage.EastUS2"]["prefixes"]) == len(many)
     assert bytes(packed.tags)[:4] == sql.ZSTD_MAGIC and bytes(packed.lists)[:4] == sql.ZSTD_MAGIC
     db.downgrade(engine, "0011")
@@ -105,9 +108,15 @@ def test_migration_0012_moves_the_lists_into_packed_columns_and_back_with_data(e
     # The old schema's one JSON value holds everything again.
     assert [sorted(c) for c in contents] == [["before", "during", "final", "publication", "tags"]] * 3
     assert [c["tags"] == e["tags"] for c, e in zip(contents, sorted(expected, key=lambda e: e["id"]))] == [True] * 3
+    with engine.connect() as conn:
+        old_contexts = [json.loads(c) for c in conn.execute(sa.text("SELECT context FROM tickets ORDER BY id")).scalars()]
+        assert conn.execute(sa.text("SELECT count(*) FROM ticket_events")).scalar_one() == events
+    assert [c["target"] for c in old_contexts] == [t for _, t in made]
     db.upgrade(engine)
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), models.Base.metadata) == []
         assert _snapshot(conn) == expected
+        assert [(t.context, t.target_lists) for t in tickets.list_tickets(conn)] == made
+        assert conn.execute(sa.text("SELECT count(*) FROM ticket_events")).scalar_one() == events
         assert json.loads(conn.execute(sa.text("SELECT content FROM approved_states WHERE id = 1")).scalar_one()) \
             == {"publication": {"change_number": 1, "date": "2025-01-01"}}

@@ -213,6 +213,9 @@ class Ticket(Base):
     #: False while a held ticket's removals await a reviewer's release
     removals_allowed: Mapped[bool] = mapped_column(Boolean)
     context: Mapped[str] = mapped_column(Text)
+    #: per watched tag its prefixes and changeNumber (what an approval records): JSON, zstd-compressed when long,
+    #: apart from the context that every render reads (NULL never written: a column added in place is nullable)
+    target: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     #: "baseline" (nothing approved yet: the full list) or "change" (against the approved state)
