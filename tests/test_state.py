@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from tests.ticket_helpers import import_made, make_settings, utc, week
-from watcher import db, models, review, state, tickets
+from watcher import db, models, render, review, state, tickets
 from watcher.store import sql
 from watcher.errors import NotFoundError
 from watcher.settings import RegistryWatch
@@ -83,6 +83,12 @@ def _snapshot(conn) -> list[dict]:
     return found
 
 
+def _snippets(conn, settings) -> dict:
+    ticket = tickets.get_ticket(conn, 3)
+    return {phase: render.render_formats(conn, settings, ticket, render.RULE_FORMATS, phase)
+            for phase in ("add", "remove")}
+
+
 def test_migration_0012_moves_the_lists_into_packed_columns_and_back_with_data(engine):
     settings = make_settings(RegistryWatch("east", ("eastus2",)), RegistryWatch("west", ("westus",)))
     import_made(engine, settings, "20250101", week())
@@ -96,6 +102,8 @@ def test_migration_0012_moves_the_lists_into_packed_columns_and_back_with_data(e
         expected = _snapshot(conn)
         packed = conn.execute(sa.text("SELECT lists, tags FROM approved_states ORDER BY id DESC")).first()
         made = [(t.context, t.target_lists) for t in tickets.list_tickets(conn)]
+        snippets = _snippets(conn, settings)
+        assert state.current(conn, "public", "east").dropped["remove"]["v4"]  # the old storage prefixes go
         events = conn.execute(sa.text("SELECT count(*) FROM ticket_events")).scalar_one()
     assert "target" not in made[2][0] and len(made[2][1]["Storage.EastUS2"]["prefixes"]) == len(many)
     assert len(expected) == 3 and len(expected[1]["tags"]["Storage.EastUS2"]["prefixes"]) == len(many)
@@ -117,6 +125,8 @@ def test_migration_0012_moves_the_lists_into_packed_columns_and_back_with_data(e
         assert compare_metadata(MigrationContext.configure(conn), models.Base.metadata) == []
         assert _snapshot(conn) == expected
         assert [(t.context, t.target_lists) for t in tickets.list_tickets(conn)] == made
+        # What a state recorded before 0012 lacks (the dropped lists made at approval) is computed as it was.
+        assert state.current(conn, "public", "east").dropped is None and _snippets(conn, settings) == snippets
         assert conn.execute(sa.text("SELECT count(*) FROM ticket_events")).scalar_one() == events
         assert json.loads(conn.execute(sa.text("SELECT content FROM approved_states WHERE id = 1")).scalar_one()) \
             == {"publication": {"change_number": 1, "date": "2025-01-01"}}

@@ -76,6 +76,19 @@ def empty_lists() -> FamilyLists:
     return {"v4": [], "v6": []}
 
 
+def missing(earlier: Sequence[str], kept: Sequence[str]) -> list[str]:
+    """The prefixes of ``earlier`` not in ``kept``, in ``earlier``'s order (set arithmetic first: usually none)."""
+    gone = set(earlier).difference(kept)
+    return [c for c in earlier if c in gone] if gone else []
+
+
+def dropped_lists(before: Mapping[str, Sequence[str]], final: Mapping[str, Sequence[str]],
+                  during: Mapping[str, Sequence[str]]) -> dict[str, FamilyLists]:
+    """Per phase, what the earlier list allowed that the phase's objects no longer hold (what a snippet removes)."""
+    return {"add": {f: missing(before.get(f, ()), during.get(f, ())) for f in FAMILIES},
+            "remove": {f: missing(before.get(f, ()), final.get(f, ())) for f in FAMILIES}}
+
+
 # ---------------------------------------------------------------- values
 
 
@@ -107,6 +120,9 @@ class ApprovedState:
     before: Mapping[str, list[str]]
     #: collapse(before ∪ final), computed once at approval: the list of the first phase
     during: Mapping[str, list[str]] | None = None
+    #: per phase ("add", "remove") and family, what ``before`` held that the phase's list does not: computed once at
+    #: approval (a snippet of the state's ticket removes it); None in states recorded before it was kept
+    dropped: Mapping[str, Mapping[str, list[str]]] | None = None
 
     @property
     def additions_only(self) -> bool:
@@ -181,6 +197,7 @@ class _Lists(msgspec.Struct):
     final: dict[str, list[str]]
     before: msgspec.Raw  # only a snippet of the ticket that made the state reads it
     during: dict[str, list[str]] | None = None
+    dropped: dict[str, dict[str, list[str]]] | None = None
 
 
 _CONTENT = msgspec.json.Decoder(_Content)
@@ -254,6 +271,7 @@ def _state(row: Any) -> ApprovedState:
         publication=_CONTENT.decode(row.content).publication, approved_at=as_utc(row.approved_at),
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
         tags=_StoredTags(row.tags), final=lists.final, before=_StoredLists(lists.before), during=lists.during,
+        dropped=lists.dropped,
     )
 
 
@@ -264,7 +282,9 @@ def record(conn: Connection, *, cloud: str, watch: str, ticket_id: int, publicat
     final = family_lists(p for t in tags.values() for p in t.prefixes)
     if removals_at is None:
         final = union(final, before)  # additions only: nothing the firewall allows goes yet
-    lists = {"final": final, "before": {f: list(before.get(f, ())) for f in FAMILIES}, "during": union(before, final)}
+    before = {f: list(before.get(f, ())) for f in FAMILIES}
+    during = union(before, final)
+    lists = {"final": final, "before": before, "during": during, "dropped": dropped_lists(before, final, during)}
     new_id = conn.execute(insert(ApprovedStateRow.__table__).returning(ApprovedStateRow.__table__.c.id), {
         "cloud": cloud, "watch": watch, "ticket_id": ticket_id, "publication_id": publication_id,
         "approved_at": approved_at, "removals_at": removals_at,

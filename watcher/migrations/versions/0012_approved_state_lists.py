@@ -79,7 +79,8 @@ def downgrade() -> None:
     op.drop_column("tickets", "target")  # in place, as it was added (SQLite 3.35 and later)
     rows = conn.execute(sa.select(_states.c.id, _states.c.content, _states.c.lists, _states.c.tags)).all()
     for row_id, content, lists, tags in rows:
-        merged = {**json.loads(content), **_unpacked(lists), "tags": _unpacked(tags)}
+        kept = {k: v for k, v in _unpacked(lists).items() if k != "dropped"}  # made at approval since 0012
+        merged = {**json.loads(content), **kept, "tags": _unpacked(tags)}
         conn.execute(_states.update().where(_states.c.id == row_id).values(
             content=json.dumps(merged, sort_keys=True)))
     with op.batch_alter_table("approved_states") as batch:
