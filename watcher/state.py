@@ -240,12 +240,15 @@ class _StoredLists(Mapping[str, list[str]]):
 class _StoredTags(Mapping[str, TagApproval]):
     """A state's tags, decoded on first use: listing states and rendering snippets need only the family lists."""
 
-    def __init__(self, packed: bytes):
+    def __init__(self, packed: bytes | None, state_id: int):
         self._packed: bytes | None = packed
-        self._tags: dict[str, TagApproval] = {}
+        self._tags: dict[str, TagApproval] | None = None
+        self._state_id = state_id
 
     def _decoded(self) -> dict[str, TagApproval]:
-        if self._packed is not None:
+        if self._tags is None:
+            if self._packed is None:
+                raise RuntimeError(f"approved state {self._state_id} was read without its tags (tags=True reads them)")
             self._tags = {name: TagApproval(tuple(t["prefixes"]), t["change_number"], t["publication"])
                           for name, t in _TAGS.decode(sql.decompress(self._packed)).items()}
             self._packed = None
@@ -261,7 +264,12 @@ class _StoredTags(Mapping[str, TagApproval]):
         return len(self._decoded())
 
     def __repr__(self) -> str:
-        return repr(self._decoded())
+        return "<tags not read>" if self._tags is None and self._packed is None else repr(self._decoded())
+
+
+def _columns(tags: bool) -> list[Any]:
+    """A state's columns; ``tags`` (every tag's exact prefixes, the largest) only when asked for."""
+    return [c for c in ApprovedStateRow.__table__.c if tags or c.name != "tags"]
 
 
 def _state(row: Any) -> ApprovedState:
@@ -270,7 +278,7 @@ def _state(row: Any) -> ApprovedState:
         id=row.id, cloud=row.cloud, watch=row.watch, ticket_id=row.ticket_id, publication_id=row.publication_id,
         publication=_CONTENT.decode(row.content).publication, approved_at=as_utc(row.approved_at),
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
-        tags=_StoredTags(row.tags), final=lists.final, before=_StoredLists(lists.before), during=lists.during,
+        tags=_StoredTags(row._mapping.get("tags"), row.id), final=lists.final, before=_StoredLists(lists.before), during=lists.during,
         dropped=lists.dropped,
     )
 
@@ -298,7 +306,7 @@ def record(conn: Connection, *, cloud: str, watch: str, ticket_id: int, publicat
 def current(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = None) -> ApprovedState | None:
     """The state in force for a watch (at a time, when given), or None when nothing was approved yet."""
     table = ApprovedStateRow.__table__
-    query = select(table).where(table.c.cloud == cloud, table.c.watch == watch)
+    query = select(*_columns(tags=True)).where(table.c.cloud == cloud, table.c.watch == watch)
     if at is not None:
         query = query.where(table.c.approved_at <= at)
     row = conn.execute(query.order_by(table.c.id.desc()).limit(1)).first()
@@ -308,7 +316,7 @@ def current(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = N
 def history(conn: Connection, cloud: str, watch: str, ticket_id: int | None = None) -> list[ApprovedState]:
     """Every state of a watch, oldest first (only those a ticket's approvals recorded, when ``ticket_id`` is given)."""
     table = ApprovedStateRow.__table__
-    query = select(table).where(table.c.cloud == cloud, table.c.watch == watch)
+    query = select(*_columns(tags=True)).where(table.c.cloud == cloud, table.c.watch == watch)
     if ticket_id is not None:
         query = query.where(table.c.ticket_id == ticket_id)
     return [_state(r) for r in conn.execute(query.order_by(table.c.id))]
@@ -318,7 +326,7 @@ def _of_ticket_query() -> Any:
     table = ApprovedStateRow.__table__
     cloud, watch = bindparam("cloud"), bindparam("watch")
     newest = select(func.max(table.c.id)).where(table.c.cloud == cloud, table.c.watch == watch).scalar_subquery()
-    return select(table).where(table.c.cloud == cloud, table.c.watch == watch,
+    return select(*_columns(tags=False)).where(table.c.cloud == cloud, table.c.watch == watch,
                                (table.c.ticket_id == bindparam("ticket_id")) | (table.c.id == newest)
                                ).order_by(table.c.id)
 
@@ -329,27 +337,29 @@ _OF_TICKET = _of_ticket_query()
 
 def of_ticket(conn: Connection, cloud: str, watch: str,
               ticket_id: int) -> tuple[list[ApprovedState], ApprovedState | None]:
-    """(the states a ticket's approvals recorded, oldest first; the state in force for its watch), in one query."""
+    """(the states a ticket's approvals recorded, oldest first; the state in force for its watch), in one query;
+    read without their tags (a ticket's text and snippets need the family lists alone)."""
     rows = conn.execute(_OF_TICKET, {"cloud": cloud, "watch": watch, "ticket_id": ticket_id}).all()
     found = [_state(r) for r in rows]
     return [s for s in found if s.ticket_id == ticket_id], (found[-1] if found else None)
 
 
-def _all_current_query(at: bool) -> Any:
+def _all_current_query(at: bool, tags: bool) -> Any:
     table = ApprovedStateRow.__table__
     newest = select(func.max(table.c.id))
     if at:
         newest = newest.where(table.c.approved_at <= bindparam("at"))
     newest = newest.group_by(table.c.cloud, table.c.watch).scalar_subquery()
-    return select(table).where(table.c.id.in_(newest)).order_by(table.c.cloud, table.c.watch)
+    return select(*_columns(tags)).where(table.c.id.in_(newest)).order_by(table.c.cloud, table.c.watch)
 
 
-_ALL_CURRENT = {False: _all_current_query(False), True: _all_current_query(True)}
+_ALL_CURRENT = {(at, tags): _all_current_query(at, tags) for at in (False, True) for tags in (False, True)}
 
 
-def all_current(conn: Connection, at: dt.datetime | None = None) -> list[ApprovedState]:
-    """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query)."""
-    rows = conn.execute(_ALL_CURRENT[at is not None], {"at": at} if at is not None else {})
+def all_current(conn: Connection, at: dt.datetime | None = None, *, tags: bool = False) -> list[ApprovedState]:
+    """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query);
+    their tags only with ``tags`` (listing states needs the family lists alone)."""
+    rows = conn.execute(_ALL_CURRENT[at is not None, tags], {"at": at} if at is not None else {})
     return [_state(r) for r in rows]
 
 
