@@ -117,7 +117,8 @@ def test_migration_0012_moves_the_lists_into_packed_columns_and_back_with_data(e
     assert [sorted(c) for c in contents] == [["before", "during", "final", "publication", "tags"]] * 3
     assert [c["tags"] == e["tags"] for c, e in zip(contents, sorted(expected, key=lambda e: e["id"]))] == [True] * 3
     with engine.connect() as conn:
-        old_contexts = [json.loads(c) for c in conn.execute(sa.text("SELECT context FROM tickets ORDER BY id")).scalars()]
+        rows = conn.execute(sa.text("SELECT context FROM tickets ORDER BY id")).scalars()
+        old_contexts = [json.loads(c) for c in rows]
         assert conn.execute(sa.text("SELECT count(*) FROM ticket_events")).scalar_one() == events
     assert [c["target"] for c in old_contexts] == [t for _, t in made]
     db.upgrade(engine)

@@ -271,7 +271,8 @@ def _message(conn: Connection, settings: Settings, renderer: Renderer, ticket: t
     message = build_message(renderer, ticket, data, event)
     if not kinds:
         return message
-    return replace(message, snippets=snippet_files(ticket, phase, {kind: renderer.render(kind, data) for kind in kinds}))
+    texts = {kind: renderer.render(kind, data) for kind in kinds}
+    return replace(message, snippets=snippet_files(ticket, phase, texts))
 
 
 @dataclass(frozen=True)

@@ -272,14 +272,15 @@ def _columns(tags: bool) -> list[Any]:
     return [c for c in ApprovedStateRow.__table__.c if tags or c.name != "tags"]
 
 
-def _state(row: Any) -> ApprovedState:
+def _state(row: Any, tags: bool = True) -> ApprovedState:
+    """A state from its row (``tags``: the row has the tags column)."""
     lists = _PACKED_LISTS.decode(sql.decompress(row.lists))
     return ApprovedState(
         id=row.id, cloud=row.cloud, watch=row.watch, ticket_id=row.ticket_id, publication_id=row.publication_id,
         publication=_CONTENT.decode(row.content).publication, approved_at=as_utc(row.approved_at),
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
-        tags=_StoredTags(row._mapping.get("tags"), row.id), final=lists.final, before=_StoredLists(lists.before), during=lists.during,
-        dropped=lists.dropped,
+        tags=_StoredTags(row.tags if tags else None, row.id), final=lists.final,
+        before=_StoredLists(lists.before), during=lists.during, dropped=lists.dropped,
     )
 
 
@@ -340,7 +341,7 @@ def of_ticket(conn: Connection, cloud: str, watch: str,
     """(the states a ticket's approvals recorded, oldest first; the state in force for its watch), in one query;
     read without their tags (a ticket's text and snippets need the family lists alone)."""
     rows = conn.execute(_OF_TICKET, {"cloud": cloud, "watch": watch, "ticket_id": ticket_id}).all()
-    found = [_state(r) for r in rows]
+    found = [_state(r, tags=False) for r in rows]
     return [s for s in found if s.ticket_id == ticket_id], (found[-1] if found else None)
 
 
@@ -360,7 +361,7 @@ def all_current(conn: Connection, at: dt.datetime | None = None, *, tags: bool =
     """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query);
     their tags only with ``tags`` (listing states needs the family lists alone)."""
     rows = conn.execute(_ALL_CURRENT[at is not None, tags], {"at": at} if at is not None else {})
-    return [_state(r) for r in rows]
+    return [_state(r, tags) for r in rows]
 
 
 def require(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = None) -> ApprovedState:
