@@ -7,8 +7,8 @@ rows are created inside the last file's import transaction, as in production;
 anything queued by the earlier files is delivered before the last import.
 
 Timed, between two runs of ``json.loads`` of the last file: reading the
-publication's tickets, ``render.render`` of each in every ticket and rule
-format, and ``notify.deliver_due`` sending every queued message to an HTTP
+publication's tickets, every ticket and rule format of each from one view
+(``render.render_formats``), and ``notify.deliver_due`` sending every queued message to an HTTP
 server on 127.0.0.1 (a process of its own) through apprise's ``json://``.
 The receiver's count of posts is checked against the tickets × destinations.
 """
@@ -149,10 +149,10 @@ def run_once(database: Database, files: Sequence[RealFile], settings: Settings, 
         renders = size = 0
         with engine.connect() as conn:
             found = tickets.list_tickets(conn, ids=tickets.tickets_of_publication(conn, publication_id))
-            for ticket in found:
-                for fmt in FORMATS:
-                    size += len(render.render_ticket(conn, settings, ticket, fmt))
-                    renders += 1
+            for ticket in found:  # every format of a ticket from one view, as the ticket page and notify do
+                texts = render.render_formats(conn, settings, ticket, FORMATS)
+                size += sum(len(text) for text in texts.values())
+                renders += len(texts)
         rendered = time.perf_counter()
         delivered = notify.deliver_due(engine, settings)
         split["render"], split["deliver"] = rendered - start, time.perf_counter() - rendered

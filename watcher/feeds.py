@@ -244,7 +244,7 @@ def find(conn: Connection, settings: Settings, name: str, at: dt.datetime,
 
 def all_sets(conn: Connection, settings: Settings, at: dt.datetime) -> list[FeedSet]:
     """The feed set of every watch with an approved state at ``at``."""
-    return [build(s, previous_state(conn, s), at) for s in states.all_current(conn, at)]
+    return [build(s, previous_state(conn, s), at) for s in states.all_current(conn, at, tags=True)]
 
 
 # ---------------------------------------------------------------- static export

@@ -54,13 +54,25 @@ def firewall_kinds(settings: Settings, ticket: tickets.TicketInfo) -> tuple[str,
 def snippet_attachments(conn: Connection, settings: Settings, ticket: tickets.TicketInfo,
                         event: str) -> tuple[tuple[str, str], ...]:
     """The snippet files for a message about ``ticket``: exactly what ``tickets render ID --format F --phase P`` prints."""
+    phase, kinds = snippet_kinds(settings, ticket, event)
+    if not kinds:
+        return ()
+    return snippet_files(ticket, phase, render.render_formats(conn, settings, ticket, kinds, phase))
+
+
+def snippet_kinds(settings: Settings, ticket: tickets.TicketInfo, event: str) -> tuple[str, tuple[str, ...]]:
+    """(the phase, the firewall kinds) of the snippets a message about ``ticket`` carries; no kinds: none."""
     phase = snippet_phase(ticket, event)
     kinds = firewall_kinds(settings, ticket)
     if phase is None or not kinds:
-        return ()
-    texts = render.render_formats(conn, settings, ticket, kinds, phase)
-    return tuple((f"watcher-ticket-{ticket.id}-{kind}-{phase}.{SNIPPET_EXTENSIONS.get(kind, 'txt')}", texts[kind])
-                 for kind in kinds)
+        return "add", ()
+    return phase, kinds
+
+
+def snippet_files(ticket: tickets.TicketInfo, phase: str, texts: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The rendered snippets ``texts`` (by kind) as the message's named files."""
+    return tuple((f"watcher-ticket-{ticket.id}-{kind}-{phase}.{SNIPPET_EXTENSIONS.get(kind, 'txt')}", text)
+                 for kind, text in texts.items())
 
 
 #: apprise's HTML-to-text converter (the plain-text part of a mail) starts a new line at every <code>.

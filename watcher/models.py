@@ -213,6 +213,9 @@ class Ticket(Base):
     #: False while a held ticket's removals await a reviewer's release
     removals_allowed: Mapped[bool] = mapped_column(Boolean)
     context: Mapped[str] = mapped_column(Text)
+    #: per watched tag its prefixes and changeNumber (what an approval records): JSON, zstd-compressed when long,
+    #: apart from the context that every render reads (NULL never written: a column added in place is nullable)
+    target: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     #: "baseline" (nothing approved yet: the full list) or "change" (against the approved state)
@@ -235,8 +238,13 @@ class ApprovedState(Base):
     approved_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     #: until then the firewall keeps the previous list as well; NULL: additions only, nothing removed
     removals_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    #: JSON: per tag its exact prefixes and changeNumber; per family the final and the previous lists
+    #: JSON: the publication the state came from
     content: Mapped[str] = mapped_column(Text)
+    #: per family the final list, the previous one and the first phase's union: JSON, zstd-compressed when long
+    lists: Mapped[bytes] = mapped_column(LargeBinary)
+    #: per tag its exact prefixes, changeNumber and publication: JSON, zstd-compressed when long (read only by the
+    #: few that need the tags: a state list and a snippet need the lists alone)
+    tags: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class TicketEvent(Base):

@@ -35,6 +35,7 @@ the URL masked.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import functools
 import hashlib
@@ -55,14 +56,14 @@ try:  # apprise 1.9 and later attach from memory: no file is written per send
     from apprise.attachment.memory import AttachMemory
 except ImportError:  # pragma: no cover - older apprise
     AttachMemory = None
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, true, update
 
-from . import review, db, store, tickets
+from . import db, store, tickets
 from .errors import NotifyError, RenderError, StoreError, translate_db_errors
 from .models import OutboxMessage, Ticket, utcnow
 from .redact import ordered_secrets, redact_text
-from .mail import attachment_type, mail_html, snippet_attachments
-from .render import Renderer
+from .mail import attachment_type, mail_html, snippet_files, snippet_kinds
+from .render import Renderer, formats_view
 from .settings import Settings
 from .store.records import ImportResult
 
@@ -258,6 +259,22 @@ def build_message(renderer: Renderer, ticket: tickets.TicketInfo, data: dict | N
     )
 
 
+#: The formats of a message's own text (``build_message``).
+MESSAGE_FORMATS = ("summary", "html", "md")
+
+
+def _message(conn: Connection, settings: Settings, renderer: Renderer, ticket: tickets.TicketInfo,
+             event: str) -> Message:
+    """A ticket's message with its snippet files, from one view of the ticket (one check of the state in force)."""
+    phase, kinds = snippet_kinds(settings, ticket, event)
+    data = formats_view(conn, settings, ticket, (*MESSAGE_FORMATS, *kinds), phase, renderer)
+    message = build_message(renderer, ticket, data, event)
+    if not kinds:
+        return message
+    texts = {kind: renderer.render(kind, data) for kind in kinds}
+    return replace(message, snippets=snippet_files(ticket, phase, texts))
+
+
 @dataclass(frozen=True)
 class SendResult:
     ok: bool
@@ -265,21 +282,45 @@ class SendResult:
     log: str
 
 
+#: Apprise objects kept for one delivery batch, by destination key (``send``'s ``senders``).
+Senders = dict[str, tuple[Any, Any]]
+
+
+def _sender(destination: Destination, senders: Senders | None) -> tuple[Any, Any]:
+    """(plugin, Apprise object) for ``destination``: made once per batch when ``senders`` is given.
+
+    Only a plugin without a send-rate limit is kept: apprise throttles a plugin object's later sends to its
+    service's rate (seconds apart for many), which a fresh object per send never waits for.
+    """
+    kept = senders.get(destination.key) if senders is not None else None
+    if kept is not None:
+        return kept
+    # One destination per call, so apprise's thread pool (its default) would only add a thread.
+    asset = apprise.AppriseAsset(async_mode=False)
+    plugin = apprise.Apprise.instantiate(destination.url, asset=asset)
+    if plugin is None:
+        raise NotifyError("not a valid apprise URL")
+    sender = apprise.Apprise(asset=asset)
+    sender.add(plugin)
+    if senders is not None and getattr(plugin, "request_rate_per_sec", 1) <= 0:
+        senders[destination.key] = (plugin, sender)
+    return plugin, sender
+
+
+#: The Apprise objects of the delivery batch under way (``deliver_due``), or None outside one.
+_BATCH_SENDERS: contextvars.ContextVar[Senders | None] = contextvars.ContextVar("watcher_batch_senders", default=None)
+
+
 def send(destination: Destination, message: Message) -> SendResult:
-    """Send one message to one destination with its own Apprise object; check its result."""
+    """Send one message to one destination; check its result. Within ``deliver_due`` the batch's Apprise object for
+    the destination is reused (its URL parsed once per batch)."""
     if not destination.valid:
         return SendResult(False, "not a valid apprise URL", "")
     error = ""
     ok = False
     with contextlib.ExitStack() as stack, _apprise_log_captured() as captured:
         try:
-            # One destination per call, so apprise's thread pool (its default) would only add a thread.
-            asset = apprise.AppriseAsset(async_mode=False)
-            plugin = apprise.Apprise.instantiate(destination.url, asset=asset)
-            if plugin is None:
-                raise NotifyError("not a valid apprise URL")
-            sender = apprise.Apprise(asset=asset)
-            sender.add(plugin)
+            plugin, sender = _sender(destination, _BATCH_SENDERS.get())
             attach = None
             if getattr(plugin, "attachment_support", False):
                 # From memory; else (an older apprise, or an empty text, which apprise would call a missing
@@ -356,7 +397,9 @@ def _claim_statements() -> dict[str, Any]:
     table = OutboxMessage.__table__
     columns = (table.c.id, table.c.ticket_id, table.c.destination, table.c.attempts, table.c.event)
     taking = {"state": "sending", "claim_token": bindparam("token", type_=table.c.claim_token.type),
-              "claimed_at": bindparam("claimed_at", type_=table.c.claimed_at.type), "attempts": table.c.attempts + 1}
+              # not named as a column: in the one-statement result and claim, a parameter named as a column
+              # would be set by the other UPDATE too
+              "claimed_at": bindparam("claim_time", type_=table.c.claimed_at.type), "attempts": table.c.attempts + 1}
     statements: dict[str, Any] = {}
     for skip in (False, True):
         query = select(*columns).where(_due(table, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1)
@@ -366,8 +409,24 @@ def _claim_statements() -> dict[str, Any]:
         statements[f"take_locked{'_skip' * skip}"] = (update(table).where(table.c.id == picked).values(**taking)
                                                       .returning(*columns))
     statements["take"] = update(table).where(table.c.id == bindparam("row_id"), _due(table, False)).values(**taking)
-    statements["record"] = update(table).where(table.c.id == bindparam("row_id"),
-                                               table.c.claim_token == bindparam("claim"))
+    record = update(table).where(table.c.id == bindparam("row_id"), table.c.claim_token == bindparam("claim"))
+    # One statement per outcome, its values bound: no statement is built (nor its cache key made) per message.
+    released = {"claim_token": None, "last_error": bindparam("error", type_=table.c.last_error.type)}
+    statements["record_sent"] = record.values(state="sent", sent_at=bindparam("at", type_=table.c.sent_at.type),
+                                              **released)
+    statements["record_failed"] = record.values(state="failed", **released)
+    statements["record_pending"] = record.values(
+        state="pending", next_attempt_at=bindparam("at", type_=table.c.next_attempt_at.type), **released)
+    # PostgreSQL: a result and the next claim as one statement (one round trip per message instead of two). Both
+    # updates see the same snapshot; they touch different rows (the row recorded is ours, claimed and skipped).
+    # One row always comes back: how many rows the result updated, and the claimed row's columns (NULL if none).
+    for state in ("sent", "failed", "pending"):
+        recorded = statements[f"record_{state}"].returning(table.c.id).cte(f"recorded_{state}")
+        counted = select(func.count().label("recorded")).select_from(recorded).subquery("counted")
+        for skip in (False, True):
+            taken = statements[f"take_locked{'_skip' * skip}"].cte("taken")
+            statements[f"record_{state}_and_take{'_skip' * skip}"] = (
+                select(counted.c.recorded, *taken.c).select_from(counted.outerjoin(taken, true())))
     return statements
 
 
@@ -425,7 +484,7 @@ def _claim_in(conn: Connection, keys: Sequence[str], now: dt.datetime, lease: dt
     suffix = "_skip" if skip else ""
     if skip:
         due["skip"] = list(skip)
-    taking = {"token": token, "claimed_at": claimed_at}
+    taking = {"token": token, "claim_time": claimed_at}
     if conn.dialect.update_returning:
         # One statement picks a due row and takes it: on PostgreSQL one no one else holds (SKIP LOCKED); on
         # SQLite (3.35 and later) under the write lock the transaction took first.
@@ -441,21 +500,47 @@ def _claim_in(conn: Connection, keys: Sequence[str], now: dt.datetime, lease: dt
         else _LOST
 
 
+def _record_values(claim: _Claim, result: SendResult, settings: Settings, now: dt.datetime) -> tuple[str, dict]:
+    """The row's new state after a send, and the parameters of its ``record_<state>`` statement."""
+    values: dict[str, Any] = {"row_id": claim.id, "claim": claim.token, "error": result.error}
+    if result.ok:
+        state = "sent"
+        values.update(at=now, error="")
+    elif claim.attempts >= settings.notify.max_attempts:
+        state = "failed"
+    else:
+        state = "pending"
+        delay = dt.timedelta(seconds=settings.notify.backoff_seconds * 2 ** (claim.attempts - 1))
+        values["at"] = now + min(delay, MAX_BACKOFF)
+    return state, values
+
+
 def _record_in(conn: Connection, claim: _Claim, result: SendResult, settings: Settings, now: dt.datetime) -> str:
     """Record a send's result in the caller's writing transaction; the row's new state."""
-    if result.ok:
-        values: dict[str, Any] = {"state": "sent", "sent_at": now, "last_error": "", "claim_token": None}
-    elif claim.attempts >= settings.notify.max_attempts:
-        values = {"state": "failed", "last_error": result.error, "claim_token": None}
-    else:
-        delay = dt.timedelta(seconds=settings.notify.backoff_seconds * 2 ** (claim.attempts - 1))
-        values = {"state": "pending", "next_attempt_at": now + min(delay, MAX_BACKOFF),
-                  "last_error": result.error, "claim_token": None}
-    recorded = conn.execute(_claim_statements()["record"].values(**values),
-                            {"row_id": claim.id, "claim": claim.token}).rowcount
+    state, values = _record_values(claim, result, settings, now)
+    _check_recorded(claim, conn.execute(_claim_statements()[f"record_{state}"], values).rowcount)
+    return state
+
+
+def _check_recorded(claim: _Claim, recorded: int) -> None:
     if recorded != 1:
         log.warning("outbox row %s was claimed again before its result was recorded", claim.id)
-    return values["state"]
+
+
+def _record_and_take(conn: Connection, claim: _Claim, result: SendResult, settings: Settings,
+                     clock: Callable[[], dt.datetime], keys: Sequence[str], now: dt.datetime,
+                     lease: dt.timedelta, skip: Sequence[int]) -> tuple[str, _Claim | None]:
+    """PostgreSQL: a send's result and the next claim in one statement (autocommit: committed together)."""
+    state, values = _record_values(claim, result, settings, clock())
+    token = str(uuid.uuid4())
+    values.update(keys=list(keys), now=now, expired=now - lease, token=token, claim_time=clock())
+    if skip:
+        values["skip"] = list(skip)
+    row = conn.execute(_claim_statements()[f"record_{state}_and_take{'_skip' * bool(skip)}"], values).one()
+    _check_recorded(claim, row.recorded)
+    following = None if row.id is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token,
+                                                    row.event)
+    return state, following
 
 
 def _record_and_claim(conn: Connection, claim: _Claim, result: SendResult, settings: Settings,
@@ -464,6 +549,9 @@ def _record_and_claim(conn: Connection, claim: _Claim, result: SendResult, setti
     """Record a send's result and claim the next due row in one transaction (one commit instead of two per
     message; on PostgreSQL two statements that commit each); the result is committed before the next send all the
     same. A lost race for the next row is retried as ``_claim`` does."""
+    if conn.dialect.name == "postgresql":
+        with conn.begin():  # SQLAlchemy's marker: the connection is in autocommit (``_outbox_connection``)
+            return _record_and_take(conn, claim, result, settings, clock, keys, now, lease, skip)
     with conn.begin():
         state = _record_in(conn, claim, result, settings, clock())
         following = _claim_in(conn, keys, now, lease, skip, clock())
@@ -498,6 +586,15 @@ def deliver_due(
         clock = utcnow if now is None else _advancing_from(now)
     at = now or clock()
     by_key = {d.key: d for d in destinations(settings)}
+    batch = _BATCH_SENDERS.set({})  # one Apprise object per destination for the batch
+    try:
+        return _deliver(engine, settings, at, lease, clock, by_key)
+    finally:
+        _BATCH_SENDERS.reset(batch)
+
+
+def _deliver(engine: Engine, settings: Settings, at: dt.datetime, lease: dt.timedelta,
+             clock: Callable[[], dt.datetime], by_key: Mapping[str, Destination]) -> list[DeliveryResult]:
     renderer = Renderer(settings.tickets)
     results: list[DeliveryResult] = []
     attempted: list[int] = []
@@ -511,11 +608,18 @@ def deliver_due(
             message = messages.get((claim.ticket_id, claim.event))
             if message is None:
                 try:
-                    with engine.connect() as conn:
-                        ticket = tickets.get_ticket(conn, claim.ticket_id)
-                        message = build_message(renderer, ticket, review.full_view(conn, ticket, settings),
-                                                claim.event)
-                        message = replace(message, snippets=snippet_attachments(conn, settings, ticket, claim.event))
+                    if outbox.dialect.name == "postgresql":
+                        # The outbox connection runs each statement on its own (autocommit), as a READ COMMITTED
+                        # transaction would read them: no checkout, BEGIN or ROLLBACK round trips per ticket.
+                        try:
+                            message = _message(outbox, settings, renderer,
+                                               tickets.get_ticket(outbox, claim.ticket_id), claim.event)
+                        finally:
+                            outbox.commit()  # SQLAlchemy's transaction marker only: nothing is sent
+                    else:
+                        with engine.connect() as conn:
+                            ticket = tickets.get_ticket(conn, claim.ticket_id)
+                            message = _message(conn, settings, renderer, ticket, claim.event)
                 except RenderError as exc:
                     message = exc
                 messages[(claim.ticket_id, claim.event)] = message

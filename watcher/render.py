@@ -683,16 +683,24 @@ def render_ticket(conn: Any, settings: Settings, ticket: tickets.TicketInfo, fmt
 
 def render_formats(conn: Any, settings: Settings, ticket: tickets.TicketInfo, formats: Iterable[str],
                    phase: str = "add") -> dict[str, str]:
-    """Several formats of a stored ticket from one view (read and computed once)."""
+    """Several formats of a stored ticket from one view (read and computed once, one check of the state in force)."""
+    wanted = list(formats)
+    renderer = Renderer(settings.tickets)
+    data = formats_view(conn, settings, ticket, wanted, phase, renderer)
+    return {fmt: renderer.render(fmt, data) for fmt in wanted}
+
+
+def formats_view(conn: Any, settings: Settings, ticket: tickets.TicketInfo, formats: Sequence[str],
+                 phase: str | None, renderer: "Renderer") -> dict[str, Any]:
+    """The one view that renders every format of ``formats`` of a stored ticket (``phase``: the snippets' phase, or
+    None when no snippet is wanted): the trail only when a format shows it, the snippet objects checked once."""
     from . import review  # review depends on tickets only; imported here to keep module start-up light
 
-    wanted = list(formats)
-    for fmt in wanted:
+    for fmt in formats:
         template_name(fmt)
-    renderer = Renderer(settings.tickets)
     # The built-in rule templates do not show the review trail: rendering only those reads no events.
-    trail = any(fmt not in RULE_FORMATS or renderer.origin(fmt) == "user" for fmt in wanted)
-    data = review.full_view(conn, ticket, settings, phase if any(f in RULE_FORMATS for f in wanted) else None,
+    trail = any(fmt not in RULE_FORMATS or renderer.origin(fmt) == "user" for fmt in formats)
+    data = review.full_view(conn, ticket, settings, phase if any(f in RULE_FORMATS for f in formats) else None,
                             trail=trail)
     if "firewall" in data:
         try:  # checked once here instead of once per format
@@ -700,4 +708,4 @@ def render_formats(conn: Any, settings: Settings, ticket: tickets.TicketInfo, fo
                 data["firewall"][key] = {f: checked_cidrs(v) for f, v in data["firewall"][key].items()}
         except RenderError as exc:
             raise RenderError(f"ticket {ticket.id}: {exc}") from None
-    return {fmt: renderer.render(fmt, data) for fmt in wanted}
+    return data

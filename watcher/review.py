@@ -220,8 +220,9 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
             # An older approval's list would undo a newer one: only the newest approval renders.
             raise RenderError(f"ticket {ticket.id}'s approval was followed by ticket {latest.ticket_id}'s: render "
                               f"ticket {latest.ticket_id} (or `watcher state show {ticket.watch}`)")
-        before, final, removals_at = mine.before, mine.final, mine.removals_at
+        final, removals_at = mine.final, mine.removals_at
         first_phase = mine.first_phase()
+        before = None if mine.dropped is not None else mine.before  # computed at approval, when it was kept
     else:  # not approved yet: what an approval now would record
         previous = latest
         at = at or utcnow()
@@ -234,7 +235,10 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
             final = states.family_lists(p for t in ticket.target.values() for p in t.prefixes)
             first_phase = states.union(before, final)
     objects = first_phase if phase == "add" else {f: list(final[f]) for f in states.FAMILIES}
-    dropped = {f: _missing(before.get(f, ()), objects[f]) for f in states.FAMILIES}
+    if before is None:
+        dropped = {f: list(mine.dropped[phase][f]) for f in states.FAMILIES}
+    else:
+        dropped = {f: states.missing(before.get(f, ()), objects[f]) for f in states.FAMILIES}
     family, _, table = settings.tickets.nft_table.partition(" ")
     if family not in NFT_FAMILIES or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,30}", table or "watcher"):
         raise RenderError(f"[tickets] nft_table {settings.tickets.nft_table!r} is not '<family> <name>' "
@@ -250,10 +254,6 @@ def firewall(conn: Connection, ticket: TicketInfo, settings: Settings, phase: st
     }
 
 
-def _missing(earlier: Sequence[str], kept: Sequence[str]) -> list[str]:
-    """The prefixes of ``earlier`` not in ``kept``, in ``earlier``'s order (set arithmetic first: usually none)."""
-    gone = set(earlier).difference(kept)
-    return [c for c in earlier if c in gone] if gone else []
 
 
 def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: str | None = None,

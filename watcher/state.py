@@ -32,6 +32,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select
 from . import diff as diffs
 from .errors import NotFoundError
 from .models import ApprovedState as ApprovedStateRow
+from .store import sql
 
 FAMILIES = ("v4", "v6")
 FamilyLists = dict[str, list[str]]
@@ -75,6 +76,19 @@ def empty_lists() -> FamilyLists:
     return {"v4": [], "v6": []}
 
 
+def missing(earlier: Sequence[str], kept: Sequence[str]) -> list[str]:
+    """The prefixes of ``earlier`` not in ``kept``, in ``earlier``'s order (set arithmetic first: usually none)."""
+    gone = set(earlier).difference(kept)
+    return [c for c in earlier if c in gone] if gone else []
+
+
+def dropped_lists(before: Mapping[str, Sequence[str]], final: Mapping[str, Sequence[str]],
+                  during: Mapping[str, Sequence[str]]) -> dict[str, FamilyLists]:
+    """Per phase, what the earlier list allowed that the phase's objects no longer hold (what a snippet removes)."""
+    return {"add": {f: missing(before.get(f, ()), during.get(f, ())) for f in FAMILIES},
+            "remove": {f: missing(before.get(f, ()), final.get(f, ())) for f in FAMILIES}}
+
+
 # ---------------------------------------------------------------- values
 
 
@@ -106,6 +120,9 @@ class ApprovedState:
     before: Mapping[str, list[str]]
     #: collapse(before ∪ final), computed once at approval: the list of the first phase
     during: Mapping[str, list[str]] | None = None
+    #: per phase ("add", "remove") and family, what ``before`` held that the phase's list does not: computed once at
+    #: approval (a snippet of the state's ticket removes it); None in states recorded before it was kept
+    dropped: Mapping[str, Mapping[str, list[str]]] | None = None
 
     @property
     def additions_only(self) -> bool:
@@ -169,18 +186,29 @@ def first_phase_of(prepared: Mapping[str, Any] | None, approved: ApprovedState |
 
 
 class _Content(msgspec.Struct):
-    """A stored state's JSON: the per-tag lists (the largest part, every exact prefix) are kept undecoded."""
+    """A stored state's ``content`` column."""
 
     publication: dict[str, Any]
-    tags: msgspec.Raw
+
+
+class _Lists(msgspec.Struct):
+    """A stored state's ``lists`` column: the previous lists are kept undecoded."""
+
     final: dict[str, list[str]]
     before: msgspec.Raw  # only a snippet of the ticket that made the state reads it
     during: dict[str, list[str]] | None = None
+    dropped: dict[str, dict[str, list[str]]] | None = None
 
 
 _CONTENT = msgspec.json.Decoder(_Content)
+_PACKED_LISTS = msgspec.json.Decoder(_Lists)
 _TAGS = msgspec.json.Decoder(dict[str, Any])
 _LISTS = msgspec.json.Decoder(dict[str, list[str]])
+
+
+def _packed(value: Any) -> bytes:
+    """JSON with sorted keys, zstd-compressed when long (``lists`` and ``tags`` columns)."""
+    return sql.compress(json.dumps(value, sort_keys=True).encode())
 
 
 class _StoredLists(Mapping[str, list[str]]):
@@ -212,15 +240,18 @@ class _StoredLists(Mapping[str, list[str]]):
 class _StoredTags(Mapping[str, TagApproval]):
     """A state's tags, decoded on first use: listing states and rendering snippets need only the family lists."""
 
-    def __init__(self, raw: msgspec.Raw):
-        self._raw: msgspec.Raw | None = raw
-        self._tags: dict[str, TagApproval] = {}
+    def __init__(self, packed: bytes | None, state_id: int):
+        self._packed: bytes | None = packed
+        self._tags: dict[str, TagApproval] | None = None
+        self._state_id = state_id
 
     def _decoded(self) -> dict[str, TagApproval]:
-        if self._raw is not None:
+        if self._tags is None:
+            if self._packed is None:
+                raise RuntimeError(f"approved state {self._state_id} was read without its tags (tags=True reads them)")
             self._tags = {name: TagApproval(tuple(t["prefixes"]), t["change_number"], t["publication"])
-                          for name, t in _TAGS.decode(self._raw).items()}
-            self._raw = None
+                          for name, t in _TAGS.decode(sql.decompress(self._packed)).items()}
+            self._packed = None
         return self._tags
 
     def __getitem__(self, name: str) -> TagApproval:
@@ -233,17 +264,23 @@ class _StoredTags(Mapping[str, TagApproval]):
         return len(self._decoded())
 
     def __repr__(self) -> str:
-        return repr(self._decoded())
+        return "<tags not read>" if self._tags is None and self._packed is None else repr(self._decoded())
 
 
-def _state(row: Any) -> ApprovedState:
-    content = _CONTENT.decode(row.content)
+def _columns(tags: bool) -> list[Any]:
+    """A state's columns; ``tags`` (every tag's exact prefixes, the largest) only when asked for."""
+    return [c for c in ApprovedStateRow.__table__.c if tags or c.name != "tags"]
+
+
+def _state(row: Any, tags: bool = True) -> ApprovedState:
+    """A state from its row (``tags``: the row has the tags column)."""
+    lists = _PACKED_LISTS.decode(sql.decompress(row.lists))
     return ApprovedState(
         id=row.id, cloud=row.cloud, watch=row.watch, ticket_id=row.ticket_id, publication_id=row.publication_id,
-        publication=content.publication, approved_at=as_utc(row.approved_at),
+        publication=_CONTENT.decode(row.content).publication, approved_at=as_utc(row.approved_at),
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
-        tags=_StoredTags(content.tags), final=content.final, before=_StoredLists(content.before),
-        during=content.during,
+        tags=_StoredTags(row.tags if tags else None, row.id), final=lists.final,
+        before=_StoredLists(lists.before), during=lists.during, dropped=lists.dropped,
     )
 
 
@@ -254,12 +291,14 @@ def record(conn: Connection, *, cloud: str, watch: str, ticket_id: int, publicat
     final = family_lists(p for t in tags.values() for p in t.prefixes)
     if removals_at is None:
         final = union(final, before)  # additions only: nothing the firewall allows goes yet
-    content = {"publication": dict(publication), "tags": {n: t.to_json() for n, t in sorted(tags.items())},
-               "final": final, "before": {f: list(before.get(f, ())) for f in FAMILIES},
-               "during": union(before, final)}
+    before = {f: list(before.get(f, ())) for f in FAMILIES}
+    during = union(before, final)
+    lists = {"final": final, "before": before, "during": during, "dropped": dropped_lists(before, final, during)}
     new_id = conn.execute(insert(ApprovedStateRow.__table__).returning(ApprovedStateRow.__table__.c.id), {
         "cloud": cloud, "watch": watch, "ticket_id": ticket_id, "publication_id": publication_id,
-        "approved_at": approved_at, "removals_at": removals_at, "content": json.dumps(content, sort_keys=True),
+        "approved_at": approved_at, "removals_at": removals_at,
+        "content": json.dumps({"publication": dict(publication)}, sort_keys=True),
+        "lists": _packed(lists), "tags": _packed({n: t.to_json() for n, t in sorted(tags.items())}),
     }).scalar_one()
     row = conn.execute(select(ApprovedStateRow.__table__).where(ApprovedStateRow.id == new_id)).one()
     return _state(row)
@@ -268,7 +307,7 @@ def record(conn: Connection, *, cloud: str, watch: str, ticket_id: int, publicat
 def current(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = None) -> ApprovedState | None:
     """The state in force for a watch (at a time, when given), or None when nothing was approved yet."""
     table = ApprovedStateRow.__table__
-    query = select(table).where(table.c.cloud == cloud, table.c.watch == watch)
+    query = select(*_columns(tags=True)).where(table.c.cloud == cloud, table.c.watch == watch)
     if at is not None:
         query = query.where(table.c.approved_at <= at)
     row = conn.execute(query.order_by(table.c.id.desc()).limit(1)).first()
@@ -278,7 +317,7 @@ def current(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = N
 def history(conn: Connection, cloud: str, watch: str, ticket_id: int | None = None) -> list[ApprovedState]:
     """Every state of a watch, oldest first (only those a ticket's approvals recorded, when ``ticket_id`` is given)."""
     table = ApprovedStateRow.__table__
-    query = select(table).where(table.c.cloud == cloud, table.c.watch == watch)
+    query = select(*_columns(tags=True)).where(table.c.cloud == cloud, table.c.watch == watch)
     if ticket_id is not None:
         query = query.where(table.c.ticket_id == ticket_id)
     return [_state(r) for r in conn.execute(query.order_by(table.c.id))]
@@ -288,7 +327,7 @@ def _of_ticket_query() -> Any:
     table = ApprovedStateRow.__table__
     cloud, watch = bindparam("cloud"), bindparam("watch")
     newest = select(func.max(table.c.id)).where(table.c.cloud == cloud, table.c.watch == watch).scalar_subquery()
-    return select(table).where(table.c.cloud == cloud, table.c.watch == watch,
+    return select(*_columns(tags=False)).where(table.c.cloud == cloud, table.c.watch == watch,
                                (table.c.ticket_id == bindparam("ticket_id")) | (table.c.id == newest)
                                ).order_by(table.c.id)
 
@@ -299,28 +338,30 @@ _OF_TICKET = _of_ticket_query()
 
 def of_ticket(conn: Connection, cloud: str, watch: str,
               ticket_id: int) -> tuple[list[ApprovedState], ApprovedState | None]:
-    """(the states a ticket's approvals recorded, oldest first; the state in force for its watch), in one query."""
+    """(the states a ticket's approvals recorded, oldest first; the state in force for its watch), in one query;
+    read without their tags (a ticket's text and snippets need the family lists alone)."""
     rows = conn.execute(_OF_TICKET, {"cloud": cloud, "watch": watch, "ticket_id": ticket_id}).all()
-    found = [_state(r) for r in rows]
+    found = [_state(r, tags=False) for r in rows]
     return [s for s in found if s.ticket_id == ticket_id], (found[-1] if found else None)
 
 
-def _all_current_query(at: bool) -> Any:
+def _all_current_query(at: bool, tags: bool) -> Any:
     table = ApprovedStateRow.__table__
     newest = select(func.max(table.c.id))
     if at:
         newest = newest.where(table.c.approved_at <= bindparam("at"))
     newest = newest.group_by(table.c.cloud, table.c.watch).scalar_subquery()
-    return select(table).where(table.c.id.in_(newest)).order_by(table.c.cloud, table.c.watch)
+    return select(*_columns(tags)).where(table.c.id.in_(newest)).order_by(table.c.cloud, table.c.watch)
 
 
-_ALL_CURRENT = {False: _all_current_query(False), True: _all_current_query(True)}
+_ALL_CURRENT = {(at, tags): _all_current_query(at, tags) for at in (False, True) for tags in (False, True)}
 
 
-def all_current(conn: Connection, at: dt.datetime | None = None) -> list[ApprovedState]:
-    """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query)."""
-    rows = conn.execute(_ALL_CURRENT[at is not None], {"at": at} if at is not None else {})
-    return [_state(r) for r in rows]
+def all_current(conn: Connection, at: dt.datetime | None = None, *, tags: bool = False) -> list[ApprovedState]:
+    """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query);
+    their tags only with ``tags`` (listing states needs the family lists alone)."""
+    rows = conn.execute(_ALL_CURRENT[at is not None, tags], {"at": at} if at is not None else {})
+    return [_state(r, tags) for r in rows]
 
 
 def require(conn: Connection, cloud: str, watch: str, at: dt.datetime | None = None) -> ApprovedState:

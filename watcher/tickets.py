@@ -28,9 +28,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import msgspec
 import orjson
 from sqlalchemy import Connection, bindparam, insert, select, update
 
@@ -40,6 +42,7 @@ from . import state as states
 from . import store
 from .errors import NotFoundError, translate_db_errors
 from .models import Ticket, TicketEvent, utcnow
+from .store import sql
 from .settings import Settings
 from .watches import STORAGE_WARNING, ResolvedWatch, WatchedTag, resolve_watches
 
@@ -66,6 +69,8 @@ class TicketInfo:
     updated_at: dt.datetime
     kind: str = "change"
     superseded_by: int | None = None
+    #: the ``target`` column: every watched tag's prefixes (JSON, zstd-compressed when long), decoded when read
+    packed_target: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def ref(self) -> str:
@@ -95,13 +100,41 @@ class TicketInfo:
         """Per tag, the exact prefixes added and removed against the approved state."""
         return {t["tag"]: {"added": list(t["added"]), "removed": list(t["removed"])} for t in self.context["tags"]}
 
+    @functools.cached_property
+    def target_lists(self) -> dict[str, Any]:
+        """Every watched tag's prefixes and changeNumber as stored: {TAG: {"prefixes": [...], "change_number"}}.
+
+        Kept apart from the context (for an AzureCloud-sized watch 13,000 prefixes, most of the ticket's bytes),
+        which every render reads: only an approval, and a new ticket's comparison, read them.
+        """
+        return _TARGET.decode(sql.decompress(self.packed_target)) if self.packed_target else {}
+
     @property
     def target(self) -> dict[str, states.TagApproval]:
         """Every watched tag as this ticket's publication has it: what an approval records."""
         pub = self.context["source"]
         publication = {"date": pub["date"], "change_number": pub["change_number"]}
         return {name: states.TagApproval(tuple(t["prefixes"]), t["change_number"], publication)
-                for name, t in self.context["target"].items()}
+                for name, t in self.target_lists.items()}
+
+
+_TARGET = msgspec.json.Decoder(dict[str, Any])
+
+
+class _TargetView(Mapping[str, Any]):
+    """A ticket's ``target`` as templates see it (``view``): read only if a template uses it."""
+
+    def __init__(self, ticket: TicketInfo):
+        self._ticket = ticket
+
+    def __getitem__(self, name: str) -> Any:
+        return self._ticket.target_lists[name]
+
+    def __iter__(self) -> Any:
+        return iter(self._ticket.target_lists)
+
+    def __len__(self) -> int:
+        return len(self._ticket.target_lists)
 
 
 @dataclass(frozen=True)
@@ -403,7 +436,7 @@ def _ticket_for_watch(conn: Connection, watch: ResolvedWatch, new: store.Publica
         if live is not None:  # the publication went back to what is approved: the live change is moot
             _supersede(conn, live, None, at, f"the publication of {new.file_date} matches the approved state")
         return None
-    if live is not None and _same_target(target, {n: t["prefixes"] for n, t in live.context["target"].items()}):
+    if live is not None and _same_target(target, {n: t["prefixes"] for n, t in live.target_lists.items()}):
         return None
     if (live is None and approved_lists is not None and changed is not None
             and not changed.intersection(watch.tag_names) and set(target) == set(approved_lists)):
@@ -449,6 +482,7 @@ def _insert(conn: Connection, watch: ResolvedWatch, approved: states.ApprovedSta
             new: store.PublicationInfo, context: dict[str, Any], at: dt.datetime) -> int:
     held = context["hold"]["held"]
     state = "hold" if held else "open"
+    target = context.pop("target")
     ticket_id = conn.execute(
         insert(Ticket.__table__).returning(Ticket.__table__.c.id),
         {
@@ -456,6 +490,7 @@ def _insert(conn: Connection, watch: ResolvedWatch, approved: states.ApprovedSta
             "previous_publication_id": approved.publication_id if approved else None,
             "cloud": new.cloud, "watch": watch.name, "file_date": new.file_date, "state": state,
             "removals_allowed": not held, "context": json.dumps(context, sort_keys=True),
+            "target": sql.compress(json.dumps(target, sort_keys=True).encode()),
             "created_at": at, "updated_at": at, "kind": context["kind"],
         },
     ).scalar_one()
@@ -475,7 +510,7 @@ def _ticket(row: Any) -> TicketInfo:
         previous_publication_id=row.previous_publication_id, cloud=row.cloud, watch=row.watch,
         file_date=row.file_date, state=row.state, removals_allowed=bool(row.removals_allowed),
         context=orjson.loads(row.context), created_at=row.created_at, updated_at=row.updated_at,
-        kind=row.kind, superseded_by=row.superseded_by,
+        kind=row.kind, superseded_by=row.superseded_by, packed_target=row.target,
     )
 
 
@@ -527,6 +562,7 @@ MAX_TICKET_ID = 2**31 - 1
 def view(ticket: TicketInfo) -> dict[str, Any]:
     """What templates see: the stored context, the ticket's identity and its review state."""
     data = dict(ticket.context)
+    data["target"] = _TargetView(ticket)
     data["ticket"] = {"id": ticket.id, "uid": ticket.uid, "state": ticket.state, "ref": ticket.ref,
                       "kind": ticket.kind, "superseded_by": ticket.superseded_by}
     data["removals_allowed"] = ticket.removals_allowed

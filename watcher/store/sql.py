@@ -288,6 +288,12 @@ def _split(data: bytes) -> tuple[str, ...]:
     return tuple(text_.split("\n")) if text_ else ()
 
 
+def decompress(packed: bytes) -> bytes:
+    """A value stored by ``compress`` (plain when short, zstd otherwise) as it was given."""
+    data = bytes(packed)
+    return _zstd()[1].decompress(data) if data[:4] == ZSTD_MAGIC else data
+
+
 def pack(prefixes: Sequence[str]) -> bytes:
     return compress(encode_prefixes(prefixes))
 
