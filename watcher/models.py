@@ -144,8 +144,13 @@ class Content(Base):
 
     hash: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
     prefix_count: Mapped[int] = mapped_column(Integer)
-    #: newline-separated, sorted canonical prefixes; zstd-compressed unless short (see store.sql.pack)
+    #: newline-separated, sorted canonical prefixes; zstd-compressed unless short (see store.sql.pack),
+    #: or a delta against the content ``base_hash`` (see store.packing)
     prefixes: Mapped[bytes] = mapped_column(LargeBinary)
+    #: NULL: a full copy; else the content whose text is the dictionary of this delta
+    base_hash: Mapped[bytes | None] = mapped_column(LargeBinary(16), nullable=True)
+    #: deltas to decode down to a full copy (1: the base is one); NULL for a full copy
+    depth: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class TagVersion(Base):
