@@ -37,7 +37,7 @@ from .planner import ImportPlan, plan_import, withdrawn_tags
 from .records import (
     EMPTY_HASH, ImportHook, ImportResult, PublicationInfo, VersionInfo, missed_count, missed_note, publication_from_row,
 )
-from .packing import load_texts, pack_content, split_text
+from .packing import load_texts, pack_content, remember_texts, split_text
 from .sql import bulk_insert, fetch_in, no_collector_pauses, update_rows
 from .versions import Versions, tag_ids_of, uint32s, versions_at, versions_before
 
@@ -323,6 +323,7 @@ def _write_contents(conn: Connection, plan: ImportPlan) -> None:
     missing = [(h, count, *pack_content(encoded, base, plan.bases.get(base) if base else None))
                for h, (count, encoded, base) in contents.items() if h not in stored]
     bulk_insert(conn, "contents", ("hash", "prefix_count", "prefixes", "base_hash", "depth"), missing)
+    remember_texts((digest, found.encoded) for digest, found in plan.contents.items())
 
 
 def _version_row(version: VersionInfo, tag_id: int, publication_id: int, valid_from: int) -> tuple:

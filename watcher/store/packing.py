@@ -15,12 +15,14 @@ decodable whatever order files are imported in: its base was stored before it.
 The content hash stays the hash of the canonical text, whatever the storage.
 
 Every read of ``contents.prefixes`` goes through ``load_texts`` (or
-``text_of_stored`` for one row already at hand), which fetches the chains of
-all the asked contents in one recursive query per batch.
+``text_of_stored`` for one row already at hand): the rows asked for, then the
+chains of the bases not at hand in one recursive query. Decoded big texts are
+kept in a small content-addressed cache (``texts_cache``).
 """
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Iterable, NamedTuple, Sequence
 
 import zstandard
@@ -38,10 +40,10 @@ _codecs = threading.local()
 
 #: Each asked content and its bases, down to the full copy: one query whatever the depth.
 _CHAINS = (
-    "WITH RECURSIVE chain(hash, prefixes, base_hash) AS ("
-    "SELECT hash, prefixes, base_hash FROM contents WHERE hash IN ({}) "
-    "UNION ALL SELECT c.hash, c.prefixes, c.base_hash FROM contents c JOIN chain ON c.hash = chain.base_hash"
-    ") SELECT hash, prefixes, base_hash FROM chain"
+    "WITH RECURSIVE chain(hash, prefixes, base_hash, depth) AS ("
+    "SELECT hash, prefixes, base_hash, depth FROM contents WHERE hash IN ({}) UNION ALL "
+    "SELECT c.hash, c.prefixes, c.base_hash, c.depth FROM contents c JOIN chain ON c.hash = chain.base_hash"
+    ") SELECT hash, prefixes, base_hash, depth FROM chain"
 )
 
 
@@ -84,42 +86,100 @@ def pack_content(encoded: bytes, base_hash: bytes | None, base: StoredText | Non
             or base.depth >= MAX_DEPTH):
         return compress(encoded), None, None
     delta = delta_against(encoded, base.text)
-    full = compress(encoded)
-    if len(delta) >= len(full):  # e.g. a tag whose prefixes were all replaced
+    # A full copy compresses to ~1/5 of the text and a week's delta to ~1/100: only a delta near the
+    # full copy's size (e.g. a tag whose prefixes were all replaced) is worth compressing twice for.
+    if len(delta) * 8 > len(encoded) and len(delta) >= len(full := compress(encoded)):
         return full, None, None
     return delta, base_hash, base.depth + 1
 
 
+class _TextCache:
+    """Texts of big contents by hash, most recently used last, up to ``limit`` bytes in all.
+
+    A hash names one text in every database (it is the text's hash), so the cache needs no
+    invalidation: a weekly import finds the week before's contents, its delta bases, here
+    instead of decoding their chains again.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._texts: OrderedDict[bytes, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes) -> bytes | None:
+        with self._lock:
+            found = self._texts.get(digest)
+            if found is not None:
+                self._texts.move_to_end(digest)
+            return found
+
+    def put(self, digest: bytes, text: bytes) -> None:
+        if len(text) < DELTA_FROM or len(text) > self._limit // 4:
+            return
+        with self._lock:
+            if digest in self._texts:
+                self._texts.move_to_end(digest)
+                return
+            self._texts[digest] = text
+            self._size += len(text)
+            while self._size > self._limit:
+                _, dropped = self._texts.popitem(last=False)
+                self._size -= len(dropped)
+
+
+#: ~2.2 MB is the text of a whole Public publication; this holds the big tags of several clouds.
+texts_cache = _TextCache(16 * 1024 * 1024)
+
+
 def load_texts(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, StoredText]:
-    """The canonical text of each stored content asked for (and of the bases read on the way)."""
+    """The canonical text and depth of each stored content asked for (bases read on the way may be there too).
+
+    One query for the rows asked; a delta whose base text is neither cached nor among them
+    needs one more, for the chains of all such bases at once.
+    """
     wanted = sorted(set(hashes))
     if not wanted:
         return {}
-    return decode_rows(fetch_in(conn, _CHAINS, wanted, binary=True))
-
-
-def decode_rows(rows: Iterable[Sequence]) -> dict[bytes, StoredText]:
-    """Texts of rows (hash, prefixes, base_hash) holding every base of every delta among them."""
-    stored = {bytes(digest): (packed, None if base is None else bytes(base)) for digest, packed, base in rows}
-    texts: dict[bytes, StoredText] = {}
+    rows = {bytes(digest): (packed, None if base is None else bytes(base), depth or 0) for digest, packed, base, depth
+            in fetch_in(conn, "SELECT hash, prefixes, base_hash, depth FROM contents WHERE hash IN ({})", wanted,
+                        binary=True)}
+    found: dict[bytes, StoredText] = {}
+    needed: set[bytes] = set()
+    for digest, (packed, base, depth) in rows.items():
+        cached = texts_cache.get(digest)
+        if cached is not None:
+            found[digest] = StoredText(cached, depth)
+        elif base is None:
+            found[digest] = StoredText(_decompressed(packed), 0)
+            texts_cache.put(digest, found[digest].text)
+        elif base not in rows and texts_cache.get(base) is None:
+            needed.add(base)
+    if needed:
+        rows.update((bytes(digest), (packed, None if base is None else bytes(base), depth or 0))
+                    for digest, packed, base, depth in fetch_in(conn, _CHAINS, sorted(needed), binary=True))
 
     def text_of(digest: bytes) -> StoredText:
-        found = texts.get(digest)
-        if found is None:
-            if digest not in stored:
-                raise MissingBase(f"content {digest.hex()[:12]}… is not stored")
-            packed, base = stored[digest]
-            if base is None:
-                found = StoredText(_decompressed(packed), 0)
-            else:
-                under = text_of(base)
-                found = StoredText(undelta(packed, under.text), under.depth + 1)
-            texts[digest] = found
-        return found
+        done = found.get(digest)
+        if done is None:
+            if digest not in rows:
+                cached = texts_cache.get(digest)
+                if cached is None:
+                    raise MissingBase(f"content {digest.hex()[:12]}… is not stored")
+                return StoredText(cached, -1)  # a base read from the cache: its depth is not needed
+            packed, base, depth = rows[digest]
+            done = StoredText(_decompressed(packed) if base is None else undelta(packed, text_of(base).text), depth)
+            found[digest] = done
+            texts_cache.put(digest, done.text)
+        return done
 
-    for digest in stored:
-        text_of(digest)
-    return texts
+    return {digest: text_of(digest) for digest in wanted if digest in rows}
+
+
+def remember_texts(texts: Iterable[tuple[bytes, bytes]]) -> None:
+    """Texts just stored (hash, text): next week's import finds its delta bases here."""
+    for digest, text in texts:
+        texts_cache.put(digest, text)
 
 
 def text_of_stored(conn: Connection, packed: bytes, base_hash: bytes | None) -> bytes:
