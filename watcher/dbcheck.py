@@ -116,14 +116,18 @@ def _contents(conn: Connection) -> CheckResult:
     for batch in _content_batches(conn):
         try:
             # The store's own reading path: deltas are decoded through their bases.
-            loaded = store.load_texts(conn, [h for h, *_ in batch])
-        except Exception as exc:  # a row that does not decompress, a missing base: report it, go on
+            loaded = store.load_texts(conn, [h for h, *_ in batch], cached=False)
+        except Exception:  # a row that does not decompress, a missing base: find which, go on
+            loaded = {}
             for digest, *_ in batch:
-                found.checked += 1
-                found.add(f"content {digest.hex()[:12]}…: cannot be read ({type(exc).__name__}: {exc})")
-            continue
+                try:
+                    loaded.update(store.load_texts(conn, [digest], cached=False))
+                except Exception as exc:
+                    found.add(f"content {digest.hex()[:12]}…: cannot be read ({type(exc).__name__}: {exc})")
         for digest, count, base, depth in batch:
             found.checked += 1
+            if digest not in loaded:
+                continue  # reported above
             if base is not None:
                 expected = depths.get(base, 0) + 1  # a full copy's depth is NULL: 0
                 if depth != expected or depth > MAX_DEPTH:

@@ -114,6 +114,11 @@ class _TextCache:
                 self._texts.move_to_end(digest)
             return found
 
+    def clear(self) -> None:
+        with self._lock:
+            self._texts.clear()
+            self._size = 0
+
     def put(self, digest: bytes, text: bytes) -> None:
         if len(text) < DELTA_FROM or len(text) > self._limit // 4:
             return
@@ -132,9 +137,10 @@ class _TextCache:
 texts_cache = _TextCache(16 * 1024 * 1024)
 
 
-def load_texts(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, StoredText]:
-    """The canonical text and depth of each stored content asked for (bases read on the way may be there too).
+def load_texts(conn: Connection, hashes: Iterable[bytes], *, cached: bool = True) -> dict[bytes, StoredText]:
+    """The canonical text and depth of each stored content asked for.
 
+    ``cached=False`` decodes every stored byte (``db check``: a cached text would hide a damaged row).
     One query for the rows asked; a delta whose base text is neither cached nor among them
     needs one more, for the chains of all such bases at once.
     """
@@ -146,14 +152,15 @@ def load_texts(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, StoredT
                         binary=True)}
     found: dict[bytes, StoredText] = {}
     needed: set[bytes] = set()
+    cache = texts_cache if cached else _TextCache(0)
     for digest, (packed, base, depth) in rows.items():
-        cached = texts_cache.get(digest)
-        if cached is not None:
-            found[digest] = StoredText(cached, depth)
+        text = cache.get(digest)
+        if text is not None:
+            found[digest] = StoredText(text, depth)
         elif base is None:
             found[digest] = StoredText(_decompressed(packed), 0)
-            texts_cache.put(digest, found[digest].text)
-        elif base not in rows and texts_cache.get(base) is None:
+            cache.put(digest, found[digest].text)
+        elif base not in rows and cache.get(base) is None:
             needed.add(base)
     if needed:
         rows.update((bytes(digest), (packed, None if base is None else bytes(base), depth or 0))
@@ -163,14 +170,14 @@ def load_texts(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, StoredT
         done = found.get(digest)
         if done is None:
             if digest not in rows:
-                cached = texts_cache.get(digest)
-                if cached is None:
+                text = cache.get(digest)
+                if text is None:
                     raise MissingBase(f"content {digest.hex()[:12]}… is not stored")
-                return StoredText(cached, -1)  # a base read from the cache: its depth is not needed
+                return StoredText(text, -1)  # a base read from the cache: its depth is not needed
             packed, base, depth = rows[digest]
             done = StoredText(_decompressed(packed) if base is None else undelta(packed, text_of(base).text), depth)
             found[digest] = done
-            texts_cache.put(digest, done.text)
+            cache.put(digest, done.text)
         return done
 
     return {digest: text_of(digest) for digest in wanted if digest in rows}
