@@ -47,6 +47,9 @@ def downgrade() -> None:
                 sa.update(contents).where(contents.c.hash == digest)
                 .values(prefixes=text if len(text) < 512 else compressor.compress(text), base_hash=None, depth=None)
             )
+    left = conn.execute(sa.select(sa.func.count()).select_from(contents).where(contents.c.base_hash.is_not(None)))
+    if left.scalar():  # a delta whose base is missing or deeper than it says: keep it rather than lose it
+        raise RuntimeError("some contents are deltas that cannot be decoded: run `watcher db check`")
     op.drop_column("contents", "depth")
     op.drop_column("contents", "base_hash")
 
