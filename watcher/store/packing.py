@@ -134,7 +134,7 @@ class _TextCache:
 
 
 #: ~2.2 MB is the text of a whole Public publication; this holds the big tags of several clouds.
-texts_cache = _TextCache(16 * 1024 * 1024)
+texts_cache = _TextCache(8 * 1024 * 1024)
 
 
 def load_texts(conn: Connection, hashes: Iterable[bytes], *, cached: bool = True) -> dict[bytes, StoredText]:
@@ -189,15 +189,22 @@ def remember_texts(texts: Iterable[tuple[bytes, bytes]]) -> None:
         texts_cache.put(digest, text)
 
 
-def text_of_stored(conn: Connection, packed: bytes, base_hash: bytes | None) -> bytes:
-    """The text of one row's ``prefixes`` (with its ``base_hash``), reading its bases if it is a delta."""
-    if base_hash is None:
-        return _decompressed(packed)
-    base = bytes(base_hash)
-    found = load_texts(conn, [base]).get(base)
-    if found is None:
-        raise MissingBase(f"content {base.hex()[:12]}… is not stored")
-    return undelta(packed, found.text)
+def text_of_stored(conn: Connection, digest: bytes, packed: bytes, base_hash: bytes | None) -> bytes:
+    """The text of the content ``digest``, whose row (``prefixes``, ``base_hash``) is at hand: from the cache,
+    or decoded, reading its bases if it is a delta."""
+    digest = bytes(digest)
+    text = texts_cache.get(digest)
+    if text is None:
+        if base_hash is None:
+            text = _decompressed(packed)
+        else:
+            base = bytes(base_hash)
+            found = load_texts(conn, [base]).get(base)
+            if found is None:
+                raise MissingBase(f"content {base.hex()[:12]}… is not stored")
+            text = undelta(packed, found.text)
+        texts_cache.put(digest, text)
+    return text
 
 
 def split_text(text: bytes) -> tuple[str, ...]:

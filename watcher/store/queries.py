@@ -140,8 +140,9 @@ def snapshot(conn: Connection, cloud: str, name: str, publication: PublicationIn
     version = version_from_row(name, version_row)
     if not version.present:
         return None
-    # A delta (the newest AzureCloud, usually) reads its bases in one more query.
-    return TagSnapshot(name, publication, version, split_text(text_of_stored(conn, packed, base_hash)))
+    # A delta (the newest AzureCloud, usually) not in the cache reads its bases in one more query.
+    return TagSnapshot(name, publication, version,
+                       split_text(text_of_stored(conn, version.content_hash, packed, base_hash)))
 
 
 def tag_states(conn: Connection, cloud: str, day: int, names: Sequence[str] | None) -> dict[str, diffs.TagState]:
