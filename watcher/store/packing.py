@@ -35,6 +35,7 @@ from .sql import _decompressed, _split, compress, fetch_in
 DELTA_FROM = 2048
 #: The longest chain of deltas: a read of the newest AzureCloud decompresses at most 9 texts.
 MAX_DEPTH = 8
+DELTA_LEVEL = 3
 
 _codecs = threading.local()
 
@@ -70,8 +71,12 @@ def _dictionary(base_text: bytes) -> zstandard.ZstdCompressionDict:
 
 
 def delta_against(encoded: bytes, base_text: bytes) -> bytes:
-    """``encoded`` compressed with ``base_text`` as its dictionary."""
-    return zstandard.ZstdCompressor(level=1, dict_data=_dictionary(base_text)).compress(encoded)
+    """``encoded`` compressed with ``base_text`` as its dictionary.
+
+    Level 3, not the full copies' level 1: level 1 finds few matches in a dictionary as long
+    as the text (AzureCloud's week: 79 KB at level 1, 0.2 KB at level 3, in the same time).
+    """
+    return zstandard.ZstdCompressor(level=DELTA_LEVEL, dict_data=_dictionary(base_text)).compress(encoded)
 
 
 def undelta(packed: bytes, base_text: bytes) -> bytes:
