@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 import sqlalchemy as sa
 
 from tests.factory import build_file, file_name

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple
 
 import zstandard
 from sqlalchemy import Connection
@@ -35,9 +35,8 @@ from .sql import _decompressed, _split, compress, fetch_in
 DELTA_FROM = 2048
 #: The longest chain of deltas: a read of the newest AzureCloud decompresses at most 9 texts.
 MAX_DEPTH = 8
+#: zstd level of a delta (see ``delta_against``)
 DELTA_LEVEL = 2
-
-_codecs = threading.local()
 
 #: Each asked content and its bases, down to the full copy: one query whatever the depth.
 _CHAINS = (
@@ -57,13 +56,6 @@ class StoredText(NamedTuple):
 
 class MissingBase(LookupError):
     """A delta whose base content is not stored: the database is damaged (dbcheck reports it)."""
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    found = getattr(_codecs, "plain", None)
-    if found is None:
-        found = _codecs.plain = zstandard.ZstdCompressor(level=1)
-    return found
 
 
 def _dictionary(base_text: bytes) -> zstandard.ZstdCompressionDict:
