@@ -8,7 +8,8 @@ operator learns what is there and can decide. Read-only: it changes nothing.
 Checked:
 
 * every tag name passes today's name gate;
-* every stored prefix set (``contents``) decodes, has as many prefixes as it
+* every stored prefix set (``contents``) decodes (a delta through its bases, each
+  stored, at the depth it says), hashes to its key, has as many prefixes as it
   says, and each prefix passes today's prefix gate (plain, canonical);
 * every prefix of the address index (``prefix_spans``) passes the gate;
 * every tag has at most one current version (``valid_until`` NULL), and each
@@ -25,7 +26,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import store
 from .errors import StoreError, database_detail
 from .models import Content, PrefixSpan, Tag, TagVersion
-from .parse import passes_prefix_gate, passes_tag_name_gate
+from .parse import content_hash, passes_prefix_gate, passes_tag_name_gate
+from .store.packing import MAX_DEPTH, split_text
 
 #: Violations listed per check; the rest are counted (a poisoned import can leave thousands).
 MAX_LISTED = 20
@@ -101,25 +103,42 @@ def _tag_names(conn: Connection) -> CheckResult:
     return found.result()
 
 
-def _content_batches(conn: Connection) -> Iterator[list[tuple[bytes, int]]]:
-    rows = [(bytes(h), n) for h, n in conn.execute(select(Content.hash, Content.prefix_count).order_by(Content.hash))]
+def _content_batches(conn: Connection) -> Iterator[list[tuple[bytes, int, bytes | None, int | None]]]:
+    rows = [(bytes(h), n, None if b is None else bytes(b), d) for h, n, b, d in conn.execute(
+        select(Content.hash, Content.prefix_count, Content.base_hash, Content.depth).order_by(Content.hash))]
     for start in range(0, len(rows), BATCH):
         yield rows[start:start + BATCH]
 
 
 def _contents(conn: Connection) -> CheckResult:
     found = _Collector("stored prefixes pass the gate")
+    depths = {h: d for h, d in conn.execute(select(Content.hash, Content.depth).where(Content.depth.is_not(None)))}
     for batch in _content_batches(conn):
         try:
-            loaded = store.load_contents(conn, [h for h, _ in batch])
-        except Exception as exc:  # a row that does not decompress: report it, do not stop the check
-            for digest, _ in batch:
-                found.checked += 1
-                found.add(f"content {digest.hex()[:12]}…: cannot be read ({type(exc).__name__})")
-            continue
-        for digest, count in batch:
+            # The store's own reading path: deltas are decoded through their bases.
+            loaded = store.load_texts(conn, [h for h, *_ in batch], cached=False)
+        except Exception:  # a row that does not decompress, a missing base: find which, go on
+            loaded = {}
+            for digest, *_ in batch:
+                try:
+                    loaded.update(store.load_texts(conn, [digest], cached=False))
+                except Exception as exc:
+                    found.add(f"content {digest.hex()[:12]}…: cannot be read ({type(exc).__name__}: {exc})")
+        for digest, count, base, depth in batch:
             found.checked += 1
-            prefixes = loaded.get(digest, ())
+            if digest not in loaded:
+                continue  # reported above
+            if base is not None:
+                expected = depths.get(base, 0) + 1  # a full copy's depth is NULL: 0
+                if depth != expected or depth > MAX_DEPTH:
+                    found.add(f"content {digest.hex()[:12]}…: a delta of depth {depth}, expected {expected} "
+                              f"(at most {MAX_DEPTH})")
+            elif depth is not None:
+                found.add(f"content {digest.hex()[:12]}…: a full copy that says depth {depth}")
+            text = loaded[digest].text
+            if content_hash((), text) != digest:
+                found.add(f"content {digest.hex()[:12]}…: decodes to a set of another hash")
+            prefixes = split_text(text)
             if len(prefixes) != count:
                 found.add(f"content {digest.hex()[:12]}…: says {count} prefixes, holds {len(prefixes)}")
             for prefix in prefixes:

@@ -10,8 +10,9 @@ History is kept as change, not as weeks:
   (NULL for the current one), so the versions in force on any day are an
   index range, however long the history.
 * ``contents`` — each distinct prefix set once, compressed, keyed by its hash:
-  any tag at any publication is one row away, and an import reads only the
-  tags that changed.
+  any tag at any publication is one row away (or, for a big set stored as a
+  zstd delta against its tag's previous content, a short chain of rows: see
+  ``store.packing``), and an import reads only the tags that changed.
 * ``prefix_spans`` — one row per stretch of publications in which a tag had a
   prefix: present from ``first_day`` until (not including) ``until_day``;
   ``until_day`` is NULL while the prefix is still published. This is the index
@@ -144,8 +145,13 @@ class Content(Base):
 
     hash: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
     prefix_count: Mapped[int] = mapped_column(Integer)
-    #: newline-separated, sorted canonical prefixes; zstd-compressed unless short (see store.sql.pack)
+    #: newline-separated, sorted canonical prefixes; zstd-compressed unless short (see store.sql.pack),
+    #: or a delta against the content ``base_hash`` (see store.packing)
     prefixes: Mapped[bytes] = mapped_column(LargeBinary)
+    #: NULL: a full copy; else the content whose text is the dictionary of this delta
+    base_hash: Mapped[bytes | None] = mapped_column(LargeBinary(16), nullable=True)
+    #: deltas to decode down to a full copy (1: the base is one); NULL for a full copy
+    depth: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class TagVersion(Base):

@@ -4,6 +4,7 @@ The package's modules, by job:
 
 * ``records``: the value types (``PublicationInfo``, ``ImportResult``, ...), no SQL;
 * ``sql``: driver-level bulk reads and writes, COPY, packing of prefix sets;
+* ``packing``: prefix sets stored as deltas against their tag's previous content, and read back;
 * ``versions``: the version view (which version of each tag held at a day) and the entry manifest;
 * ``planner``: what an import writes, as a pure function of what it read;
 * ``importer``: placing a file among the publications, reading the planner's inputs, writing the plan;
@@ -23,13 +24,15 @@ from .records import (
     EMPTY_HASH, METADATA_NAMES, AddressHolder, NO_METADATA, HistoryEntry, ImportHook, ImportResult, LookupHit, MissedPublications,
     PublicationInfo, ResolvedPublication, TagChange, TagSnapshot, VersionInfo, absent_version, missed_gaps, publication_from_row,
 )
+from .packing import load_texts
 from .sql import pack, unpack
 from .versions import Versions, load_contents, versions_at, versions_before
 
 __all__ = [
     "EMPTY_HASH", "METADATA_NAMES", "MissedPublications", "missed_gaps", "NO_METADATA", "HistoryEntry", "ImportHook", "ImportResult", "LookupHit", "PublicationInfo",
     "TagChange", "TagSnapshot", "all_publications", "entries_since", "resolve_at", "lookup_all_time", "AddressHolder", "ResolvedPublication", "VersionInfo", "Versions", "absent_version", "changed_tag_names",
-    "containing_networks", "date_from_source", "diff_publications", "history", "import_bytes", "load_contents", "lock_cloud",
+    "containing_networks", "date_from_source", "diff_publications", "history", "import_bytes", "load_contents",
+    "load_texts", "lock_cloud",
     "lookup", "pack", "parse_publication_ref", "present_tag_names", "publication_by_day", "publication_from_row",
     "publications", "resolve_publication", "snapshot", "tag_ids", "tag_name", "tag_states", "unpack",
     "versions_at", "versions_before",

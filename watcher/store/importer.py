@@ -37,8 +37,9 @@ from .planner import ImportPlan, plan_import, withdrawn_tags
 from .records import (
     EMPTY_HASH, ImportHook, ImportResult, PublicationInfo, VersionInfo, missed_count, missed_note, publication_from_row,
 )
-from .sql import bulk_insert, compress, fetch_in, no_collector_pauses, update_rows
-from .versions import Versions, load_contents, tag_ids_of, uint32s, versions_at, versions_before
+from .packing import load_texts, pack_content, remember_texts, split_text
+from .sql import bulk_insert, fetch_in, no_collector_pauses, update_rows
+from .versions import Versions, tag_ids_of, uint32s, versions_at, versions_before
 
 log = logging.getLogger(__name__)
 
@@ -209,15 +210,16 @@ def _plan(conn: Connection, parsed: ParsedFile, source: str, before: Versions,
     after: dict[str, VersionInfo] | Versions = (
         versions_at(conn, parsed.cloud, following.day, touched_names) if following else {}
     )
-    old_contents = load_contents(
-        conn, [before[n].content_hash for n in touched_names if n in before]
-        + [after[n].content_hash for n in touched_names if n in after]
-    )
-    return plan_import(
+    stored = load_texts(conn, ({before[n].content_hash for n in touched_names if n in before}
+                               | {after[n].content_hash for n in touched_names if n in after}) - {EMPTY_HASH})
+    plan = plan_import(
         parsed, source, before=before, after=after, next_day=following.day if following else None,
-        contents=old_contents, tag_ids=tag_ids_of(conn, parsed.cloud, [n for n in touched_names if n not in before]),
+        contents={EMPTY_HASH: (), **{digest: split_text(found.text) for digest, found in stored.items()}},
+        tag_ids=tag_ids_of(conn, parsed.cloud, [n for n in touched_names if n not in before]),
         withdrawn=withdrawn, unchanged_prefixes=before.prefix_total(parsed.unchanged, touched_names),
     )
+    plan.bases = stored  # the texts of the previous contents: deltas are written against them
+    return plan
 
 
 def _compare_with_existing(conn: Connection, document: Any, source: str, existing: PublicationInfo,
@@ -321,10 +323,12 @@ def _write(conn: Connection, parsed: ParsedFile, source: str, plan: ImportPlan, 
 
 
 def _write_contents(conn: Connection, plan: ImportPlan) -> None:
-    contents = {EMPTY_HASH: (0, b""), **plan.contents}  # what withdrawn versions point to
+    contents = {EMPTY_HASH: (0, b"", None), **plan.contents}  # what withdrawn versions point to
     stored = {bytes(h) for (h,) in fetch_in(conn, "SELECT hash FROM contents WHERE hash IN ({})", list(contents))}
-    missing = [(h, count, compress(encoded)) for h, (count, encoded) in contents.items() if h not in stored]
-    bulk_insert(conn, "contents", ("hash", "prefix_count", "prefixes"), missing)
+    missing = [(h, count, *pack_content(encoded, base, plan.bases.get(base) if base else None))
+               for h, (count, encoded, base) in contents.items() if h not in stored]
+    bulk_insert(conn, "contents", ("hash", "prefix_count", "prefixes", "base_hash", "depth"), missing)
+    remember_texts((digest, found.encoded) for digest, found in plan.contents.items())
 
 
 def _version_row(version: VersionInfo, tag_id: int, publication_id: int, valid_from: int) -> tuple:

@@ -23,6 +23,7 @@ from typing import Collection, Mapping, NamedTuple, Sequence
 from .. import diff as diffs
 from ..models import day_key
 from ..parse import ParsedFile, PrefixCache, ServiceTag, content_hash, encode_prefixes, normalize_against
+from .packing import StoredText
 from .records import TagChange, VersionInfo, absent_version
 from .versions import Versions
 
@@ -32,6 +33,7 @@ class NewContent(NamedTuple):
 
     prefix_count: int
     encoded: bytes
+    base: bytes | None = None  # the tag's previous content: a delta may be stored against it
 
 
 class PresentEntry(NamedTuple):
@@ -101,6 +103,7 @@ class ImportPlan:
     predecessors: dict[str, int] = field(default_factory=dict)        # tag -> valid_from of the version at P
     changes: list[TagChange] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    bases: Mapping[bytes, StoredText] = field(default_factory=dict)  # the stored texts read: delta bases
 
 
 def withdrawn_tags(parsed: ParsedFile, before: Versions) -> list[str]:
@@ -146,7 +149,8 @@ def plan_import(
             prefixes, added, removed = change.prefixes, change.added, change.removed
             encoded = encode_prefixes(prefixes)
             digest = content_hash(prefixes, encoded)
-            plan.contents[digest] = NewContent(len(prefixes), encoded)
+            plan.contents[digest] = NewContent(len(prefixes), encoded,
+                                               old_version.content_hash if old_version is not None else None)
             plan.prefix_count += len(prefixes)
             plan.present.append(PresentEntry(name, tag_id, item.entry_hash, len(prefixes)))
             new_version = VersionInfo(

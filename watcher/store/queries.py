@@ -18,7 +18,8 @@ from ..models import Publication, Tag, TagVersion, day_from_key, day_key
 from .records import (
     AddressHolder, HistoryEntry, LookupHit, PublicationInfo, ResolvedPublication, TagSnapshot, publication_from_row,
 )
-from .sql import fetch_all, fetch_in, no_collector_pauses, unpack
+from .packing import split_text, text_of_stored
+from .sql import fetch_all, fetch_in, no_collector_pauses
 from .versions import VERSION_COLUMNS, load_checked_contents, load_contents, version_from_row, versions_at
 
 
@@ -115,7 +116,8 @@ def tag_name(conn: Connection, cloud: str, name: str) -> str:
 # snapshot is one round trip whose planning is a good part of the server's work.
 _SNAPSHOT = (
     f"SELECT {', '.join(f'v.{c.strip()}' for c in VERSION_COLUMNS.split(','))}, "
-    "(SELECT c.prefixes FROM contents c WHERE c.hash = v.content_hash) FROM tag_versions v "
+    "(SELECT c.prefixes FROM contents c WHERE c.hash = v.content_hash), "
+    "(SELECT c.base_hash FROM contents c WHERE c.hash = v.content_hash) FROM tag_versions v "
     "WHERE v.tag_id = (SELECT t.id FROM tags t WHERE t.cloud = :cloud AND t.name = :name) "
     "AND v.valid_from <= :day AND (v.valid_until IS NULL OR v.valid_until > :day)"
 )
@@ -134,11 +136,13 @@ def snapshot(conn: Connection, cloud: str, name: str, publication: PublicationIn
         if real_name == name:
             return None  # the tag exists but has no version yet at that publication
         return snapshot(conn, cloud, real_name, publication)
-    *version_row, packed = rows[0]
+    *version_row, packed, base_hash = rows[0]
     version = version_from_row(name, version_row)
     if not version.present:
         return None
-    return TagSnapshot(name, publication, version, unpack(packed))
+    # A delta (the newest AzureCloud, usually) not in the cache reads its bases in one more query.
+    return TagSnapshot(name, publication, version,
+                       split_text(text_of_stored(conn, version.content_hash, packed, base_hash)))
 
 
 def tag_states(conn: Connection, cloud: str, day: int, names: Sequence[str] | None) -> dict[str, diffs.TagState]:

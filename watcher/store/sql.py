@@ -256,18 +256,16 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
 
 
 def unpack(packed: bytes) -> tuple[str, ...]:
-    """The prefixes of a stored ``contents.prefixes`` value (plain, zstd, or zlib from older databases)."""
+    """The prefixes of a full copy in ``contents.prefixes`` (plain, zstd, or zlib from older databases).
+
+    A delta (``contents.base_hash`` set) needs its bases: read it with ``packing.load_texts``.
+    """
     return _split(_decompressed(packed))
 
 
-def unpack_checked(packed: bytes) -> tuple[tuple[str, ...], bool]:
-    """``unpack``, and whether the text holds only the characters of plain prefix notation.
-
-    The check runs on the stored bytes at C speed (a diff would otherwise join
-    every prefix again to make it).
-    """
-    data = _decompressed(packed)
-    return _split(data), not data.translate(None, _PLAIN_TEXT_BYTES)
+def is_plain_text(text_: bytes) -> bool:
+    """Whether a content's text holds only the characters of plain prefix notation."""
+    return not text_.translate(None, _PLAIN_TEXT_BYTES)
 
 
 #: The bytes of plain prefix notation (``prefixes.plain_prefix_text``) and the separator.

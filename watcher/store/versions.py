@@ -19,7 +19,8 @@ import orjson
 from sqlalchemy import Connection, bindparam, text
 
 from .records import EMPTY_HASH, PublicationInfo, VersionInfo
-from .sql import chunks, fetch_all, fetch_in, unpack, unpack_checked
+from .packing import load_texts, split_text
+from .sql import chunks, fetch_all, fetch_in, is_plain_text
 
 log = logging.getLogger(__name__)
 
@@ -162,21 +163,21 @@ def versions_at(conn: Connection, cloud: str, day: int, names: Sequence[str] | N
 
 def load_contents(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, tuple[str, ...]]:
     """Prefix sets by content hash."""
-    wanted = sorted(set(hashes) - {EMPTY_HASH})
     found: dict[bytes, tuple[str, ...]] = {EMPTY_HASH: ()}
-    for digest, packed in fetch_in(conn, "SELECT hash, prefixes FROM contents WHERE hash IN ({})", wanted,
-                                   binary=True):
-        found[bytes(digest)] = unpack(packed)
+    for digest, stored in load_texts(conn, set(hashes) - {EMPTY_HASH}).items():
+        found[digest] = split_text(stored.text)
     return found
 
 
 def load_checked_contents(conn: Connection, hashes: Iterable[bytes]) -> dict[bytes, tuple[tuple[str, ...], bool]]:
-    """``load_contents``, each with whether its text holds only plain prefix characters (``unpack_checked``)."""
-    wanted = sorted(set(hashes) - {EMPTY_HASH})
+    """``load_contents``, each with whether its text holds only plain prefix characters.
+
+    The check runs on the stored text at C speed (a diff would otherwise join
+    every prefix again to make it).
+    """
     found: dict[bytes, tuple[tuple[str, ...], bool]] = {EMPTY_HASH: ((), True)}
-    for digest, packed in fetch_in(conn, "SELECT hash, prefixes FROM contents WHERE hash IN ({})", wanted,
-                                   binary=True):
-        found[bytes(digest)] = unpack_checked(packed)
+    for digest, stored in load_texts(conn, set(hashes) - {EMPTY_HASH}).items():
+        found[digest] = (split_text(stored.text), is_plain_text(stored.text))
     return found
 
 

@@ -8,7 +8,7 @@ a backfill stopped before its hooks cannot be told apart afterwards, so the
 mark says what was true for every run that finished.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-01
 """
 import datetime as dt
@@ -17,7 +17,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
