@@ -12,7 +12,7 @@ from typing import Any, Callable
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import db, feeds, fetch, leader, pipeline, polls, scheduler, web
+from . import db, feeds, fetch, leader, pipeline, polls, scheduler, store, web
 from .errors import WatcherError
 from .leader import Leadership
 from .models import utcnow
@@ -43,14 +43,17 @@ def importing_whole_folder(poll: scheduler.PollFunction = pipeline.poll) -> sche
 
     def poll_clouds(engine: Engine, settings: Settings, clouds: list[str], **options: Any) -> list[pipeline.PollOutcome]:
         outcomes: list[pipeline.PollOutcome] = []  # one per cloud, as ``poll`` gives: the older files' are logged
-        for cloud in clouds:
-            failed = None
-            for older in _unimported_folder(engine, settings, cloud)[:-1]:
-                [outcome] = poll(engine, settings, [cloud], url=older.url, **options)
-                if not outcome.ok:
-                    failed = outcome
-                    break
-            outcomes += [failed] if failed is not None else poll(engine, settings, [cloud], **options)
+        try:
+            for cloud in clouds:
+                failed = None
+                for older in _unimported_folder(engine, settings, cloud)[:-1]:
+                    [outcome] = poll(engine, settings, [cloud], url=older.url, **options)
+                    if not outcome.ok:
+                        failed = outcome
+                        break
+                outcomes += [failed] if failed is not None else poll(engine, settings, [cloud], **options)
+        finally:
+            store.forget_texts()  # the decoded contents served this run's imports; at rest, memory goes back
         return outcomes
 
     return poll_clouds

@@ -24,7 +24,7 @@ from .records import (
     EMPTY_HASH, METADATA_NAMES, AddressHolder, NO_METADATA, HistoryEntry, ImportHook, ImportResult, LookupHit, MissedPublications,
     PublicationInfo, ResolvedPublication, TagChange, TagSnapshot, VersionInfo, absent_version, missed_gaps, publication_from_row,
 )
-from .packing import load_texts
+from .packing import forget_texts, load_texts
 from .sql import pack, unpack
 from .versions import Versions, load_contents, versions_at, versions_before
 
@@ -32,7 +32,7 @@ __all__ = [
     "EMPTY_HASH", "METADATA_NAMES", "MissedPublications", "missed_gaps", "NO_METADATA", "HistoryEntry", "ImportHook", "ImportResult", "LookupHit", "PublicationInfo",
     "TagChange", "TagSnapshot", "all_publications", "entries_since", "resolve_at", "lookup_all_time", "AddressHolder", "ResolvedPublication", "VersionInfo", "Versions", "absent_version", "changed_tag_names",
     "containing_networks", "date_from_source", "diff_publications", "history", "import_bytes", "load_contents",
-    "load_texts", "lock_cloud",
+    "forget_texts", "load_texts", "lock_cloud",
     "lookup", "pack", "parse_publication_ref", "present_tag_names", "publication_by_day", "publication_from_row",
     "publications", "resolve_publication", "snapshot", "tag_ids", "tag_name", "tag_states", "unpack",
     "versions_at", "versions_before",

@@ -181,6 +181,11 @@ def load_texts(conn: Connection, hashes: Iterable[bytes], *, cached: bool = True
     return {digest: text_of(digest) for digest in wanted if digest in rows}
 
 
+def forget_texts() -> None:
+    """Empty the cache of texts: a daemon at rest between weekly runs keeps no megabytes for next week."""
+    texts_cache.clear()
+
+
 def remember_texts(texts: Iterable[tuple[bytes, bytes]]) -> None:
     """Texts just stored (hash, text): next week's import finds its delta bases here."""
     for digest, text in texts:
