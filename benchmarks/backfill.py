@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from watcher import backfill, pipeline
+from watcher import backfill
 from watcher.settings import Settings
 
 from .common import Backends, Figure, RealFile, Summary, sandwich

@@ -17,7 +17,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from watcher import pipeline, render, review, state, tickets
 from watcher.models import utcnow
@@ -48,8 +48,9 @@ def settings() -> Settings:
     return Settings(registries=REGISTRIES, extra_tags=("AzureCloud",))
 
 
-def run_once(database: Database, files: Sequence[RealFile]) -> Run:
-    engine = database.engine
+def azurecloud_ticket(engine: Any, files: Sequence[RealFile]) -> tuple[Settings, Any]:
+    """The settings of the 20 watches and the live AzureCloud change ticket of the last two ``files``: every
+    ticket of the first file approved, then the last one imported."""
     config = settings()
     pipeline.import_publication(engine, config, files[-2].data, files[-2].name)
     with engine.connect() as conn:
@@ -58,9 +59,14 @@ def run_once(database: Database, files: Sequence[RealFile]) -> Run:
     pipeline.import_publication(engine, config, files[-1].data, files[-1].name)
     with engine.connect() as conn:
         live = [t for t in tickets.list_tickets(conn) if t.watch == "(extra tags)" and t.state in ("open", "hold")]
-    if not live:
-        raise RuntimeError(f"{files[-1].name} made no AzureCloud ticket; figure 9 needs one")
-    (ticket,) = live
+    if len(live) != 1:
+        raise RuntimeError(f"{files[-1].name} made no AzureCloud ticket; figures 9 and the ticket page need one")
+    return config, live[0]
+
+
+def run_once(database: Database, files: Sequence[RealFile]) -> Run:
+    engine = database.engine
+    config, ticket = azurecloud_ticket(engine, files)
     if ticket.state == "hold":
         review.transition(engine, ticket.id, "release", "benchmark")
     review.transition(engine, ticket.id, "approve", "benchmark")

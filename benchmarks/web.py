@@ -134,19 +134,9 @@ def timed_ratio(baseline: RealFile, subject: Callable[[], Any], views: int = 1) 
 
 def ticket_setup(engine: Any, files: list[RealFile]) -> tuple[Any, int]:
     from benchmarks import states
-    from watcher import pipeline, review, tickets
 
-    config = states.settings()
-    pipeline.import_publication(engine, config, files[-2].data, files[-2].name)
-    with engine.connect() as conn:
-        for ticket in tickets.list_tickets(conn, "open"):
-            review.transition(engine, ticket.id, "approve", "benchmark")
-    pipeline.import_publication(engine, config, files[-1].data, files[-1].name)
-    with engine.connect() as conn:
-        live = [t for t in tickets.list_tickets(conn) if t.watch == "(extra tags)" and t.state in ("open", "hold")]
-    if len(live) != 1:
-        raise RuntimeError(f"{files[-1].name} made no AzureCloud ticket")
-    return config, live[0].id
+    config, ticket = states.azurecloud_ticket(engine, files)
+    return config, ticket.id
 
 
 def tag_setup(engine: Any, base: RealFile, weeks: int, seed: int) -> int:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from tests.factory import build_file, file_name
 from tests.ticket_helpers import import_made, make_settings, week
-from watcher import backfill, pipeline, status, store
+from watcher import backfill, status, store
 from watcher.settings import Settings
 from watcher.models import OutboxMessage, Ticket
 

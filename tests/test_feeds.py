@@ -7,7 +7,6 @@ import hashlib
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa

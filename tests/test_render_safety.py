@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.ticket_helpers import approve_baselines, import_made, make_settings, quietly, week
+from tests.ticket_helpers import import_made, make_settings, week
 from watcher import diff as diffs
 from watcher import notify, render, store, tickets
 from watcher.cli import main

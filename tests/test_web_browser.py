@@ -6,7 +6,7 @@ import re
 from urllib.parse import quote
 from xml.etree import ElementTree
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import sqlalchemy as sa

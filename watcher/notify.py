@@ -47,7 +47,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import apprise
 from apprise.attachment.file import AttachFile
@@ -58,8 +58,8 @@ except ImportError:  # pragma: no cover - older apprise
     AttachMemory = None
 from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, true, update
 
-from . import db, store, tickets
-from .errors import NotifyError, RenderError, StoreError, translate_db_errors
+from . import db, tickets
+from .errors import NotifyError, RenderError, translate_db_errors
 from .models import OutboxMessage, Ticket, utcnow
 from .redact import ordered_secrets, redact_text
 from .mail import attachment_type, mail_html, snippet_files, snippet_kinds

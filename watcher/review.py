@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import re
 import unicodedata
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from sqlalchemy import Connection, Engine, insert, update
 

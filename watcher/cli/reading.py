@@ -7,7 +7,7 @@ import sys
 import click
 from sqlalchemy import Connection
 
-from .. import backfill, pipeline, store
+from .. import backfill, store
 from ..watches import resolve_watches, watched_tags
 from . import views
 from .app import (

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import notify, overview, review, state as states, store, tickets
+from .. import overview, review, state as states, store, tickets
 from .. import ticket_detail as details
 from ..errors import NotFoundError, StoreError, TransitionError, WatcherError
 from ..settings import CLOUD_FILE_NAMES, Settings
