@@ -146,6 +146,11 @@ def test_serve_binds_loopback_unless_told(db_url: str, config: Path) -> None:
         assert listening_addresses(port) == {"0.0.0.0"}
     finally:
         server.stop()
+    server = Served(base_env(db_url, WATCHER_CONFIG=str(config)), "--host", "0.0.0.0", "--port", str(port))
+    try:  # the option, as the environment variable
+        assert server.first_line == f"listening on http://0.0.0.0:{port}" and listening_addresses(port) == {"0.0.0.0"}
+    finally:
+        server.stop()
 
 
 def test_a_half_sent_request_is_cut_off_at_the_read_timeout_and_holds_no_thread(served: Served) -> None:

@@ -67,3 +67,21 @@ def test_the_fast_path_answers_as_the_route_does(engine):
 
 def _raw(headers: dict[str, str]) -> dict[bytes, bytes]:
     return {name.lower().encode(): value.encode() for name, value in headers.items()}
+
+
+def test_public_feeds_answer_without_credentials_and_record_no_consumer(engine):
+    import dataclasses
+
+    settings = make_settings()
+    settings = dataclasses.replace(settings, feeds=dataclasses.replace(settings.feeds, public=True))
+    import_made(engine, settings, "20250101", week())
+    review.transition(engine, 1, "approve", "alice", now=lambda: utc(2025, 1, 2))
+    app = web.create_app(settings, engine, web.standalone_view(settings))
+    client = TestClient(app)
+    answer = client.get("/feeds/myreg.txt")
+    assert answer.status_code == 200 and answer.text == "10.1.0.0/22\n10.3.0.0/24\n"
+    assert answer.headers["cache-control"].startswith("public, ")
+    status, headers, body = parse(app.state.feed_fast_path(b"GET", "myreg.txt", b"", [], DATE))
+    assert (status, body) == (200, answer.content) and headers["etag"] == answer.headers["etag"]
+    with engine.connect() as conn:
+        assert feed_consumers.consumers(conn) == []
