@@ -4,6 +4,7 @@ A real HTTP server stands in for Microsoft (``poll``); every case runs on SQLite
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 
 from tests.httpstub import Origin, details_page, html_reply, real_file, reply
 from watcher import overview, pipeline, store
-from watcher.cli import main
+from watcher.cli import main, views
 from watcher.settings import Settings
 
 CHINA_OLD = "ServiceTags_China_20260713.json"
@@ -108,3 +109,35 @@ def test_to_json_gives_plain_json_types(engine: sa.Engine) -> None:
     version = snap.version.to_json()
     assert version["tag"] == "AzureCloud" and version["prefixes"] == len(snap.prefixes)
     assert version["valid_from"] == snap.to_json()["since"] and "AzureCloud" in {h.tag for h in hits}
+
+
+def test_show_writes_what_to_json_gives_from_the_stored_text(db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    """``show`` writes the prefixes from the stored text: the same JSON as ``to_json()``, the same lines, for every
+    tag; a text that would need escaping takes ``json.dumps`` instead."""
+    old_file = tmp_path / CHINA_OLD
+    old_file.write_bytes(real_file(CHINA_OLD))
+    _cli(db_url)("import", str(old_file))
+    with engine.connect() as conn:
+        [pub] = store.publications(conn, "china")
+        snaps = [store.snapshot(conn, "china", name, pub) for name in store.present_tag_names(conn, "china", pub)]
+    assert len(snaps) > 50 and any(len(s.text) > 2048 for s in snaps)  # compressed, cached texts among them
+    for snap in snaps:
+        for resolved_from in (None, pub.file_date + dt.timedelta(days=3)):
+            assert views.snapshot_json(snap, resolved_from) == json.dumps(snap.to_json(resolved_from), indent=2)
+        lines = "\n".join(views.snapshot_lines(snap)).split("\n")
+        assert lines[1:] == list(snap.prefixes) and snap.prefix_count == len(snap.prefixes)
+        assert lines[0].endswith(f", {len(snap.prefixes)} prefixes")
+    odd = dataclasses.replace(snaps[0], text=b'10.0.0.0/8\n"quoted"\\')
+    assert odd.prefixes == ("10.0.0.0/8", '"quoted"\\')
+    assert json.loads(views.snapshot_json(odd))["prefixes"] == list(odd.prefixes)
+    empty = dataclasses.replace(snaps[0], text=b"")
+    assert views.snapshot_json(empty) == json.dumps(empty.to_json(), indent=2) and empty.prefix_count == 0
+    assert views.snapshot_lines(empty) == views.snapshot_lines(empty)[:1]
+
+    env = {"WATCHER_DATABASE_URL": db_url, "WATCHER_CONFIG": None, "WATCHER_CLOUDS": "china"}
+    biggest = max(snaps, key=lambda s: len(s.prefixes))
+    shown = CliRunner().invoke(main, ["show", biggest.tag, "--cloud", "china"], env=env, catch_exceptions=False)
+    assert shown.exit_code == 0 and shown.stdout.splitlines()[1:] == list(biggest.prefixes)
+    shown = CliRunner().invoke(main, ["show", biggest.tag, "--cloud", "china", "--json"], env=env,
+                               catch_exceptions=False)
+    assert shown.exit_code == 0 and json.loads(shown.stdout) == biggest.to_json()

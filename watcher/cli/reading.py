@@ -11,7 +11,8 @@ from .. import backfill, store
 from ..watches import resolve_watches, watched_tags
 from . import views
 from .app import (
-    AppContext, at_option, cloud_option, emit_json, exact_option, json_option, pass_app, present, say_resolved,
+    AppContext, at_option, cloud_option, echo_lines, emit_json, exact_option, json_option, pass_app, present,
+    say_resolved,
 )
 
 PUBLICATION_HELP = "Publication: YYYYMMDD, YYYY-MM-DD, latest or previous."
@@ -162,7 +163,10 @@ def show_command(app: AppContext, tag: str, at_ref: str, exact: bool, cloud: str
     say_resolved(resolved)
     if snap is None:
         raise click.ClickException(f"tag {tag!r} was not published in the {cloud} file of {pub.file_date}")
-    present(as_json, lambda: snap.to_json(resolved.resolved_from), lambda: views.snapshot_lines(snap))
+    if as_json:  # to_json() as emit_json prints it, written from the stored text (see views.snapshot_json)
+        click.echo(views.snapshot_json(snap, resolved.resolved_from))
+    else:
+        echo_lines(views.snapshot_lines(snap))
 
 
 @click.command("lookup")

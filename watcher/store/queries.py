@@ -18,7 +18,7 @@ from ..models import Publication, Tag, TagVersion, day_from_key, day_key
 from .records import (
     AddressHolder, HistoryEntry, LookupHit, PublicationInfo, ResolvedPublication, TagSnapshot, publication_from_row,
 )
-from .packing import split_text, text_of_stored
+from .packing import text_of_stored
 from .sql import fetch_all, fetch_in, no_collector_pauses
 from .versions import VERSION_COLUMNS, load_checked_contents, load_contents, version_from_row, versions_at
 
@@ -141,8 +141,8 @@ def snapshot(conn: Connection, cloud: str, name: str, publication: PublicationIn
     if not version.present:
         return None
     # A delta (the newest AzureCloud, usually) not in the cache reads its bases in one more query.
-    return TagSnapshot(name, publication, version,
-                       split_text(text_of_stored(conn, version.content_hash, packed, base_hash)))
+    # The text is kept as it is: ``watcher show`` writes it out whole, and the strings are made on first use.
+    return TagSnapshot(name, publication, version, text_of_stored(conn, version.content_hash, packed, base_hash))
 
 
 def tag_states(conn: Connection, cloud: str, day: int, names: Sequence[str] | None) -> dict[str, diffs.TagState]:

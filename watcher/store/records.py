@@ -7,6 +7,7 @@ not depend on the store's SQL.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -16,6 +17,7 @@ from sqlalchemy import Connection
 from .. import diff as diffs
 from ..models import day_from_key, day_key
 from ..parse import content_hash
+from ..prefixes import decode_prefixes
 
 #: The hash of the empty prefix set: what withdrawn versions point to.
 EMPTY_HASH = content_hash(())
@@ -230,10 +232,31 @@ ImportHook = Callable[[Connection, ImportResult], None]
 
 @dataclass(frozen=True)
 class TagSnapshot:
+    """A tag as published in one publication, its prefixes kept as the stored text.
+
+    ``text`` is the canonical text (the sorted prefixes joined by newlines, as
+    ``contents`` stores it): a face that prints the list writes it as it is
+    (``prefix_text``), and AzureCloud's 13,000 strings are made only for a
+    reader of ``prefixes`` (once, on first use).
+    """
+
     tag: str
     publication: PublicationInfo
     version: VersionInfo
-    prefixes: tuple[str, ...]
+    text: bytes
+
+    @functools.cached_property
+    def prefixes(self) -> tuple[str, ...]:
+        return decode_prefixes(self.text)
+
+    @property
+    def prefix_count(self) -> int:
+        return self.text.count(b"\n") + 1 if self.text else 0
+
+    @property
+    def prefix_text(self) -> str:
+        """The prefixes one a line (no newline after the last)."""
+        return self.text.decode()
 
     @property
     def since(self) -> dt.date:
@@ -241,6 +264,10 @@ class TagSnapshot:
 
     def to_json(self, resolved_from: dt.date | None = None) -> dict[str, Any]:
         """``resolved_from``: the date asked for, when it had no publication and this is the one before."""
+        return {**self.heading_json(resolved_from), "prefixes": list(self.prefixes)}
+
+    def heading_json(self, resolved_from: dt.date | None = None) -> dict[str, Any]:
+        """``to_json()`` but its last key, ``prefixes``: what a face writing the list from ``text`` adds it to."""
         return {
             "tag": self.tag,
             "cloud": self.publication.cloud,
@@ -248,7 +275,6 @@ class TagSnapshot:
             "resolved_from": resolved_from.isoformat() if resolved_from else None,
             "change_number": self.version.change_number,
             "since": self.since.isoformat(),
-            "prefixes": list(self.prefixes),
         }
 
 

@@ -22,6 +22,7 @@ import zstandard
 from sqlalchemy import Boolean, Connection, Integer, LargeBinary, String
 
 from ..parse import encode_prefixes
+from ..prefixes import decode_prefixes
 
 T = TypeVar("T")
 
@@ -282,8 +283,7 @@ def _decompressed(packed: bytes) -> bytes:
 
 
 def _split(data: bytes) -> tuple[str, ...]:
-    text_ = data.decode()
-    return tuple(text_.split("\n")) if text_ else ()
+    return decode_prefixes(data)
 
 
 def decompress(packed: bytes) -> bytes:
