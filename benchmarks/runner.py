@@ -5,6 +5,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -179,5 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _order(figure_id: str) -> int:
-    digits = "".join(c for c in figure_id if c.isdigit())
+    """The figure's number: its leading digits (4a1, a variant of 4a, sorts with 4, not as 41)."""
+    digits = re.match(r"\d*", figure_id).group()
     return int(digits or 99)
