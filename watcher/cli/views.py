@@ -105,7 +105,7 @@ def diff_lines(old: store.PublicationInfo, new: store.PublicationInfo, changes: 
 
 def snapshot_lines(snap: store.TagSnapshot) -> list[str]:
     """The heading, then the prefixes one a line: as one string, the stored text (AzureCloud's 13,000 lines
-    printed one by one took ~170 ms, as one piece ~2 ms)."""
+    printed one by one took ~56 ms of CPU, as one piece ~0.3 ms)."""
     pub = snap.publication
     heading = (f"# {snap.tag} in {pub.cloud} {pub.file_date} (changeNumber {snap.version.change_number}, "
                f"unchanged since {snap.since}), {snap.prefix_count} prefixes")
@@ -115,7 +115,7 @@ def snapshot_lines(snap: store.TagSnapshot) -> list[str]:
 def snapshot_json(snap: store.TagSnapshot, resolved_from: dt.date | None = None) -> str:
     """``snap.to_json(resolved_from)`` as ``--json`` prints it (``json.dumps``, indent 2), the prefixes written
     from the stored text: in plain prefix notation (the only one stored today) they need no escaping, so
-    AzureCloud's 13,000 are neither made into strings nor encoded one by one (~2 ms instead of ~12)."""
+    AzureCloud's 13,000 are neither made into strings nor encoded one by one (~0.6 ms of CPU instead of ~3.5)."""
     if not snap.text or not is_plain_text(snap.text):
         return json.dumps(snap.to_json(resolved_from), indent=2)
     heading = json.dumps(snap.heading_json(resolved_from), indent=2)
