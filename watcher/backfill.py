@@ -245,11 +245,6 @@ def read_ahead(settings: Settings, files: Iterable[BackfillFile]) -> Iterator[tu
     At most two files are in memory; a read's error is raised by its future, so the file it belongs
     to fails as it would have failed read in place.
     """
-    import os
-    if os.environ.get("NOAHEAD"):
-        for item in files:
-            f = Future(); f.set_result(pipeline.read_local_file(settings, item.path)); yield item, f
-        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill-read") as reader:
         queued: deque[tuple[BackfillFile, Future[pipeline.LocalFile]]] = deque()
         for item in files:
