@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import Engine
 
-from . import hook_marks, pipeline, store
+from . import hook_marks, parse, pipeline, store
 from .errors import ParseError, WatcherError
 from .parse import FILE_NAME_RE
 from .settings import FILE_CLOUD_NAMES, Settings
@@ -168,6 +168,8 @@ class Backfill:
         with engine.connect() as conn:
             stored = store.all_publications(conn)
         self._known = {(p.cloud, p.file_date, p.sha256): p for p in stored}
+        #: the entry fingerprints of each cloud's file read last (``_read``, on the reading thread only)
+        self._read_fingerprints: dict[str, frozenset[bytes]] = {}
 
     def import_file(self, item: BackfillFile, read: Future[pipeline.LocalFile] | None = None) -> FileOutcome:
         """Import one file; ``read``: its ``pipeline.read_local_file`` under way (see ``run``), else it is read here."""
@@ -232,15 +234,30 @@ class Backfill:
         file: SQLite and the drivers release the GIL) runs in parallel.
         """
         with store.prefix_lists_kept():  # each week's import starts from the contents the week before stored
-            for item, read in read_ahead(self.settings, files):
+            for item, read in read_ahead(files, self._read):
                 outcome = self.import_file(item, read)
                 if on_file is not None:
                     on_file(outcome)
         return self.finish()
 
+    def _read(self, item: BackfillFile) -> pipeline.LocalFile:
+        """Read a file ahead (on ``read_ahead``'s thread, one file at a time, in order), and decode what its
+        import will most likely decode: the entries that differ from the same cloud's file read before it
+        (imported just before it). A file already stored is only read and hashed."""
+        local = pipeline.read_local_file(self.settings, item.path)
+        if local.document is None or (item.cloud, item.file_date, local.sha256) in self._known:
+            return local
+        document = parse.fingerprinted(local.document)
+        previous = self._read_fingerprints.get(document.cloud)
+        self._read_fingerprints[document.cloud] = frozenset(document.fingerprints or ())
+        if previous is not None:  # the first file of a cloud may be known to the store: nothing to guess from
+            document = parse.decoded_ahead(document, previous)
+        return replace(local, document=document)
 
-def read_ahead(settings: Settings, files: Iterable[BackfillFile]) -> Iterator[tuple[BackfillFile, Future[pipeline.LocalFile]]]:
-    """Each file with its ``pipeline.read_local_file`` under way on a thread, one file ahead of the one yielded.
+
+def read_ahead(files: Iterable[BackfillFile], read: Callable[[BackfillFile], pipeline.LocalFile],
+               ) -> Iterator[tuple[BackfillFile, Future[pipeline.LocalFile]]]:
+    """Each file with its ``read`` under way on a thread, one file ahead of the one yielded.
 
     At most two files are in memory; a read's error is raised by its future, so the file it belongs
     to fails as it would have failed read in place.
@@ -248,7 +265,7 @@ def read_ahead(settings: Settings, files: Iterable[BackfillFile]) -> Iterator[tu
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill-read") as reader:
         queued: deque[tuple[BackfillFile, Future[pipeline.LocalFile]]] = deque()
         for item in files:
-            queued.append((item, reader.submit(pipeline.read_local_file, settings, item.path)))
+            queued.append((item, reader.submit(read, item)))
             if len(queued) > 1:
                 yield queued.popleft()
         while queued:
