@@ -168,6 +168,11 @@ class Backfill:
         with engine.connect() as conn:
             stored = store.all_publications(conn)
         self._known = {(p.cloud, p.file_date, p.sha256): p for p in stored}
+        #: each cloud's newest publication, stored before the run or imported by it: what the plausibility
+        #: check compares a file with (no query per file)
+        self._newest: dict[str, store.PublicationInfo] = {}
+        for publication in stored:
+            self._note_newest(publication)
         #: the entry fingerprints of each cloud's file read last (``_read``, on the reading thread only)
         self._read_fingerprints: dict[str, frozenset[bytes]] = {}
 
@@ -182,7 +187,7 @@ class Backfill:
         try:
             local = read.result() if read is not None else pipeline.read_local_file(self.settings, item.path)
             checked = pipeline.check_local_file(self.engine, self.settings, item.path, file_date=item.file_date,
-                                                force=self.force, read=local)
+                                                force=self.force, read=local, newest=self._newest.get)
             data = checked.body
             if item.cloud and item.file_date:
                 known = self._known.get((item.cloud, item.file_date, local.sha256))
@@ -195,9 +200,16 @@ class Backfill:
                                         decoded=local.decoded)
         except WatcherError as exc:
             return FileOutcome(name, item.cloud, item.file_date, error=str(exc))
+        if result.outcome == "imported":
+            self._note_newest(result.publication)
         if checked.implausible:
             result = replace(result, notes=result.notes + checked.implausible)
         return FileOutcome(name, result.publication.cloud, result.publication.file_date, result)
+
+    def _note_newest(self, publication: store.PublicationInfo) -> None:
+        newest = self._newest.get(publication.cloud)
+        if newest is None or publication.file_date > newest.file_date:
+            self._newest[publication.cloud] = publication
 
     def finish(self) -> BackfillReport:
         """Run the hooks each cloud of the run owes, once: for its newest publication, since they last ran.

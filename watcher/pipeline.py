@@ -148,6 +148,7 @@ def check_local_file(
     file_date: dt.date | None = None,
     force: bool = False,
     read: LocalFile | None = None,
+    newest: Callable[[str], store.PublicationInfo | None] | None = None,
 ) -> CheckedFile:
     """Read a local file with every check a downloaded one gets.
 
@@ -155,7 +156,8 @@ def check_local_file(
     must be the one its name says; the plausibility check the poll runs (no
     tags, far fewer tags than the last publication) refuses the file unless
     ``force``, which lets it through with the reason (its tickets are held).
-    ``read``: the file as ``read_local_file`` gave it already (else it is read here).
+    ``read``: the file as ``read_local_file`` gave it already (else it is read here); ``newest``: a cloud's
+    newest publication as the caller knows it (a backfill: stored before it or imported by it), else read here.
     """
     read = read if read is not None else read_local_file(settings, path)
     body = read.body
@@ -169,8 +171,11 @@ def check_local_file(
     implausible: tuple[str, ...] = ()
     # A file the parser cannot read at all gets the parser's precise error from the import.
     if cloud is not None and document_cloud is not None and read.document is not None:
-        with engine.connect() as conn:
-            previous = polls.newest_publication(conn, cloud)
+        if newest is not None:
+            previous = newest(cloud)
+        else:
+            with engine.connect() as conn:
+                previous = polls.newest_publication(conn, cloud)
         try:
             plausible.check_decoded_plausible(
                 read.document.cloud, len(read.document.entries), body, cloud,
