@@ -177,7 +177,7 @@ class Backfill:
         self._read_fingerprints: dict[str, frozenset[bytes]] = {}
 
     def import_file(self, item: BackfillFile, read: Future[pipeline.LocalFile] | None = None) -> FileOutcome:
-        """Import one file; ``read``: its ``pipeline.read_local_file`` under way (see ``run``), else it is read here."""
+        """Import one file; ``read``: its ``pipeline.read_local`` under way (see ``run``), else it is read here."""
         outcome = self._import(item, read)
         self.report.outcomes.append(outcome)
         return outcome
@@ -185,7 +185,7 @@ class Backfill:
     def _import(self, item: BackfillFile, read: Future[pipeline.LocalFile] | None) -> FileOutcome:
         name = str(item.path)
         try:
-            local = read.result() if read is not None else pipeline.read_local_file(self.settings, item.path)
+            local = read.result() if read is not None else pipeline.read_local(self.settings, item.path)
             checked = pipeline.check_local_file(self.engine, self.settings, item.path, file_date=item.file_date,
                                                 force=self.force, read=local, newest=self._newest.get)
             data = checked.body
@@ -256,7 +256,7 @@ class Backfill:
         """Read a file ahead (on ``read_ahead``'s thread, one file at a time, in order), and decode what its
         import will most likely decode: the entries that differ from the same cloud's file read before it
         (imported just before it). A file already stored is only read and hashed."""
-        local = pipeline.read_local_file(self.settings, item.path)
+        local = pipeline.read_local(self.settings, item.path)
         if local.document is None or (item.cloud, item.file_date, local.sha256) in self._known:
             return local
         document = parse.fingerprinted(local.document)

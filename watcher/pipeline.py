@@ -118,7 +118,7 @@ class LocalFile:
         return None if self.document is None else (self.document, self.sha256)
 
 
-def read_local_file(settings: Settings, path: Path) -> LocalFile:
+def read_local(settings: Settings, path: Path) -> LocalFile:
     """Read ``path`` under a download's guards (size cap, gzip-bomb guard, deadline), hash and decode it."""
     body = fetch.read_local_file(path, settings.fetch)
     hashing = store.Sha256(body)  # on a second thread while this one decodes
@@ -136,7 +136,7 @@ class CheckedFile:
     body: bytes
     cloud: str | None
     implausible: tuple[str, ...]
-    #: the file as read (hash, decoded top level), when it was read through ``read_local_file``
+    #: the file as read (hash, decoded top level), when it was read through ``read_local``
     read: LocalFile | None = None
 
 
@@ -156,10 +156,10 @@ def check_local_file(
     must be the one its name says; the plausibility check the poll runs (no
     tags, far fewer tags than the last publication) refuses the file unless
     ``force``, which lets it through with the reason (its tickets are held).
-    ``read``: the file as ``read_local_file`` gave it already (else it is read here); ``newest``: a cloud's
+    ``read``: the file as ``read_local`` gave it already (else it is read here); ``newest``: a cloud's
     newest publication as the caller knows it (a backfill: stored before it or imported by it), else read here.
     """
-    read = read if read is not None else read_local_file(settings, path)
+    read = read if read is not None else read_local(settings, path)
     body = read.body
     named = cloud_of_file_name(path.name)
     document_cloud = _file_cloud(read.document, str(path))
