@@ -397,3 +397,33 @@ def test_ipv4_canonical_check_refuses_what_inet_ntop_would_write_differently():
     assert good == ["10.0.0.0/8"]
     assert sorted(other) == sorted(["010.0.0.0/8", "10.0.0.1/8", "10.00.0.0/16", "10.0.0.0/08", "1.2.3/24",
                                     "256.0.0.0/8"])
+
+
+# ---------------------------------------------------------------- entries decoded ahead (a backfill's reading thread)
+
+
+def test_entries_decoded_ahead_parse_as_entries_decoded_in_place_whatever_the_guess():
+    from watcher.parse import decoded_ahead, entry_fingerprint
+
+    good = tag_entry("Storage.EastUS", ["20.0.0.0/24"])
+    kept = tag_entry("Sql.WestUS", ["20.1.0.0/24"])
+    odd = tag_entry("AppService", ["20.2.0.0/24"], platform=7)  # a wrong-typed property: a warning, not a refusal
+    data = json.dumps({"changeNumber": 3, "cloud": "Public", "values": [good, kept, odd]}).encode()
+    document = decode_document(data, SOURCE)
+    known = {entry_fingerprint(document.entries[1]): "Sql.WestUS"}
+    in_place = parse_document(document, SOURCE, sha256="0" * 64, known_entries=known)
+    for guess in (set(), set(known), {entry_fingerprint(e) for e in document.entries}):  # too few, right, too many
+        ahead = decoded_ahead(document, guess)
+        assert parse_document(ahead, SOURCE, sha256="0" * 64, known_entries=known) == in_place
+    assert in_place.unchanged == ("Sql.WestUS",) and len(in_place.warnings) == 1
+
+
+def test_an_entry_decoded_ahead_is_still_refused_by_the_parser():
+    from watcher.parse import decoded_ahead
+
+    data = json.dumps({"changeNumber": 3, "cloud": "Public",
+                       "values": [tag_entry("Storage.EastUS", ["20.0.0.0/24"], 2**31)]}).encode()
+    document = decoded_ahead(decode_document(data, SOURCE), set())
+    assert document.decoded == {}
+    with pytest.raises(ParseError, match="Storage.EastUS"):
+        parse_document(document, SOURCE, sha256="0" * 64)

@@ -15,9 +15,9 @@ import hashlib
 import logging
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any, Collection, Mapping, Sequence
 
 import msgspec
 import orjson
@@ -246,6 +246,39 @@ class Document:
     #: the file holds bytes no real file does (``%``, a JSON escape): every entry is then decoded and
     #: passes the gate, even one whose bytes match a stored version (an older version may have stored it)
     suspicious: bool = False
+    #: each entry's ``entry_fingerprint``, when computed ahead (``fingerprinted``)
+    fingerprints: Sequence[bytes] | None = None
+    #: entries decoded ahead, by index (``decoded_ahead``): ``parse_document`` takes them instead of decoding
+    decoded: Mapping[int, Any] | None = None
+
+
+def fingerprinted(document: Document) -> Document:
+    """``document`` with its entries' fingerprints computed (e.g. on a thread, while another file is imported)."""
+    if document.fingerprints is not None:
+        return document
+    digest = xxhash.xxh3_128_digest
+    return replace(document, fingerprints=[digest(raw) for raw in document.entries])
+
+
+def decoded_ahead(document: Document, expected_known: Collection[bytes]) -> Document:
+    """``fingerprinted(document)`` with the entries whose fingerprints are not in ``expected_known`` decoded.
+
+    A guess at what ``parse_document`` will decode (the fingerprints the store
+    will know by then), made where it costs the import nothing: an entry the
+    guess missed is decoded by ``parse_document``, one it decoded for nothing
+    is dropped, and one that does not decode cleanly is left to
+    ``parse_document`` to refuse or to warn about.
+    """
+    document = fingerprinted(document)
+    assert document.fingerprints is not None
+    decoded: dict[int, Any] = {}
+    for index, fingerprint in enumerate(document.fingerprints):
+        if fingerprint not in expected_known:
+            try:
+                decoded[index] = _decode_entry(document.entries[index])
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                continue
+    return replace(document, decoded=decoded)
 
 
 def _decode(data: bytes, source: str) -> Document:
@@ -452,13 +485,16 @@ def parse_document(
     tags: list[ServiceTag] = []
     warnings: list[str] = []
     digest = xxhash.xxh3_128_digest  # entry_fingerprint, without a call per entry
-    fingerprints = [digest(raw) for raw in document.entries]
+    fingerprints = document.fingerprints
+    if fingerprints is None:
+        fingerprints = [digest(raw) for raw in document.entries]
+    ahead = document.decoded or {}
     found = [known.get(fingerprint) for fingerprint in fingerprints] if known else [None] * len(fingerprints)
     unchanged = [name for name in found if name is not None]
     for index in [i for i, name in enumerate(found) if name is None]:
         raw, fingerprint = document.entries[index], fingerprints[index]
         try:
-            entry = _decode_entry(raw)
+            entry = ahead.get(index) or _decode_entry(raw)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             tag, problems = _slow_entry(raw, index, source, exc, fingerprint)
             tags.append(tag)

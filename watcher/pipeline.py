@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine
 from . import fetch, hook_marks, notify, plausible, polls, redact, store, tickets
 from .errors import FetchError, ImplausibleFileError, ParseError, StoreError, WatcherError, translate_db_errors
 from .models import day_from_key, utcnow
-from .parse import FILE_NAME_RE, decode_document, file_cloud, parse_bytes, validate_prefixes
+from .parse import FILE_NAME_RE, Document, decode_document, file_cloud, parse_bytes, validate_prefixes
 from .settings import FILE_CLOUD_NAMES, FetchSettings, Settings, check_cloud
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,9 @@ def import_publication(
     file_date: dt.date | None = None,
     expected_cloud: str | None = None,
     implausible: Sequence[str] = (),
+    decoded: tuple[Document, str] | None = None,
 ) -> store.ImportResult:
-    """Store one file's bytes and everything derived from them, atomically.
+    """Store one file's bytes and everything derived from them, atomically (``decoded``: as ``import_bytes``).
 
     The hooks compare with the publication they last ran for (``hook_marks``),
     which is the one stored before this file unless a backfill stopped before
@@ -80,7 +81,8 @@ def import_publication(
         hook_marks.run_for_import(conn, result, settings, hooks)
 
     return store.import_bytes(
-        engine, data, source, file_date=file_date, expected_cloud=expected_cloud, on_imported=on_imported
+        engine, data, source, file_date=file_date, expected_cloud=expected_cloud, on_imported=on_imported,
+        decoded=decoded,
     )
 
 
@@ -100,12 +102,42 @@ def cloud_of_file_name(name: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class LocalFile:
+    """A local file read once: its bytes, their SHA-256, and their top level decoded (what every check and the
+    import need), with no database access, so that a backfill reads the next file while it imports this one."""
+
+    path: Path
+    body: bytes
+    sha256: str
+    #: None when the parser cannot read the top level: the import then decodes again and says precisely why
+    document: Document | None
+
+    @property
+    def decoded(self) -> tuple[Document, str] | None:
+        """For ``store.import_bytes``: the document and hash it would otherwise compute again."""
+        return None if self.document is None else (self.document, self.sha256)
+
+
+def read_local(settings: Settings, path: Path) -> LocalFile:
+    """Read ``path`` under a download's guards (size cap, gzip-bomb guard, deadline), hash and decode it."""
+    body = fetch.read_local_file(path, settings.fetch)
+    hashing = store.Sha256(body)  # on a second thread while this one decodes
+    try:
+        document: Document | None = decode_document(body, str(path))
+    except WatcherError:
+        document = None
+    return LocalFile(path, body, hashing.hexdigest(), document)
+
+
+@dataclass(frozen=True)
 class CheckedFile:
     """A local file's bytes after the checks a download gets, with the cloud it is and what ``--force`` let through."""
 
     body: bytes
     cloud: str | None
     implausible: tuple[str, ...]
+    #: the file as read (hash, decoded top level), when it was read through ``read_local``
+    read: LocalFile | None = None
 
 
 def check_local_file(
@@ -115,6 +147,8 @@ def check_local_file(
     *,
     file_date: dt.date | None = None,
     force: bool = False,
+    read: LocalFile | None = None,
+    newest: Callable[[str], store.PublicationInfo | None] | None = None,
 ) -> CheckedFile:
     """Read a local file with every check a downloaded one gets.
 
@@ -122,10 +156,13 @@ def check_local_file(
     must be the one its name says; the plausibility check the poll runs (no
     tags, far fewer tags than the last publication) refuses the file unless
     ``force``, which lets it through with the reason (its tickets are held).
+    ``read``: the file as ``read_local`` gave it already (else it is read here); ``newest``: a cloud's
+    newest publication as the caller knows it (a backfill: stored before it or imported by it), else read here.
     """
-    body = fetch.read_local_file(path, settings.fetch)
+    read = read if read is not None else read_local(settings, path)
+    body = read.body
     named = cloud_of_file_name(path.name)
-    document_cloud = _file_cloud(body, str(path))
+    document_cloud = _file_cloud(read.document, str(path))
     if named is not None and document_cloud is not None and named != document_cloud:
         raise ParseError(
             f"{path}: the file says it is the {document_cloud} cloud's, its name says {named}'s; nothing was imported"
@@ -133,11 +170,17 @@ def check_local_file(
     cloud = named or document_cloud
     implausible: tuple[str, ...] = ()
     # A file the parser cannot read at all gets the parser's precise error from the import.
-    if cloud is not None and document_cloud is not None:
-        with engine.connect() as conn:
-            previous = polls.newest_publication(conn, cloud)
+    if cloud is not None and document_cloud is not None and read.document is not None:
+        if newest is not None:
+            previous = newest(cloud)
+        else:
+            with engine.connect() as conn:
+                previous = polls.newest_publication(conn, cloud)
         try:
-            plausible.check_plausible(body, cloud, previous.tag_count if previous else None, settings.fetch.min_tag_ratio)
+            plausible.check_decoded_plausible(
+                read.document.cloud, len(read.document.entries), body, cloud,
+                previous.tag_count if previous else None, settings.fetch.min_tag_ratio,
+            )
         except ImplausibleFileError as exc:
             if not force:
                 # A malformed file says first what is malformed (the check above counts entries only).
@@ -149,7 +192,7 @@ def check_local_file(
             log.warning("%s: imported despite the plausibility check (--force): %s", path, exc)
         except FetchError as exc:
             raise ParseError(f"{path}: {exc}") from None
-    return CheckedFile(body, cloud, implausible)
+    return CheckedFile(body, cloud, implausible, read)
 
 
 def import_file(
@@ -164,15 +207,17 @@ def import_file(
     checked = check_local_file(engine, settings, path, file_date=file_date, force=force)
     result = import_publication(
         engine, settings, checked.body, str(path), file_date=file_date, expected_cloud=checked.cloud,
-        implausible=checked.implausible,
+        implausible=checked.implausible, decoded=checked.read.decoded if checked.read else None,
     )
     return replace(result, notes=result.notes + checked.implausible) if checked.implausible else result
 
 
-def _file_cloud(body: bytes, source: str) -> str | None:
-    """The cloud a file says it belongs to, or None when the parser will have to say what is wrong."""
+def _file_cloud(document: Document | None, source: str) -> str | None:
+    """The cloud a decoded file says it belongs to, or None when the parser will have to say what is wrong."""
+    if document is None:
+        return None
     try:
-        return file_cloud(decode_document(body, source), source)
+        return file_cloud(document, source)
     except WatcherError:
         return None
 

@@ -169,6 +169,16 @@ def check_plausible(body: bytes, cloud: str, previous_tag_count: int | None, min
     return _check_tag_count(len(values), expected, previous_tag_count, min_ratio)
 
 
+def check_decoded_plausible(file_cloud: str, count: int, body: bytes, cloud: str, previous_tag_count: int | None,
+                            min_ratio: float) -> int:
+    """``check_plausible`` for a body whose top level is decoded already: ``file_cloud`` as the file spells it,
+    ``count`` its entries. The same checks, without scanning the body again (the careful path when unusual)."""
+    expected = CLOUD_FILE_NAMES.get(cloud.lower())
+    if expected is not None and file_cloud.lower() == expected.lower():
+        return _check_tag_count(count, expected, previous_tag_count, min_ratio)
+    return check_plausible(body, cloud, previous_tag_count, min_ratio)
+
+
 class _Outline(msgspec.Struct):
     """What the plausibility check needs of a file: its cloud and how many entries it lists (not decoded)."""
 

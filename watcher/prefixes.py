@@ -11,7 +11,8 @@ import re
 import socket
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Collection, Iterable, Sequence
+from itertools import filterfalse
+from typing import AbstractSet, Collection, Iterable, Sequence
 
 import xxhash
 
@@ -226,10 +227,10 @@ def normalize_against(
     return PrefixChange(prefixes, added, removed, tuple(sorted(set(notes))))
 
 
-def _without(ordered: Sequence[str], members: Collection[str]) -> list[str]:
+def _without(ordered: Sequence[str], members: AbstractSet[str]) -> list[str]:
     """``ordered`` (sorted) without ``members`` (all in it): a few bisections and slices, not a pass in Python."""
     if len(members) * 8 > len(ordered):
-        return [p for p in ordered if p not in members]
+        return list(filterfalse(members.__contains__, ordered))  # C speed: no Python frame per prefix
     kept: list[str] = []
     start = 0
     for position in sorted(bisect_left(ordered, member) for member in members):

@@ -55,11 +55,11 @@ def import_command(
     job = backfill.Backfill(app.engine, app.settings, force=force)
     show_bar = sys.stderr.isatty() and not as_json and len(files) > 1
     with click.progressbar(files, label="importing", file=sys.stderr, show_pos=True) if show_bar else _plain(files) as bar:
-        for item in bar:
-            outcome = job.import_file(item)
+        def told(outcome: backfill.FileOutcome) -> None:
             if not as_json:
                 click.echo(views.describe_file_outcome(outcome), err=outcome.failed)
-    report = job.finish()
+
+        report = job.run(bar, on_file=told)
     if as_json:
         emit_json(report.to_json())
     else:

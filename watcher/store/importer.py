@@ -31,13 +31,13 @@ from .. import db, diff as diffs
 from ..errors import ConflictError, ParseError, translate_db_errors
 from ..models import EntryManifest, Publication, TagVersion, utcnow
 from ..parse import (
-    ParsedFile, content_hash, decode_document, file_cloud, normalize_prefixes, parse_document,
+    Document, ParsedFile, content_hash, decode_document, file_cloud, normalize_prefixes, parse_document,
 )
-from .planner import ImportPlan, plan_import, withdrawn_tags
+from .planner import ImportPlan, NewContent, plan_import, withdrawn_tags
 from .records import (
     EMPTY_HASH, ImportHook, ImportResult, PublicationInfo, VersionInfo, missed_count, missed_note, publication_from_row,
 )
-from .packing import load_texts, pack_content, remember_texts, split_text
+from .packing import decoded_contents, load_texts, pack_content, remember_prefix_lists, remember_texts
 from .sql import bulk_insert, fetch_in, no_collector_pauses, update_rows
 from .versions import Versions, tag_ids_of, uint32s, versions_at, versions_before
 
@@ -60,23 +60,29 @@ def import_bytes(
     expected_cloud: str | None = None,
     on_imported: ImportHook | None = None,
     now: Callable[[], dt.datetime] | None = None,
+    decoded: tuple[Document, str] | None = None,
 ) -> ImportResult:
-    """Import one file's bytes as a publication; idempotent and atomic."""
+    """Import one file's bytes as a publication; idempotent and atomic.
+
+    ``decoded``: ``data``'s top level (``decode_document``) and SHA-256, when the caller has them already
+    (a backfill reads, hashes and decodes the next file on a thread while it imports this one).
+    """
     with no_collector_pauses():
-        return _import_bytes(engine, data, source, file_date, expected_cloud, on_imported, now or utcnow)
+        return _import_bytes(engine, data, source, file_date, expected_cloud, on_imported, now or utcnow, decoded)
 
 
 def _import_bytes(engine: Engine, data: bytes, source: str, file_date: dt.date | None, expected_cloud: str | None,
-                  on_imported: ImportHook | None, now: Callable[[], dt.datetime]) -> ImportResult:
-    hashing = _Sha256(data)
+                  on_imported: ImportHook | None, now: Callable[[], dt.datetime],
+                  decoded: tuple[Document, str] | None = None) -> ImportResult:
+    hashing = Sha256(data) if decoded is None else None
     try:
-        document = decode_document(data, source)
+        document = decode_document(data, source) if decoded is None else decoded[0]
         cloud = file_cloud(document, source)
         if expected_cloud and cloud != expected_cloud:
             raise ParseError(f"{source}: is a {cloud} file, expected {expected_cloud}")
         file_date = file_date or date_from_source(source)
     finally:
-        sha256 = hashing.hexdigest()
+        sha256 = hashing.hexdigest() if hashing is not None else decoded[1]
     # The bulk paths use the driver's cursor directly, so its own errors are translated too.
     with translate_db_errors(f"importing {source}"):
         started = time.perf_counter()
@@ -91,7 +97,7 @@ def _import_bytes(engine: Engine, data: bytes, source: str, file_date: dt.date |
         return result
 
 
-class _Sha256:
+class Sha256:
     """SHA-256 of a file's bytes, computed on a second thread while the first decodes them.
 
     hashlib releases the GIL while it hashes a large buffer, so on a machine
@@ -214,7 +220,7 @@ def _plan(conn: Connection, parsed: ParsedFile, source: str, before: Versions,
                                | {after[n].content_hash for n in touched_names if n in after}) - {EMPTY_HASH})
     plan = plan_import(
         parsed, source, before=before, after=after, next_day=following.day if following else None,
-        contents={EMPTY_HASH: (), **{digest: split_text(found.text) for digest, found in stored.items()}},
+        contents={EMPTY_HASH: (), **decoded_contents(stored)},
         tag_ids=tag_ids_of(conn, parsed.cloud, [n for n in touched_names if n not in before]),
         withdrawn=withdrawn, unchanged_prefixes=before.prefix_total(parsed.unchanged, touched_names),
     )
@@ -323,12 +329,13 @@ def _write(conn: Connection, parsed: ParsedFile, source: str, plan: ImportPlan, 
 
 
 def _write_contents(conn: Connection, plan: ImportPlan) -> None:
-    contents = {EMPTY_HASH: (0, b"", None), **plan.contents}  # what withdrawn versions point to
+    contents = {EMPTY_HASH: NewContent(0, b""), **plan.contents}  # what withdrawn versions point to
     stored = {bytes(h) for (h,) in fetch_in(conn, "SELECT hash FROM contents WHERE hash IN ({})", list(contents))}
-    missing = [(h, count, *pack_content(encoded, base, plan.bases.get(base) if base else None))
-               for h, (count, encoded, base) in contents.items() if h not in stored]
+    missing = [(h, new.prefix_count, *pack_content(new.encoded, new.base, plan.bases.get(new.base) if new.base else None))
+               for h, new in contents.items() if h not in stored]
     bulk_insert(conn, "contents", ("hash", "prefix_count", "prefixes", "base_hash", "depth"), missing)
     remember_texts((digest, found.encoded) for digest, found in plan.contents.items())
+    remember_prefix_lists((digest, found.prefixes) for digest, found in plan.contents.items())
 
 
 def _version_row(version: VersionInfo, tag_id: int, publication_id: int, valid_from: int) -> tuple:

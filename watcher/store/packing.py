@@ -21,9 +21,11 @@ kept in a small content-addressed cache (``texts_cache``).
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from typing import Iterable, NamedTuple
+from contextvars import ContextVar
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 import zstandard
 from sqlalchemy import Connection
@@ -212,3 +214,72 @@ def text_of_stored(conn: Connection, digest: bytes, packed: bytes, base_hash: by
 
 def split_text(text: bytes) -> tuple[str, ...]:
     return _split(text)
+
+
+class _PrefixLists:
+    """Decoded prefix sets (sorted tuples) by content hash, least recently used dropped first beyond ``limit``
+    prefixes in all."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lists: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
+        self._size = 0
+
+    def get(self, digest: bytes) -> tuple[str, ...] | None:
+        found = self._lists.get(digest)
+        if found is not None:
+            self._lists.move_to_end(digest)
+        return found
+
+    def put(self, digest: bytes, prefixes: tuple[str, ...]) -> None:
+        if digest in self._lists or len(prefixes) > self._limit // 4:
+            return
+        self._lists[digest] = prefixes
+        self._size += len(prefixes) + 1
+        while self._size > self._limit:
+            _, dropped = self._lists.popitem(last=False)
+            self._size -= len(dropped) + 1
+
+
+#: The prefix lists a job keeps between its imports (``prefix_lists_kept``); None: none are kept.
+_kept_lists: ContextVar[_PrefixLists | None] = ContextVar("kept_prefix_lists", default=None)
+#: A busy Public week changes ~40,000 (tag, prefix) entries; this keeps the last week of three clouds (~20 MB).
+KEPT_PREFIXES = 250_000
+
+
+@contextlib.contextmanager
+def prefix_lists_kept(limit: int = KEPT_PREFIXES) -> Iterator[None]:
+    """Within: each import keeps the prefix sets it stored, as tuples of strings, for the next import of the job.
+
+    A backfill's next week starts from the contents this week stored: without
+    this it would decode and split their texts again, and hash every string
+    again to compare them (the kept strings have their hashes cached). A weekly
+    import has no next week to serve, so outside a job nothing is kept (a
+    daemon's memory at rest stays as it was).
+    """
+    token = _kept_lists.set(_PrefixLists(limit))
+    try:
+        yield
+    finally:
+        _kept_lists.reset(token)
+
+
+def decoded_contents(stored: Mapping[bytes, StoredText]) -> dict[bytes, tuple[str, ...]]:
+    """The prefixes of each stored text, sorted as stored (kept by the job, if it kept them)."""
+    kept = _kept_lists.get()
+    if kept is None:
+        return {digest: split_text(found.text) for digest, found in stored.items()}
+    lists: dict[bytes, tuple[str, ...]] = {}
+    for digest, found in stored.items():
+        hit = kept.get(digest)
+        lists[digest] = hit if hit is not None else split_text(found.text)
+    return lists
+
+
+def remember_prefix_lists(contents: Iterable[tuple[bytes, tuple[str, ...]]]) -> None:
+    """Prefix sets just stored (hash, sorted prefixes), for the job's next import, if in a job."""
+    kept = _kept_lists.get()
+    if kept is None:
+        return
+    for digest, prefixes in contents:
+        kept.put(digest, prefixes)

@@ -34,6 +34,7 @@ class NewContent(NamedTuple):
     prefix_count: int
     encoded: bytes
     base: bytes | None = None  # the tag's previous content: a delta may be stored against it
+    prefixes: tuple[str, ...] = ()  # the set, sorted (``encoded`` decoded): a backfill's next import's ``contents``
 
 
 class PresentEntry(NamedTuple):
@@ -150,7 +151,8 @@ def plan_import(
             encoded = encode_prefixes(prefixes)
             digest = content_hash(prefixes, encoded)
             plan.contents[digest] = NewContent(len(prefixes), encoded,
-                                               old_version.content_hash if old_version is not None else None)
+                                               old_version.content_hash if old_version is not None else None,
+                                               prefixes)
             plan.prefix_count += len(prefixes)
             plan.present.append(PresentEntry(name, tag_id, item.entry_hash, len(prefixes)))
             new_version = VersionInfo(
