@@ -142,3 +142,18 @@ def test_a_pooled_connection_the_server_ended_is_replaced_before_it_is_lent(db_u
     finally:
         engine.dispose()
         killer.dispose()
+
+
+def test_reads_together_give_the_rows_each_read_gives_alone(engine):
+    from watcher.models import TicketEvent
+
+    table = TicketEvent.__table__
+    events = sa.select(table).where(table.c.ticket_id == sa.bindparam("ticket_id")).order_by(table.c.id)
+    numbers = sa.select(sa.literal_column("1").label("one"), sa.bindparam("word", type_=sa.String).label("word"))
+    with engine.connect() as conn:
+        first, second = db.read_together(conn, [(events, {"ticket_id": 1}), (numbers, {"word": "x'y"})])
+        assert first == [] and [(r.one, r.word) for r in second] == [(1, "x'y")]
+        # Again, with the statements compiled already; alone, as before.
+        assert [r.word for r in db.read_together(conn, [(numbers, {"word": "z"}), (events, {"ticket_id": 2})])[0]] \
+            == ["z"]
+        assert [r.word for r in db.read_together(conn, [(numbers, {"word": "w"})])[0]] == ["w"]

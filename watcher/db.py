@@ -11,14 +11,15 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.sql import Executable
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError, SQLAlchemyError
 
@@ -153,6 +154,40 @@ def _closed_by_server(dbapi_connection) -> bool:
     except (OSError, ValueError):
         return True
     return bool(readable)
+
+
+#: statement -> (the statement, its PostgreSQL text): compiled once per statement
+_DRIVER_SQL: dict[int, tuple[Executable, str]] = {}
+
+
+def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[Any]]:
+    """The rows of several independent reads (statement, parameters); on PostgreSQL sent together and answered in
+    one round trip (psycopg's pipeline mode), elsewhere run one after the other. Rows have attributes by column
+    name, as SQLAlchemy's do; columns come as the driver loads them (the statements' types need no conversion)."""
+    if conn.dialect.name != "postgresql" or len(reads) < 2:
+        return [conn.execute(statement, dict(params)).all() for statement, params in reads]
+    from psycopg.rows import namedtuple_row
+
+    raw = conn.connection.driver_connection
+    cursors = []
+    with raw.pipeline():
+        for statement, params in reads:
+            cursor = raw.cursor(row_factory=namedtuple_row)
+            cursor.execute(_driver_sql(conn, statement), dict(params))
+            cursors.append(cursor)
+    try:
+        return [cursor.fetchall() for cursor in cursors]
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def _driver_sql(conn: Connection, statement: Executable) -> str:
+    found = _DRIVER_SQL.get(id(statement))
+    if found is None or found[0] is not statement:
+        found = (statement, str(statement.compile(dialect=conn.dialect)))
+        _DRIVER_SQL[id(statement)] = found
+    return found[1]
 
 
 def migrations_dir() -> str:
