@@ -416,3 +416,14 @@ def test_tojson_writes_prefix_lists_as_the_json_encoder_does():
     collision = {"objects": {"v4": v4}, "\x000\x00": "\x001\x00"}
     assert env.from_string("{{ data | tojson }}").render(data=collision) == str(
         jinja2.utils.htmlsafe_json_dumps({"objects": {"v4": list(v4)}, "\x000\x00": "\x001\x00"}, sort_keys=True))
+
+
+def test_rows_of_text_subclasses_join_as_plain_text():
+    import markupsafe
+
+    known = render.checked_cidrs(["10.0.0.0/24", "10.0.1.0/24"])  # now known: Markup copies of them pass the check
+    marked = [markupsafe.Markup("10.0.0.0/24"), markupsafe.Markup("10.0.1.0/24")]
+    assert render.each(marked, '"{cidr}" & {name}') == '"10.0.0.0/24" & wt-10.0.0.0-24\n"10.0.1.0/24" & wt-10.0.1.0-24'
+    assert render.each(marked[:1], "<{cidr}>") == "<10.0.0.0/24>" and known
+    block = render.each(known, "{cidr}")
+    assert str(block) is block  # printed without a copy

@@ -257,6 +257,10 @@ class Block(str):
 
     newlines_only = False
 
+    def __str__(self) -> str:
+        # Itself, not a copy: templates print ``str(value)``, and a block of 13,000 rows is hundreds of kilobytes.
+        return self
+
 
 @jinja2.pass_eval_context
 def replace_text(eval_ctx: Any, value: Any, old: Any, new: Any, count: int | None = None) -> Any:
@@ -344,8 +348,17 @@ def _rows(literals: Sequence[str], columns: Sequence[Sequence[str]], count: int)
     """``count`` lines of ``literals[0] column[0] literals[1] ... literals[-1]``, as one join: per row, each
     column's value and the text after it, the last text of a row running on into the line break and the first
     text of the next row. The values hold no control characters (callers check or escape them)."""
-    if len(columns) == 1:  # one value per line: the texts around it join the values directly
-        block = Block(literals[0] + (literals[1] + "\n" + literals[0]).join(columns[0]) + literals[1])
+    if len(columns) == 1 and count:  # one value per line: the texts around it join the values directly
+        # The first text and the last are put on the first value and the last (a copy of the list, not of the
+        # text): the block is written once, not once per concatenation.
+        values = list(columns[0])
+        values[0] = "".join((literals[0], values[0]))  # join: a str subclass (Markup) adds as the text it is
+        values[-1] = "".join((values[-1], literals[1]))
+        block = Block((literals[1] + "\n" + literals[0]).join(values))
+        block.newlines_only = all(piece.isprintable() for piece in literals)
+        return block
+    if not count:  # (callers ask for rows of at least one value)
+        block = Block(literals[0] + literals[-1])
         block.newlines_only = all(piece.isprintable() for piece in literals)
         return block
     width = 2 * len(columns)
@@ -355,7 +368,8 @@ def _rows(literals: Sequence[str], columns: Sequence[Sequence[str]], count: int)
         after = literals[i + 1] if i + 1 < len(columns) else literals[-1] + "\n" + literals[0]
         flat[2 * i + 1::width] = [after] * count
     flat[-1] = literals[-1]
-    block = Block(literals[0] + "".join(flat))
+    flat[0] = "".join((literals[0], flat[0]))
+    block = Block("".join(flat))
     block.newlines_only = all(piece.isprintable() for piece in literals)
     return block
 
