@@ -147,7 +147,7 @@ def _check_postgres_connections(engine: Engine) -> None:
 def _closed_by_server(dbapi_connection) -> bool:
     """True when an idle connection is closed or has something to read: between requests the server sends nothing
     but the notice that it ends the session (and its end of file)."""
-    if dbapi_connection.closed or dbapi_connection.broken:
+    if dbapi_connection.closed or getattr(dbapi_connection, "broken", False):
         return True
     try:
         readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
@@ -164,7 +164,7 @@ def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[st
     """The rows of several independent reads (statement, parameters); on PostgreSQL sent together and answered in
     one round trip (psycopg's pipeline mode), elsewhere run one after the other. Rows have attributes by column
     name, as SQLAlchemy's do; columns come as the driver loads them (the statements' types need no conversion)."""
-    if conn.dialect.name != "postgresql" or len(reads) < 2:
+    if conn.dialect.driver != "psycopg" or len(reads) < 2:
         return [conn.execute(statement, dict(params)).all() for statement, params in reads]
     from psycopg.rows import namedtuple_row
 
