@@ -1,3 +1,7 @@
+import time
+
+import psycopg
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -97,3 +101,59 @@ def test_the_migration_lock_is_reentrant_and_released(db_url):
             other.dispose()
     finally:
         engine.dispose()
+
+
+def _in_transaction(conn: sa.Connection) -> bool:
+    raw = conn.connection.driver_connection
+    if conn.dialect.name == "sqlite":
+        return raw.in_transaction
+    return raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+
+def test_reads_take_no_transaction_on_postgres_and_writes_take_one(db_url):
+    engine = db.create_db_engine(db_url)
+    try:
+        for _ in range(2):  # the second time on the connection the writer gave back to the pool
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1")).all()
+                # PostgreSQL: the read ran on its own (no BEGIN, nothing to roll back); SQLite begins a deferred one.
+                assert _in_transaction(conn) == (engine.dialect.name == "sqlite")
+            with db.writer(engine).begin() as conn:
+                conn.execute(sa.text("SELECT 1")).all()
+                assert _in_transaction(conn)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_pooled_connection_the_server_ended_is_replaced_before_it_is_lent(db_url):
+    engine = db.create_db_engine(db_url)
+    killer = db.create_db_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        with killer.connect() as other:
+            assert other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        deadline = time.monotonic() + 5
+        while not db._closed_by_server(engine.pool._pool.queue[0].dbapi_connection) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the server's notice and end of file reach the socket
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
+    finally:
+        engine.dispose()
+        killer.dispose()
+
+
+def test_reads_together_give_the_rows_each_read_gives_alone(engine):
+    from watcher.models import TicketEvent
+
+    table = TicketEvent.__table__
+    events = sa.select(table).where(table.c.ticket_id == sa.bindparam("ticket_id")).order_by(table.c.id)
+    numbers = sa.select(sa.literal_column("1").label("one"), sa.bindparam("word", type_=sa.String).label("word"))
+    with engine.connect() as conn:
+        first, second = db.read_together(conn, [(events, {"ticket_id": 1}), (numbers, {"word": "x'y"})])
+        assert first == [] and [(r.one, r.word) for r in second] == [(1, "x'y")]
+        # Again, with the statements compiled already; alone, as before.
+        assert [r.word for r in db.read_together(conn, [(numbers, {"word": "z"}), (events, {"ticket_id": 2})])[0]] \
+            == ["z"]
+        assert [r.word for r in db.read_together(conn, [(numbers, {"word": "w"})])[0]] == ["w"]

@@ -393,3 +393,37 @@ def test_a_block_put_on_one_line_is_printed_as_is_and_other_line_breaks_are_not(
     assert _template('[{{ xs | each("{cidr}") | replace("0", "\\n") }}]', xs=xs).count("\n") == 0
     assert _template('[{{ data | tojson }}]', data={"a": "x\x7f\ny"}) == '[{"a": "x\\u007f\\ny"}]'  # JSON escapes
     assert _template('[{{ {"a": [1]} | tojson(indent=1) }}]').count("\n") == 0
+
+
+def test_tojson_writes_prefix_lists_as_the_json_encoder_does():
+    import jinja2
+
+    env = render._environment(None, 2 * 1024 * 1024)
+    v4 = render.checked_cidrs(["10.0.0.0/23", "10.0.4.0/24"])
+    v6 = render.checked_cidrs(["2603:1030::/48"])
+    data = {"objects": {"v4": v4, "v6": v6, "none": render.checked_cidrs([])}, "name": "<a & 'b'>\x00",
+            "nested": [[{"x": v4}]], "n": 3, "listed": ["10.0.0.0/24"]}
+    template = ('{{ {"objects": {"v4": objects.v4 | cidrs, "v6": objects.v6, "none": objects.none | cidrs}, '
+                '"name": name, "nested": nested, "n": n, "listed": listed | cidrs} | tojson }}')
+    plain = {"objects": {"v4": list(v4), "v6": list(v6), "none": []}, "name": data["name"],
+             "nested": [[{"x": list(v4)}]], "n": 3, "listed": ["10.0.0.0/24"]}
+    expected = str(jinja2.utils.htmlsafe_json_dumps(plain, sort_keys=True))
+    assert env.from_string(template).render(**data) == expected
+    assert render._json_with_lists({**data, "listed": render.cidr_list(data["listed"])}) == expected  # joined
+    # A placeholder's text in the data itself, or no list to join: the encoder writes it all, as before.
+    assert render._json_with_lists({"a": v4, "\x000\x00": 1}) is None
+    assert render._json_with_lists({"a": [1]}) is None
+    collision = {"objects": {"v4": v4}, "\x000\x00": "\x001\x00"}
+    assert env.from_string("{{ data | tojson }}").render(data=collision) == str(
+        jinja2.utils.htmlsafe_json_dumps({"objects": {"v4": list(v4)}, "\x000\x00": "\x001\x00"}, sort_keys=True))
+
+
+def test_rows_of_text_subclasses_join_as_plain_text():
+    import markupsafe
+
+    known = render.checked_cidrs(["10.0.0.0/24", "10.0.1.0/24"])  # now known: Markup copies of them pass the check
+    marked = [markupsafe.Markup("10.0.0.0/24"), markupsafe.Markup("10.0.1.0/24")]
+    assert render.each(marked, '"{cidr}" & {name}') == '"10.0.0.0/24" & wt-10.0.0.0-24\n"10.0.1.0/24" & wt-10.0.1.0-24'
+    assert render.each(marked[:1], "<{cidr}>") == "<10.0.0.0/24>" and known
+    block = render.each(known, "{cidr}")
+    assert str(block) is block  # printed without a copy

@@ -196,7 +196,7 @@ def test_kill_9_in_the_middle_of_an_import_loses_nothing(
     env = base_env(f"{db_url}&application_name={app}",
                    WATCHER_CONFIG=str(write_config(tmp_path / "watcher.toml")), WATCHER_SOURCE_URL=page,
                    WATCHER_NOTIFY_URLS=receiver.url(), WATCHER_SCHEDULE="*/2 * * * * *")
-    blocker = engine.connect()
+    blocker = db.transactional(engine).connect()  # reads alone run in autocommit: the lock needs a transaction
     blocker.begin()
     blocker.execute(sa.text("LOCK TABLE tickets IN ACCESS EXCLUSIVE MODE"))
     daemon = DaemonProcess(env)

@@ -6,19 +6,22 @@ import fcntl
 import hashlib
 import logging
 import os
+import select
 import threading
+import time
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.sql import Executable
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError, SQLAlchemyError
 
 from .errors import StoreError, database_detail
 
@@ -79,7 +82,12 @@ def create_db_engine(url: str) -> Engine:
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True)
+        # Reads run in autocommit: each statement is a READ COMMITTED transaction of its own, as it would be inside
+        # a READ COMMITTED transaction of reads (every statement takes a fresh snapshot there too), without a BEGIN
+        # and a ROLLBACK round trip per checkout. Work that writes takes a transaction (``writer``).
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        _check_postgres_connections(engine)
+        return engine
     raise StoreError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://")
 
 
@@ -105,17 +113,103 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+#: A pooled PostgreSQL connection idle for longer than this is pinged (a round trip) before it is lent again.
+PING_AFTER_IDLE_SECONDS = 30.0
+
+
+def _check_postgres_connections(engine: Engine) -> None:
+    """Lend no pooled connection the server has closed, without a round trip per checkout (``pool_pre_ping``).
+
+    A server that ends a session (a restart, ``pg_terminate_backend``, ``idle_session_timeout``) sends its reason
+    and closes the socket, so an idle connection with anything to read is not lent: it is replaced, as a failed
+    ping would be. That costs a ``select`` call. A connection idle for longer than ``PING_AFTER_IDLE_SECONDS``
+    (which a silent network cut may have left half open) is pinged as well.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection, record):
+        record.info["watcher_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy):
+        idle_since = record.info.get("watcher_idle_since")
+        if idle_since is None:  # connected just now
+            return
+        if _closed_by_server(dbapi_connection):
+            raise DisconnectionError("the server closed this pooled connection")
+        if time.monotonic() - idle_since > PING_AFTER_IDLE_SECONDS:
+            try:
+                engine.dialect.do_ping(dbapi_connection)
+            except engine.dialect.loaded_dbapi.Error as exc:
+                raise DisconnectionError(f"a pooled connection idle for a while failed its ping: {exc}") from exc
+
+
+def _closed_by_server(dbapi_connection) -> bool:
+    """True when an idle connection is closed or has something to read: between requests the server sends nothing
+    but the notice that it ends the session (and its end of file)."""
+    if dbapi_connection.closed or getattr(dbapi_connection, "broken", False):
+        return True
+    try:
+        readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+#: statement -> (the statement, its PostgreSQL text): compiled once per statement
+_DRIVER_SQL: dict[int, tuple[Executable, str]] = {}
+
+
+def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[Any]]:
+    """The rows of several independent reads (statement, parameters); on PostgreSQL sent together and answered in
+    one round trip (psycopg's pipeline mode), elsewhere run one after the other. Rows have attributes by column
+    name, as SQLAlchemy's do; columns come as the driver loads them (the statements' types need no conversion)."""
+    if conn.dialect.driver != "psycopg" or len(reads) < 2:
+        return [conn.execute(statement, dict(params)).all() for statement, params in reads]
+    from psycopg.rows import namedtuple_row
+
+    raw = conn.connection.driver_connection
+    cursors = []
+    with raw.pipeline():
+        for statement, params in reads:
+            cursor = raw.cursor(row_factory=namedtuple_row)
+            cursor.execute(_driver_sql(conn, statement), dict(params))
+            cursors.append(cursor)
+    try:
+        return [cursor.fetchall() for cursor in cursors]
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def _driver_sql(conn: Connection, statement: Executable) -> str:
+    found = _DRIVER_SQL.get(id(statement))
+    if found is None or found[0] is not statement:
+        found = (statement, str(statement.compile(dialect=conn.dialect)))
+        _DRIVER_SQL[id(statement)] = found
+    return found[1]
+
+
 def migrations_dir() -> str:
     """The migration scripts shipped inside the package (``watcher/migrations``, as Alembic ships its own)."""
     return str(resources.files("watcher.migrations"))
 
 
+def transactional(engine: Engine) -> Engine:
+    """The engine for work that needs a database transaction: ``begin()`` then begins one (READ COMMITTED) on
+    PostgreSQL, where other connections run each statement on its own (see ``create_db_engine``)."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="READ COMMITTED")
+    return engine
+
+
 def writer(engine: Engine) -> Engine:
     """The engine for a transaction that writes: ``with writer(engine).begin() as conn``.
 
-    On SQLite it begins IMMEDIATE (takes the write lock first); elsewhere it is the engine.
+    On SQLite it begins IMMEDIATE (takes the write lock first); on PostgreSQL it begins a READ COMMITTED
+    transaction (``transactional``).
     """
-    return engine.execution_options(watcher_writes=True)
+    return transactional(engine).execution_options(watcher_writes=True)
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

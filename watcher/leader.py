@@ -88,8 +88,9 @@ class PostgresLeadership:
         seen in its next transaction, sessions are not kept.
         """
         probe = _advisory_key(f"{LOCK_NAME}-probe-{os.getpid()}")
+        engine = db.transactional(self._engine)  # the probe holds transactions open: reads alone run in autocommit
         try:
-            with self._engine.connect() as first:
+            with engine.connect() as first:
                 with first.begin():
                     pid = first.execute(text("SELECT pg_backend_pid()")).scalar()
                     first.execute(text("SELECT pg_advisory_lock(:k)"), {"k": probe})
@@ -97,7 +98,7 @@ class PostgresLeadership:
                 try:
                     borrowed = set()
                     for _ in range(3):
-                        other = self._engine.connect()
+                        other = engine.connect()
                         others.append(other)
                         other.begin()  # held open: the proxy cannot lend this session elsewhere meanwhile
                         borrowed.add(other.execute(text("SELECT pg_backend_pid()")).scalar())

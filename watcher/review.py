@@ -27,7 +27,7 @@ from . import db, state as states
 from .errors import RenderError, TransitionError, translate_db_errors
 from .models import Ticket, TicketEvent, utcnow
 from .settings import Settings, TicketSettings
-from .tickets import TicketInfo, get_ticket, ticket_events, view
+from .tickets import TicketInfo, events_of, events_read, get_ticket, ticket_events, view
 from .watches import EXTRA_WATCH, MCR_WATCH
 
 #: action -> (states it may start from, state it leads to)
@@ -261,14 +261,23 @@ def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: s
     """What templates see: the ticket's context, its review trail (unless ``trail`` is false: an empty one, for
     templates that do not show it), and (for a phase) the snippet objects."""
     data = view(ticket)
-    events = ticket_events(conn, ticket.id) if trail else None
+    read: tuple[list[states.ApprovedState], states.ApprovedState | None] | None = None
+    if trail and phase is not None:  # both reads wanted: one round trip
+        with translate_db_errors(f"reading ticket {ticket.id}'s events and approved states"):
+            event_rows, state_rows = db.read_together(conn, [
+                events_read(ticket.id), states.of_ticket_read(ticket.cloud, ticket.watch, ticket.id)])
+        events = events_of(event_rows)
+        read = states.of_ticket_from(state_rows, ticket.id)
+    else:
+        events = ticket_events(conn, ticket.id) if trail else None
     if events is not None:
         data["trail"] = [{"at": e.at.isoformat() if hasattr(e.at, "isoformat") else str(e.at), "actor": e.actor,
                           "action": e.action, "to_state": e.to_state, "comment": e.comment} for e in events]
     if phase is None and events is not None and not any(e.action in ("approve", "approve-adds") for e in events):
         approval: list[states.ApprovedState] = []  # every approval records its state and its event together
     else:
-        approval, latest = states.of_ticket(conn, ticket.cloud, ticket.watch, ticket.id)
+        approval, latest = read if read is not None else states.of_ticket(conn, ticket.cloud, ticket.watch,
+                                                                          ticket.id)
     data["approval"] = {"removals_at": approval[-1].removals_at.date().isoformat()
                         if approval and approval[-1].removals_at else None,
                         "additions_only": bool(approval) and approval[-1].removals_at is None}

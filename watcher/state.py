@@ -340,7 +340,16 @@ def of_ticket(conn: Connection, cloud: str, watch: str,
               ticket_id: int) -> tuple[list[ApprovedState], ApprovedState | None]:
     """(the states a ticket's approvals recorded, oldest first; the state in force for its watch), in one query;
     read without their tags (a ticket's text and snippets need the family lists alone)."""
-    rows = conn.execute(_OF_TICKET, {"cloud": cloud, "watch": watch, "ticket_id": ticket_id}).all()
+    return of_ticket_from(conn.execute(*of_ticket_read(cloud, watch, ticket_id)).all(), ticket_id)
+
+
+def of_ticket_read(cloud: str, watch: str, ticket_id: int) -> tuple[Any, dict[str, Any]]:
+    """The read of ``of_ticket`` (statement, parameters), for ``db.read_together``."""
+    return _OF_TICKET, {"cloud": cloud, "watch": watch, "ticket_id": ticket_id}
+
+
+def of_ticket_from(rows: Iterable[Any], ticket_id: int) -> tuple[list[ApprovedState], ApprovedState | None]:
+    """``of_ticket`` from the rows of its read."""
     found = [_state(r, tags=False) for r in rows]
     return [s for s in found if s.ticket_id == ticket_id], (found[-1] if found else None)
 

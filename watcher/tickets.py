@@ -551,7 +551,16 @@ _TICKET = select(Ticket.__table__).where(Ticket.__table__.c.id == bindparam("tic
 
 def ticket_events(conn: Connection, ticket_id: int) -> list[TicketEventInfo]:
     with translate_db_errors(f"reading the events of ticket {ticket_id}"):
-        rows = conn.execute(_EVENTS, {"ticket_id": ticket_id}).all()
+        rows = conn.execute(*events_read(ticket_id)).all()
+    return events_of(rows)
+
+
+def events_read(ticket_id: int) -> tuple[Any, dict[str, Any]]:
+    """The read of ``ticket_events`` (statement, parameters), for ``db.read_together``."""
+    return _EVENTS, {"ticket_id": ticket_id}
+
+
+def events_of(rows: Iterable[Any]) -> list[TicketEventInfo]:
     return [TicketEventInfo(r.at, r.actor, r.action, r.from_state, r.to_state, r.comment) for r in rows]
 
 
