@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,7 +19,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError, SQLAlchemyError
 
 from .errors import StoreError, database_detail
 
@@ -79,8 +80,51 @@ def create_db_engine(url: str) -> Engine:
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url)
+        _ping_when_idle(engine)
+        return engine
     raise StoreError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://")
+
+
+#: A pooled PostgreSQL connection back in the pool for less than this is handed out without a ping.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """``pool_pre_ping``, but only for a connection that has rested in the pool a while.
+
+    A ping is a round trip before every checkout: on a web page that reads the user and then the page, more
+    than the reads themselves. A connection given back under a second ago was working then; one that has
+    rested longer (the server may have restarted or cut it since) is pinged, and replaced when the ping fails,
+    as ``pool_pre_ping`` does. A server lost within that second fails one request, which a ping before it
+    could not have prevented either when lost a moment later.
+    """
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection, record):
+        record.info["watcher_checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy):
+        rested = time.monotonic() - record.info.get("watcher_checked_in", float("-inf"))
+        if rested < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+            if not dbapi_connection.autocommit:
+                dbapi_connection.rollback()  # the ping began a transaction: end it, as the pool's reset would
+        except engine.dialect.loaded_dbapi.Error as exc:  # the pool discards it and connects again
+            raise DisconnectionError(f"the pooled connection is gone: {exc}") from exc
+
+
+def reader(engine: Engine) -> Engine:
+    """The engine for reads that need no transaction around them (the web pages' reads).
+
+    On PostgreSQL it runs in autocommit: each statement sees what is committed when it starts, as in READ
+    COMMITTED (the default) within a transaction, without the BEGIN and the ROLLBACK, two round trips around
+    every connection's use. SQLite's transactions are local calls (and its snapshot is worth keeping):
+    the engine as it is.
+    """
+    return engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
 
 
 def _configure_sqlite(engine: Engine) -> None:
