@@ -134,6 +134,18 @@ def test_tag_series_has_one_point_per_publication_with_the_version_in_force() ->
         plots.plot_svg("x", points, "pie")
 
 
+def test_a_plot_draws_a_dot_per_point_until_they_would_smear_then_lines_alone() -> None:
+    def points(count: int) -> list[plots.SeriesPoint]:
+        return [plots.SeriesPoint(dt.date(2021, 1, 4) + dt.timedelta(weeks=i), 100 + i, 3, 25_600 + i, 65_536, i % 4 == 0)
+                for i in range(count)]
+
+    few, many = plots.MAX_POINTS_WITH_DOTS, plots.MAX_POINTS_WITH_DOTS + 1
+    for kind in plots.PLOT_KINDS:
+        assert plots.plot_svg("x", points(few), kind).count('class="dot ') == 2 * few
+        drawn = plots.plot_svg("x", points(many), kind)
+        assert 'class="dot ' not in drawn and drawn.count('class="line reactive nofill"') == 2  # both lines
+
+
 def test_family_sizes_count_overlaps_once_and_ipv6_in_64s() -> None:
     assert plots.family_sizes(["10.0.0.0/24", "10.0.0.128/25", "10.0.1.0/24", "192.168.0.1/32"]) == (4, 0, 513, 0)
     assert plots.family_sizes(["2001:db8::/48", "2001:db8::/56", "2001:db8:1::/64"]) == (0, 3, 0, 65537)
