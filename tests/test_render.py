@@ -393,3 +393,31 @@ def test_a_block_put_on_one_line_is_printed_as_is_and_other_line_breaks_are_not(
     assert _template('[{{ xs | each("{cidr}") | replace("0", "\\n") }}]', xs=xs).count("\n") == 0
     assert _template('[{{ data | tojson }}]', data={"a": "x\x7f\ny"}) == '[{"a": "x\\u007f\\ny"}]'  # JSON escapes
     assert _template('[{{ {"a": [1]} | tojson(indent=1) }}]').count("\n") == 0
+
+
+def test_netmask_gives_what_ipaddress_gives_and_refuses_what_it_refuses() -> None:
+    def by_ipaddress(text: str) -> str:
+        network = ipaddress.IPv4Network(text)
+        return f"{network.network_address} {network.netmask}"
+
+    cases = ["0.0.0.0/0", "255.255.255.255/32", "20.36.0.0/14", "10.0.0.0/8", "10.0.0.0", "192.168.1.128/25",
+             "10.0.0.1/24", "010.0.0.0/8", "10.0.0.0/08", "10.0.0.0/33", "1.2.3/24", "256.0.0.0/8", "10.0.0.0/-1"]
+    for text in cases:
+        render.netmask.cache_clear()
+        try:
+            expected = by_ipaddress(text)
+        except ValueError:
+            with pytest.raises(ValueError):
+                render.netmask(text)
+        else:
+            assert render.netmask(text) == expected, text
+
+
+def test_compile_templates_leaves_every_rule_template_and_its_includes_compiled() -> None:
+    from watcher.settings import TicketSettings
+
+    settings = TicketSettings()
+    render.compile_templates(settings, render.RULE_FORMATS)
+    env = render.Renderer(settings).env
+    compiled = {name for _, name in env.cache.keys()}
+    assert {render.template_name(f) for f in render.RULE_FORMATS} | {"rules/_header.j2"} <= compiled

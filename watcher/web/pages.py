@@ -91,7 +91,19 @@ class PageError(Exception):
         self.status = status
 
 
+def compile_templates(settings: Settings) -> None:
+    """The desk's templates and the snippets' rule templates, compiled before the first request needs them
+    (jinja2 keeps them per process; the first view of a ticket would otherwise compile ten templates)."""
+    for name in ENV.list_templates(extensions=("html",)):
+        ENV.get_template(name)
+    try:
+        render.compile_templates(settings.tickets, SNIPPET_FORMATS)
+    except WatcherError as exc:  # a missing template folder: the snippets' own render says so
+        log.warning("snippet templates not compiled: %s", exc)
+
+
 def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]:
+    compile_templates(settings)
     # The pages' reads: one connection per request, shared with the sign-in check (watcher.web.reads).
     reads = auth.request_reads()
 
