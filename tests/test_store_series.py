@@ -86,3 +86,18 @@ def test_each_stored_set_carries_its_sizes_and_migration_0015_counts_them_again(
             assert series.tag_series(conn, "china", "AzureCloud") == before
     finally:
         engine.dispose()
+
+
+def test_a_set_too_big_for_its_sizes_columns_is_stored_without_them_and_counted_when_read(engine: sa.Engine) -> None:
+    from tests.factory import build_file, file_name
+
+    weeks = [("20250101", ["10.0.0.0/24", "2001:db8::/48"]), ("20250108", ["10.0.0.0/24", "::/0"]),
+             ("20250115", ["10.0.0.0/24", "::/1", "8000::/1"])]
+    for number, (day, prefixes) in enumerate(weeks, start=1):
+        outcome = store.import_bytes(engine, build_file({"Wide": prefixes}, change_number=number), file_name(day))
+        assert outcome.outcome == "imported"
+    with engine.connect() as conn:
+        found = series.tag_series(conn, "public", "Wide")
+        nulls = conn.execute(sa.text("SELECT count(*) FROM contents WHERE v6_networks_64 IS NULL")).scalar()
+    assert nulls == 2  # ::/0, and ::/1 with 8000::/1: 2**64 /64 networks each
+    assert list(found.sizes.values()) == [(1, 1, 256, 1 << 16), (1, 1, 256, 1 << 64), (1, 2, 256, 1 << 64)]

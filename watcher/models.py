@@ -155,7 +155,8 @@ class Content(Base):
     depth: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The set's size per family (``address_space.family_sizes``), counted once when it is stored: a tag's
     # history then reads its sizes instead of recounting every version's set (the tag page's series).
-    # IPv6 space in /64 networks (a set covering 2**63 of them, half of all IPv6, is not a service tag).
+    # IPv6 space in /64 networks. NULL: not counted (a set of 2**63 /64s or more, ``::/1`` or ``::/0``, does not
+    # fit a BIGINT: counted when read, see ``address_space.storable_sizes``).
     v4_prefixes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     v6_prefixes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     v4_addresses: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

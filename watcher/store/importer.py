@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, String, bindparam, delete, func, inse
 from sqlalchemy import column as sa_column
 
 from .. import db, diff as diffs
-from ..address_space import family_sizes
+from ..address_space import family_sizes, storable_sizes
 from ..errors import ConflictError, ParseError, translate_db_errors
 from ..models import EntryManifest, Publication, TagVersion, utcnow
 from ..parse import (
@@ -332,7 +332,7 @@ def _write_contents(conn: Connection, plan: ImportPlan) -> None:
     stored = {bytes(h) for (h,) in fetch_in(conn, "SELECT hash FROM contents WHERE hash IN ({})", list(contents))}
     # Each new set's sizes are counted once, here (the tag page's series reads them; see models.Content).
     missing = [(h, count, *pack_content(encoded, base, plan.bases.get(base) if base else None),
-                *family_sizes(split_text(encoded)))
+                *storable_sizes(family_sizes(split_text(encoded))))
                for h, (count, encoded, base) in contents.items() if h not in stored]
     bulk_insert(conn, "contents", CONTENT_INSERT_COLUMNS, missing)
     remember_texts((digest, found.encoded) for digest, found in plan.contents.items())

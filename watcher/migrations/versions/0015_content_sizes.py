@@ -30,7 +30,7 @@ def upgrade() -> None:
         op.add_column("contents", sa.Column(name, kind(), nullable=True))
     # The counting is address_space's (pure arithmetic), the decoding the store's: a delta's text needs its
     # bases, which load_texts reads and decodes in order.
-    from watcher.address_space import family_sizes
+    from watcher.address_space import family_sizes, storable_sizes
     from watcher.store.packing import load_texts, split_text
 
     conn = op.get_bind()
@@ -39,7 +39,8 @@ def upgrade() -> None:
     hashes = [bytes(h) for (h,) in conn.execute(sa.select(contents.c.hash).order_by(contents.c.hash))]
     for start in range(0, len(hashes), BATCH):
         texts = load_texts(conn, hashes[start:start + BATCH], cached=False)
-        rows = [{"h": digest, **dict(zip((f"n_{n}" for n, _ in COLUMNS), family_sizes(split_text(found.text))))}
+        names = [f"n_{name}" for name, _ in COLUMNS]
+        rows = [{"h": digest, **dict(zip(names, storable_sizes(family_sizes(split_text(found.text)))))}
                 for digest, found in texts.items()]
         if rows:
             conn.execute(sa.update(contents).where(contents.c.hash == sa.bindparam("h"))
