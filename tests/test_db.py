@@ -1,3 +1,4 @@
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -97,3 +98,34 @@ def test_the_migration_lock_is_reentrant_and_released(db_url):
             other.dispose()
     finally:
         engine.dispose()
+
+
+def test_a_pooled_postgresql_connection_is_pinged_after_resting_and_replaced_when_cut(postgres_admin_url, monkeypatch):
+    """Only PostgreSQL pools network connections (SQLite opens a file): the ping is PostgreSQL's."""
+    engine = db.create_db_engine(postgres_admin_url)
+    admin = sa.create_engine(db.normalise_url(postgres_admin_url), poolclass=sa.pool.NullPool)
+
+    def pid_then_cut() -> int:
+        with engine.connect() as conn:
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        with admin.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        return pid
+
+    try:
+        # Rested longer than the bound (0 s here): pinged, found cut, replaced before the caller gets it.
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)
+        cut = pid_then_cut()
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() != cut
+        # Back in the pool a moment ago: handed out as it is (no round trip); a cut one fails that one use.
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)
+        pid_then_cut()
+        with pytest.raises(sa.exc.OperationalError):
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        with engine.connect() as conn:  # the pool dropped it: the next use connects again
+            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
+        admin.dispose()

@@ -38,6 +38,21 @@ def test_the_queue_puts_held_then_open_first_and_filters_by_state_watch_and_clou
     assert ticket_links(client.get("/?state=bogus").text) == []
 
 
+def test_a_page_takes_one_pooled_connection_and_the_queue_follows_every_review_step(
+    client: TestClient, engine: sa.Engine
+) -> None:
+    checkouts: list[int] = []
+    sa.event.listen(engine, "checkout", lambda *_: checkouts.append(1))
+    first = client.get("/")
+    assert first.status_code == 200 and len(checkouts) == 1  # the sign-in check and the page share it
+    client.get("/tag?name=Storage.EastUS2")
+    assert len(checkouts) == 2
+    assert ticket_links(client.get("/?state=open").text) == ["3"]
+    review.transition(engine, 3, "approve", "alice")  # the kept queue is keyed by the tickets' stamp
+    assert ticket_links(client.get("/?state=open").text) == []
+    assert ticket_links(client.get("/?state=approved").text)[0] == "3"
+
+
 def test_the_queue_pages_the_decided_tickets_and_reads_the_same_tickets_as_the_library(
     client: TestClient, engine: sa.Engine
 ) -> None:
