@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import html
 import datetime as dt
+import html
 import json
-import re
 import os
+import re
 import select
 import statistics
 import subprocess

@@ -14,7 +14,7 @@ import collections
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from .. import diff as diffs
 from ..address_space import Sizes, family_sizes
@@ -94,7 +94,11 @@ def _count(conn: Connection, hashes: set[bytes]) -> dict[bytes, Sizes]:
 def publications_stamp(conn: Connection, cloud: str) -> tuple[int, int | None]:
     """How many publications the cloud has and the newest id: it changes whenever a publication is imported
     (or a missing one back-filled), so it keys what is worked out from the history."""
-    p = Publication.__table__
     with translate_db_errors(f"counting the {cloud} publications"):
-        count, newest = conn.execute(select(func.count(), func.max(p.c.id)).where(p.c.cloud == cloud)).one()
+        count, newest = conn.execute(_PUBLICATIONS_STAMP, {"cloud": cloud}).one()
     return int(count), newest
+
+
+#: Built once (each tag page view runs it).
+_PUBLICATIONS_STAMP = select(func.count(), func.max(Publication.__table__.c.id)).where(
+    Publication.__table__.c.cloud == bindparam("cloud"))
