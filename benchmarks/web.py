@@ -1,6 +1,7 @@
 """The review desk's pages through the real app, each ÷ ``json.loads`` of one real Public file, side by side.
 
-    python -m benchmarks.web [--backends sqlite,postgresql] [--weeks 260] [--repeat 5] [--out FILE]
+    python -m benchmarks.web [--backends sqlite,postgresql] [--weeks 260] [--repeat 5] [--harness served]
+                             [--pages ticket,tag,queue] [--out FILE]
 
 Per backend (set-up untimed, fresh databases):
 
@@ -21,21 +22,28 @@ Per backend (set-up untimed, fresh databases):
 * **request_floor**: ``GET /static/desk.css`` (a 2 KB file: no sign-in, no database), what any request costs
   in this harness; a page cannot go below it.
 
-Requests go through the Starlette app in this process (``TestClient`` kept open, signed in as an approver),
-so the figures hold routing, sign-in, the library calls, templates and pygal, and no sockets. Each timed
-sample (a first view alone, or the mean of five repeated views) sits between two ``json.loads`` of the last
-real Public file. Targets: ticket and tag ≤ 0.5,
-queue ≤ 0.2 (``pass`` judges the repeated views: ticket, tag, queue).
+Requests go as a browser's do: to a ``watcher serve`` process (started per app below, on a free port of
+loopback, on the same database) over one keep-alive connection (``httpx``), signed in as an approver (the session
+cookie), accepting gzip. A "freshly made app" is a new process (a cold process: nothing cached, its templates
+compiled at start). So the figures hold the HTTP parsing, routing, sign-in, the library calls, templates, pygal
+and the bytes on loopback. ``--harness served,testclient`` adds the old in-process figures (Starlette's
+``TestClient``: no sockets, but its own per-request cost, most of its floor) under ``"testclient"``; the
+headline and ``pass`` are the served ones. Each timed sample (a first view alone, or the mean of five repeated
+views) sits between two ``json.loads`` of the last real Public file. Targets: ticket and tag ≤ 0.5, queue ≤ 0.2
+(``pass`` judges the repeated views: ticket, tag, queue).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import html
 import datetime as dt
+import html
 import json
+import os
 import re
+import select
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,6 +72,18 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+LAUNCHER = "import sys; from watcher.cli import main; sys.exit(main(prog_name='watcher'))"
+HARNESSES = ("served", "testclient")
+
+
+def add_bench_user(engine: Any) -> None:
+    from watcher import users
+
+    with engine.connect() as conn:
+        if users.find_user(conn, "bench") is None:
+            users.add_user(engine, "bench", "approver", PASSWORD)
+
+
 @contextlib.contextmanager
 def signed_in_client(settings: Any, engine: Any) -> Iterator[Any]:
     """A TestClient on a freshly made app, signed in as the approver ``bench`` (added once per database).
@@ -72,14 +92,73 @@ def signed_in_client(settings: Any, engine: Any) -> Iterator[Any]:
     (outside one, each request would start and stop a loop: ~2 ms that no server spends)."""
     from starlette.testclient import TestClient
 
-    from watcher import users, web
+    from watcher import web
 
-    with engine.connect() as conn:
-        if users.find_user(conn, "bench") is None:
-            users.add_user(engine, "bench", "approver", PASSWORD)
+    add_bench_user(engine)
     with TestClient(web.create_app(settings, engine, web.standalone_view(settings))) as client:
         sign_in(client)
         yield client
+
+
+def settings_toml(settings: Any) -> str:
+    """The watches of ``settings`` as a config file (what the benchmark's set-ups configure, nothing else)."""
+    def strings(values: Any) -> str:
+        return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+    lines = [f"tags = {strings(settings.extra_tags)}"]
+    for registry in settings.registries:
+        lines += ["[[registries]]", f"name = {json.dumps(registry.name)}", f"regions = {strings(registry.regions)}",
+                  f"data_endpoint = {'true' if registry.data_endpoint else 'false'}",
+                  f"cloud = {json.dumps(registry.cloud)}", f"tags = {strings(registry.extra_tags)}",
+                  f"firewalls = {strings(registry.firewalls)}"]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def served_client(settings: Any, database: Any, folder: Path) -> Iterator[Any]:
+    """A new ``watcher serve`` process on ``database`` (a free port of loopback) and an httpx keep-alive client
+    signed in to it as ``bench``, as a browser is: the process is stopped on leaving."""
+    import httpx
+
+    add_bench_user(database.engine)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "watcher.toml"
+    config.write_text(settings_toml(settings))
+    env = {"PYTHONPATH": str(REPO), "WATCHER_DATABASE_URL": database.url, "WATCHER_CONFIG": str(config),
+           "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    with open(folder / "serve.log", "ab") as errors:
+        process = subprocess.Popen([sys.executable, "-c", LAUNCHER, "serve", "--port", "0"], env=env,
+                                   stdout=subprocess.PIPE, stderr=errors, text=True)
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        line = process.stdout.readline().strip() if ready else ""
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"watcher serve did not start ({line!r}); see {folder / 'serve.log'}")
+        with httpx.Client(base_url=line.removeprefix("listening on "), timeout=120) as client:
+            sign_in(client)
+            yield client
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Harness:
+    """How the pages are asked for: ``served`` (a real server process per app) or ``testclient`` (in process)."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        if name not in HARNESSES:
+            raise ValueError(f"unknown harness {name!r} (known: {', '.join(HARNESSES)})")
+        self.name, self.folder = name, folder
+
+    def client(self, settings: Any, database: Any) -> Any:
+        """A context giving a signed-in client of a freshly made app (nothing of it cached yet)."""
+        if self.name == "served":
+            return served_client(settings, database, self.folder / "serve")
+        return signed_in_client(settings, database.engine)
 
 
 def sign_in(client: Any) -> None:
@@ -89,6 +168,8 @@ def sign_in(client: Any) -> None:
                          follow_redirects=False)
     if answer.status_code != 303:
         raise RuntimeError(f"sign-in failed: {answer.status_code}")
+    if "watcher_session" not in client.cookies:
+        raise RuntimeError("sign-in set no session cookie")
 
 
 def fetch_all(client: Any, paths: list[str]) -> int:
@@ -199,38 +280,46 @@ def _state(engine: Any, ticket_id: int) -> str:
 
 
 def measure_backend(backends: Backends, backend: str, files: list[RealFile], weeks: int, seed: int,
-                    repeat: int, pages: list[str], queue_weeks: int = QUEUE_WEEKS) -> dict[str, Any]:
+                    repeat: int, pages: list[str], harnesses: list[Harness],
+                    queue_weeks: int = QUEUE_WEEKS) -> dict[str, dict[str, Any]]:
+    """Per harness, the figures of ``pages`` (each set-up made once, measured through every harness)."""
     baseline = files[-1]
-    out: dict[str, Any] = {}
+    out: dict[str, dict[str, Any]] = {h.name: {} for h in harnesses}
     if "ticket" in pages:
-        out.update(measure_ticket(backends, backend, files, repeat))
+        _merge(out, measure_ticket(backends, backend, files, repeat, harnesses))
     if "tag" in pages:
-        out.update(measure_tag(backends, backend, baseline, weeks, seed, repeat))
+        _merge(out, measure_tag(backends, backend, baseline, weeks, seed, repeat, harnesses))
     if "queue" in pages:
-        out.update(measure_queue(backends, backend, baseline, repeat, queue_weeks))
+        _merge(out, measure_queue(backends, backend, baseline, repeat, harnesses, queue_weeks))
     return out
 
 
-def measure_ticket(backends: Backends, backend: str, files: list[RealFile], repeat: int) -> dict[str, Any]:
+def _merge(into: dict[str, dict[str, Any]], found: dict[str, dict[str, Any]]) -> None:
+    for harness, figures in found.items():
+        into[harness].update(figures)
+
+
+def measure_ticket(backends: Backends, backend: str, files: list[RealFile], repeat: int,
+                   harnesses: list[Harness]) -> dict[str, dict[str, Any]]:
     baseline, out = files[-1], {}
     with backends.fresh(backend) as database:
         log(f"  {backend}: ticket set-up (two real files, 20 watches)")
         config, ticket_id = ticket_setup(database.engine, files)
         paths = [f"/tickets/{ticket_id}"]
-        with signed_in_client(config, database.engine) as client:
-            fetch_all(client, paths)  # templates compile once per process
-        first, again = [], []
-        for _ in range(repeat):
-            with signed_in_client(config, database.engine) as client:  # a new app: its snippet cache is empty
-                first.append(timed_ratio(baseline, lambda: fetch_all(client, paths)))
-                again.append(timed_ratio(baseline, lambda: fetch_all(client, paths), VIEWS_PER_SAMPLE))
-        out["ticket"] = summary(again, paths)
-        out["ticket_first_view"] = summary(first, paths)
+        for harness in harnesses:
+            with harness.client(config, database) as client:
+                fetch_all(client, paths)  # the database's caches warm, as on a server that has run a while
+            first, again = [], []
+            for _ in range(repeat):
+                with harness.client(config, database) as client:  # a new app: its snippet cache is empty
+                    first.append(timed_ratio(baseline, lambda: fetch_all(client, paths)))
+                    again.append(timed_ratio(baseline, lambda: fetch_all(client, paths), VIEWS_PER_SAMPLE))
+            out[harness.name] = {"ticket": summary(again, paths), "ticket_first_view": summary(first, paths)}
     return out
 
 
 def measure_tag(backends: Backends, backend: str, baseline: RealFile, weeks: int, seed: int,
-                repeat: int) -> dict[str, Any]:
+                repeat: int, harnesses: list[Harness]) -> dict[str, dict[str, Any]]:
     out = {}
     with backends.fresh(backend) as database:
         log(f"  {backend}: tag set-up ({weeks} synthetic weeks)")
@@ -239,37 +328,40 @@ def measure_tag(backends: Backends, backend: str, baseline: RealFile, weeks: int
 
         config = Settings()
         paths = ["/tag?name=AzureCloud&cloud=public", "(its two plots, as the page names them)"]
-        cold, warm = [], []
-        for _ in range(repeat):
-            with signed_in_client(config, database.engine) as client:  # a new app: nothing cached in the process
-                cold.append(timed_ratio(baseline, lambda: fetch_with_images(client, paths[0])))
-                warm.append(timed_ratio(baseline, lambda: fetch_with_images(client, paths[0]), VIEWS_PER_SAMPLE))
-        out["tag"] = summary(warm, paths)
-        out["tag_first_view"] = summary(cold, paths)
-        html_only, html_only_again = [], []
-        for _ in range(repeat):
-            with signed_in_client(config, database.engine) as client:
-                html_only.append(timed_ratio(baseline, lambda: fetch_all(client, paths[:1])))
-                html_only_again.append(timed_ratio(baseline, lambda: fetch_all(client, paths[:1]), VIEWS_PER_SAMPLE))
-        out["tag_html_only"] = summary(html_only_again, paths[:1])
-        out["tag_html_only_first_view"] = summary(html_only, paths[:1])
+        for harness in harnesses:
+            cold, warm = [], []
+            for _ in range(repeat):
+                with harness.client(config, database) as client:  # a new app: nothing cached in the process
+                    cold.append(timed_ratio(baseline, lambda: fetch_with_images(client, paths[0])))
+                    warm.append(timed_ratio(baseline, lambda: fetch_with_images(client, paths[0]), VIEWS_PER_SAMPLE))
+            html_only, html_only_again = [], []
+            for _ in range(repeat):
+                with harness.client(config, database) as client:
+                    html_only.append(timed_ratio(baseline, lambda: fetch_all(client, paths[:1])))
+                    html_only_again.append(timed_ratio(baseline, lambda: fetch_all(client, paths[:1]),
+                                                       VIEWS_PER_SAMPLE))
+            out[harness.name] = {"tag": summary(warm, paths), "tag_first_view": summary(cold, paths),
+                                 "tag_html_only": summary(html_only_again, paths[:1]),
+                                 "tag_html_only_first_view": summary(html_only, paths[:1])}
     return out
 
 
-def measure_queue(backends: Backends, backend: str, baseline: RealFile, repeat: int,
-                  weeks: int = QUEUE_WEEKS) -> dict[str, Any]:
+def measure_queue(backends: Backends, backend: str, baseline: RealFile, repeat: int, harnesses: list[Harness],
+                  weeks: int = QUEUE_WEEKS) -> dict[str, dict[str, Any]]:
     out = {}
     with backends.fresh(backend) as database:
         log(f"  {backend}: queue set-up ({QUEUE_WATCHES * weeks} tickets)")
         config = queue_setup(database.engine, weeks)
-        with signed_in_client(config, database.engine) as client:
-            fetch_all(client, ["/"])
-            runs = [timed_ratio(baseline, lambda: fetch_all(client, ["/"]), VIEWS_PER_SAMPLE) for _ in range(repeat)]
-            # The floor under every figure: a request for a small static file (no sign-in, no database).
-            static = ["/static/desk.css"]
-            floor = [timed_ratio(baseline, lambda: fetch_all(client, static), VIEWS_PER_SAMPLE) for _ in range(repeat)]
-        out["queue"] = summary(runs, ["/"])
-        out["request_floor"] = summary(floor, static)
+        for harness in harnesses:
+            with harness.client(config, database) as client:
+                fetch_all(client, ["/"])
+                runs = [timed_ratio(baseline, lambda: fetch_all(client, ["/"]), VIEWS_PER_SAMPLE)
+                        for _ in range(repeat)]
+                # The floor under every figure: a request for a small static file (no sign-in, no database).
+                static = ["/static/desk.css"]
+                floor = [timed_ratio(baseline, lambda: fetch_all(client, static), VIEWS_PER_SAMPLE)
+                         for _ in range(repeat)]
+            out[harness.name] = {"queue": summary(runs, ["/"]), "request_floor": summary(floor, static)}
     return out
 
 
@@ -291,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pages", default="ticket,tag,queue", help="which pages to measure")
     parser.add_argument("--queue-weeks", type=int, default=QUEUE_WEEKS,
                         help=f"weeks of {QUEUE_WATCHES} tickets each in the queue (default {QUEUE_WEEKS}: 1,000 tickets)")
+    parser.add_argument("--harness", default="served",
+                        help="served (a watcher serve process, the headline), testclient (in process), or both")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     import logging
@@ -302,12 +396,21 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"targets": TARGETS, "weeks": args.weeks, "repeat": args.repeat,
                                "queue_tickets": QUEUE_WATCHES * args.queue_weeks,
                                "baseline": f"json.loads of {files[-1].name} ({len(files[-1].data)} bytes)"}
+    names = [h for h in args.harness.split(",") if h]
+    if "served" not in names:
+        parser.error("--harness must include served (the headline figures)")
+    results["harness"] = "watcher serve process, httpx keep-alive client signed in (a browser's path)"
     with workdir() as scratch:
+        harnesses = [Harness(name, scratch) for name in ["served", *(n for n in names if n != "served")]]
         backends = Backends(args.backends.split(","), scratch, args.postgres_url)
         try:
             for backend in backends.names:
-                results[backend] = measure_backend(backends, backend, files, args.weeks, args.seed, args.repeat, pages,
-                                                   args.queue_weeks)
+                found = measure_backend(backends, backend, files, args.weeks, args.seed, args.repeat, pages, harnesses,
+                                        args.queue_weeks)
+                results[backend] = found["served"]
+                for name in found:
+                    if name != "served":
+                        results.setdefault(name, {})[backend] = found[name]
         finally:
             backends.close()
     results["pass"] = all(results[b][page]["ratio_median"] <= TARGETS[page] for b in backends.names for page in pages)

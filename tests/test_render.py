@@ -427,3 +427,31 @@ def test_rows_of_text_subclasses_join_as_plain_text():
     assert render.each(marked[:1], "<{cidr}>") == "<10.0.0.0/24>" and known
     block = render.each(known, "{cidr}")
     assert str(block) is block  # printed without a copy
+
+
+def test_netmask_gives_what_ipaddress_gives_and_refuses_what_it_refuses() -> None:
+    def by_ipaddress(text: str) -> str:
+        network = ipaddress.IPv4Network(text)
+        return f"{network.network_address} {network.netmask}"
+
+    cases = ["0.0.0.0/0", "255.255.255.255/32", "20.36.0.0/14", "10.0.0.0/8", "10.0.0.0", "192.168.1.128/25",
+             "10.0.0.1/24", "010.0.0.0/8", "10.0.0.0/08", "10.0.0.0/33", "1.2.3/24", "256.0.0.0/8", "10.0.0.0/-1"]
+    for text in cases:
+        render.netmask.cache_clear()
+        try:
+            expected = by_ipaddress(text)
+        except ValueError:
+            with pytest.raises(ValueError):
+                render.netmask(text)
+        else:
+            assert render.netmask(text) == expected, text
+
+
+def test_compile_templates_leaves_every_rule_template_and_its_includes_compiled() -> None:
+    from watcher.settings import TicketSettings
+
+    settings = TicketSettings()
+    render.compile_templates(settings, render.RULE_FORMATS)
+    env = render.Renderer(settings).env
+    compiled = {name for _, name in env.cache.keys()}
+    assert {render.template_name(f) for f in render.RULE_FORMATS} | {"rules/_header.j2"} <= compiled

@@ -40,3 +40,64 @@ def test_the_series_from_spans_equals_history_and_a_recount_of_each_version(engi
                 assert found.sizes[entry.date] == address_space.family_sizes(snap.prefixes if snap else ()), \
                     (name, entry.date)
         assert max(lengths) > 8 and sum(1 for n in lengths if n > 3) >= 3, lengths  # long histories compared
+
+
+SIZE_COLUMNS = ("v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64")
+
+
+def stored_sizes(engine: sa.Engine) -> dict[bytes, tuple]:
+    with engine.connect() as conn:
+        return {bytes(h): tuple(rest) for h, *rest in conn.execute(sa.text(
+            f"SELECT hash, {', '.join(SIZE_COLUMNS)} FROM contents"))}
+
+
+def test_each_stored_set_carries_its_sizes_and_migration_0015_counts_them_again(db_url, servicetags_dir) -> None:
+    from tests.test_store_deltas import WEEKS, import_week, weekly_sets
+    from watcher import db
+    from watcher.store.packing import load_texts, split_text
+
+    engine = db.open_database(db_url)
+    try:
+        base = sorted((servicetags_dir / "china").glob("*.json.gz"))[-1]
+        for file in Generator(orjson.loads(file_bytes(base)), "china", START, seed=5).weeks(4):
+            assert store.import_bytes(engine, file.data, file.name).outcome == "imported"
+        sets = weekly_sets(4)  # a big tag stored as deltas against its previous set
+        for number, day in enumerate(WEEKS[:4], start=1):
+            import_week(engine, day, sets[number - 1], number)
+        written = stored_sizes(engine)
+        with engine.connect() as conn:
+            texts = load_texts(conn, written, cached=False)
+            assert conn.execute(sa.text("SELECT count(*) FROM contents WHERE depth IS NOT NULL")).scalar() > 0
+            before = series.tag_series(conn, "china", "AzureCloud")
+        assert set(texts) == set(written) and len(written) > 100
+        assert written == {h: address_space.family_sizes(split_text(t.text)) for h, t in texts.items()}
+        assert any(s[1] for s in written.values()) and any(s[3] > 1 for s in written.values())  # IPv6 among them
+
+        db.downgrade(engine, "0014")
+        with engine.connect() as conn:
+            assert set(SIZE_COLUMNS).isdisjoint(c["name"] for c in sa.inspect(conn).get_columns("contents"))
+        db.upgrade(engine)
+        assert stored_sizes(engine) == written
+        with engine.connect() as conn:
+            assert series.tag_series(conn, "china", "AzureCloud") == before
+        with engine.begin() as conn:  # a set stored without its sizes is counted when read
+            conn.execute(sa.text(f"UPDATE contents SET {', '.join(f'{c} = NULL' for c in SIZE_COLUMNS)}"))
+        with engine.connect() as conn:
+            assert series.tag_series(conn, "china", "AzureCloud") == before
+    finally:
+        engine.dispose()
+
+
+def test_a_set_too_big_for_its_sizes_columns_is_stored_without_them_and_counted_when_read(engine: sa.Engine) -> None:
+    from tests.factory import build_file, file_name
+
+    weeks = [("20250101", ["10.0.0.0/24", "2001:db8::/48"]), ("20250108", ["10.0.0.0/24", "::/0"]),
+             ("20250115", ["10.0.0.0/24", "::/1", "8000::/1"])]
+    for number, (day, prefixes) in enumerate(weeks, start=1):
+        outcome = store.import_bytes(engine, build_file({"Wide": prefixes}, change_number=number), file_name(day))
+        assert outcome.outcome == "imported"
+    with engine.connect() as conn:
+        found = series.tag_series(conn, "public", "Wide")
+        nulls = conn.execute(sa.text("SELECT count(*) FROM contents WHERE v6_networks_64 IS NULL")).scalar()
+    assert nulls == 2  # ::/0, and ::/1 with 8000::/1: 2**64 /64 networks each
+    assert list(found.sizes.values()) == [(1, 1, 256, 1 << 16), (1, 1, 256, 1 << 64), (1, 2, 256, 1 << 64)]

@@ -38,6 +38,21 @@ def test_the_queue_puts_held_then_open_first_and_filters_by_state_watch_and_clou
     assert ticket_links(client.get("/?state=bogus").text) == []
 
 
+def test_a_page_takes_one_pooled_connection_and_the_queue_follows_every_review_step(
+    client: TestClient, engine: sa.Engine
+) -> None:
+    checkouts: list[int] = []
+    sa.event.listen(engine, "checkout", lambda *_: checkouts.append(1))
+    first = client.get("/")
+    assert first.status_code == 200 and len(checkouts) == 1  # the sign-in check and the page share it
+    client.get("/tag?name=Storage.EastUS2")
+    assert len(checkouts) == 2
+    assert ticket_links(client.get("/?state=open").text) == ["3"]
+    review.transition(engine, 3, "approve", "alice")  # the kept queue is keyed by the tickets' stamp
+    assert ticket_links(client.get("/?state=open").text) == []
+    assert ticket_links(client.get("/?state=approved").text)[0] == "3"
+
+
 def test_the_queue_pages_the_decided_tickets_and_reads_the_same_tickets_as_the_library(
     client: TestClient, engine: sa.Engine
 ) -> None:
@@ -132,6 +147,18 @@ def test_tag_series_has_one_point_per_publication_with_the_version_in_force() ->
         (1, 0, 0, 0, 0, False), (8, 2, 1, 256, 65536, True), (15, 2, 1, 256, 65536, False), (22, 0, 0, 0, 0, True)]
     with pytest.raises(ValueError, match="unknown plot"):
         plots.plot_svg("x", points, "pie")
+
+
+def test_a_plot_draws_a_dot_per_point_until_they_would_smear_then_lines_alone() -> None:
+    def points(count: int) -> list[plots.SeriesPoint]:
+        return [plots.SeriesPoint(dt.date(2021, 1, 4) + dt.timedelta(weeks=i), 100 + i, 3, 25_600 + i, 65_536, i % 4 == 0)
+                for i in range(count)]
+
+    few, many = plots.MAX_POINTS_WITH_DOTS, plots.MAX_POINTS_WITH_DOTS + 1
+    for kind in plots.PLOT_KINDS:
+        assert plots.plot_svg("x", points(few), kind).count('class="dot ') == 2 * few
+        drawn = plots.plot_svg("x", points(many), kind)
+        assert 'class="dot ' not in drawn and drawn.count('class="line reactive nofill"') == 2  # both lines
 
 
 def test_family_sizes_count_overlaps_once_and_ipv6_in_64s() -> None:

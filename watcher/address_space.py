@@ -57,6 +57,16 @@ def family_sizes(prefixes: Iterable[str]) -> Sizes:
     return _sizes(len(spans[4]), len(spans[6]), _merged_size(spans[4]), _merged_size(spans[6]))
 
 
+#: A database BIGINT's bound: a set covering 2**63 or more /64 networks (``::/1``, ``::/0``: held as
+#: implausible, but stored) cannot keep its sizes in ``contents``.
+STORABLE_BELOW = 1 << 63
+
+
+def storable_sizes(sizes: Sizes) -> tuple[int | None, int | None, int | None, int | None]:
+    """``sizes`` as ``contents`` keeps them, or all None when they do not fit (counted again when read)."""
+    return sizes if max(sizes) < STORABLE_BELOW else (None, None, None, None)
+
+
 class _Family:
     """One family's present prefixes and outermost prefixes, as sorted (first, -end) keys: at one start the
     larger block sorts first."""

@@ -51,6 +51,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -152,6 +153,14 @@ class Content(Base):
     base_hash: Mapped[bytes | None] = mapped_column(LargeBinary(16), nullable=True)
     #: deltas to decode down to a full copy (1: the base is one); NULL for a full copy
     depth: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The set's size per family (``address_space.family_sizes``), counted once when it is stored: a tag's
+    # history then reads its sizes instead of recounting every version's set (the tag page's series).
+    # IPv6 space in /64 networks. NULL: not counted (a set of 2**63 /64s or more, ``::/1`` or ``::/0``, does not
+    # fit a BIGINT: counted when read, see ``address_space.storable_sizes``).
+    v4_prefixes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    v6_prefixes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    v4_addresses: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    v6_networks_64: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class TagVersion(Base):

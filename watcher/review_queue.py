@@ -16,7 +16,7 @@ from sqlalchemy import JSON, Connection, and_, case, cast, func, select
 
 from . import tickets
 from .errors import translate_db_errors
-from .models import Ticket
+from .models import Ticket, TicketEvent
 
 #: Decided tickets shown per page of the queue.
 DECIDED_PAGE = 50
@@ -100,9 +100,18 @@ def review_queue(conn: Connection, state: str | None = None, watch: str | None =
     return ReviewQueue(live, decided, total, decided_offset, decided_limit, watches, clouds)
 
 
-def tickets_stamp(conn: Connection) -> tuple[int, int | None, object]:
-    """How many tickets there are, the newest id and the latest change: it moves with every new ticket and
-    every review step, so it keys what is worked out from the queue."""
+def tickets_stamp(conn: Connection) -> tuple[int, int | None, int | None]:
+    """How many tickets there are, the newest ticket id and the newest event id: it moves with every new ticket
+    and every review step (each change of a ticket's state writes an event), so it keys what is worked out
+    from the queue. Three index look-ups: ``max(updated_at)`` would read every ticket row, contexts and all
+    (1,000 tickets: a few milliseconds, most of a queue view)."""
     with translate_db_errors("reading the review queue"):
-        count, newest, changed = conn.execute(select(func.count(), func.max(Ticket.id), func.max(Ticket.updated_at))).one()
+        count, newest, changed = conn.execute(_TICKETS_STAMP).one()
     return int(count), newest, changed
+
+
+#: Built once (each queue view runs it; building it cost more than SQLite's answer).
+_TICKETS_STAMP = select(
+    select(func.count()).select_from(Ticket.__table__).scalar_subquery(),
+    select(func.max(Ticket.__table__.c.id)).scalar_subquery(),
+    select(func.max(TicketEvent.__table__.c.id)).scalar_subquery())

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import db
@@ -140,8 +140,13 @@ def get_user(conn: Connection, name: str) -> UserInfo:
     return found
 
 
+#: Built once: every signed-in request runs it, and building a statement (and its cache key) costs more than
+#: SQLite's answer (~0.2 ms of a page's few).
+_FIND_USER = select(User.__table__).where(User.__table__.c.name == bindparam("name"))
+
+
 def find_user(conn: Connection, name: str) -> UserInfo | None:
-    row = conn.execute(select(User.__table__).where(User.__table__.c.name == name)).first()
+    row = conn.execute(_FIND_USER, {"name": name}).first()
     return _user(row) if row else None
 
 

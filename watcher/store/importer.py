@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Engine, String, bindparam, delete, func, inse
 from sqlalchemy import column as sa_column
 
 from .. import db, diff as diffs
+from ..address_space import family_sizes, storable_sizes
 from ..errors import ConflictError, ParseError, translate_db_errors
 from ..models import EntryManifest, Publication, TagVersion, utcnow
 from ..parse import (
@@ -328,12 +329,19 @@ def _write(conn: Connection, parsed: ParsedFile, source: str, plan: ImportPlan, 
     return publication_id, new_tag_ids
 
 
+CONTENT_INSERT_COLUMNS = ("hash", "prefix_count", "prefixes", "base_hash", "depth", "v4_prefixes", "v6_prefixes",
+                          "v4_addresses", "v6_networks_64")
+
+
 def _write_contents(conn: Connection, plan: ImportPlan) -> None:
     contents = {EMPTY_HASH: NewContent(0, b""), **plan.contents}  # what withdrawn versions point to
     stored = {bytes(h) for (h,) in fetch_in(conn, "SELECT hash FROM contents WHERE hash IN ({})", list(contents))}
-    missing = [(h, new.prefix_count, *pack_content(new.encoded, new.base, plan.bases.get(new.base) if new.base else None))
+    # Each new set's sizes are counted once, here (the tag page's series reads them; see models.Content).
+    missing = [(h, new.prefix_count,
+                *pack_content(new.encoded, new.base, plan.bases.get(new.base) if new.base else None),
+                *storable_sizes(family_sizes(new.prefixes or split_text(new.encoded))))
                for h, new in contents.items() if h not in stored]
-    bulk_insert(conn, "contents", ("hash", "prefix_count", "prefixes", "base_hash", "depth"), missing)
+    bulk_insert(conn, "contents", CONTENT_INSERT_COLUMNS, missing)
     remember_texts((digest, found.encoded) for digest, found in plan.contents.items())
     remember_prefix_lists((digest, found.prefixes) for digest, found in plan.contents.items())
 

@@ -19,7 +19,7 @@ from operator import itemgetter
 from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import zstandard
-from sqlalchemy import Boolean, Connection, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, Connection, Integer, LargeBinary, String
 
 from ..parse import encode_prefixes
 from ..prefixes import decode_prefixes
@@ -198,7 +198,8 @@ def _text_int_rows(rows: Sequence[tuple], constant: tuple[int | None, ...]) -> b
     return "".join(pieces).encode()
 
 
-_BINARY_COPY_TYPES = {Integer: "int4", String: "text", LargeBinary: "bytea", Boolean: "bool"}
+#: First match wins: BigInteger is an Integer to SQLAlchemy, and must be sent as int8.
+_BINARY_COPY_TYPES = {BigInteger: "int8", Integer: "int4", String: "text", LargeBinary: "bytea", Boolean: "bool"}
 
 
 @functools.lru_cache(maxsize=64)

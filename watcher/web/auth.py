@@ -36,6 +36,7 @@ from starlette.responses import Response
 from .. import users
 from ..settings import WebSettings
 from ..users import UserInfo
+from .reads import RequestReads
 
 SESSION_COOKIE = "watcher_session"
 CSRF_COOKIE = "watcher_csrf"
@@ -88,13 +89,22 @@ class Authenticator:
     tls: bool
     limiter: LoginLimiter
     clock: Callable[[], float] = time.time
+    #: where the per-request reads (who is signed in) go: the request's one connection (watcher.web.reads)
+    reads: RequestReads | None = None
     _key: bytes | None = field(default=None, repr=False)
     _key_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls, settings: WebSettings, engine: Engine) -> "Authenticator":
         return cls(settings=settings, engine=engine, tls=bool(settings.tls_cert and settings.tls_key),
-                   limiter=LoginLimiter(settings.login_attempts, settings.login_window_seconds))
+                   limiter=LoginLimiter(settings.login_attempts, settings.login_window_seconds),
+                   reads=RequestReads(engine))
+
+    def request_reads(self) -> RequestReads:
+        """The per-request reads (made here for an Authenticator built without ``create``)."""
+        if self.reads is None:
+            self.reads = RequestReads(self.engine)
+        return self.reads
 
     @property
     def key(self) -> bytes:
@@ -126,7 +136,7 @@ class Authenticator:
         data = json.loads(payload)
         if data["e"] < self.clock():
             return None
-        with self.engine.connect() as conn:
+        with self.request_reads().connect() as conn:
             user = users.find_user(conn, data["u"])
         return user if user is not None and hmac.compare_digest(user.session_stamp, data["s"]) else None
 
@@ -141,13 +151,13 @@ class Authenticator:
         """The signed-in user: by bearer token, by the trusted proxy's header, or by session cookie."""
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
-            with self.engine.connect() as conn:
+            with self.request_reads().connect() as conn:
                 return users.user_of_token(conn, header[7:].strip())
         proxy_header = self.settings.trusted_proxy_header
         if proxy_header and request.client and request.client.host in self.settings.trusted_proxies:
             name = request.headers.get(proxy_header)
             if name:
-                with self.engine.connect() as conn:
+                with self.request_reads().connect() as conn:
                     return users.find_user(conn, name.strip())
         cookie = request.cookies.get(SESSION_COOKIE)
         return self._session_user(cookie) if cookie else None

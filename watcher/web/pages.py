@@ -91,7 +91,22 @@ class PageError(Exception):
         self.status = status
 
 
+def compile_templates(settings: Settings) -> None:
+    """The desk's templates and the snippets' rule templates, compiled before the first request needs them
+    (jinja2 keeps them per process; the first view of a ticket would otherwise compile ten templates)."""
+    for name in ENV.list_templates(extensions=("html",)):
+        ENV.get_template(name)
+    try:
+        render.compile_templates(settings.tickets, SNIPPET_FORMATS)
+    except WatcherError as exc:  # a missing template folder: the snippets' own render says so
+        log.warning("snippet templates not compiled: %s", exc)
+
+
 def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]:
+    compile_templates(settings)
+    # The pages' reads: one connection per request, shared with the sign-in check (watcher.web.reads).
+    reads = auth.request_reads()
+
     def page(template: str, request: Request, user: UserInfo | None, status: int = 200, **values: Any) -> Response:
         seed, new = auth.csrf_seed(request)
         html = ENV.get_template(template).render(user=user, csrf_field=CSRF_FIELD, csrf=auth.csrf_token(seed),
@@ -109,10 +124,13 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
             user = auth.user(request)
             return view(request, user) if user is not None else None
 
+        def with_one_connection(request: Request) -> Response | None:
+            return reads.within(as_user, request)
+
         async def endpoint(request: Request) -> Response:
             try:
                 # One trip to the thread pool for the user and the page (each trip costs a thread hand-over).
-                response = await run_in_threadpool(as_user, request)
+                response = await run_in_threadpool(with_one_connection, request)
                 if response is None:
                     return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
                 return response
@@ -184,7 +202,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         except ValueError:
             offset = 0
         now = dt.datetime.now(dt.timezone.utc)
-        with engine.connect() as conn:
+        with reads.connect() as conn:
             key = (*review_queue.tickets_stamp(conn), now.strftime("%Y%m%d%H%M"), *wanted.values(), offset)
             body = queue_cache.get(key)
             if body is None:
@@ -217,7 +235,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
     def ticket_page(request: Request, user: UserInfo, message: str = "", status: int = 200) -> Response:
         ticket_id = int(request.path_params["ticket_id"])
         now = dt.datetime.now(dt.timezone.utc)
-        with engine.connect() as conn:
+        with reads.connect() as conn:
             stamp = ticket_detail.page_stamp(conn, ticket_id)
             # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
             if stamp.own is not None:
@@ -273,7 +291,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         phase = request.query_params.get("phase", "add")
         if fmt not in SNIPPET_FORMATS or phase not in review.PHASES:
             raise PageError(404, f"no snippet format {fmt!r} with phase {phase!r}")
-        with engine.connect() as conn:
+        with reads.connect() as conn:
             text = render.render_ticket(conn, settings, tickets.get_ticket(conn, ticket_id), fmt, phase)
         return PlainTextResponse(text, headers={
             "Content-Disposition": f'attachment; filename="ticket-{ticket_id}-{phase}.{fmt}.txt"'})
@@ -287,7 +305,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
     svg_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
 
     def tag_history(cloud: str, name: str) -> tuple[tuple[Any, ...], str, list[Any], list[plots.SeriesPoint], list[Any]]:
-        with engine.connect() as conn:
+        with reads.connect() as conn:
             key = (cloud, name, *series.publications_stamp(conn, cloud))
             cached = series_cache.get(key)
             if cached is None:
@@ -304,7 +322,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         compare = None
         first, second = request.query_params.get("from") or "", request.query_params.get("to") or ""
         if first and second:
-            with engine.connect() as conn:
+            with reads.connect() as conn:
                 old = store.resolve_publication(conn, cloud, first)
                 new = store.resolve_publication(conn, cloud, second)
                 compare = [c.to_json(old, new) for c in store.diff_publications(conn, cloud, old, new, [real])]
@@ -349,7 +367,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
     def watch_page(request: Request, user: UserInfo) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
         now = dt.datetime.now(dt.timezone.utc)
-        with engine.connect() as conn:
+        with reads.connect() as conn:
             approved = states.current(conn, cloud, name)
             found = [t for t in tickets.list_tickets(conn) if t.watch == name and t.cloud == cloud]
         if approved is None and not found:
@@ -362,7 +380,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         cloud = api.cloud_of(request.query_params.get("cloud"))
         hits, pub, message = [], None, ""
         if address:
-            with engine.connect() as conn:
+            with reads.connect() as conn:
                 try:
                     pub = store.resolve_publication(conn, cloud, "latest")
                     hits = store.lookup(conn, cloud, address, pub)
@@ -372,13 +390,13 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
 
     def publications_page(request: Request, user: UserInfo) -> Response:
         cloud = api.cloud_of(request.query_params.get("cloud"))
-        with engine.connect() as conn:
+        with reads.connect() as conn:
             pubs = store.publications(conn, cloud)
         return page("publications.html", request, user, cloud=cloud, pubs=list(reversed(pubs)),
                     gaps=publication_gaps([p.file_date for p in pubs], settings.daemon.stale_after_days))
 
     def health_page(request: Request, user: UserInfo) -> Response:
-        with engine.connect() as conn:
+        with reads.connect() as conn:
             report = overview.status_report(conn, settings, dt.datetime.now(dt.timezone.utc)).to_json()
         return page("health.html", request, user, report=report)
 

@@ -1,0 +1,45 @@
+"""One database connection per request for the pages' reads.
+
+A page asks who is signed in, then reads what it shows: each ``engine.connect()`` is a checkout from the pool
+(and on PostgreSQL a round trip or more around it). ``RequestReads.connect`` hands out the connection the
+request already holds, so the sign-in check and the page share one. Requests run in Starlette's thread pool,
+one request per thread at a time: the held connection is kept per thread.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable, Iterator, TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from .. import db
+
+T = TypeVar("T")
+
+
+class RequestReads:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine  # on PostgreSQL its reads run in autocommit (``db.create_db_engine``)
+        self._held = threading.local()
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """The request's connection if it holds one, else a connection of its own for this block."""
+        held = getattr(self._held, "conn", None)
+        if held is not None:
+            yield held
+            return
+        with self.engine.connect() as conn:
+            yield conn
+
+    def within(self, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work`` holding one connection: every ``connect`` inside it gets that one."""
+        if getattr(self._held, "conn", None) is not None:
+            return work(*args)
+        with self.engine.connect() as conn:
+            self._held.conn = conn
+            try:
+                return work(*args)
+            finally:
+                self._held.conn = None
