@@ -1,6 +1,7 @@
 """The pages in-process: queue order and filters, snippet downloads, clear errors; the plot series (pure)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import html
 import re
@@ -149,7 +150,7 @@ def test_tag_series_has_one_point_per_publication_with_the_version_in_force() ->
         plots.plot_svg("x", points, "pie")
 
 
-def test_a_plot_draws_a_dot_per_point_until_they_would_smear_then_lines_alone() -> None:
+def test_a_plot_draws_a_dot_per_point_until_they_would_smear_then_lines_and_the_changes_alone() -> None:
     def points(count: int) -> list[plots.SeriesPoint]:
         return [plots.SeriesPoint(dt.date(2021, 1, 4) + dt.timedelta(weeks=i), 100 + i, 3, 25_600 + i, 65_536, i % 4 == 0)
                 for i in range(count)]
@@ -158,7 +159,12 @@ def test_a_plot_draws_a_dot_per_point_until_they_would_smear_then_lines_alone() 
     for kind in plots.PLOT_KINDS:
         assert plots.plot_svg("x", points(few), kind).count('class="dot ') == 2 * few
         drawn = plots.plot_svg("x", points(many), kind)
-        assert 'class="dot ' not in drawn and drawn.count('class="line reactive nofill"') == 2  # both lines
+        assert drawn.count('class="line reactive nofill"') == 2  # both lines, and no line through the changes
+        changes = sum(1 for p in points(many) if p.changed)
+        assert drawn.count('class="dot ') == changes == 16  # a dot at each change, none elsewhere
+        busy = [dataclasses.replace(p, changed=True) for p in points(many)]  # dots at every point would smear
+        drawn = plots.plot_svg("x", busy, kind)
+        assert 'class="dot ' not in drawn and f"({many} of {many} publications changed it)" in drawn
 
 
 def test_family_sizes_count_overlaps_once_and_ipv6_in_64s() -> None:

@@ -38,7 +38,7 @@ from .planner import ImportPlan, NewContent, plan_import, withdrawn_tags
 from .records import (
     EMPTY_HASH, ImportHook, ImportResult, PublicationInfo, VersionInfo, missed_count, missed_note, publication_from_row,
 )
-from .packing import decoded_contents, load_texts, pack_content, remember_prefix_lists, remember_texts
+from .packing import decoded_contents, load_texts, pack_content, remember_prefix_lists, remember_texts, split_text
 from .sql import bulk_insert, fetch_in, no_collector_pauses, update_rows
 from .versions import Versions, tag_ids_of, uint32s, versions_at, versions_before
 

@@ -65,8 +65,9 @@ def tag_series(publication_dates: Sequence[dt.date], versions: Sequence[VersionP
 
 
 def plot_svg(tag: str, points: Sequence[SeriesPoint], kind: str) -> str:
-    """The plot of ``kind`` (prefixes or space) as a standalone SVG document; changes are the larger dots (up to
-    ``MAX_POINTS_WITH_DOTS`` points; past that, lines alone)."""
+    """The plot of ``kind`` (prefixes or space) as a standalone SVG document; changes are the larger dots (past
+    ``MAX_POINTS_WITH_DOTS`` points, lines without dots and a series of dots at the changes alone, or, past as
+    many changes, their count in the title)."""
     if kind not in PLOT_KINDS:
         raise ValueError(f"unknown plot {kind!r} (known: {', '.join(PLOT_KINDS)})")
     title = f"{tag}: prefixes per family" if kind == "prefixes" else f"{tag}: address space per family"
@@ -87,4 +88,12 @@ def plot_svg(tag: str, points: Sequence[SeriesPoint], kind: str) -> str:
                    "label": "changed" if p.changed else ""} for p in points] if dots \
             else [getattr(p, field) for p in points]
         chart.add(label, values, secondary=kind == "space" and both and field == "v6_networks_64")
+    changes = sum(p.changed for p in points)
+    if not dots and changes <= MAX_POINTS_WITH_DOTS:
+        # The changes stay marked: one series of dots alone, on the first family's line, at the publications
+        # that started a version (the unchanged weeks draw nothing).
+        chart.add("changed", [getattr(p, first[1]) if p.changed else None for p in points], show_dots=True,
+                  stroke=False, dots_size=4)
+    elif not dots:  # a tag that changes nearly every week: dots at the changes would smear as well; say it
+        chart.title = f"{title} ({changes} of {len(points)} publications changed it)"
     return chart.render(is_unicode=True)

@@ -13,8 +13,6 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from .. import db
-
 T = TypeVar("T")
 
 
