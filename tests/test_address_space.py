@@ -45,3 +45,30 @@ def test_a_block_inside_another_adds_no_space_until_the_outer_one_goes() -> None
     assert tracker.apply([], ["10.0.0.0/24"]) == (2, 0, 192, 0)
     assert tracker.apply(["10.0.0.0/23"], []) == (3, 0, 512, 0)
     assert tracker.apply(["fd00::/64", "fd00::/65"], ["10.0.0.0/25"]) == (2, 2, 512, 1)
+
+
+def _sizes_one_prefix_at_a_time(prefixes: list[str]) -> tuple[int, int, int, int]:
+    spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+    for prefix in prefixes:
+        family, first, end = address_space.prefix_span(prefix)
+        spans[family].append((first, end))
+    return address_space._sizes(len(spans[4]), len(spans[6]), address_space._merged_size(spans[4]),
+                                address_space._merged_size(spans[6]))
+
+
+def test_family_sizes_counted_a_list_at_a_time_equal_a_span_per_prefix(public_files) -> None:
+    import gzip
+    import json
+
+    document = json.loads(gzip.decompress(public_files[-1].read_bytes()))
+    for entry in document["values"]:
+        prefixes = entry["properties"]["addressPrefixes"]
+        assert address_space.family_sizes(prefixes) == _sizes_one_prefix_at_a_time(prefixes), entry["name"]
+    awkward = [[], ["10.0.0.0/8", "10.1.0.0/16"], ["10.0.0.5/24"], ["10.0.0.0"], ["::/0"], ["0.0.0.0/0", "::/0"],
+               ["2001:db8::/48", "2001:db8::/56", "2001:db8:1::/64"], ["10.0.0.0/24", "10.0.0.0/24"],
+               ["10.0.0.0/25", "10.0.0.128/25", "10.0.1.0/24"], ["2001:db8::1/128"]]
+    rng = random.Random(7)
+    awkward += [[f"10.{rng.randrange(4)}.{rng.randrange(256)}.0/{rng.randrange(16, 25)}" for _ in range(200)]]
+    for prefixes in awkward:
+        assert address_space.family_sizes(prefixes) == _sizes_one_prefix_at_a_time(prefixes), prefixes
+        assert address_space.family_sizes(iter(prefixes)) == _sizes_one_prefix_at_a_time(prefixes)
