@@ -13,10 +13,11 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
-        from watcher.db import create_db_engine
+        from watcher.db import create_db_engine, writer
 
         url = config.get_main_option("sqlalchemy.url")
-        engine = create_db_engine(url) if url else create_engine("sqlite:///watcher.db")
+        # writer: a real transaction around the migrations (PostgreSQL's engine otherwise runs in autocommit)
+        engine = writer(create_db_engine(url) if url else create_engine("sqlite:///watcher.db"))
     with engine.connect() as connection:
         context.configure(
             connection=connection,

@@ -23,21 +23,24 @@ class RequestReads:
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
-        """The request's connection if it holds one, else a connection of its own for this block."""
-        held = getattr(self._held, "conn", None)
-        if held is not None:
-            yield held
+        """The request's connection if it holds one (taken at its first use), else one of its own for this block."""
+        if not getattr(self._held, "holding", False):
+            with self.engine.connect() as conn:
+                yield conn
             return
-        with self.engine.connect() as conn:
-            yield conn
+        if self._held.conn is None:
+            self._held.conn = self.engine.connect()
+        yield self._held.conn
 
     def within(self, work: Callable[..., T], *args: Any) -> T:
-        """Run ``work`` holding one connection: every ``connect`` inside it gets that one."""
-        if getattr(self._held, "conn", None) is not None:
+        """Run ``work`` holding one connection: every ``connect`` inside it gets that one. It is taken at the first
+        ``connect``, so a request that reads nothing (no session cookie: off to the sign-in page) takes none."""
+        if getattr(self._held, "holding", False):
             return work(*args)
-        with self.engine.connect() as conn:
-            self._held.conn = conn
-            try:
-                return work(*args)
-            finally:
-                self._held.conn = None
+        self._held.holding, self._held.conn = True, None
+        try:
+            return work(*args)
+        finally:
+            conn, self._held.holding, self._held.conn = self._held.conn, False, None
+            if conn is not None:
+                conn.close()

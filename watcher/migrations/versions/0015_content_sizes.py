@@ -11,8 +11,10 @@ Revision ID: 0015
 Revises: 0014
 Create Date: 2026-12-01
 """
-from alembic import op
+import logging
+
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0015"
 down_revision = "0014"
@@ -21,6 +23,7 @@ depends_on = None
 
 COLUMNS = (("v4_prefixes", sa.Integer), ("v6_prefixes", sa.Integer), ("v4_addresses", sa.BigInteger),
            ("v6_networks_64", sa.BigInteger))
+log = logging.getLogger(__name__)
 #: Contents counted per batch: their texts (AzureCloud's ~300 KB each) are decoded together.
 BATCH = 200
 
@@ -31,14 +34,29 @@ def upgrade() -> None:
     # The counting is address_space's (pure arithmetic), the decoding the store's: a delta's text needs its
     # bases, which load_texts reads and decodes in order.
     from watcher.address_space import family_sizes, storable_sizes
-    from watcher.store.packing import load_texts, split_text
+    from watcher.store.packing import MissingBase, load_texts, split_text
+
+    def texts_of(batch: list[bytes]) -> dict:
+        try:
+            return load_texts(conn, batch, cached=False)
+        except MissingBase:
+            # A damaged delta chain (``watcher db check`` reports it) must not stop the upgrade: the readable
+            # contents get their sizes, the others stay NULL and are counted when read, as a too-big one is.
+            found = {}
+            for digest in batch:
+                try:
+                    found.update(load_texts(conn, [digest], cached=False))
+                except MissingBase:
+                    log.warning("content %s: its delta's base is missing; its sizes are left to be counted "
+                                "when read", digest.hex())
+            return found
 
     conn = op.get_bind()
     contents = sa.table("contents", sa.column("hash", sa.LargeBinary),
                         *(sa.column(name, kind) for name, kind in COLUMNS))
     hashes = [bytes(h) for (h,) in conn.execute(sa.select(contents.c.hash).order_by(contents.c.hash))]
     for start in range(0, len(hashes), BATCH):
-        texts = load_texts(conn, hashes[start:start + BATCH], cached=False)
+        texts = texts_of(hashes[start:start + BATCH])
         names = [f"n_{name}" for name, _ in COLUMNS]
         rows = [{"h": digest, **dict(zip(names, storable_sizes(family_sizes(split_text(found.text)))))}
                 for digest, found in texts.items()]
