@@ -14,6 +14,7 @@ from tests.ticket_helpers import approve_baselines, make_settings
 from watcher import dbcheck, pipeline, prefixes, store, tickets
 from watcher.cli import main
 from watcher.errors import ParseError
+from watcher.store import series as store_series
 
 POISON = "fe80::%x/64"
 
@@ -53,6 +54,9 @@ def test_a_poisoned_prefix_is_reported_skipped_and_never_stops_later_imports(eng
         first, second = store.publications(conn, "public")
         (change,) = store.diff_publications(conn, "public", first, second, ["Storage.EastUS2"])
     assert change.added == () and "1 stored prefix fails today's checks and was skipped" in "".join(change.anomalies)
+    with engine.connect() as conn:  # the tag page's series counts the poisoned set without it
+        series = store_series.tag_series(conn, "public", "Storage.EastUS2")
+    assert list(series.sizes.values())[-1][:3] == (1, 0, 256)
 
     # A later week that removes it imports, and its ticket is made (the diff no longer crashes).
     result = _import(engine, settings, "20250115", _week("20.1.0.0/24", "20.1.1.0/24"), 3)

@@ -108,6 +108,16 @@ def storable_sizes(sizes: Sizes) -> tuple[int | None, int | None, int | None, in
     return sizes if max(sizes) < STORABLE_BELOW else (None, None, None, None)
 
 
+def stored_sizes(prefixes: Iterable[str]) -> tuple[int | None, int | None, int | None, int | None]:
+    """What ``contents`` keeps of a prefix set's sizes: all None when they do not fit, or when a prefix cannot be
+    read (a set an older version stored past today's gate): the reader counts those, skipping what fails the gate,
+    and the import or the upgrade goes on."""
+    try:
+        return storable_sizes(family_sizes(prefixes))
+    except (OSError, ValueError):
+        return None, None, None, None
+
+
 class _Family:
     """One family's present prefixes and outermost prefixes, as sorted (first, -end) keys: at one start the
     larger block sorts first."""

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, String, bindparam, delete, func, inse
 from sqlalchemy import column as sa_column
 
 from .. import db, diff as diffs
-from ..address_space import family_sizes, storable_sizes
+from ..address_space import stored_sizes
 from ..errors import ConflictError, ParseError, translate_db_errors
 from ..models import EntryManifest, Publication, TagVersion, utcnow
 from ..parse import (
@@ -339,7 +339,7 @@ def _write_contents(conn: Connection, plan: ImportPlan) -> None:
     # Each new set's sizes are counted once, here (the tag page's series reads them; see models.Content).
     missing = [(h, new.prefix_count,
                 *pack_content(new.encoded, new.base, plan.bases.get(new.base) if new.base else None),
-                *storable_sizes(family_sizes(new.prefixes or split_text(new.encoded))))
+                *stored_sizes(new.prefixes or split_text(new.encoded)))
                for h, new in contents.items() if h not in stored]
     bulk_insert(conn, "contents", CONTENT_INSERT_COLUMNS, missing)
     remember_texts((digest, found.encoded) for digest, found in plan.contents.items())

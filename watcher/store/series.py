@@ -20,6 +20,7 @@ from .. import diff as diffs
 from ..address_space import Sizes, family_sizes
 from ..errors import translate_db_errors
 from ..models import Content, PrefixSpan, Publication, Tag, TagVersion, day_from_key
+from ..prefixes import passes_prefix_gate
 from .packing import load_texts, split_text
 from .queries import _metadata_of, tag_name
 from .records import HistoryEntry
@@ -88,7 +89,9 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
 
 def _count(conn: Connection, hashes: set[bytes]) -> dict[bytes, Sizes]:
     """Sizes of sets stored without them (none since migration 0015 counted them all; kept for safety)."""
-    return {digest: family_sizes(split_text(found.text)) for digest, found in load_texts(conn, hashes).items()}
+    # A prefix an older version stored past today's gate is skipped, as the diff skips it.
+    return {digest: family_sizes([p for p in split_text(found.text) if passes_prefix_gate(p)])
+            for digest, found in load_texts(conn, hashes).items()}
 
 
 def publications_stamp(conn: Connection, cloud: str) -> tuple[int, int | None]:

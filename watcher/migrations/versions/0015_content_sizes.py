@@ -33,7 +33,7 @@ def upgrade() -> None:
         op.add_column("contents", sa.Column(name, kind(), nullable=True))
     # The counting is address_space's (pure arithmetic), the decoding the store's: a delta's text needs its
     # bases, which load_texts reads and decodes in order.
-    from watcher.address_space import family_sizes, storable_sizes
+    from watcher.address_space import stored_sizes
     from watcher.store.packing import MissingBase, load_texts, split_text
 
     def texts_of(batch: list[bytes]) -> dict:
@@ -58,7 +58,7 @@ def upgrade() -> None:
     for start in range(0, len(hashes), BATCH):
         texts = texts_of(hashes[start:start + BATCH])
         names = [f"n_{name}" for name, _ in COLUMNS]
-        rows = [{"h": digest, **dict(zip(names, storable_sizes(family_sizes(split_text(found.text)))))}
+        rows = [{"h": digest, **dict(zip(names, stored_sizes(split_text(found.text))))}
                 for digest, found in texts.items()]
         if rows:
             conn.execute(sa.update(contents).where(contents.c.hash == sa.bindparam("h"))
