@@ -28,7 +28,6 @@ from sqlalchemy import Connection, Engine, String, bindparam, delete, func, inse
 from sqlalchemy import column as sa_column
 
 from .. import db, diff as diffs
-from ..address_space import stored_sizes
 from ..errors import ConflictError, ParseError, translate_db_errors
 from ..models import EntryManifest, Publication, TagVersion, utcnow
 from ..parse import (
@@ -38,7 +37,7 @@ from .planner import ImportPlan, NewContent, plan_import, withdrawn_tags
 from .records import (
     EMPTY_HASH, ImportHook, ImportResult, PublicationInfo, VersionInfo, missed_count, missed_note, publication_from_row,
 )
-from .packing import decoded_contents, load_texts, pack_content, remember_prefix_lists, remember_texts, split_text
+from .packing import decoded_contents, load_texts, pack_content, remember_prefix_lists, remember_texts
 from .sql import bulk_insert, fetch_in, no_collector_pauses, update_rows
 from .versions import Versions, tag_ids_of, uint32s, versions_at, versions_before
 
@@ -329,19 +328,16 @@ def _write(conn: Connection, parsed: ParsedFile, source: str, plan: ImportPlan, 
     return publication_id, new_tag_ids
 
 
-CONTENT_INSERT_COLUMNS = ("hash", "prefix_count", "prefixes", "base_hash", "depth", "v4_prefixes", "v6_prefixes",
-                          "v4_addresses", "v6_networks_64")
-
-
 def _write_contents(conn: Connection, plan: ImportPlan) -> None:
     contents = {EMPTY_HASH: NewContent(0, b""), **plan.contents}  # what withdrawn versions point to
     stored = {bytes(h) for (h,) in fetch_in(conn, "SELECT hash FROM contents WHERE hash IN ({})", list(contents))}
-    # Each new set's sizes are counted once, here (the tag page's series reads them; see models.Content).
+    # Sizes are not counted here: every new set's (13,000 prefixes for AzureCloud each week, ~93,000 on a first
+    # import) cost 0.5-6x json.loads of the import's time. The tag page counts a version's set when it first
+    # shows it and keeps the sizes (``series.tag_series``).
     missing = [(h, new.prefix_count,
-                *pack_content(new.encoded, new.base, plan.bases.get(new.base) if new.base else None),
-                *stored_sizes(new.prefixes or split_text(new.encoded)))
+                *pack_content(new.encoded, new.base, plan.bases.get(new.base) if new.base else None))
                for h, new in contents.items() if h not in stored]
-    bulk_insert(conn, "contents", CONTENT_INSERT_COLUMNS, missing)
+    bulk_insert(conn, "contents", ("hash", "prefix_count", "prefixes", "base_hash", "depth"), missing)
     remember_texts((digest, found.encoded) for digest, found in plan.contents.items())
     remember_prefix_lists((digest, found.prefixes) for digest, found in plan.contents.items())
 

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from .. import diff as diffs
-from ..address_space import Sizes, family_sizes
+from .. import db, diff as diffs
+from ..address_space import STORABLE_BELOW, Sizes, family_sizes, storable_sizes
 from ..errors import translate_db_errors
 from ..models import Content, PrefixSpan, Publication, Tag, TagVersion, day_from_key
 from ..prefixes import passes_prefix_gate
 from .packing import load_texts, split_text
 from .queries import _metadata_of, tag_name
 from .records import HistoryEntry
+
+log = logging.getLogger(__name__)
 
 SIZE_COLUMNS = ("v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64")
 
@@ -56,6 +60,8 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
                 events[until_day][1] += count
         uncounted = {bytes(r.content_hash) for r in versions if r.v4_prefixes is None}
         counted = _count(conn, uncounted) if uncounted else {}
+    if counted:
+        _keep_sizes(conn.engine, counted)
     # Every span starts and ends on a version's day (a version is written whenever the set changes); events
     # are applied at the first version on or after their day all the same.
     event_days = sorted(events)
@@ -88,10 +94,28 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
 
 
 def _count(conn: Connection, hashes: set[bytes]) -> dict[bytes, Sizes]:
-    """Sizes of sets stored without them (none since migration 0015 counted them all; kept for safety)."""
+    """Sizes of sets stored without them: the import does not count them (see ``importer._write_contents``)."""
     # A prefix an older version stored past today's gate is skipped, as the diff skips it.
     return {digest: family_sizes([p for p in split_text(found.text) if passes_prefix_gate(p)])
             for digest, found in load_texts(conn, hashes).items()}
+
+
+def _keep_sizes(engine: Engine, counted: dict[bytes, Sizes]) -> None:
+    """Store the sizes just counted, so that each set is counted once, by the first view that shows it. Best
+    effort: a database that refuses the write (read-only, busy past the timeout) costs the next view a recount,
+    and the view goes on; a set too big for the columns stays NULL (``storable_sizes``)."""
+    contents = Content.__table__
+    rows = [{"h": digest, **dict(zip((f"n_{c}" for c in SIZE_COLUMNS), storable_sizes(sizes)))}
+            for digest, sizes in counted.items() if max(sizes) < STORABLE_BELOW]
+    if not rows:
+        return
+    try:
+        with db.writer(engine).begin() as conn:
+            conn.execute(update(contents).where(contents.c.hash == bindparam("h"), contents.c.v4_prefixes.is_(None))
+                         .values({c: bindparam(f"n_{c}") for c in SIZE_COLUMNS}), rows)
+    except SQLAlchemyError as exc:
+        log.info("the sizes of %d prefix sets were counted but not kept (%s): counted again next time",
+                 len(rows), type(exc).__name__)
 
 
 def publications_stamp(conn: Connection, cloud: str) -> tuple[int, int | None]:
