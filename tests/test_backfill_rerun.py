@@ -132,15 +132,21 @@ def uninterrupted(twin: sa.Engine, settings: Settings, folder: Path, before=appr
 STOPS = ["killed-after-imports", "hooks-fail-once"]
 
 
+def stopped_archive(engine: sa.Engine, settings, tmp_path: Path, weeks: range, stop: str) -> Path:
+    """An archive of ``weeks`` over an approved start, backfilled by a run stopped (``stop``) before its hooks."""
+    folder = tmp_path / "archive"
+    for n in weeks:
+        write(folder, n, storage_week(n))
+    approved_start(engine, settings)
+    stop_before_hooks(engine, settings, folder, stop)
+    return folder
+
+
 @pytest.mark.parametrize("stop", STOPS)
 def test_a_rerun_after_a_stop_before_the_hooks_makes_the_tickets_of_the_uninterrupted_run(
         engine: sa.Engine, twin: sa.Engine, tmp_path: Path, stop: str) -> None:
     settings = make_settings(urls=(DESTINATION,))
-    folder = tmp_path / "archive"
-    for n in range(2, 6):
-        write(folder, n, storage_week(n))
-    approved_start(engine, settings)
-    stop_before_hooks(engine, settings, folder, stop)
+    folder = stopped_archive(engine, settings, tmp_path, range(2, 6), stop)
     assert made(engine) == []  # the stop lost the tickets: every file is stored, no ticket is
     with engine.connect() as conn:
         assert len(store.publications(conn, "public")) == 5
@@ -190,11 +196,7 @@ def test_a_rerun_after_a_complete_run_makes_no_ticket_and_says_none(engine: sa.E
 def test_a_newer_file_arriving_before_the_rerun_makes_one_ticket_since_the_last_hooks(
         engine: sa.Engine, twin: sa.Engine, tmp_path: Path, stop: str) -> None:
     settings = make_settings(urls=(DESTINATION,))
-    folder = tmp_path / "archive"
-    for n in range(2, 5):
-        write(folder, n, storage_week(n))
-    approved_start(engine, settings)
-    stop_before_hooks(engine, settings, folder, stop)
+    folder = stopped_archive(engine, settings, tmp_path, range(2, 5), stop)
     write(folder, 5, storage_week(5))  # a newer week arrives meanwhile
     rerun = run(engine, settings, folder)
     assert rerun.count("imported") == 1 and rerun.count("already imported") == 3
