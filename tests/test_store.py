@@ -412,6 +412,37 @@ def test_bulk_span_rows_are_stored_as_given(engine, until_day, odd_text):
     assert stored == [(p, t, 20250804, until_day) for p, t in rows]
 
 
+@pytest.mark.parametrize("until_day", [None, 20250811])
+@pytest.mark.parametrize("odd_text", [None, "a\\b\tc\nd"])
+def test_new_spans_are_stored_as_given_per_tag(engine, until_day, odd_text):
+    """A tag's new spans (one COPY buffer sorted as text on PostgreSQL; row by row if a text needs escaping):
+    every (prefix, tag) stored once, tags sharing prefixes, ids of any width, a tag with none."""
+    from watcher.store.sql import insert_spans
+
+    rng = random.Random(7)
+    pool = [f"{rng.randrange(256)}.{rng.randrange(256)}.0.0/{rng.randrange(8, 33)}" for _ in range(300)]
+    pool += ["2603:1030:40f::/48", "2603:1030:40f::/49", "::/0", "1.2.3.0/2", "1.2.3.0/24"]
+    runs = [(tag_id, sorted(set(rng.sample(pool, rng.randrange(1, 60))))) for tag_id in (9, 10, 1, 123456, 0, 77)]
+    runs += [(5, ()), (8, {"1.2.3.0/24", "1.2.3.0/2"})] + ([(3, [odd_text])] if odd_text else [])
+    with engine.begin() as conn:
+        insert_spans(conn, runs, 20250804, until_day)
+    with engine.connect() as conn:
+        stored = sorted(tuple(r) for r in conn.execute(sa.select(
+            PrefixSpan.prefix, PrefixSpan.tag_id, PrefixSpan.first_day, PrefixSpan.until_day)))
+    assert stored == sorted((p, t, 20250804, until_day) for t, prefixes in runs for p in prefixes)
+
+
+def test_the_span_buffer_is_in_key_order():
+    """The COPY buffer's lines sort as the key (prefix, tag id) does, so PostgreSQL builds the key from sorted rows."""
+    from watcher.store.sql import _span_copy_text
+
+    runs = [(12, ["10.0.0.0/8", "10.0.0.0/80"]), (9, ["10.0.0.0/8", "1.0.0.0/8"]), (100, ["10.0.0.0/8"])]
+    lines = _span_copy_text(runs, (20250804, None)).decode().splitlines()
+    assert [(p, int(t)) for p, t, _, _ in (line.split("\t") for line in lines)] == [
+        ("1.0.0.0/8", 9), ("10.0.0.0/8", 9), ("10.0.0.0/8", 12), ("10.0.0.0/8", 100), ("10.0.0.0/80", 12)]
+    assert _span_copy_text([(1, ["a\\b"])], (1, None)) is None
+
+
 def test_a_first_import_leaves_keys_and_foreign_keys_as_the_migrations_made_them(engine, public_files):
     """On PostgreSQL the first import adds the spans' key and the versions' foreign keys after its bulk writes."""
     from alembic.autogenerate import compare_metadata

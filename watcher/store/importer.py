@@ -19,8 +19,6 @@ import logging
 import threading
 import time
 from array import array
-from itertools import chain, repeat
-from operator import itemgetter
 from typing import Any, Callable, Iterator, Sequence
 
 import orjson
@@ -38,7 +36,7 @@ from .records import (
     EMPTY_HASH, ImportHook, ImportResult, PublicationInfo, VersionInfo, missed_count, missed_note, publication_from_row,
 )
 from .packing import decoded_contents, load_texts, pack_content, remember_prefix_lists, remember_texts
-from .sql import bulk_insert, fetch_in, no_collector_pauses, update_rows
+from .sql import bulk_insert, fetch_in, insert_spans, no_collector_pauses, update_rows
 from .versions import Versions, tag_ids_of, uint32s, versions_at, versions_before
 
 log = logging.getLogger(__name__)
@@ -446,13 +444,12 @@ def _write_spans(conn: Connection, plan: ImportPlan, ids: dict[str, int], rebuil
             "UPDATE prefix_spans SET first_day = :d WHERE tag_id = :tag_id AND prefix = :prefix AND first_day = :s"
         ), [{"tag_id": t, "prefix": p, "s": s, "d": d} for t, p in plan.move_span_starts])
     if plan.new_spans:
-        rows = list(chain.from_iterable(zip(prefixes, repeat(ids[name])) for name, prefixes in plan.new_spans))
-        # In key order: the B-tree grows at its right edge instead of splitting pages all over.
-        rows.sort(key=itemgetter(0))
+        runs = [(ids[name], prefixes) for name, prefixes in plan.new_spans]
         with _rebuilt_after(conn, rebuild, "prefix_spans", _SPAN_KEY):
-            bulk_insert(conn, "prefix_spans", ("prefix", "tag_id"), rows, same={"first_day": d, "until_day": s})
-        if len(rows) > ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
-            log.debug("analyze after %d spans", len(rows))
+            insert_spans(conn, runs, d, s)
+        written = sum(len(prefixes) for _, prefixes in runs)
+        if written > ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
+            log.debug("analyze after %d spans", written)
             # Fresh tables have no statistics; without them PostgreSQL plans the
             # next imports' look-ups as if the tables were empty. A sample of 3,000
             # rows (statistics target 10) is plenty for those key look-ups, and costs

@@ -14,9 +14,9 @@ import gc
 import re
 import threading
 import zlib
-from itertools import chain
+from itertools import chain, repeat
 from operator import itemgetter
-from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import zstandard
 from sqlalchemy import BigInteger, Boolean, Connection, Integer, LargeBinary, String
@@ -186,8 +186,7 @@ def _text_int_rows(rows: Sequence[tuple], constant: tuple[int | None, ...]) -> b
     that reads text as fast).
     """
     texts = list(map(itemgetter(0), rows))
-    every_text = "".join(texts)
-    if "\\" in every_text or "\t" in every_text or "\n" in every_text or "\r" in every_text:
+    if _needs_copy_escape("".join(texts)):
         return None
     numbers = list(map(itemgetter(1), rows))
     after = "".join("\t\\N" if value is None else f"\t{int(value)}" for value in constant) + "\n"
@@ -196,6 +195,56 @@ def _text_int_rows(rows: Sequence[tuple], constant: tuple[int | None, ...]) -> b
     pieces[0::2] = texts
     pieces[1::2] = map(tails.__getitem__, numbers)
     return "".join(pieces).encode()
+
+
+def _needs_copy_escape(text: str) -> bool:
+    """Whether ``text`` has a character COPY's text format escapes (a backslash, tab, newline or carriage return)."""
+    return "\\" in text or "\t" in text or "\n" in text or "\r" in text
+
+
+def insert_spans(conn: Connection, runs: Sequence[tuple[int, Collection[str]]], first_day: int,
+                 until_day: int | None) -> None:
+    """New prefix spans from ``first_day`` to ``until_day`` (None: open), ``runs`` giving a tag id and its
+    prefixes, written in key order (prefix, tag id): on PostgreSQL one COPY buffer, elsewhere ``bulk_insert``."""
+    if not runs:
+        return
+    if conn.dialect.name == "postgresql":
+        data = _span_copy_text(runs, (first_day, until_day))
+        if data is not None:
+            with conn.connection.driver_connection.cursor() as cursor:
+                with cursor.copy("COPY prefix_spans (prefix, tag_id, first_day, until_day) FROM STDIN") as copy:
+                    copy.write(data)
+            return
+    rows = list(chain.from_iterable(zip(prefixes, repeat(tag_id)) for tag_id, prefixes in runs))
+    # In key order: the B-tree grows at its right edge instead of splitting pages all over.
+    rows.sort(key=itemgetter(0))
+    bulk_insert(conn, "prefix_spans", ("prefix", "tag_id"), rows, same={"first_day": first_day, "until_day": until_day})
+
+
+def _span_copy_text(runs: Sequence[tuple[int, Collection[str]]], constant: tuple[int | None, ...]) -> bytes | None:
+    """The spans of ``runs`` in COPY's text format, sorted by (prefix, tag id); None if a prefix needs escaping.
+
+    Each tag's lines are one join of its prefixes with the tail they share (C speed), and the lines are sorted
+    as strings: a tab sorts before every character of a prefix, and the tag ids are right-aligned with spaces
+    (which PostgreSQL's integer input skips), so the text order is the key's. That costs ~20 ms for a first
+    import's 91,000 spans, where tuples sorted by prefix and then written out took ~45 ms; PostgreSQL finds
+    the rows in key order when it builds the key (``importer._rebuilt_after``), which then needs no real sort
+    (unsorted: ~20 ms more server time).
+    """
+    if _needs_copy_escape("".join(map("".join, map(itemgetter(1), runs)))):
+        return None
+    width = max(len(str(int(tag_id))) for tag_id, _ in runs)
+    after = "".join("\t\\N" if value is None else f"\t{int(value)}" for value in constant) + "\n"
+    pieces = []
+    for tag_id, prefixes in runs:
+        if prefixes:
+            tail = f"\t{int(tag_id):>{width}}{after}"
+            pieces += (tail.join(prefixes), tail)
+    lines = "".join(pieces).split("\n")
+    lines.pop()  # the text ends with a newline
+    lines.sort()
+    lines.append("")
+    return "\n".join(lines).encode()
 
 
 #: First match wins: BigInteger is an Integer to SQLAlchemy, and must be sent as int8.
