@@ -456,10 +456,15 @@ def _write_spans(conn: Connection, plan: ImportPlan, ids: dict[str, int], rebuil
             # a tenth of the default's 30,000 (~140 ms on 91,000 spans); autovacuum
             # analyses again with the default target once the tables have grown.
             conn.exec_driver_sql(
-                "SET LOCAL default_statistics_target = 10; ANALYZE tags, tag_versions, contents, prefix_spans; "
-                "RESET default_statistics_target"
+                f"SET LOCAL default_statistics_target = 10; ANALYZE {_ANALYZED}; RESET default_statistics_target"
             )
 
+
+#: What a first import analyses: the columns queries look rows up, join or filter by. The versions'
+#: metadata and the contents' packed texts are only read out; sorting their values for statistics
+#: (text under the database's collation) was half of the ANALYZE (~14 ms -> ~8 ms).
+_ANALYZED = ("tags, tag_versions (tag_id, valid_from, valid_until, publication_id, present, content_hash), "
+             "contents (hash, base_hash), prefix_spans")
 
 #: Constraints a first import drops and adds again around its bulk writes, as the migrations made them.
 _SPAN_KEY = ("pk_prefix_spans PRIMARY KEY (prefix, tag_id, first_day)",)
