@@ -299,6 +299,51 @@ def test_malformed_file_writes_nothing(engine):
     assert row_counts(engine) == before
 
 
+def _big_file_tags(count=30):
+    """Tags with more prefixes than a first import's bulk load takes (``importer.ANALYZE_AFTER_ROWS``)."""
+    from watcher.store.importer import ANALYZE_AFTER_ROWS
+
+    per_tag = ANALYZE_AFTER_ROWS // count + 100
+    return {f"T{t:02d}": [f"10.{t}.{i // 256}.{i % 256}/32" for i in range(per_tag)] + ["2603:1030::/48"]
+            for t in range(count)}
+
+
+def test_a_big_first_import_that_fails_late_writes_nothing(engine):
+    """A first import into PostgreSQL sends its tags and spans while it plans; a prefix refused in its last tag
+    (the spans of the others sent already) leaves the database as it was, keys included."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from watcher.models import Base
+
+    tags = _big_file_tags()
+    tags["T29"] = tags["T29"] + ["10.0.0.0/99"]
+    with pytest.raises(ParseError, match=r"tag 'T29': invalid prefix '10.0.0.0/99'"):
+        imp(engine, "20250101", tags)
+    assert row_counts(engine) == (0, 0, 0, 0)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    tags["T29"] = tags["T29"][:-1]
+    imp(engine, "20250101", tags)
+    assert prefixes_at(engine, "T07", "latest") == set(tags["T07"])
+
+
+def test_a_big_first_import_stores_what_imports_one_by_one_store(engine, tmp_path):
+    """The first import's streamed spans and early tags make the same history as a weekly import writes
+    (here into SQLite, which takes no such path), and the next import ends and opens spans on them."""
+    from watcher.db import open_database
+
+    tags = _big_file_tags()
+    week = {**tags, "T03": tags["T03"][:-2] + ["10.200.0.0/16"]}
+    reference = open_database(f"sqlite:///{tmp_path / 'reference.db'}")
+    for database in (engine, reference):
+        imp(database, "20250101", tags)
+        imp(database, "20250108", week, number=2)
+    assert timeline(engine) == timeline(reference)
+    assert prefixes_at(engine, "T03", "latest") == set(week["T03"])
+    reference.dispose()
+
+
 def test_failure_inside_the_transaction_rolls_back_everything(engine):
     imp(engine, "20250101", {"A": ["10.0.0.0/24"]})
     before = row_counts(engine)

@@ -18,7 +18,7 @@ ids), calls ``plan_import``, and writes the plan.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Collection, Mapping, NamedTuple, Sequence
+from typing import Callable, Collection, Mapping, NamedTuple, Sequence
 
 from .. import diff as diffs
 from ..models import day_key
@@ -127,6 +127,7 @@ def plan_import(
     tag_ids: Mapping[str, int],
     withdrawn: Sequence[str],
     unchanged_prefixes: int,
+    new_spans_to: Callable[[NewSpans], None] | None = None,
 ) -> ImportPlan:
     """The plan for ``parsed``'s changed tags (``parsed.tags``) and the ``withdrawn`` ones.
 
@@ -134,7 +135,9 @@ def plan_import(
     versions at S (empty when the file is the newest); ``contents``: the prefix
     sets those versions point to; ``tag_ids``: ids of the tags not in
     ``before`` that the database knows; ``unchanged_prefixes``: the prefix count
-    of the tags the file left unchanged.
+    of the tags the file left unchanged; ``new_spans_to``: takes each tag's new
+    spans as they are planned, instead of ``plan.new_spans`` (a first import
+    sends them to the database meanwhile).
     """
     d = day_key(parsed.file_date)
     plan = ImportPlan(day=d, next_day=next_day, withdrawn=list(withdrawn), prefix_count=unchanged_prefixes)
@@ -176,15 +179,19 @@ def plan_import(
         nxt = set(contents[next_version.content_hash]) if next_version is not None else set()
         # All of a tag's prefixes are new (a first import): its sorted tuple, so that the spans'
         # sort by prefix merges ~3,000 sorted runs instead of ordering 93,000 rows from sets.
-        plan_spans(plan, name, tag_id, nxt, prefixes if len(added) == len(prefixes) else added, removed)
+        plan_spans(plan, name, tag_id, nxt, prefixes if len(added) == len(prefixes) else added, removed,
+                   new_spans_to)
         plan_versions(plan, name, tag_id, new_version, old_version, next_version)
         plan.changes.append(tag_change(name, old_version, new_version, len(added), len(removed)))
     return plan
 
 
 def plan_spans(plan: ImportPlan, name: str, tag_id: int | None, nxt: Collection[str],
-               added: Collection[str], removed: Collection[str]) -> None:
-    """The span changes of one tag: ``added`` and ``removed`` relative to P, ``nxt`` the prefixes at S."""
+               added: Collection[str], removed: Collection[str],
+               new_spans_to: Callable[[NewSpans], None] | None = None) -> None:
+    """The span changes of one tag: ``added`` and ``removed`` relative to P, ``nxt`` the prefixes at S; new spans
+    go to ``new_spans_to`` if given, else to ``plan.new_spans``."""
+    opened = new_spans_to or plan.new_spans.append
     for prefix in removed:
         assert tag_id is not None  # only a stored tag has prefixes to remove
         plan.end_spans.append(SpanEnd(tag_id, prefix))
@@ -192,14 +199,14 @@ def plan_spans(plan: ImportPlan, name: str, tag_id: int | None, nxt: Collection[
             plan.split_spans.append(SpanSplit(tag_id, prefix))
     if not nxt:  # the usual case: the newest publication
         if added:
-            plan.new_spans.append(NewSpans(name, added))
+            opened(NewSpans(name, added))
         return
     for prefix in added:
         if prefix in nxt:  # not present at P, present at S: its span started at S
             assert tag_id is not None  # only a stored tag has a version at S
             plan.move_span_starts.append(SpanStartMove(tag_id, prefix))
         else:
-            plan.new_spans.append(NewSpans(name, (prefix,)))
+            opened(NewSpans(name, (prefix,)))
 
 
 def plan_versions(plan: ImportPlan, name: str, tag_id: int | None, new_version: VersionInfo,

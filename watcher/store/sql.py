@@ -16,7 +16,7 @@ import threading
 import zlib
 from itertools import chain, repeat
 from operator import itemgetter
-from typing import Any, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import zstandard
 from sqlalchemy import BigInteger, Boolean, Connection, Integer, LargeBinary, String
@@ -219,6 +219,49 @@ def insert_spans(conn: Connection, runs: Sequence[tuple[int, Collection[str]]], 
     # In key order: the B-tree grows at its right edge instead of splitting pages all over.
     rows.sort(key=itemgetter(0))
     bulk_insert(conn, "prefix_spans", ("prefix", "tag_id"), rows, same={"first_day": first_day, "until_day": until_day})
+
+
+#: Bytes of span rows gathered before they are handed to the COPY (psycopg sends what it is given at once).
+STREAM_BLOCK = 256 * 1024
+
+
+@contextlib.contextmanager
+def streamed_spans(conn: Connection, first_day: int,
+                   until_day: int | None) -> Iterator[Callable[[int, Collection[str]], None]]:
+    """A function taking a tag id and its new prefixes, whose spans (``first_day`` to ``until_day``) go to
+    PostgreSQL by one COPY while the caller goes on: the server parses and stores each block on its own
+    core as it arrives. Nothing else may use ``conn`` meanwhile. Rows go in the order given (a key
+    dropped for the load sorts them when it is added again); an exception inside ends the COPY in error.
+    """
+    after = "".join("\t\\N" if value is None else f"\t{int(value)}" for value in (first_day, until_day)) + "\n"
+    pieces: list[str] = []
+    gathered = 0
+    with conn.connection.driver_connection.cursor() as cursor:
+        with cursor.copy("COPY prefix_spans (prefix, tag_id, first_day, until_day) FROM STDIN") as copy:
+
+            def add(tag_id: int, prefixes: Collection[str]) -> None:
+                nonlocal gathered
+                if not prefixes:
+                    return
+                if _needs_copy_escape("".join(prefixes)):
+                    prefixes = [_copy_escaped(prefix) for prefix in prefixes]
+                tail = f"\t{int(tag_id)}{after}"
+                rows = tail.join(prefixes)
+                pieces.extend((rows, tail))
+                gathered += len(rows)
+                if gathered >= STREAM_BLOCK:
+                    copy.write("".join(pieces).encode())
+                    pieces.clear()
+                    gathered = 0
+
+            yield add
+            if pieces:
+                copy.write("".join(pieces).encode())
+
+
+def _copy_escaped(text: str) -> str:
+    """``text`` as a value in COPY's text format."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _span_copy_text(runs: Sequence[tuple[int, Collection[str]]], constant: tuple[int | None, ...]) -> bytes | None:
