@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from sqlalchemy import JSON, Connection, and_, case, cast, func, select
 
@@ -106,7 +107,18 @@ def tickets_stamp(conn: Connection) -> tuple[int, int | None, int | None]:
     from the queue. Three index look-ups: ``max(updated_at)`` would read every ticket row, contexts and all
     (1,000 tickets: a few milliseconds, most of a queue view)."""
     with translate_db_errors("reading the review queue"):
-        count, newest, changed = conn.execute(_TICKETS_STAMP).one()
+        return tickets_stamp_from(conn.execute(*tickets_stamp_read()).all())
+
+
+def tickets_stamp_read() -> tuple[Any, dict[str, Any]]:
+    """The read of ``tickets_stamp`` (statement, parameters), for ``db.read_together``: the queue page sends it
+    with the session's user look-up, one round trip for both on PostgreSQL."""
+    return _TICKETS_STAMP, {}
+
+
+def tickets_stamp_from(rows: Sequence[Any]) -> tuple[int, int | None, int | None]:
+    """``tickets_stamp`` from the rows of its read."""
+    count, newest, changed = rows[0]
     return int(count), newest, changed
 
 

@@ -14,6 +14,7 @@ import collections
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -122,7 +123,17 @@ def publications_stamp(conn: Connection, cloud: str) -> tuple[int, int | None]:
     """How many publications the cloud has and the newest id: it changes whenever a publication is imported
     (or a missing one back-filled), so it keys what is worked out from the history."""
     with translate_db_errors(f"counting the {cloud} publications"):
-        count, newest = conn.execute(_PUBLICATIONS_STAMP, {"cloud": cloud}).one()
+        return publications_stamp_from(conn.execute(*publications_stamp_read(cloud)).all())
+
+
+def publications_stamp_read(cloud: str) -> tuple[Any, dict[str, Any]]:
+    """The read of ``publications_stamp`` (statement, parameters), for ``db.read_together``."""
+    return _PUBLICATIONS_STAMP, {"cloud": cloud}
+
+
+def publications_stamp_from(rows: Sequence[Any]) -> tuple[int, int | None]:
+    """``publications_stamp`` from the rows of its read."""
+    count, newest = rows[0]
     return int(count), newest
 
 
