@@ -20,10 +20,10 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import db, diff as diffs
-from ..address_space import STORABLE_BELOW, Sizes, family_sizes, storable_sizes
+from ..address_space import STORABLE_BELOW, Sizes, SpaceTracker, family_sizes, storable_sizes
 from ..errors import translate_db_errors
 from ..models import Content, PrefixSpan, Publication, Tag, TagVersion, day_from_key
-from ..prefixes import passes_prefix_gate
+from ..prefixes import passing_prefix_gate
 from .packing import load_texts, split_text
 from .queries import _metadata_of, tag_name
 from .records import HistoryEntry
@@ -59,7 +59,7 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
             events[first_day][0] += count
             if until_day is not None:
                 events[until_day][1] += count
-        uncounted = {bytes(r.content_hash) for r in versions if r.v4_prefixes is None}
+        uncounted = [bytes(r.content_hash) for r in versions if r.v4_prefixes is None]
         counted = _count(conn, uncounted) if uncounted else {}
     if counted:
         _keep_sizes(conn.engine, counted)
@@ -94,11 +94,31 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
     return TagSeries(real_name, entries, sizes)
 
 
-def _count(conn: Connection, hashes: set[bytes]) -> dict[bytes, Sizes]:
-    """Sizes of sets stored without them: the import does not count them (see ``importer._write_contents``)."""
-    # A prefix an older version stored past today's gate is skipped, as the diff skips it.
-    return {digest: family_sizes([p for p in split_text(found.text) if passes_prefix_gate(p)])
-            for digest, found in load_texts(conn, hashes).items()}
+def _count(conn: Connection, hashes: list[bytes]) -> dict[bytes, Sizes]:
+    """Sizes of sets stored without them (the import does not count them, see ``importer._write_contents``), in
+    the order of the tag's history.
+
+    A set alone is counted whole (``family_sizes``). Many (a history imported but never shown: AzureCloud over five
+    years, ~250 sets of ~13,000 prefixes that differ by a few dozen from one to the next) are counted as a run:
+    the first whole, each next one from its difference with the one before (``SpaceTracker``), and the gate is
+    checked once per distinct prefix; ~10x faster than counting each set whole.
+    """
+    texts = load_texts(conn, set(hashes))
+    if len(texts) == 1:
+        (digest, found), = texts.items()
+        # A prefix an older version stored past today's gate is skipped, as the diff skips it.
+        return {digest: family_sizes(passing_prefix_gate(split_text(found.text)))}
+    counted: dict[bytes, Sizes] = {}
+    tracker, previous, passing = SpaceTracker(), frozenset[str](), set[str]()
+    for digest in hashes:
+        if digest in counted:  # a set the tag had before (a change undone)
+            continue
+        current = frozenset(split_text(texts[digest].text))
+        added, removed = current - previous, previous - current
+        passing.update(passing_prefix_gate(list(added - passing)))
+        counted[digest] = tracker.apply([p for p in added if p in passing], [p for p in removed if p in passing])
+        previous = current
+    return counted
 
 
 def _keep_sizes(engine: Engine, counted: dict[bytes, Sizes]) -> None:
