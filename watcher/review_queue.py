@@ -37,8 +37,15 @@ class QueueRow:
     updated_at: dt.datetime
 
     def overdue(self, now: dt.datetime) -> bool:
+        due = self.overdue_after()
+        return due is not None and now > due
+
+    def overdue_after(self) -> dt.datetime | None:
+        """The moment past which this ticket is overdue (None: never, it is decided)."""
+        if self.state not in tickets.LIVE_STATES:
+            return None
         updated = self.updated_at if self.updated_at.tzinfo else self.updated_at.replace(tzinfo=dt.timezone.utc)
-        return self.state in tickets.LIVE_STATES and now - updated > OVERDUE_AFTER
+        return updated + OVERDUE_AFTER
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,13 @@ class ReviewQueue:
     decided_limit: int
     watches: list[str]              # to filter by (among the tickets of the asked-for state)
     clouds: list[str]
+
+    def marks_hold_until(self, now: dt.datetime) -> dt.datetime | None:
+        """Until when the overdue marks as they are at ``now`` hold (the moment past which a live ticket not overdue
+        yet becomes so; None: for good, until the tickets change): what is worked out from the queue is kept that
+        long."""
+        coming = [due for due in (t.overdue_after() for t in self.live) if due is not None and due >= now]
+        return min(coming, default=None)
 
     @property
     def older_offset(self) -> int | None:

@@ -201,9 +201,10 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
 
     # ------------------------------------------------------------ pages
 
-    # The queue's content is the same for everyone: kept per tickets stamp, filters and minute (overdue marks
-    # move with the clock), so a view costs one small query.
-    queue_cache: dict[tuple[Any, ...], str] = {}
+    # The queue's content is the same for everyone: kept per tickets stamp and filters until its overdue marks
+    # would change with the clock (it was re-rendered every minute: three queries and the template), so a view
+    # costs one small query.
+    queue_cache: dict[tuple[Any, ...], tuple[str, dt.datetime | None]] = {}
 
     def queue_reads(request: Request) -> list[Any]:
         return [review_queue.tickets_stamp_read()]
@@ -216,18 +217,18 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
             offset = 0
         now = dt.datetime.now(dt.timezone.utc)
         with reads.connect() as conn:
-            key = (*review_queue.tickets_stamp_from(stamp_rows[0]), now.strftime("%Y%m%d%H%M"), *wanted.values(), offset)
-            body = queue_cache.get(key)
-            if body is None:
+            key = (*review_queue.tickets_stamp_from(stamp_rows[0]), *wanted.values(), offset)
+            kept = queue_cache.get(key)
+            if kept is None or (kept[1] is not None and now > kept[1]):
                 found = review_queue.review_queue(conn, wanted["state"] or None, wanted["watch"] or None,
                                                   wanted["cloud"] or None, offset)
                 filters = "&".join(f"{k}={quote(v)}" for k, v in wanted.items() if v)
-                body = remember(queue_cache, key, ENV.get_template("queue_body.html").render(
+                kept = remember(queue_cache, key, (ENV.get_template("queue_body.html").render(
                     queue=found, live=found.live, rest=found.decided, overdue={t.id for t in found.live
                                                                                if t.overdue(now)},
                     wanted=wanted, states=tickets.STATES, watches=found.watches, clouds=found.clouds,
-                    filters=filters))
-        return page("queue.html", request, user, body=Markup(body))
+                    filters=filters), found.marks_hold_until(now)))
+        return page("queue.html", request, user, body=Markup(kept[0]))
 
     # Every snippet format of a ticket, rendered from one view and kept while the ticket and its watch's
     # approved state stay as they are (an AzureCloud ticket's nine formats take a second to render).
