@@ -31,6 +31,9 @@ from .records import HistoryEntry
 log = logging.getLogger(__name__)
 
 SIZE_COLUMNS = ("v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64")
+#: Uncounted sets are counted from the tag's spans when they are at least one in this many of its versions
+#: (AzureCloud, 240 versions: from the texts, 2 sets 0.1 s, 60 sets 0.3 s; from the spans, 0.2 s whatever the number).
+SPANS_COUNT_SHARE = 5
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,10 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
         uncounted = [bytes(r.content_hash) for r in versions if r.v4_prefixes is None]
         events: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
         counted: dict[bytes, Sizes] | None = None
-        if len(uncounted) > 1:
+        if len(uncounted) > 1 and SPANS_COUNT_SHARE * len(uncounted) >= len(versions):
             # Many sets to count (a history imported but never shown): from the spans themselves, which say
-            # what each version added and removed (~25,000 rows for AzureCloud over five years).
+            # what each version added and removed (~25,000 rows for AzureCloud over five years; a pass over the
+            # whole history, cheaper than the texts past about a fifth of it).
             spans = conn.execute(select(s.c.prefix, s.c.first_day, s.c.until_day).where(s.c.tag_id == identity)
                                  ).all()
             for _prefix, first_day, until_day in spans:
