@@ -15,8 +15,10 @@ Per backend (set-up untimed, fresh databases):
   ``GET /tag`` and the two plots it names (``/tag/plot.svg``, prefixes and space, with the publications stamp in
   the URL, so a kept plot is served without reading it again). ``tag`` is a view on an app that
   has shown it since the last import (series, page body and plots are kept per publications stamp);
-  ``tag_first_view`` the first view on a freshly made app; ``tag_html_only`` and ``tag_html_only_first_view``
-  the same for the HTML alone (the plots are two more requests, each kept and sent gzipped).
+  ``tag_first_view`` the first view on a freshly made app (``tag_first_view_of_database``: the first of them, the
+  first view ever on the database, which counts the sizes of the prefix sets the import stored without them);
+  ``tag_html_only`` and ``tag_html_only_first_view`` the same for the HTML alone (the plots are two more
+  requests, each kept and sent gzipped).
 * **queue**: 1,000 tickets (10 watches changing every week for 100 weeks; most superseded, some
   approved, ten live). Timed: ``GET /`` (the live tickets and the newest 50 decided ones).
 * **request_floor**: ``GET /static/desk.css`` (a 2 KB file: no sign-in, no database), what any request costs
@@ -30,7 +32,8 @@ and the bytes on loopback. ``--harness served,testclient`` adds the old in-proce
 ``TestClient``: no sockets, but its own per-request cost, most of its floor) under ``"testclient"``; the
 headline and ``pass`` are the served ones. Each timed sample (a first view alone, or the mean of five repeated
 views) sits between two ``json.loads`` of the last real Public file. Targets: ticket and tag ≤ 0.5, queue ≤ 0.2
-(``pass`` judges the repeated views: ticket, tag, queue).
+(``pass`` judges the repeated views: ticket, tag, queue; ``first_views`` shows the first views beside the same
+targets).
 """
 from __future__ import annotations
 
@@ -341,6 +344,9 @@ def measure_tag(backends: Backends, backend: str, baseline: RealFile, weeks: int
                     html_only_again.append(timed_ratio(baseline, lambda: fetch_all(client, paths[:1]),
                                                        VIEWS_PER_SAMPLE))
             out[harness.name] = {"tag": summary(warm, paths), "tag_first_view": summary(cold, paths),
+                                 # The very first view on the database (cold[0]): it counts the sizes of every
+                                 # prefix set the import stored without them; later first views read them.
+                                 "tag_first_view_of_database": summary(cold[:1], paths),
                                  "tag_html_only": summary(html_only_again, paths[:1]),
                                  "tag_html_only_first_view": summary(html_only, paths[:1])}
     return out
@@ -370,6 +376,20 @@ def summary(runs: list[tuple[float, float, Any]], paths: list[str]) -> dict[str,
     return {"ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
             "ratio_max": round(max(ratios), 3), "ms_median": round(statistics.median(s for _, s, _ in runs) * 1000, 1),
             "bytes": runs[0][2], "paths": paths, "n": len(runs)}
+
+
+#: First views (and the target each is held to): not part of ``pass``, which judges repeated views, but shown
+#: beside the same targets, since a reviewer opening a page for the first time waits that long.
+FIRST_VIEWS = {"ticket_first_view": "ticket", "tag_first_view": "tag", "tag_first_view_of_database": "tag"}
+
+
+def first_views(results: dict[str, Any], backends: list[str]) -> dict[str, Any]:
+    """The first views' median ratios per backend against the targets of their pages, labelled as such."""
+    found = {b: {name: {"ratio_median": results[b][name]["ratio_median"], "target": TARGETS[page],
+                        "meets_target": results[b][name]["ratio_median"] <= TARGETS[page]}
+                 for name, page in FIRST_VIEWS.items() if name in results[b]} for b in backends}
+    return {"note": "the first request for a page in a new server process (of_database: the first ever on the "
+                    "database, counting its tag's sizes); not judged by 'pass'", **found}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             backends.close()
     results["pass"] = all(results[b][page]["ratio_median"] <= TARGETS[page] for b in backends.names for page in pages)
+    results["first_views"] = first_views(results, backends.names)
     results["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(results, indent=2)
     print(text)

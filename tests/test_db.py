@@ -157,3 +157,12 @@ def test_reads_together_give_the_rows_each_read_gives_alone(engine):
         assert [r.word for r in db.read_together(conn, [(numbers, {"word": "z"}), (events, {"ticket_id": 2})])[0]] \
             == ["z"]
         assert [r.word for r in db.read_together(conn, [(numbers, {"word": "w"})])[0]] == ["w"]
+
+
+def test_reads_together_send_the_values_a_statement_fixes_itself(engine):
+    # A limit (or any literal SQLAlchemy sends as a parameter) is not among the caller's parameters.
+    one = sa.select(sa.literal_column("7").label("n")).limit(1)
+    word = sa.select(sa.bindparam("word", type_=sa.String).label("word")).limit(1)
+    with engine.connect() as conn:
+        first, second = db.read_together(conn, [(one, {}), (word, {"word": "limited"})])
+    assert [r.n for r in first] == [7] and [r.word for r in second] == ["limited"]

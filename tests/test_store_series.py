@@ -110,3 +110,37 @@ def test_a_set_too_big_for_its_sizes_columns_is_stored_without_them_and_counted_
             "SELECT count(*) FROM contents WHERE v6_networks_64 IS NULL AND prefix_count > 0")).scalar()
     assert nulls == 2  # ::/0, and ::/1 with 8000::/1: 2**64 /64 networks each
     assert list(found.sizes.values()) == [(1, 1, 256, 1 << 16), (1, 1, 256, 1 << 64), (1, 2, 256, 1 << 64)]
+
+
+def test_a_run_of_sets_counted_one_from_the_next_equals_a_count_of_each(engine: sa.Engine) -> None:
+    """A first view counts many uncounted sets as a run (each from the one before): nested blocks uncovered and
+    covered again, a change undone (the same set twice), a withdrawal and a return."""
+    from tests.factory import build_file, file_name
+
+    first = ["10.0.0.0/16", "10.0.1.0/24", "10.0.2.0/24", "2001:db8::/32", "2001:db8:1::/48"]
+    weeks = [first, ["10.0.1.0/24", "10.0.2.0/24", "2001:db8:1::/48", "20.0.0.0/8"], first, None,
+             ["10.0.1.0/24", "10.0.0.0/15", "2001:db8::/31"], ["10.0.1.0/24"]]
+    days = [f"2025{month:02d}01" for month in range(1, len(weeks) + 1)]
+    for number, (day, prefixes) in enumerate(zip(days, weeks), start=1):
+        tags = {"Other": ["30.0.0.0/24"], **({"Run": prefixes} if prefixes is not None else {})}
+        assert store.import_bytes(engine, build_file(tags, change_number=number), file_name(day)).outcome == "imported"
+    with engine.connect() as conn:
+        found = series.tag_series(conn, "public", "Run")
+    expected = [address_space.family_sizes(p or ()) for p in weeks]
+    assert list(found.sizes.values()) == expected
+    assert expected[1] == (3, 1, 2 * 256 + (1 << 24), 1 << 16) and expected[4][2] == 1 << 17
+
+
+def test_sets_are_counted_from_their_text_where_the_spans_disagree_with_them(engine: sa.Engine) -> None:
+    from tests.factory import build_file, file_name
+
+    weeks = [["10.0.0.0/24", "10.0.1.0/24"], ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"], ["10.0.2.0/24"]]
+    for number, prefixes in enumerate(weeks, start=1):
+        outcome = store.import_bytes(engine, build_file({"Run": prefixes}, change_number=number),
+                                     file_name(f"202501{number:02d}"))
+        assert outcome.outcome == "imported"
+    with engine.begin() as conn:  # a span lost: the spans no longer say what the second version holds
+        conn.execute(sa.text("DELETE FROM prefix_spans WHERE prefix = '10.0.2.0/24'"))
+    with engine.connect() as conn:
+        found = series.tag_series(conn, "public", "Run")
+    assert list(found.sizes.values()) == [address_space.family_sizes(p) for p in weeks]

@@ -7,8 +7,8 @@ import json
 
 from benchmarks.web import main
 
-PAGES = {"ticket", "ticket_first_view", "tag", "tag_first_view", "tag_html_only", "tag_html_only_first_view", "queue",
-         "request_floor"}
+PAGES = {"ticket", "ticket_first_view", "tag", "tag_first_view", "tag_first_view_of_database", "tag_html_only",
+         "tag_html_only_first_view", "queue", "request_floor"}
 
 
 def test_the_web_benchmark_measures_every_page_through_a_served_process(tmp_path, servicetags_dir, capsys) -> None:
@@ -23,4 +23,6 @@ def test_the_web_benchmark_measures_every_page_through_a_served_process(tmp_path
     for figure in [*document["sqlite"].values(), *document["testclient"]["sqlite"].values()]:
         assert figure["n"] == 1 and figure["ratio_median"] > 0 and figure["bytes"] > 1000
     assert document["sqlite"]["tag"]["paths"][0] == "/tag?name=AzureCloud&cloud=public"
+    assert set(document["first_views"]["sqlite"]) == {"ticket_first_view", "tag_first_view",
+                                                       "tag_first_view_of_database"}
     assert json.loads(capsys.readouterr().out) == document

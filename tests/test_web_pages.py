@@ -182,3 +182,21 @@ def test_publication_gaps_longer_than_the_stale_bound_are_marked(client: TestCli
     assert publication_gaps(days, 8) == {dt.date(2025, 1, 29): 21}
     assert publication_gaps(days[:1], 8) == {}
     assert "missed publications" not in client.get("/publications").text  # the desk's weeks are 7 days apart
+
+
+def test_the_queue_marks_hold_until_a_live_ticket_becomes_overdue() -> None:
+    from watcher.review_queue import OVERDUE_AFTER, QueueRow, ReviewQueue
+
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+
+    def row(ticket_id: int, state: str, updated: dt.datetime) -> QueueRow:
+        return QueueRow(ticket_id, state, "change", "w", "public", start.date(), "t", updated.replace(tzinfo=None))
+
+    live = [row(1, "open", start), row(2, "hold", start + dt.timedelta(days=3))]
+    queue = ReviewQueue(live, [row(3, "approved", start)], 1, 0, 50, ["w"], ["public"])
+    first_due = start + OVERDUE_AFTER
+    assert queue.marks_hold_until(start) == first_due and not live[0].overdue(first_due)
+    assert live[0].overdue(first_due + dt.timedelta(seconds=1))
+    assert queue.marks_hold_until(first_due + dt.timedelta(seconds=1)) == first_due + dt.timedelta(days=3)
+    assert queue.marks_hold_until(first_due + dt.timedelta(days=4)) is None  # both overdue: for good
+    assert row(3, "approved", start).overdue_after() is None

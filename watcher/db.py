@@ -156,8 +156,8 @@ def _closed_by_server(dbapi_connection) -> bool:
     return bool(readable)
 
 
-#: statement -> (the statement, its PostgreSQL text): compiled once per statement
-_DRIVER_SQL: dict[int, tuple[Executable, str]] = {}
+#: statement -> (the statement, its PostgreSQL text, the values it fixes): compiled once per statement
+_DRIVER_SQL: dict[int, tuple[Executable, str, dict[str, Any]]] = {}
 
 
 def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[Any]]:
@@ -173,7 +173,8 @@ def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[st
     with raw.pipeline():
         for statement, params in reads:
             cursor = raw.cursor(row_factory=namedtuple_row)
-            cursor.execute(_driver_sql(conn, statement), dict(params))
+            sql, fixed = _driver_sql(conn, statement)
+            cursor.execute(sql, {**fixed, **params})
             cursors.append(cursor)
     try:
         return [cursor.fetchall() for cursor in cursors]
@@ -182,12 +183,15 @@ def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[st
             cursor.close()
 
 
-def _driver_sql(conn: Connection, statement: Executable) -> str:
+def _driver_sql(conn: Connection, statement: Executable) -> tuple[str, dict[str, Any]]:
+    """The statement's PostgreSQL text, and the values of the parameters it fixes itself (a ``limit(1)`` is sent
+    as one)."""
     found = _DRIVER_SQL.get(id(statement))
     if found is None or found[0] is not statement:
-        found = (statement, str(statement.compile(dialect=conn.dialect)))
+        compiled = statement.compile(dialect=conn.dialect)
+        found = (statement, str(compiled), {k: v for k, v in compiled.params.items() if v is not None})
         _DRIVER_SQL[id(statement)] = found
-    return found[1]
+    return found[1], found[2]
 
 
 def migrations_dir() -> str:

@@ -65,6 +65,17 @@ def passes_prefix_gate(text: str) -> bool:
         return False
 
 
+def passing_prefix_gate(texts: Sequence[str]) -> list[str]:
+    """The strings of ``texts`` that pass ``passes_prefix_gate``, in order, checked a list at a time: one pass at
+    C speed for the characters, one parse per string, and ``passes_prefix_gate`` only for the few that are not
+    canonical as written (nearly every stored prefix is)."""
+    if not _all_plain(texts):
+        return [t for t in texts if passes_prefix_gate(t)]
+    _, other = _canonical_prefixes(texts)
+    failed = {t for t in other if not passes_prefix_gate(t)}
+    return [t for t in texts if t not in failed] if failed else list(texts)
+
+
 def encode_prefixes(prefixes: Iterable[str]) -> bytes:
     """A prefix set as stored and fingerprinted: newline-separated UTF-8."""
     return "\n".join(prefixes).encode()

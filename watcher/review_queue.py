@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from sqlalchemy import JSON, Connection, and_, case, cast, func, select
 
@@ -36,8 +37,15 @@ class QueueRow:
     updated_at: dt.datetime
 
     def overdue(self, now: dt.datetime) -> bool:
+        due = self.overdue_after()
+        return due is not None and now > due
+
+    def overdue_after(self) -> dt.datetime | None:
+        """The moment past which this ticket is overdue (None: never, it is decided)."""
+        if self.state not in tickets.LIVE_STATES:
+            return None
         updated = self.updated_at if self.updated_at.tzinfo else self.updated_at.replace(tzinfo=dt.timezone.utc)
-        return self.state in tickets.LIVE_STATES and now - updated > OVERDUE_AFTER
+        return updated + OVERDUE_AFTER
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,13 @@ class ReviewQueue:
     decided_limit: int
     watches: list[str]              # to filter by (among the tickets of the asked-for state)
     clouds: list[str]
+
+    def marks_hold_until(self, now: dt.datetime) -> dt.datetime | None:
+        """Until when the overdue marks as they are at ``now`` hold (the moment past which a live ticket not overdue
+        yet becomes so; None: for good, until the tickets change): what is worked out from the queue is kept that
+        long."""
+        coming = [due for due in (t.overdue_after() for t in self.live) if due is not None and due >= now]
+        return min(coming, default=None)
 
     @property
     def older_offset(self) -> int | None:
@@ -106,7 +121,18 @@ def tickets_stamp(conn: Connection) -> tuple[int, int | None, int | None]:
     from the queue. Three index look-ups: ``max(updated_at)`` would read every ticket row, contexts and all
     (1,000 tickets: a few milliseconds, most of a queue view)."""
     with translate_db_errors("reading the review queue"):
-        count, newest, changed = conn.execute(_TICKETS_STAMP).one()
+        return tickets_stamp_from(conn.execute(*tickets_stamp_read()).all())
+
+
+def tickets_stamp_read() -> tuple[Any, dict[str, Any]]:
+    """The read of ``tickets_stamp`` (statement, parameters), for ``db.read_together``: the queue page sends it
+    with the session's user look-up, one round trip for both on PostgreSQL."""
+    return _TICKETS_STAMP, {}
+
+
+def tickets_stamp_from(rows: Sequence[Any]) -> tuple[int, int | None, int | None]:
+    """``tickets_stamp`` from the rows of its read."""
+    count, newest, changed = rows[0]
     return int(count), newest, changed
 
 

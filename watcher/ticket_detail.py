@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, select
 
@@ -95,11 +95,25 @@ _PAGE_STAMP = _page_stamp_query()
 
 def page_stamp(conn: Connection, ticket_id: int) -> PageStamp:
     """One query (NotFoundError for no such ticket)."""
+    read = page_stamp_read(ticket_id)
+    if read is None:
+        raise NotFoundError(f"no ticket {ticket_id}")
+    return page_stamp_from(conn.execute(*read).all(), ticket_id)
+
+
+def page_stamp_read(ticket_id: int) -> tuple[Any, dict[str, Any]] | None:
+    """The read of ``page_stamp`` (statement, parameters), for ``db.read_together``; None for an id no ticket
+    can have (the database would refuse it as a parameter)."""
     if not 1 <= ticket_id <= tickets.MAX_TICKET_ID:
+        return None
+    return _PAGE_STAMP, {"ticket_id": ticket_id}
+
+
+def page_stamp_from(rows: Sequence[Any], ticket_id: int) -> PageStamp:
+    """``page_stamp`` from the rows of its read (NotFoundError for none)."""
+    if not rows:
         raise NotFoundError(f"no ticket {ticket_id}")
-    row = conn.execute(_PAGE_STAMP, {"ticket_id": ticket_id}).first()
-    if row is None:
-        raise NotFoundError(f"no ticket {ticket_id}")
+    row = rows[0]
 
     def utc(value: Any) -> dt.datetime | None:
         if value is None:

@@ -15,7 +15,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -146,8 +146,17 @@ _FIND_USER = select(User.__table__).where(User.__table__.c.name == bindparam("na
 
 
 def find_user(conn: Connection, name: str) -> UserInfo | None:
-    row = conn.execute(_FIND_USER, {"name": name}).first()
-    return _user(row) if row else None
+    return user_from(conn.execute(*find_user_read(name)).all())
+
+
+def find_user_read(name: str) -> tuple[Any, dict[str, Any]]:
+    """The read of ``find_user`` (statement, parameters), for ``db.read_together``."""
+    return _FIND_USER, {"name": name}
+
+
+def user_from(rows: Sequence[Any]) -> UserInfo | None:
+    """``find_user`` from the rows of its read."""
+    return _user(rows[0]) if rows else None
 
 
 def list_users(conn: Connection) -> list[UserInfo]:

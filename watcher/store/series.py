@@ -14,15 +14,16 @@ import collections
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import db, diff as diffs
-from ..address_space import STORABLE_BELOW, Sizes, family_sizes, storable_sizes
+from ..address_space import STORABLE_BELOW, Sizes, SpaceTracker, family_sizes, storable_sizes
 from ..errors import translate_db_errors
 from ..models import Content, PrefixSpan, Publication, Tag, TagVersion, day_from_key
-from ..prefixes import passes_prefix_gate
+from ..prefixes import passing_prefix_gate
 from .packing import load_texts, split_text
 from .queries import _metadata_of, tag_name
 from .records import HistoryEntry
@@ -30,6 +31,9 @@ from .records import HistoryEntry
 log = logging.getLogger(__name__)
 
 SIZE_COLUMNS = ("v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64")
+#: Uncounted sets are counted from the tag's spans when they are at least one in this many of its versions
+#: (AzureCloud, 240 versions: from the texts, 2 sets 0.1 s, 60 sets 0.3 s; from the spans, 0.2 s whatever the number).
+SPANS_COUNT_SHARE = 5
 
 
 @dataclass(frozen=True)
@@ -49,17 +53,31 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
             select(v, *(c.c[name] for name in SIZE_COLUMNS)).join(c, c.c.hash == v.c.content_hash)
             .where(v.c.tag_id == identity).order_by(v.c.valid_from)
         ).all()
-        # One pass over the spans (they have no index by tag: a look-up by tag reads them all), counted per
-        # (first day, end day): a few hundred rows, split into each day's additions and removals here.
+        uncounted = [bytes(r.content_hash) for r in versions if r.v4_prefixes is None]
         events: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
-        for first_day, until_day, count in conn.execute(
-                select(s.c.first_day, s.c.until_day, func.count()).where(s.c.tag_id == identity)
-                .group_by(s.c.first_day, s.c.until_day)):
-            events[first_day][0] += count
-            if until_day is not None:
-                events[until_day][1] += count
-        uncounted = {bytes(r.content_hash) for r in versions if r.v4_prefixes is None}
-        counted = _count(conn, uncounted) if uncounted else {}
+        counted: dict[bytes, Sizes] | None = None
+        if len(uncounted) > 1 and SPANS_COUNT_SHARE * len(uncounted) >= len(versions):
+            # Many sets to count (a history imported but never shown): from the spans themselves, which say
+            # what each version added and removed (~25,000 rows for AzureCloud over five years; a pass over the
+            # whole history, cheaper than the texts past about a fifth of it).
+            spans = conn.execute(select(s.c.prefix, s.c.first_day, s.c.until_day).where(s.c.tag_id == identity)
+                                 ).all()
+            for _prefix, first_day, until_day in spans:
+                events[first_day][0] += 1
+                if until_day is not None:
+                    events[until_day][1] += 1
+            counted = _count_from_spans(spans, versions)
+        else:
+            # One pass over the spans (they have no index by tag: a look-up by tag reads them all), counted per
+            # (first day, end day): a few hundred rows, split into each day's additions and removals here.
+            for first_day, until_day, count in conn.execute(
+                    select(s.c.first_day, s.c.until_day, func.count()).where(s.c.tag_id == identity)
+                    .group_by(s.c.first_day, s.c.until_day)):
+                events[first_day][0] += count
+                if until_day is not None:
+                    events[until_day][1] += count
+        if counted is None:
+            counted = _count(conn, uncounted) if uncounted else {}
     if counted:
         _keep_sizes(conn.engine, counted)
     # Every span starts and ends on a version's day (a version is written whenever the set changes); events
@@ -93,11 +111,59 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
     return TagSeries(real_name, entries, sizes)
 
 
-def _count(conn: Connection, hashes: set[bytes]) -> dict[bytes, Sizes]:
-    """Sizes of sets stored without them: the import does not count them (see ``importer._write_contents``)."""
-    # A prefix an older version stored past today's gate is skipped, as the diff skips it.
-    return {digest: family_sizes([p for p in split_text(found.text) if passes_prefix_gate(p)])
-            for digest, found in load_texts(conn, hashes).items()}
+def _count_from_spans(spans: Sequence[Any], versions: Sequence[Any]) -> dict[bytes, Sizes] | None:
+    """The sizes of the versions' sets stored without them, from the tag's prefix spans: the spans of each day
+    removed and added (``SpaceTracker``), in day order, the gate checked once per distinct prefix. None when, at
+    any version, the spans do not hold as many prefixes as its stored set (then the sets are counted instead):
+    sizes are kept for good, and a history is trusted only where it agrees with what was stored."""
+    passing = set(passing_prefix_gate(list({prefix for prefix, _, _ in spans})))
+    days: dict[int, tuple[list[str], list[str]]] = collections.defaultdict(lambda: ([], []))
+    for prefix, first_day, until_day in spans:
+        days[first_day][0].append(prefix)
+        if until_day is not None:
+            days[until_day][1].append(prefix)
+    ordered = sorted(days)
+    tracker, present, at, counted = SpaceTracker(), 0, 0, {}
+    for version in versions:
+        while at < len(ordered) and ordered[at] <= version.valid_from:
+            added, removed = days[ordered[at]]
+            present += len(added) - len(removed)
+            tracker.apply([p for p in added if p in passing], [p for p in removed if p in passing])
+            at += 1
+        if present != version.prefix_count:
+            log.info("the prefix spans of tag %s disagree with its version of day %d: its sets are counted",
+                     version.tag_id, version.valid_from)
+            return None
+        if version.v4_prefixes is None:
+            counted[bytes(version.content_hash)] = tracker.sizes()
+    return counted
+
+
+def _count(conn: Connection, hashes: list[bytes]) -> dict[bytes, Sizes]:
+    """Sizes of sets stored without them (the import does not count them, see ``importer._write_contents``), in
+    the order of the tag's history.
+
+    A set alone is counted whole (``family_sizes``). Many (a history imported but never shown: AzureCloud over five
+    years, ~250 sets of ~13,000 prefixes that differ by a few dozen from one to the next) are counted as a run:
+    the first whole, each next one from its difference with the one before (``SpaceTracker``), and the gate is
+    checked once per distinct prefix; ~10x faster than counting each set whole.
+    """
+    texts = load_texts(conn, set(hashes))
+    if len(texts) == 1:
+        (digest, found), = texts.items()
+        # A prefix an older version stored past today's gate is skipped, as the diff skips it.
+        return {digest: family_sizes(passing_prefix_gate(split_text(found.text)))}
+    counted: dict[bytes, Sizes] = {}
+    tracker, previous, passing = SpaceTracker(), frozenset[str](), set[str]()
+    for digest in hashes:
+        if digest in counted:  # a set the tag had before (a change undone)
+            continue
+        current = frozenset(split_text(texts[digest].text))
+        added, removed = current - previous, previous - current
+        passing.update(passing_prefix_gate(list(added - passing)))
+        counted[digest] = tracker.apply([p for p in added if p in passing], [p for p in removed if p in passing])
+        previous = current
+    return counted
 
 
 def _keep_sizes(engine: Engine, counted: dict[bytes, Sizes]) -> None:
@@ -122,7 +188,17 @@ def publications_stamp(conn: Connection, cloud: str) -> tuple[int, int | None]:
     """How many publications the cloud has and the newest id: it changes whenever a publication is imported
     (or a missing one back-filled), so it keys what is worked out from the history."""
     with translate_db_errors(f"counting the {cloud} publications"):
-        count, newest = conn.execute(_PUBLICATIONS_STAMP, {"cloud": cloud}).one()
+        return publications_stamp_from(conn.execute(*publications_stamp_read(cloud)).all())
+
+
+def publications_stamp_read(cloud: str) -> tuple[Any, dict[str, Any]]:
+    """The read of ``publications_stamp`` (statement, parameters), for ``db.read_together``."""
+    return _PUBLICATIONS_STAMP, {"cloud": cloud}
+
+
+def publications_stamp_from(rows: Sequence[Any]) -> tuple[int, int | None]:
+    """``publications_stamp`` from the rows of its read."""
+    count, newest = rows[0]
     return int(count), newest
 
 

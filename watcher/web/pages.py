@@ -18,6 +18,7 @@ import jinja2
 from markupsafe import Markup
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import configure_mappers
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -93,9 +94,12 @@ class PageError(Exception):
 
 def compile_templates(settings: Settings) -> None:
     """The desk's templates and the snippets' rule templates, compiled before the first request needs them
-    (jinja2 keeps them per process; the first view of a ticket would otherwise compile ten templates)."""
+    (jinja2 keeps them per process; the first view of a ticket would otherwise compile ten templates), and the
+    models' mappers configured."""
     for name in ENV.list_templates(extensions=("html",)):
         ENV.get_template(name)
+    # The models' mappers too: SQLAlchemy configures them at their first query otherwise (~15 ms of a first view).
+    configure_mappers()
     try:
         render.compile_templates(settings.tickets, SNIPPET_FORMATS)
     except WatcherError as exc:  # a missing template folder: the snippets' own render says so
@@ -119,10 +123,16 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
-    def signed_in(view: Callable[[Request, UserInfo], Response]) -> Callable[[Request], Any]:
+    def signed_in(view: Callable[..., Response],
+                  along: Callable[[Request], list[Any]] | None = None) -> Callable[[Request], Any]:
+        """The page ``view(request, user)`` for a signed-in user; with ``along``, the reads it names for a request
+        (its stamp) are sent with the user look-up and their rows given too: ``view(request, user, rows)``."""
         def as_user(request: Request) -> Response | None:
-            user = auth.user(request)
-            return view(request, user) if user is not None else None
+            if along is None:
+                user = auth.user(request)
+                return view(request, user) if user is not None else None
+            user, rows = auth.user_reading(request, along(request))
+            return view(request, user, rows) if user is not None else None
 
         def with_one_connection(request: Request) -> Response | None:
             return reads.within(as_user, request)
@@ -191,11 +201,15 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
 
     # ------------------------------------------------------------ pages
 
-    # The queue's content is the same for everyone: kept per tickets stamp, filters and minute (overdue marks
-    # move with the clock), so a view costs one small query.
-    queue_cache: dict[tuple[Any, ...], str] = {}
+    # The queue's content is the same for everyone: kept per tickets stamp and filters until its overdue marks
+    # would change with the clock (it was re-rendered every minute: three queries and the template), so a view
+    # costs one small query.
+    queue_cache: dict[tuple[Any, ...], tuple[str, dt.datetime | None]] = {}
 
-    def queue(request: Request, user: UserInfo) -> Response:
+    def queue_reads(request: Request) -> list[Any]:
+        return [review_queue.tickets_stamp_read()]
+
+    def queue(request: Request, user: UserInfo, stamp_rows: list[Any]) -> Response:
         wanted = {k: request.query_params.get(k) or "" for k in ("state", "watch", "cloud")}
         try:
             offset = max(0, int(request.query_params.get("offset") or 0))
@@ -203,18 +217,18 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
             offset = 0
         now = dt.datetime.now(dt.timezone.utc)
         with reads.connect() as conn:
-            key = (*review_queue.tickets_stamp(conn), now.strftime("%Y%m%d%H%M"), *wanted.values(), offset)
-            body = queue_cache.get(key)
-            if body is None:
+            key = (*review_queue.tickets_stamp_from(stamp_rows[0]), *wanted.values(), offset)
+            kept = queue_cache.get(key)
+            if kept is None or (kept[1] is not None and now > kept[1]):
                 found = review_queue.review_queue(conn, wanted["state"] or None, wanted["watch"] or None,
                                                   wanted["cloud"] or None, offset)
                 filters = "&".join(f"{k}={quote(v)}" for k, v in wanted.items() if v)
-                body = remember(queue_cache, key, ENV.get_template("queue_body.html").render(
+                kept = remember(queue_cache, key, (ENV.get_template("queue_body.html").render(
                     queue=found, live=found.live, rest=found.decided, overdue={t.id for t in found.live
                                                                                if t.overdue(now)},
                     wanted=wanted, states=tickets.STATES, watches=found.watches, clouds=found.clouds,
-                    filters=filters))
-        return page("queue.html", request, user, body=Markup(body))
+                    filters=filters), found.marks_hold_until(now)))
+        return page("queue.html", request, user, body=Markup(kept[0]))
 
     # Every snippet format of a ticket, rendered from one view and kept while the ticket and its watch's
     # approved state stay as they are (an AzureCloud ticket's nine formats take a second to render).
@@ -232,11 +246,17 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
     # a view of a ticket seen before costs one small query instead of reading its context and lists.
     ticket_page_cache: dict[tuple[Any, ...], tuple[str, str]] = {}
 
-    def ticket_page(request: Request, user: UserInfo, message: str = "", status: int = 200) -> Response:
+    def ticket_reads(request: Request) -> list[Any]:
+        read = ticket_detail.page_stamp_read(int(request.path_params["ticket_id"]))
+        return [read] if read is not None else []
+
+    def ticket_page(request: Request, user: UserInfo, stamp_rows: list[Any] | None = None, message: str = "",
+                    status: int = 200) -> Response:
         ticket_id = int(request.path_params["ticket_id"])
         now = dt.datetime.now(dt.timezone.utc)
         with reads.connect() as conn:
-            stamp = ticket_detail.page_stamp(conn, ticket_id)
+            stamp = (ticket_detail.page_stamp_from(stamp_rows[0], ticket_id) if stamp_rows
+                     else ticket_detail.page_stamp(conn, ticket_id))
             # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
             if stamp.own is not None:
                 removals_after = stamp.own.removals_at.isoformat() if stamp.own.removals_at else None
@@ -304,9 +324,12 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
     body_cache: dict[tuple[Any, ...], str] = {}
     svg_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
 
-    def tag_history(cloud: str, name: str) -> tuple[tuple[Any, ...], str, list[Any], list[plots.SeriesPoint], list[Any]]:
+    def tag_history(cloud: str, name: str, stamp_rows: list[Any] | None = None
+                    ) -> tuple[tuple[Any, ...], str, list[Any], list[plots.SeriesPoint], list[Any]]:
         with reads.connect() as conn:
-            key = (cloud, name, *series.publications_stamp(conn, cloud))
+            stamp = (series.publications_stamp_from(stamp_rows[0]) if stamp_rows
+                     else series.publications_stamp(conn, cloud))
+            key = (cloud, name, *stamp)
             cached = series_cache.get(key)
             if cached is None:
                 pubs = store.publications(conn, cloud)
@@ -316,9 +339,15 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
                                                       plots.tag_series([p.file_date for p in pubs], versions), pubs))
         return (key, *cached)
 
-    def tag_page(request: Request, user: UserInfo) -> Response:
+    def tag_reads(request: Request) -> list[Any]:
+        try:
+            return [series.publications_stamp_read(api.cloud_of(request.query_params.get("cloud")))]
+        except api.ApiError:  # the page says so, once the user is known
+            return []
+
+    def tag_page(request: Request, user: UserInfo, stamp_rows: list[Any]) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
-        key, real, entries, points, pubs = tag_history(cloud, name)
+        key, real, entries, points, pubs = tag_history(cloud, name, stamp_rows)
         compare = None
         first, second = request.query_params.get("from") or "", request.query_params.get("to") or ""
         if first and second:
@@ -401,8 +430,8 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         return page("health.html", request, user, report=report)
 
     return [
-        Route("/", signed_in(queue)),
-        Route("/tag", signed_in(tag_page)),
+        Route("/", signed_in(queue, queue_reads)),
+        Route("/tag", signed_in(tag_page, tag_reads)),
         Route("/tag/plot.svg", signed_in(tag_plot)),
         Route("/watch", signed_in(watch_page)),
         Route("/lookup", signed_in(lookup_page)),
@@ -410,7 +439,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         Route("/health", signed_in(health_page)),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
-        Route("/tickets/{ticket_id:int}", signed_in(ticket_page)),
+        Route("/tickets/{ticket_id:int}", signed_in(ticket_page, ticket_reads)),
         Route("/tickets/{ticket_id:int}/action", ticket_action, methods=["POST"]),
         Route("/tickets/{ticket_id:int}/snippet/{fmt}", signed_in(snippet)),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
