@@ -160,11 +160,16 @@ def _closed_by_server(dbapi_connection) -> bool:
 _DRIVER_SQL: dict[int, tuple[Executable, str]] = {}
 
 
+def pipelined(conn: Connection) -> bool:
+    """True when ``read_together`` answers several reads in one round trip (PostgreSQL through psycopg)."""
+    return conn.dialect.driver == "psycopg"
+
+
 def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[Any]]:
     """The rows of several independent reads (statement, parameters); on PostgreSQL sent together and answered in
     one round trip (psycopg's pipeline mode), elsewhere run one after the other. Rows have attributes by column
     name, as SQLAlchemy's do; columns come as the driver loads them (the statements' types need no conversion)."""
-    if conn.dialect.driver != "psycopg" or len(reads) < 2:
+    if not pipelined(conn) or len(reads) < 2:
         return [conn.execute(statement, dict(params)).all() for statement, params in reads]
     from psycopg.rows import namedtuple_row
 
@@ -172,7 +177,7 @@ def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[st
     cursors = []
     with raw.pipeline():
         for statement, params in reads:
-            cursor = raw.cursor(row_factory=namedtuple_row)
+            cursor = raw.cursor(row_factory=namedtuple_row, binary=True)
             cursor.execute(_driver_sql(conn, statement), dict(params))
             cursors.append(cursor)
     try:

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, bindparam, func, insert, select
 from . import diff as diffs
 from .errors import NotFoundError
 from .models import ApprovedState as ApprovedStateRow
+from .models import Ticket as TicketRow
 from .store import sql
 
 FAMILIES = ("v4", "v6")
@@ -323,9 +324,14 @@ def history(conn: Connection, cloud: str, watch: str, ticket_id: int | None = No
     return [_state(r) for r in conn.execute(query.order_by(table.c.id))]
 
 
-def _of_ticket_query() -> Any:
+def _of_ticket_query(by_ticket: bool = False) -> Any:
+    """``of_ticket``'s statement; ``by_ticket``: the watch taken from the ticket's row (only ``:ticket_id`` bound)."""
     table = ApprovedStateRow.__table__
     cloud, watch = bindparam("cloud"), bindparam("watch")
+    if by_ticket:
+        ticket = TicketRow.__table__
+        cloud, watch = (select(column).where(ticket.c.id == bindparam("ticket_id")).scalar_subquery()
+                        for column in (ticket.c.cloud, ticket.c.watch))
     newest = select(func.max(table.c.id)).where(table.c.cloud == cloud, table.c.watch == watch).scalar_subquery()
     return select(*_columns(tags=False)).where(table.c.cloud == cloud, table.c.watch == watch,
                                (table.c.ticket_id == bindparam("ticket_id")) | (table.c.id == newest)
@@ -334,6 +340,7 @@ def _of_ticket_query() -> Any:
 
 #: Built once: every render of a ticket runs it, and building it costs more than running it on SQLite.
 _OF_TICKET = _of_ticket_query()
+_OF_TICKET_BY_ID = _of_ticket_query(by_ticket=True)
 
 
 def of_ticket(conn: Connection, cloud: str, watch: str,
@@ -346,6 +353,11 @@ def of_ticket(conn: Connection, cloud: str, watch: str,
 def of_ticket_read(cloud: str, watch: str, ticket_id: int) -> tuple[Any, dict[str, Any]]:
     """The read of ``of_ticket`` (statement, parameters), for ``db.read_together``."""
     return _OF_TICKET, {"cloud": cloud, "watch": watch, "ticket_id": ticket_id}
+
+
+def of_ticket_by_id_read(ticket_id: int) -> tuple[Any, dict[str, Any]]:
+    """``of_ticket_read`` for a ticket known by its id alone (read with its row: ``tickets.get_ticket``)."""
+    return _OF_TICKET_BY_ID, {"ticket_id": ticket_id}
 
 
 def of_ticket_from(rows: Iterable[Any], ticket_id: int) -> tuple[list[ApprovedState], ApprovedState | None]:
