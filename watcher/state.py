@@ -193,9 +193,10 @@ class _Content(msgspec.Struct):
 
 
 class _Lists(msgspec.Struct):
-    """A stored state's ``lists`` column: the previous lists are kept undecoded."""
+    """A stored state's ``lists`` column: the previous lists are kept undecoded, and so is the final list until it is
+    used (a snippet of the first phase reads ``during`` alone)."""
 
-    final: dict[str, list[str]]
+    final: msgspec.Raw
     before: msgspec.Raw  # only a snippet of the ticket that made the state reads it
     during: dict[str, list[str]] | None = None
     dropped: dict[str, dict[str, list[str]]] | None = None
@@ -280,7 +281,7 @@ def _state(row: Any, tags: bool = True) -> ApprovedState:
         id=row.id, cloud=row.cloud, watch=row.watch, ticket_id=row.ticket_id, publication_id=row.publication_id,
         publication=_CONTENT.decode(row.content).publication, approved_at=as_utc(row.approved_at),
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
-        tags=_StoredTags(row.tags if tags else None, row.id), final=lists.final,
+        tags=_StoredTags(row.tags if tags else None, row.id), final=_StoredLists(lists.final),
         before=_StoredLists(lists.before), during=lists.during, dropped=lists.dropped,
     )
 
