@@ -510,8 +510,8 @@ def _insert(conn: Connection, watch: ResolvedWatch, approved: states.ApprovedSta
 class ViewReads:
     """A ticket's events and its watch's approved states (as ``states.of_ticket`` reads them), read in the round trip
     that read the ticket's row: the first view made of the ticket on the same connection takes them instead of reading
-    them again, so the view shows the ticket, its trail and the states of one moment. Taken once: a later view reads
-    afresh."""
+    them again, so the view shows the ticket, its trail and the states of one moment. Taken once, by the first view
+    (dropped if that view is made on another connection): a later view reads afresh."""
 
     def __init__(self, conn: Connection, events: list[Any], states: list[Any]):
         self._connection = weakref.ref(conn)
