@@ -187,6 +187,17 @@ def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[st
             cursor.close()
 
 
+def read_rows(conn: Connection, statement: Executable, params: Mapping[str, Any] | None = None) -> list[Any]:
+    """The rows of one read, as ``read_together`` gives them: on PostgreSQL straight from psycopg in binary (no text
+    encoding of large values such as packed lists, no SQLAlchemy result), elsewhere through SQLAlchemy."""
+    if not pipelined(conn):
+        return conn.execute(statement, dict(params or {})).all()
+    from psycopg.rows import namedtuple_row
+
+    with conn.connection.driver_connection.cursor(row_factory=namedtuple_row, binary=True) as cursor:
+        return cursor.execute(_driver_sql(conn, statement), dict(params or {})).fetchall()
+
+
 def _driver_sql(conn: Connection, statement: Executable) -> str:
     found = _DRIVER_SQL.get(id(statement))
     if found is None or found[0] is not statement:

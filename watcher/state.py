@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import msgspec
 from sqlalchemy import Connection, bindparam, func, insert, select
 
-from . import diff as diffs
+from . import db, diff as diffs
 from .errors import NotFoundError
 from .models import ApprovedState as ApprovedStateRow
 from .models import Ticket as TicketRow
@@ -382,7 +382,7 @@ _ALL_CURRENT = {(at, tags): _all_current_query(at, tags) for at in (False, True)
 def all_current(conn: Connection, at: dt.datetime | None = None, *, tags: bool = False) -> list[ApprovedState]:
     """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query);
     their tags only with ``tags`` (listing states needs the family lists alone)."""
-    rows = conn.execute(_ALL_CURRENT[at is not None, tags], {"at": at} if at is not None else {})
+    rows = db.read_rows(conn, _ALL_CURRENT[at is not None, tags], {"at": at} if at is not None else {})
     return [_state(r, tags) for r in rows]
 
 
