@@ -21,10 +21,11 @@ receiver can tell a repeat.
 On PostgreSQL, claims and results are single statements committed without
 waiting for the server's disk flush (each statement sets ``synchronous_commit``
 off for its own transaction, ``set_config(..., true)``: a flush costs
-milliseconds per message; the connection's setting never changes). Other sessions see them at once; a crash of the database
-server itself may forget the last fraction of a second of them, which moves
-rows back to ``pending`` or ``sending``: they are sent again, as after a
-crash between 2 and 3, and never lost.
+milliseconds per message; the connection's setting never changes). Other
+sessions see them at once; a crash of the database server itself may forget
+the last fraction of a second of them, which moves rows back to ``pending``
+or ``sending``: they are sent again, as after a crash between 2 and 3, and
+never lost.
 
 Destination URLs carry secrets (passwords, tokens). The database knows a
 destination by a hash of its URL and by apprise's privacy form; the URL itself
