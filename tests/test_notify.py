@@ -228,6 +228,21 @@ def test_down_destination_gets_the_ticket_once_it_is_back(engine, json_receiver,
     assert JSON_SECRET not in caplog.text and JSON_SECRET not in first.error
 
 
+def test_a_result_relaxes_its_own_commit_and_the_connection_keeps_its_setting(engine, json_receiver):
+    """On PostgreSQL each claim and result statement turns synchronous_commit off for its own transaction only."""
+    json_receiver.start()
+    base = f"json://127.0.0.1:{json_receiver.port}"
+    settings = make_settings(urls=(f"{base}/", f"{base}/b"))
+    held_ticket_week(engine, settings)
+    assert [r.state for r in notify.deliver_due(engine, settings, now=soon())] == ["sent", "sent"]
+    assert [r["state"] for r in outbox_rows(engine)] == ["sent", "sent"]
+    if engine.dialect.name == "postgresql":
+        for name in ("take_pg", "record_sent_and_take", "record_pending_and_take", "record_failed_and_take"):
+            assert "set_config" in str(notify._claim_statements()[name].compile(dialect=engine.dialect)), name
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar_one() == "on"
+
+
 def test_gives_up_after_max_attempts_and_says_so(engine, db_url):
     url = f"json://user:{JSON_SECRET}@127.0.0.1:{free_port()}/"
     settings = make_settings(urls=(url,), max_attempts=2, backoff_seconds=1)

@@ -254,6 +254,31 @@ def test_nft_check_rejects_a_broken_set(tmp_path):
                        " elements = { 10.0.0.0/33 }\n }\n}\n", tmp_path)
 
 
+def test_a_ticket_from_get_ticket_renders_as_a_listed_one_and_its_view_reads_serve_one_view(engine):
+    """On PostgreSQL get_ticket reads the view's rows in its round trip; the first view takes them (on the same
+    connection only), any other view reads afresh; every format comes out as from a ticket read without them."""
+    settings = make_settings()
+    import_real_pair(engine, settings)
+    with engine.connect() as conn:
+        (held,) = tickets.list_tickets(conn, "hold")
+    review.transition(engine, held.id, "release", "alice")
+    review.transition(engine, held.id, "approve", "bob")
+    formats = list(render.FORMATS)
+    with engine.connect() as conn, engine.connect() as other:
+        (listed,) = [t for t in tickets.list_tickets(conn) if t.id == held.id]
+        assert listed.view_reads is None
+        expected = {phase: render.render_formats(conn, settings, listed, formats, phase) for phase in ("add", "remove")}
+        got = tickets.get_ticket(conn, held.id)
+        assert (got.view_reads is not None) == (engine.dialect.name == "postgresql")
+        assert render.render_formats(conn, settings, got, formats, "add") == expected["add"]
+        assert got.view_reads is None or got.view_reads.take(conn) is None  # taken by the first view
+        assert render.render_formats(conn, settings, got, formats, "remove") == expected["remove"]  # read afresh
+        elsewhere = tickets.get_ticket(conn, held.id)
+        assert render.render_formats(other, settings, elsewhere, formats, "add") == expected["add"]
+        assert elsewhere.view_reads is None or elsewhere.view_reads.take(conn) is None  # dropped by that first view
+        assert tickets.get_ticket(conn, held.id, view=False).view_reads is None
+
+
 def test_html_and_markdown_are_escaped_and_text_is_not(engine):
     settings = make_settings()
     source = "https://mirror.example/a=1&b=<i>x</i>/ServiceTags_Public_20250101.json"

@@ -160,11 +160,16 @@ def _closed_by_server(dbapi_connection) -> bool:
 _DRIVER_SQL: dict[int, tuple[Executable, str, dict[str, Any]]] = {}
 
 
+def pipelined(conn: Connection) -> bool:
+    """True when ``read_together`` answers several reads in one round trip (PostgreSQL through psycopg)."""
+    return conn.dialect.driver == "psycopg"
+
+
 def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[str, Any]]]) -> list[list[Any]]:
     """The rows of several independent reads (statement, parameters); on PostgreSQL sent together and answered in
     one round trip (psycopg's pipeline mode), elsewhere run one after the other. Rows have attributes by column
     name, as SQLAlchemy's do; columns come as the driver loads them (the statements' types need no conversion)."""
-    if conn.dialect.driver != "psycopg" or len(reads) < 2:
+    if not pipelined(conn) or len(reads) < 2:
         return [conn.execute(statement, dict(params)).all() for statement, params in reads]
     from psycopg.rows import namedtuple_row
 
@@ -172,7 +177,7 @@ def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[st
     cursors = []
     with raw.pipeline():
         for statement, params in reads:
-            cursor = raw.cursor(row_factory=namedtuple_row)
+            cursor = raw.cursor(row_factory=namedtuple_row, binary=True)
             sql, fixed = _driver_sql(conn, statement)
             cursor.execute(sql, {**fixed, **params})
             cursors.append(cursor)
@@ -181,6 +186,18 @@ def read_together(conn: Connection, reads: Sequence[tuple[Executable, Mapping[st
     finally:
         for cursor in cursors:
             cursor.close()
+
+
+def read_rows(conn: Connection, statement: Executable, params: Mapping[str, Any] | None = None) -> list[Any]:
+    """The rows of one read, as ``read_together`` gives them: on PostgreSQL straight from psycopg in binary (no text
+    encoding of large values such as packed lists, no SQLAlchemy result), elsewhere through SQLAlchemy."""
+    if not pipelined(conn):
+        return conn.execute(statement, dict(params or {})).all()
+    from psycopg.rows import namedtuple_row
+
+    sql, fixed = _driver_sql(conn, statement)
+    with conn.connection.driver_connection.cursor(row_factory=namedtuple_row, binary=True) as cursor:
+        return cursor.execute(sql, {**fixed, **dict(params or {})}).fetchall()
 
 
 def _driver_sql(conn: Connection, statement: Executable) -> tuple[str, dict[str, Any]]:

@@ -19,12 +19,13 @@ may arrive twice. Every message carries the ticket's id and uid, so a
 receiver can tell a repeat.
 
 On PostgreSQL, claims and results are single statements committed without
-waiting for the server's disk flush (``synchronous_commit`` off on the
-connection that makes them, for that time only: a flush costs milliseconds
-per message). Other sessions see them at once; a crash of the database
-server itself may forget the last fraction of a second of them, which moves
-rows back to ``pending`` or ``sending``: they are sent again, as after a
-crash between 2 and 3, and never lost.
+waiting for the server's disk flush (each statement sets ``synchronous_commit``
+off for its own transaction, ``set_config(..., true)``: a flush costs
+milliseconds per message; the connection's setting never changes). Other
+sessions see them at once; a crash of the database server itself may forget
+the last fraction of a second of them, which moves rows back to ``pending``
+or ``sending``: they are sent again, as after a crash between 2 and 3, and
+never lost.
 
 Destination URLs carry secrets (passwords, tokens). The database knows a
 destination by a hash of its URL and by apprise's privacy form; the URL itself
@@ -56,7 +57,8 @@ try:  # apprise 1.9 and later attach from memory: no file is written per send
     from apprise.attachment.memory import AttachMemory
 except ImportError:  # pragma: no cover - older apprise
     AttachMemory = None
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, true, update
+from sqlalchemy import (ARRAY, Connection, Engine, Integer, String, all_, and_, any_, bindparam, func, insert, or_,
+                        select, true, update)
 
 from . import db, tickets
 from .errors import NotifyError, RenderError, translate_db_errors
@@ -246,14 +248,15 @@ def _event_prefix(event: str, ticket: tickets.TicketInfo, data: Mapping[str, Any
 
 
 def build_message(renderer: Renderer, ticket: tickets.TicketInfo, data: dict | None = None,
-                  event: str = "created") -> Message:
-    """The message for a ticket as it stands when sent (``data``: its full view with the review trail)."""
+                  event: str = "created", *, html: bool = True) -> Message:
+    """The message for a ticket as it stands when sent (``data``: its full view with the review trail); its HTML
+    body only with ``html`` (only mail destinations send it)."""
     data = tickets.view(ticket) if data is None else data
     prefix = _event_prefix(event, ticket, data)
     return Message(
         title=f"{ticket.ref} {prefix}{'[OVERDUE] ' if data.get('overdue') else ''}{ticket.title}",
         body=renderer.render("summary", data),
-        html=renderer.render("html", data),
+        html=renderer.render("html", data) if html else "",
         attachment_name=f"watcher-ticket-{ticket.id}.md",
         attachment=renderer.render("md", data),
     )
@@ -264,11 +267,12 @@ MESSAGE_FORMATS = ("summary", "html", "md")
 
 
 def _message(conn: Connection, settings: Settings, renderer: Renderer, ticket: tickets.TicketInfo,
-             event: str) -> Message:
-    """A ticket's message with its snippet files, from one view of the ticket (one check of the state in force)."""
+             event: str, html: bool = True) -> Message:
+    """A ticket's message with its snippet files, from one view of the ticket (one check of the state in force); its
+    HTML body only with ``html`` (a batch without mail destinations never sends it)."""
     phase, kinds = snippet_kinds(settings, ticket, event)
     data = formats_view(conn, settings, ticket, (*MESSAGE_FORMATS, *kinds), phase, renderer)
-    message = build_message(renderer, ticket, data, event)
+    message = build_message(renderer, ticket, data, event, html=html)
     if not kinds:
         return message
     texts = {kind: renderer.render(kind, data) for kind in kinds}
@@ -378,17 +382,32 @@ class _Claim:
     event: str = "created"
 
 
-def _due(table: Any, skip: bool) -> Any:
-    """Rows due for ``:keys`` at ``:now``: pending and due, or claimed before ``:expired`` (``:skip`` left out)."""
+def _due(table: Any, skip: bool, arrays: bool = False) -> Any:
+    """Rows due for ``:keys`` at ``:now``: pending and due, or claimed before ``:expired`` (``:skip`` left out).
+
+    ``arrays`` (PostgreSQL): keys and skip bound as one array each, so the statement's text is the same for every
+    message of a batch and the driver prepares it (parsed and planned once) after a few messages.
+    """
+    keys = table.c.destination == any_(bindparam("keys", type_=ARRAY(String))) if arrays else \
+        table.c.destination.in_(bindparam("keys", expanding=True))
     condition = and_(
-        table.c.destination.in_(bindparam("keys", expanding=True)),
+        keys,
         or_(
             and_(table.c.state == "pending", table.c.next_attempt_at <= bindparam("now")),
             # A claim older than the lease belongs to a process that died mid-send.
             and_(table.c.state == "sending", table.c.claimed_at <= bindparam("expired")),
         ),
     )
+    if arrays:
+        return and_(condition, table.c.id != all_(bindparam("skip", type_=ARRAY(Integer)))) if skip else condition
     return and_(condition, table.c.id.not_in(bindparam("skip", expanding=True))) if skip else condition
+
+
+def _relaxed_commit() -> Any:
+    """PostgreSQL: a column that turns ``synchronous_commit`` off for the statement's own transaction (autocommit:
+    the statement is one), so its commit does not wait for the disk flush (see the module's notes). Evaluated for
+    every row the statement returns; a statement that returns no row wrote nothing, and has nothing to flush."""
+    return func.set_config("synchronous_commit", "off", true()).label("relaxed_commit")
 
 
 @functools.lru_cache(maxsize=None)
@@ -404,7 +423,7 @@ def _claim_statements() -> dict[str, Any]:
     for skip in (False, True):
         query = select(*columns).where(_due(table, skip)).order_by(table.c.next_attempt_at, table.c.id).limit(1)
         statements[f"pick{'_skip' * skip}"] = query
-        # The queue idiom: one statement picks a row no one else holds and takes it (FOR UPDATE: PostgreSQL only).
+        # SQLite 3.35 and later: one statement picks a due row and takes it (under the transaction's write lock).
         picked = query.with_only_columns(table.c.id).with_for_update(skip_locked=True).scalar_subquery()
         statements[f"take_locked{'_skip' * skip}"] = (update(table).where(table.c.id == picked).values(**taking)
                                                       .returning(*columns))
@@ -417,41 +436,35 @@ def _claim_statements() -> dict[str, Any]:
     statements["record_failed"] = record.values(state="failed", **released)
     statements["record_pending"] = record.values(
         state="pending", next_attempt_at=bindparam("at", type_=table.c.next_attempt_at.type), **released)
-    # PostgreSQL: a result and the next claim as one statement (one round trip per message instead of two). Both
-    # updates see the same snapshot; they touch different rows (the row recorded is ours, claimed and skipped).
-    # One row always comes back: how many rows the result updated, and the claimed row's columns (NULL if none).
+    # PostgreSQL: the claim with keys and skipped rows bound as arrays (one text for every claim of a batch; an
+    # empty skip array leaves nothing out), its commit relaxed by the statement itself (no SET and RESET round trips).
+    picked = (select(table.c.id).where(_due(table, True, arrays=True)).order_by(table.c.next_attempt_at, table.c.id)
+              .limit(1).with_for_update(skip_locked=True).scalar_subquery())
+    take_pg = update(table).where(table.c.id == picked).values(**taking).returning(*columns)
+    statements["take_pg"] = take_pg.returning(_relaxed_commit())
+    # A result and the next claim as one statement (one round trip per message instead of two). Both updates see the
+    # same snapshot; they touch different rows (the row recorded is ours, claimed and skipped). One row always comes
+    # back: how many rows the result updated, and the claimed row's columns (NULL if none).
+    taken = take_pg.cte("taken")
     for state in ("sent", "failed", "pending"):
         recorded = statements[f"record_{state}"].returning(table.c.id).cte(f"recorded_{state}")
         counted = select(func.count().label("recorded")).select_from(recorded).subquery("counted")
-        for skip in (False, True):
-            taken = statements[f"take_locked{'_skip' * skip}"].cte("taken")
-            statements[f"record_{state}_and_take{'_skip' * skip}"] = (
-                select(counted.c.recorded, *taken.c).select_from(counted.outerjoin(taken, true())))
+        statements[f"record_{state}_and_take"] = (
+            select(counted.c.recorded, *taken.c, _relaxed_commit()).select_from(counted.outerjoin(taken, true())))
     return statements
 
 
 @contextlib.contextmanager
 def _outbox_connection(engine: Engine) -> Iterator[Connection]:
     """A connection for claims and results, one transaction each (on PostgreSQL committed without waiting for the
-    disk flush: see the module's notes); a batch keeps one for all its messages."""
+    disk flush, which each claim and result statement asks for itself: see the module's notes); a batch keeps one for
+    all its messages."""
     with db.writer(engine).connect() as conn:
-        relaxed = conn.dialect.name == "postgresql"
-        if relaxed:
+        if conn.dialect.name == "postgresql":
             # Each statement its own transaction: a result is one UPDATE, a claim one UPDATE ... RETURNING (the
             # queue idiom), so no BEGIN and COMMIT round trips. The pool restores the isolation level.
             conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.exec_driver_sql("SET synchronous_commit TO OFF")
-            conn.commit()  # SQLAlchemy's own transaction marker (the database committed already)
-        try:
-            yield conn
-        finally:
-            if relaxed and not conn.invalidated:
-                try:
-                    conn.rollback()
-                    conn.exec_driver_sql("RESET synchronous_commit")
-                    conn.commit()
-                except Exception:  # noqa: BLE001 - a connection that kept the setting never goes back to the pool
-                    conn.invalidate()
+        yield conn
 
 
 def _claim(engine: Engine, keys: Sequence[str], now: dt.datetime, lease: dt.timedelta,
@@ -481,13 +494,18 @@ def _claim_in(conn: Connection, keys: Sequence[str], now: dt.datetime, lease: dt
     statements = _claim_statements()
     token = str(uuid.uuid4())
     due = {"keys": list(keys), "now": now, "expired": now - lease}
+    taking = {"token": token, "claim_time": claimed_at}
+    if conn.dialect.name == "postgresql":
+        # One statement picks a due row no one else holds (SKIP LOCKED) and takes it.
+        row = conn.execute(statements["take_pg"], {**due, **taking, "skip": list(skip)}).first()
+        return None if row is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token,
+                                               row.event)
     suffix = "_skip" if skip else ""
     if skip:
         due["skip"] = list(skip)
-    taking = {"token": token, "claim_time": claimed_at}
     if conn.dialect.update_returning:
-        # One statement picks a due row and takes it: on PostgreSQL one no one else holds (SKIP LOCKED); on
-        # SQLite (3.35 and later) under the write lock the transaction took first.
+        # One statement picks a due row and takes it, under the write lock the transaction took first (SQLite 3.35
+        # and later).
         row = conn.execute(statements["take_locked" + suffix], {**due, **taking}).first()
         return None if row is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token,
                                                row.event)
@@ -533,10 +551,8 @@ def _record_and_take(conn: Connection, claim: _Claim, result: SendResult, settin
     """PostgreSQL: a send's result and the next claim in one statement (autocommit: committed together)."""
     state, values = _record_values(claim, result, settings, clock())
     token = str(uuid.uuid4())
-    values.update(keys=list(keys), now=now, expired=now - lease, token=token, claim_time=clock())
-    if skip:
-        values["skip"] = list(skip)
-    row = conn.execute(_claim_statements()[f"record_{state}_and_take{'_skip' * bool(skip)}"], values).one()
+    values.update(keys=list(keys), now=now, expired=now - lease, token=token, claim_time=clock(), skip=list(skip))
+    row = conn.execute(_claim_statements()[f"record_{state}_and_take"], values).one()
     _check_recorded(claim, row.recorded)
     following = None if row.id is None else _Claim(row.id, row.ticket_id, row.destination, row.attempts, token,
                                                     row.event)
@@ -596,6 +612,7 @@ def deliver_due(
 def _deliver(engine: Engine, settings: Settings, at: dt.datetime, lease: dt.timedelta,
              clock: Callable[[], dt.datetime], by_key: Mapping[str, Destination]) -> list[DeliveryResult]:
     renderer = Renderer(settings.tickets)
+    html = any(d.scheme in EMAIL_SCHEMES for d in by_key.values())  # only mail sends a message's HTML body
     results: list[DeliveryResult] = []
     attempted: list[int] = []
     messages: dict[tuple[int, str], Message | RenderError] = {}
@@ -613,13 +630,13 @@ def _deliver(engine: Engine, settings: Settings, at: dt.datetime, lease: dt.time
                         # transaction would read them: no checkout, BEGIN or ROLLBACK round trips per ticket.
                         try:
                             message = _message(outbox, settings, renderer,
-                                               tickets.get_ticket(outbox, claim.ticket_id), claim.event)
+                                               tickets.get_ticket(outbox, claim.ticket_id), claim.event, html)
                         finally:
                             outbox.commit()  # SQLAlchemy's transaction marker only: nothing is sent
                     else:
                         with engine.connect() as conn:
                             ticket = tickets.get_ticket(conn, claim.ticket_id)
-                            message = _message(conn, settings, renderer, ticket, claim.event)
+                            message = _message(conn, settings, renderer, ticket, claim.event, html)
                 except RenderError as exc:
                     message = exc
                 messages[(claim.ticket_id, claim.event)] = message

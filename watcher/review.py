@@ -96,7 +96,7 @@ def transition(
     table = Ticket.__table__
     with translate_db_errors(f"recording {action} on ticket {ticket_id}"):
         with db.writer(engine).begin() as conn:
-            ticket = get_ticket(conn, ticket_id)
+            ticket = get_ticket(conn, ticket_id, view=False)
             if ticket.state not in allowed:
                 raise TransitionError(
                     f"ticket {ticket_id} is {ticket.state}: {action} needs a ticket that is {' or '.join(allowed)}"
@@ -131,7 +131,7 @@ def transition(
             })
             if announce is not None:
                 _announce(conn, announce, ticket_id, action, moved_to, at)
-            return get_ticket(conn, ticket_id)
+            return get_ticket(conn, ticket_id, view=False)
 
 
 def _announce(conn: Connection, settings: Settings, ticket_id: int, action: str,
@@ -262,12 +262,17 @@ def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: s
     templates that do not show it), and (for a phase) the snippet objects."""
     data = view(ticket)
     read: tuple[list[states.ApprovedState], states.ApprovedState | None] | None = None
-    if trail and phase is not None:  # both reads wanted: one round trip
+    taken = ticket.view_reads.take(conn) if ticket.view_reads is not None else None
+    state_rows: list[Any] | None = None
+    if taken is not None:  # read with the ticket's row
+        event_rows, state_rows = taken
+        events = events_of(event_rows) if trail else None
+    elif trail and phase is not None:  # both reads wanted: one round trip
         with translate_db_errors(f"reading ticket {ticket.id}'s events and approved states"):
-            event_rows, state_rows = db.read_together(conn, [
+            event_rows, both_read = db.read_together(conn, [
                 events_read(ticket.id), states.of_ticket_read(ticket.cloud, ticket.watch, ticket.id)])
         events = events_of(event_rows)
-        read = states.of_ticket_from(state_rows, ticket.id)
+        read = states.of_ticket_from(both_read, ticket.id)
     else:
         events = ticket_events(conn, ticket.id) if trail else None
     if events is not None:
@@ -276,6 +281,8 @@ def full_view(conn: Connection, ticket: TicketInfo, settings: Settings, phase: s
     if phase is None and events is not None and not any(e.action in ("approve", "approve-adds") for e in events):
         approval: list[states.ApprovedState] = []  # every approval records its state and its event together
     else:
+        if state_rows is not None:  # decoded only here: a message of a ticket never approved needs none
+            read = states.of_ticket_from(state_rows, ticket.id)
         approval, latest = read if read is not None else states.of_ticket(conn, ticket.cloud, ticket.watch,
                                                                           ticket.id)
     data["approval"] = {"removals_at": approval[-1].removals_at.date().isoformat()

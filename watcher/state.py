@@ -29,9 +29,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import msgspec
 from sqlalchemy import Connection, bindparam, func, insert, select
 
-from . import diff as diffs
+from . import db, diff as diffs
 from .errors import NotFoundError
 from .models import ApprovedState as ApprovedStateRow
+from .models import Ticket as TicketRow
 from .store import sql
 
 FAMILIES = ("v4", "v6")
@@ -192,9 +193,10 @@ class _Content(msgspec.Struct):
 
 
 class _Lists(msgspec.Struct):
-    """A stored state's ``lists`` column: the previous lists are kept undecoded."""
+    """A stored state's ``lists`` column: the previous lists are kept undecoded, and so is the final list until it is
+    used (a snippet of the first phase reads ``during`` alone)."""
 
-    final: dict[str, list[str]]
+    final: msgspec.Raw
     before: msgspec.Raw  # only a snippet of the ticket that made the state reads it
     during: dict[str, list[str]] | None = None
     dropped: dict[str, dict[str, list[str]]] | None = None
@@ -279,7 +281,7 @@ def _state(row: Any, tags: bool = True) -> ApprovedState:
         id=row.id, cloud=row.cloud, watch=row.watch, ticket_id=row.ticket_id, publication_id=row.publication_id,
         publication=_CONTENT.decode(row.content).publication, approved_at=as_utc(row.approved_at),
         removals_at=as_utc(row.removals_at) if row.removals_at is not None else None,
-        tags=_StoredTags(row.tags if tags else None, row.id), final=lists.final,
+        tags=_StoredTags(row.tags if tags else None, row.id), final=_StoredLists(lists.final),
         before=_StoredLists(lists.before), during=lists.during, dropped=lists.dropped,
     )
 
@@ -323,9 +325,14 @@ def history(conn: Connection, cloud: str, watch: str, ticket_id: int | None = No
     return [_state(r) for r in conn.execute(query.order_by(table.c.id))]
 
 
-def _of_ticket_query() -> Any:
+def _of_ticket_query(by_ticket: bool = False) -> Any:
+    """``of_ticket``'s statement; ``by_ticket``: the watch taken from the ticket's row (only ``:ticket_id`` bound)."""
     table = ApprovedStateRow.__table__
     cloud, watch = bindparam("cloud"), bindparam("watch")
+    if by_ticket:
+        ticket = TicketRow.__table__
+        cloud, watch = (select(column).where(ticket.c.id == bindparam("ticket_id")).scalar_subquery()
+                        for column in (ticket.c.cloud, ticket.c.watch))
     newest = select(func.max(table.c.id)).where(table.c.cloud == cloud, table.c.watch == watch).scalar_subquery()
     return select(*_columns(tags=False)).where(table.c.cloud == cloud, table.c.watch == watch,
                                (table.c.ticket_id == bindparam("ticket_id")) | (table.c.id == newest)
@@ -334,6 +341,7 @@ def _of_ticket_query() -> Any:
 
 #: Built once: every render of a ticket runs it, and building it costs more than running it on SQLite.
 _OF_TICKET = _of_ticket_query()
+_OF_TICKET_BY_ID = _of_ticket_query(by_ticket=True)
 
 
 def of_ticket(conn: Connection, cloud: str, watch: str,
@@ -346,6 +354,11 @@ def of_ticket(conn: Connection, cloud: str, watch: str,
 def of_ticket_read(cloud: str, watch: str, ticket_id: int) -> tuple[Any, dict[str, Any]]:
     """The read of ``of_ticket`` (statement, parameters), for ``db.read_together``."""
     return _OF_TICKET, {"cloud": cloud, "watch": watch, "ticket_id": ticket_id}
+
+
+def of_ticket_by_id_read(ticket_id: int) -> tuple[Any, dict[str, Any]]:
+    """``of_ticket_read`` for a ticket known by its id alone (read with its row: ``tickets.get_ticket``)."""
+    return _OF_TICKET_BY_ID, {"ticket_id": ticket_id}
 
 
 def of_ticket_from(rows: Iterable[Any], ticket_id: int) -> tuple[list[ApprovedState], ApprovedState | None]:
@@ -369,7 +382,7 @@ _ALL_CURRENT = {(at, tags): _all_current_query(at, tags) for at in (False, True)
 def all_current(conn: Connection, at: dt.datetime | None = None, *, tags: bool = False) -> list[ApprovedState]:
     """The state in force for every watch that has one (at a time, when given), by cloud and watch (one query);
     their tags only with ``tags`` (listing states needs the family lists alone)."""
-    rows = conn.execute(_ALL_CURRENT[at is not None, tags], {"at": at} if at is not None else {})
+    rows = db.read_rows(conn, _ALL_CURRENT[at is not None, tags], {"at": at} if at is not None else {})
     return [_state(r, tags) for r in rows]
 
 

@@ -36,7 +36,7 @@ class TicketDetail:
 
 def ticket_detail(engine: Engine, settings: Settings, ticket_id: int) -> TicketDetail:
     with engine.connect() as conn:
-        ticket = tickets.get_ticket(conn, ticket_id)
+        ticket = tickets.get_ticket(conn, ticket_id, view=False)  # no view made: its events read below
         events = tickets.ticket_events(conn, ticket_id)
         pulls = feed_consumers.pulled_by(conn, ticket_id)
     deliveries = notify.outbox_status(engine, settings, ticket_id)

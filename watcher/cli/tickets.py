@@ -80,7 +80,7 @@ def _review_command(action: str, help_text: str, additions: bool = False) -> Non
     def command(app: AppContext, ticket_id: int, actor: str, comment: str, additions_only: bool = False) -> None:
         if additions_only:
             with app.engine.connect() as conn:
-                if tickets.get_ticket(conn, ticket_id).state != "hold":
+                if tickets.get_ticket(conn, ticket_id, view=False).state != "hold":
                     raise TransitionError("--additions-only is for held tickets; approve an open ticket as a whole")
         step = "approve-adds" if additions_only else action
         ticket = review.transition(app.engine, ticket_id, step, actor, comment, settings=app.settings.tickets,
