@@ -119,7 +119,7 @@ def review_step(engine: Engine, settings: Settings, user: UserInfo, ticket_id: i
         if step != "approve":
             raise ApiError(400, "additions_only goes with approve")
         with engine.connect() as conn:
-            if tickets.get_ticket(conn, ticket_id).state != "hold":
+            if tickets.get_ticket(conn, ticket_id, view=False).state != "hold":
                 raise TransitionError("additions only is for held tickets; approve an open ticket as a whole")
         step = "approve-adds"
     review.transition(engine, ticket_id, step, user.name, comment, settings=settings.tickets, announce=settings)
