@@ -489,7 +489,8 @@ def test_the_span_buffer_is_in_key_order():
 
 
 def test_a_first_import_leaves_keys_and_foreign_keys_as_the_migrations_made_them(engine, public_files):
-    """On PostgreSQL the first import adds the spans' key and the versions' foreign keys after its bulk writes."""
+    """On PostgreSQL the first import adds the spans' key and the versions' foreign keys after its bulk writes; on
+    both databases it builds the spans' index by tag after them."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -501,6 +502,8 @@ def test_a_first_import_leaves_keys_and_foreign_keys_as_the_migrations_made_them
         foreign = {(f["name"], f["referred_table"], f["options"].get("ondelete"))
                    for f in sa.inspect(conn).get_foreign_keys("tag_versions")}
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        by_tag = {i["name"]: i["column_names"] for i in sa.inspect(conn).get_indexes("prefix_spans")}
+    assert by_tag == {"ix_prefix_spans_tag_id": ["tag_id", "first_day", "until_day"]}
     assert (key["name"], key["constrained_columns"]) == ("pk_prefix_spans", ["prefix", "tag_id", "first_day"])
     assert foreign == {("fk_tag_versions_tag_id_tags", "tags", "CASCADE"),
                        ("fk_tag_versions_content_hash_contents", "contents", None),

@@ -144,3 +144,38 @@ def test_sets_are_counted_from_their_text_where_the_spans_disagree_with_them(eng
     with engine.connect() as conn:
         found = series.tag_series(conn, "public", "Run")
     assert list(found.sizes.values()) == [address_space.family_sizes(p) for p in weeks]
+
+
+def test_sizes_counted_ahead_of_any_view_equal_those_a_view_counts_and_stop_at_the_deadline(
+        engine: sa.Engine, servicetags_dir) -> None:
+    """``count_uncounted`` (the web warm-up's): every set's sizes as a view counts them (each tag's view gives
+    the same series afterwards), the tags with most uncounted sets first, nothing past its deadline."""
+    from watcher.store.packing import load_texts, split_text
+
+    base = sorted((servicetags_dir / "china").glob("*.json.gz"))[-1]
+    for file in Generator(orjson.loads(file_bytes(base)), "china", START, seed=5).weeks(12):
+        assert store.import_bytes(engine, file.data, file.name).outcome == "imported"
+    with engine.connect() as conn:
+        tags = conn.execute(sa.text("SELECT count(DISTINCT tag_id) FROM tag_versions")).scalar()
+    assert series.count_uncounted(engine, deadline=0.0, clock=lambda: 1.0) == series.SizesCounted(0, 0, tags)
+    assert set(stored_sizes(engine).values()) == {(None, None, None, None)}
+
+    ticks = iter(range(10**6))
+    first = series.count_uncounted(engine, deadline=3, clock=lambda: next(ticks))  # three tags, then the deadline
+    assert first.tags == 3 and first.left == tags - 3 and first.sets > 0
+    with engine.connect() as conn:  # the first of them: the tag with most sets to count, all of them now
+        busiest = conn.execute(sa.text(
+            "SELECT v.tag_id FROM tag_versions v GROUP BY v.tag_id ORDER BY count(*) DESC, v.tag_id LIMIT 1")).scalar()
+        assert conn.execute(sa.text(
+            "SELECT count(*) FROM tag_versions v JOIN contents c ON c.hash = v.content_hash "
+            "WHERE v.tag_id = :t AND c.v4_prefixes IS NULL"), {"t": busiest}).scalar() == 0
+    rest = series.count_uncounted(engine, deadline=float("inf"))
+    assert rest.left == 0 and rest.tags >= tags - 3
+    with engine.connect() as conn:  # every set a version shows (a delta's base alone is shown by none)
+        shown = {bytes(h) for (h,) in conn.execute(sa.text("SELECT DISTINCT content_hash FROM tag_versions"))}
+    counted = {h: sizes for h, sizes in stored_sizes(engine).items() if h in shown}
+    assert len(counted) == len(shown) and all(sizes[0] is not None for sizes in counted.values())
+    with engine.connect() as conn:
+        texts = load_texts(conn, counted, cached=False)
+    assert counted == {h: address_space.family_sizes(split_text(t.text)) for h, t in texts.items()}
+    assert series.count_uncounted(engine, deadline=float("inf")) == series.SizesCounted(0, 0, 0)

@@ -131,6 +131,7 @@ def test_serve_prints_one_line_and_answers_healthz_and_metrics_then_stops_on_sig
     code, rest = served.stop()
     assert code == 0 and rest == ""  # exactly one line on stdout
     assert "Traceback" not in served.log_text()
+    assert '"warmed up in ' in served.log_text()  # before it listened: the pages' reads run once, and so on
 
 
 def test_serve_binds_loopback_unless_told(db_url: str, config: Path) -> None:

@@ -200,3 +200,70 @@ def test_the_queue_marks_hold_until_a_live_ticket_becomes_overdue() -> None:
     assert queue.marks_hold_until(first_due + dt.timedelta(seconds=1)) == first_due + dt.timedelta(days=3)
     assert queue.marks_hold_until(first_due + dt.timedelta(days=4)) is None  # both overdue: for good
     assert row(3, "approved", start).overdue_after() is None
+
+
+def test_the_warm_up_makes_the_live_tickets_pages_and_their_tags_before_any_request(
+        db_url: str, engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from watcher import render
+    from watcher.store import series
+
+    desk = make_desk(db_url, engine, tmp_path)
+    app = web.create_app(desk.settings, desk.engine, web.standalone_view(desk.settings))
+    with engine.connect() as conn:
+        live = [t.id for t in tickets.list_tickets(conn) if t.state in tickets.LIVE_STATES]
+        changed = {t["tag"] for i in live for t in tickets.get_ticket(conn, i).context["tags"]}
+    assert sorted(live) == [3, 4] and changed
+    with caplog.at_level("INFO", logger="watcher.web.app"):
+        done = web.warm_up(app, 60)
+    assert done["tickets"] == 2 and done["tags"] == len(changed) and "error" not in done
+    assert done["sizes_left_tags"] == 0 and done["sizes_counted_sets"] > 0  # every stored set counted and kept
+    assert any(r.getMessage().startswith("warmed up in ") and "tickets 2" in r.getMessage() for r in caplog.records)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM contents WHERE v4_prefixes IS NULL")).scalar() == 0
+
+    def made_again(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("made again: the warm-up should have kept it")
+
+    # Kept: the live tickets' pages, their tags' pages and plots are served without being made again.
+    monkeypatch.setattr(render, "render_formats", made_again)
+    monkeypatch.setattr(tickets, "get_ticket", made_again)
+    monkeypatch.setattr(series, "tag_series", made_again)
+    monkeypatch.setattr(plots, "plot_svg", made_again)
+    monkeypatch.setattr(review_queue, "review_queue", made_again)
+    client = TestClient(app)
+    token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+    client.post("/login", data={"csrf": token, "username": "vera", "password": PASSWORD})
+    assert client.get("/").status_code == 200
+    for ticket_id in live:
+        page = client.get(f"/tickets/{ticket_id}")
+        assert page.status_code == 200 and "Rule snippets" in page.text
+    for name in changed:
+        page = client.get(f"/tag?name={name}")
+        assert page.status_code == 200
+        for src in re.findall(r'<img[^>]* src="([^"]+)"', page.text):
+            assert client.get(html.unescape(src)).headers["content-type"] == "image/svg+xml"
+
+
+def test_a_warm_up_that_fails_or_is_switched_off_leaves_the_start_and_the_pages_as_they_were(
+        db_url: str, engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    desk = make_desk(db_url, engine, tmp_path)
+    app = web.create_app(desk.settings, desk.engine, web.standalone_view(desk.settings))
+    assert web.warm_up(app, 0) == {}
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise sa.exc.OperationalError("SELECT", {}, Exception("the database went away"))
+
+    monkeypatch.setattr(review_queue, "review_queue", broken)
+    with caplog.at_level("INFO", logger="watcher.web.app"):
+        done = web.warm_up(app, 60)
+    assert done["error"] == "OperationalError"
+    assert any(r.levelname == "WARNING" and "warm-up stopped by OperationalError" in r.getMessage()
+               for r in caplog.records)
+    monkeypatch.undo()
+    client = TestClient(app)
+    token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+    client.post("/login", data={"csrf": token, "username": "vera", "password": PASSWORD})
+    assert ticket_links(client.get("/").text) == ["4", "3", "2", "1"]
+    assert client.get("/tickets/3").status_code == 200

@@ -107,7 +107,9 @@ def http_server(settings: Settings, engine: Engine, view: web.DaemonView, host: 
                 clock: Callable[[], dt.datetime] = utcnow) -> web.HttpServer:
     """The web app on a bound socket (bound now: a port in use is an error at once)."""
     app = web.create_app(settings, engine, view, clock=clock)
-    return web.HttpServer(app, settings.web, web.bind(host, port))
+    server = web.HttpServer(app, settings.web, web.bind(host, port))
+    web.warm_up(app, settings.web.warm_up_seconds)  # bound, not listening yet: a port in use failed above
+    return server
 
 
 def serve(settings: Settings, on_ready: Callable[[str], None], host: str | None = None,
@@ -121,6 +123,7 @@ def serve(settings: Settings, on_ready: Callable[[str], None], host: str | None 
         with leader.schema_lock(engine):
             db.ensure_schema(engine)
         app = web.create_app(settings, engine, web.standalone_view(settings))
+        web.warm_up(app, settings.web.warm_up_seconds)
         server = web.HttpServer(app, settings.web, sock)
         server.serve(on_ready=lambda: on_ready(f"listening on {server.url}"))
         log.info("HTTP server stopped", extra={"event": "stop"})

@@ -193,8 +193,10 @@ class PrefixSpan(Base):
     __tablename__ = "prefix_spans"
     # Keyed by prefix first: an address look-up is a handful of exact key
     # searches, an import's updates name (prefix, tag), and a first import
-    # writes its ~93,000 rows in key order, with no second index to maintain.
-    __table_args__ = ({"sqlite_with_rowid": False},)
+    # writes its ~93,000 rows in key order.
+    # And by tag (migration 0016): a tag's history reads its spans alone; each index entry carries the prefix too.
+    __table_args__ = (Index("ix_prefix_spans_tag_id", "tag_id", "first_day", "until_day"),
+                      {"sqlite_with_rowid": False})
 
     # Byte order on PostgreSQL: the key is ASCII, and locale-aware comparison
     # only slows the index down. No foreign key to tags: see migration 0005.

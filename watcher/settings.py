@@ -127,6 +127,7 @@ class WebSettings:
     read_timeout_seconds: float = 10.0     # a request must arrive whole within this, or the connection is closed
     idle_timeout_seconds: float = 5.0      # keep-alive: an idle connection is closed after this
     max_connections: int = 100             # over it, requests get 503 at once
+    warm_up_seconds: float = 5.0           # at start, before listening: pages made ahead for at most this (0: off)
     # The review desk's sign-in (see watcher.web.auth).
     session_hours: float = 12.0            # a signed-in session lasts this long
     login_attempts: int = 5                # failed sign-ins per user and per address ...
@@ -188,7 +189,7 @@ _MAXIMUM = {
     "retries": 100, "max_redirects": 50, "max_attempts": 1000,
     "unhealthy_after_failures": 10_000, "stale_after_days": 3650,
     "removal_delay_days": 365, "nsg_priority_base": 4000, "render_seconds": 300.0,
-    "session_hours": 24 * 30.0, "login_attempts": 1000, "login_window_seconds": _DAY,
+    "session_hours": 24 * 30.0, "login_attempts": 1000, "login_window_seconds": _DAY, "warm_up_seconds": 600.0,
 }
 #: Durations and sizes that must be more than 0.
 _POSITIVE = {"timeout_seconds", "deadline_seconds", "max_bytes", "output_cap_bytes", "run_deadline_seconds",

@@ -13,8 +13,9 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -46,38 +47,9 @@ class TagSeries:
 def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
     """The tag's versions (as ``store.history``) and each version's sizes."""
     real_name = tag_name(conn, cloud, name)
-    v, c, s = TagVersion.__table__, Content.__table__, PrefixSpan.__table__
     identity = select(Tag.id).where(Tag.cloud == cloud, Tag.name == real_name).scalar_subquery()
     with translate_db_errors(f"reading the history of {real_name}"):
-        versions = conn.execute(
-            select(v, *(c.c[name] for name in SIZE_COLUMNS)).join(c, c.c.hash == v.c.content_hash)
-            .where(v.c.tag_id == identity).order_by(v.c.valid_from)
-        ).all()
-        uncounted = [bytes(r.content_hash) for r in versions if r.v4_prefixes is None]
-        events: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
-        counted: dict[bytes, Sizes] | None = None
-        if len(uncounted) > 1 and SPANS_COUNT_SHARE * len(uncounted) >= len(versions):
-            # Many sets to count (a history imported but never shown): from the spans themselves, which say
-            # what each version added and removed (~25,000 rows for AzureCloud over five years; a pass over the
-            # whole history, cheaper than the texts past about a fifth of it).
-            spans = conn.execute(select(s.c.prefix, s.c.first_day, s.c.until_day).where(s.c.tag_id == identity)
-                                 ).all()
-            for _prefix, first_day, until_day in spans:
-                events[first_day][0] += 1
-                if until_day is not None:
-                    events[until_day][1] += 1
-            counted = _count_from_spans(spans, versions)
-        else:
-            # One pass over the spans (they have no index by tag: a look-up by tag reads them all), counted per
-            # (first day, end day): a few hundred rows, split into each day's additions and removals here.
-            for first_day, until_day, count in conn.execute(
-                    select(s.c.first_day, s.c.until_day, func.count()).where(s.c.tag_id == identity)
-                    .group_by(s.c.first_day, s.c.until_day)):
-                events[first_day][0] += count
-                if until_day is not None:
-                    events[until_day][1] += count
-        if counted is None:
-            counted = _count(conn, uncounted) if uncounted else {}
+        versions, events, counted = _versions_counted(conn, identity)
     if counted:
         _keep_sizes(conn.engine, counted)
     # Every span starts and ends on a version's day (a version is written whenever the set changes); events
@@ -109,6 +81,82 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
         previous_number = version.change_number if version.present else None
         previous_metadata = metadata
     return TagSeries(real_name, entries, sizes)
+
+
+@dataclass(frozen=True)
+class SizesCounted:
+    """What ``count_uncounted`` did: tags whose sets it counted, sets counted and kept, tags left for later."""
+
+    tags: int
+    sets: int
+    left: int
+
+
+#: Sets counted by ``count_uncounted`` before they are written (one write per batch, not per tag).
+KEEP_BATCH = 2000
+
+
+def count_uncounted(engine: Engine, deadline: float, clock: Callable[[], float] = time.monotonic) -> SizesCounted:
+    """Count and keep the sizes of the prefix sets stored without them (the import does not count them), tag by
+    tag, the tags with the most such sets first, until ``clock()`` passes ``deadline``: what a view of each tag
+    would count, done before anyone asks (``watcher serve`` and the HTTP server of ``watcher run`` do it before
+    they listen). The tags left are counted by their first views, as before."""
+    v, c = TagVersion.__table__, Content.__table__
+    with engine.connect() as conn, translate_db_errors("finding the prefix sets without their sizes"):
+        tags = conn.execute(
+            select(v.c.tag_id, func.count()).join(c, c.c.hash == v.c.content_hash).where(c.c.v4_prefixes.is_(None))
+            .group_by(v.c.tag_id).order_by(func.count().desc(), v.c.tag_id)).all()
+    done = kept = 0
+    waiting: dict[bytes, Sizes] = {}
+    for tag_id, _uncounted in tags:
+        if clock() >= deadline:
+            break
+        with engine.connect() as conn, translate_db_errors(f"counting the sizes of tag {tag_id}'s prefix sets"):
+            waiting.update(_versions_counted(conn, tag_id)[2])
+        done += 1
+        if len(waiting) >= KEEP_BATCH:
+            _keep_sizes(engine, waiting)
+            kept, waiting = kept + len(waiting), {}
+    if waiting:
+        _keep_sizes(engine, waiting)
+        kept += len(waiting)
+    return SizesCounted(done, kept, len(tags) - done)
+
+
+def _versions_counted(conn: Connection, identity: Any) -> tuple[list[Any], dict[int, list[int]], dict[bytes, Sizes]]:
+    """The versions of the tag ``identity`` (its id, or a query for it) with their stored sizes, the prefixes each
+    day added and removed, and the sizes of its sets stored without them, counted now (not kept yet)."""
+    v, c, s = TagVersion.__table__, Content.__table__, PrefixSpan.__table__
+    versions = conn.execute(
+        select(v, *(c.c[name] for name in SIZE_COLUMNS)).join(c, c.c.hash == v.c.content_hash)
+        .where(v.c.tag_id == identity).order_by(v.c.valid_from)
+    ).all()
+    uncounted = [bytes(r.content_hash) for r in versions if r.v4_prefixes is None]
+    events: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
+    counted: dict[bytes, Sizes] | None = None
+    if len(uncounted) > 1 and SPANS_COUNT_SHARE * len(uncounted) >= len(versions):
+        # Many sets to count (a history imported but never shown): from the spans themselves, which say
+        # what each version added and removed (~25,000 rows for AzureCloud over five years; a pass over the
+        # whole history, cheaper than the texts past about a fifth of it).
+        spans = conn.execute(select(s.c.prefix, s.c.first_day, s.c.until_day).where(s.c.tag_id == identity)
+                             ).all()
+        for _prefix, first_day, until_day in spans:
+            events[first_day][0] += 1
+            if until_day is not None:
+                events[until_day][1] += 1
+        counted = _count_from_spans(spans, versions)
+    else:
+        # The tag's spans (their index by tag, migration 0016, answers it alone), counted per (first day, end
+        # day): a few hundred rows, split into each day's additions and removals here.
+        for first_day, until_day, count in conn.execute(
+                select(s.c.first_day, s.c.until_day, func.count()).where(s.c.tag_id == identity)
+                .group_by(s.c.first_day, s.c.until_day)):
+            events[first_day][0] += count
+            if until_day is not None:
+                events[until_day][1] += count
+    if counted is None:
+        counted = _count(conn, uncounted) if uncounted else {}
+    return versions, events, counted
 
 
 def _count_from_spans(spans: Sequence[Any], versions: Sequence[Any]) -> dict[bytes, Sizes] | None:

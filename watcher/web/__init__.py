@@ -9,7 +9,7 @@ library (health, status, ...), never SQL of their own.
 - ``server``: the listener with its guarantees (loopback by default, read and
   idle timeouts, a connection limit, one log line per client reset).
 """
-from .app import DaemonView, create_app, standalone_view
+from .app import DaemonView, create_app, standalone_view, warm_up
 from .server import HttpServer, bind
 
-__all__ = ["DaemonView", "HttpServer", "bind", "create_app", "standalone_view"]
+__all__ = ["DaemonView", "HttpServer", "bind", "create_app", "standalone_view", "warm_up"]

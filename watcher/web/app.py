@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -101,7 +102,32 @@ def create_app(settings: Settings, engine: Engine, daemon: DaemonView, *,
         auth.key  # read at start when the database is there; otherwise on the first request that needs it
     except (WatcherError, SQLAlchemyError) as exc:
         log.warning("session key not read yet (database unavailable): %s", type(exc).__name__)
-    routes += api.routes(settings, engine, auth) + pages.routes(settings, engine, auth)
+    warm_ups: list[Callable[[float], dict[str, Any]]] = []
+    routes += api.routes(settings, engine, auth) + pages.routes(settings, engine, auth, warm_ups)
     app = Starlette(routes=routes, exception_handlers={404: not_found})
     app.state.feed_fast_path = feed_service.fast  # the HTTP protocol answers pollers' routine requests itself
+    app.state.warm_ups = warm_ups
     return app
+
+
+def warm_up(app: Starlette, seconds: float, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """Make what the first requests would make, for at most about ``seconds`` (0: nothing), before the server
+    listens (``watcher serve``, and the HTTP server of ``watcher run``): the pages' warm-up (``pages.routes``).
+    Logged, with what it did and how long it took; an error is logged and ends the warm-up, never the start
+    (every view still makes what it finds missing)."""
+    if seconds <= 0:
+        return {}
+    started = clock()
+    done: dict[str, Any] = {}
+    try:
+        for step in app.state.warm_ups:
+            done.update(step(started + seconds))
+    except Exception as exc:  # noqa: BLE001 - a warm-up is an optimisation: whatever stops it, the server starts
+        log.warning("warm-up stopped by %s: %s", type(exc).__name__, exc, extra={"event": "warm-up"})
+        log.debug("warm-up stopped here", exc_info=True)
+        done["error"] = type(exc).__name__
+    done["seconds"] = round(clock() - started, 3)
+    log.info("warmed up in %.2f s: %s", done["seconds"], ", ".join(f"{k} {v}" for k, v in done.items()
+                                                                    if k != "seconds"),
+             extra={"event": "warm-up"})
+    return done

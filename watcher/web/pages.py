@@ -10,6 +10,7 @@ import datetime as dt
 import gzip
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote
@@ -25,7 +26,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import overview, render, review, review_queue, state as states, store, ticket_detail, tickets
+from .. import db, overview, render, review, review_queue, state as states, store, ticket_detail, tickets, users
 from ..errors import WatcherError
 from ..store import series
 from ..settings import Settings
@@ -106,7 +107,9 @@ def compile_templates(settings: Settings) -> None:
         log.warning("snippet templates not compiled: %s", exc)
 
 
-def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]:
+def routes(settings: Settings, engine: Engine, auth: Authenticator,
+           warm_ups: list[Callable[[float], dict[str, Any]]] | None = None) -> list[Any]:
+    """The pages' routes; with ``warm_ups``, their warm-up is added to it (``web.warm_up`` runs it)."""
     compile_templates(settings)
     # The pages' reads: one connection per request, shared with the sign-in check (watcher.web.reads).
     reads = auth.request_reads()
@@ -215,20 +218,25 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
             offset = max(0, int(request.query_params.get("offset") or 0))
         except ValueError:
             offset = 0
-        now = dt.datetime.now(dt.timezone.utc)
-        with reads.connect() as conn:
-            key = (*review_queue.tickets_stamp_from(stamp_rows[0]), *wanted.values(), offset)
-            kept = queue_cache.get(key)
-            if kept is None or (kept[1] is not None and now > kept[1]):
+        body = queue_body(review_queue.tickets_stamp_from(stamp_rows[0]), wanted, offset,
+                          dt.datetime.now(dt.timezone.utc))
+        return page("queue.html", request, user, body=Markup(body))
+
+    def queue_body(stamp: tuple[Any, ...], wanted: dict[str, str], offset: int, now: dt.datetime) -> str:
+        """The queue's body for ``wanted`` (state, watch, cloud filters), as kept for the tickets ``stamp``."""
+        key = (*stamp, *wanted.values(), offset)
+        kept = queue_cache.get(key)
+        if kept is None or (kept[1] is not None and now > kept[1]):
+            with reads.connect() as conn:
                 found = review_queue.review_queue(conn, wanted["state"] or None, wanted["watch"] or None,
                                                   wanted["cloud"] or None, offset)
-                filters = "&".join(f"{k}={quote(v)}" for k, v in wanted.items() if v)
-                kept = remember(queue_cache, key, (ENV.get_template("queue_body.html").render(
-                    queue=found, live=found.live, rest=found.decided, overdue={t.id for t in found.live
-                                                                               if t.overdue(now)},
-                    wanted=wanted, states=tickets.STATES, watches=found.watches, clouds=found.clouds,
-                    filters=filters), found.marks_hold_until(now)))
-        return page("queue.html", request, user, body=Markup(kept[0]))
+            filters = "&".join(f"{k}={quote(v)}" for k, v in wanted.items() if v)
+            kept = remember(queue_cache, key, (ENV.get_template("queue_body.html").render(
+                queue=found, live=found.live, rest=found.decided, overdue={t.id for t in found.live
+                                                                           if t.overdue(now)},
+                wanted=wanted, states=tickets.STATES, watches=found.watches, clouds=found.clouds,
+                filters=filters), found.marks_hold_until(now)))
+        return kept[0]
 
     # Every snippet format of a ticket, rendered from one view and kept while the ticket and its watch's
     # approved state stay as they are (an AzureCloud ticket's nine formats take a second to render).
@@ -257,6 +265,13 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         with reads.connect() as conn:
             stamp = (ticket_detail.page_stamp_from(stamp_rows[0], ticket_id) if stamp_rows
                      else ticket_detail.page_stamp(conn, ticket_id))
+        head, body = ticket_view(ticket_id, stamp, now)
+        return page("ticket.html", request, user, status=status, ticket_id=ticket_id, state=stamp.state,
+                    head=Markup(head), body=Markup(body), message=message, may_review=user.may_review)
+
+    def ticket_view(ticket_id: int, stamp: Any, now: dt.datetime) -> tuple[str, str]:
+        """A ticket page's head and body (all but the review forms) as kept for its page ``stamp``."""
+        with reads.connect() as conn:
             # When this ticket's removals may go: as recorded at its approval, or as an approval now would set it.
             if stamp.own is not None:
                 removals_after = stamp.own.removals_at.isoformat() if stamp.own.removals_at else None
@@ -279,8 +294,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
                     ENV.get_template("ticket_body.html").render(
                         **shown, events=events, snippets=snippets, lists=approved.to_json(now) if approved else None,
                         removals_after=removals_after, families=states.FAMILIES)), TICKET_PAGE_CACHE_ENTRIES)
-        return page("ticket.html", request, user, status=status, ticket_id=ticket_id, state=stamp.state,
-                    head=Markup(kept[0]), body=Markup(kept[1]), message=message, may_review=user.may_review)
+        return kept
 
     async def ticket_action(request: Request) -> Response:
         form = await read_form(request)
@@ -355,13 +369,27 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
                 old = store.resolve_publication(conn, cloud, first)
                 new = store.resolve_publication(conn, cloud, second)
                 compare = [c.to_json(old, new) for c in store.diff_publications(conn, cloud, old, new, [real])]
-        body = body_cache.get((*key, first, second))
-        if body is None:  # the plots, the numbers, the versions and the compare form: the same for everyone
-            body = remember(body_cache, (*key, first, second), ENV.get_template("tag_body.html").render(
-                tag=real, cloud=cloud, entries=entries, points=points, pubs=pubs, compare_from=first,
-                compare_to=second, kinds=plots.PLOT_KINDS, version=f"{key[2]}-{key[3]}"))
+        body = tag_body(key, real, entries, points, pubs, first, second)
         return page("tag.html", request, user, tag=real, body=Markup(body), compare=compare, compare_from=first,
                     compare_to=second)
+
+    def tag_body(key: tuple[Any, ...], real: str, entries: list[Any], points: list[plots.SeriesPoint],
+                 pubs: list[Any], first: str, second: str) -> str:
+        """The plots, the numbers, the versions and the compare form: the same for everyone."""
+        body = body_cache.get((*key, first, second))
+        if body is None:
+            body = remember(body_cache, (*key, first, second), ENV.get_template("tag_body.html").render(
+                tag=real, cloud=key[0], entries=entries, points=points, pubs=pubs, compare_from=first,
+                compare_to=second, kinds=plots.PLOT_KINDS, version=f"{key[2]}-{key[3]}"))
+        return body
+
+    def tag_svg(key: tuple[Any, ...], real: str, points: list[plots.SeriesPoint], kind: str) -> tuple[bytes, bytes]:
+        """The plot of ``kind`` and its gzip form (a 260-week plot: ~190 KB of markup, ~20 KB gzipped), kept."""
+        kept = svg_cache.get((*key, kind))
+        if kept is None:
+            svg = plots.plot_svg(real, points, kind).encode()
+            kept = remember(svg_cache, (*key, kind), (svg, gzip.compress(svg, 6, mtime=0)))
+        return kept
 
     def tag_plot(request: Request, user: UserInfo) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
@@ -377,10 +405,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
             key = named
         else:
             key, real, _entries, points, _pubs = tag_history(cloud, name)
-            kept = svg_cache.get((*key, kind))
-            if kept is None:  # the SVG and its gzip form (a 260-week plot: ~190 KB of markup, ~20 KB gzipped)
-                svg = plots.plot_svg(real, points, kind).encode()
-                kept = remember(svg_cache, (*key, kind), (svg, gzip.compress(svg, 6, mtime=0)))
+            kept = tag_svg(key, real, points, kind)
         lasting = key == named
         etag = '"' + hashlib.sha256(repr((*key, kind)).encode()).hexdigest()[:32] + '"'
         headers = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
@@ -428,6 +453,57 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator) -> list[Any]
         with reads.connect() as conn:
             report = overview.status_report(conn, settings, dt.datetime.now(dt.timezone.utc)).to_json()
         return page("health.html", request, user, report=report)
+
+    # ------------------------------------------------------------ warm-up
+
+    def warm_up(deadline: float) -> dict[str, Any]:
+        """Before the server listens (``web.warm_up``): the reads each page sends with the sign-in check run once
+        (SQLAlchemy compiles a statement at its first use in a process, and psycopg's pipeline needs its text),
+        and what reviewers open next is made and kept, until ``time.monotonic()`` passes ``deadline``: the queue,
+        the live tickets' pages (newest first, as many as are kept), the pages and plots of the tags they
+        change, and the sizes of the prefix sets no view has counted yet (``series.count_uncounted``, the tags
+        with most first). What is not done in time is done by the first view that needs it, as before."""
+        done: dict[str, Any] = {"tickets": 0, "tags": 0}
+        now = dt.datetime.now(dt.timezone.utc)
+        nobody = users.find_user_read("")  # read with every page's stamp: the look-up of the signed-in user
+
+        def stamp_rows(read: Any) -> list[Any]:
+            with reads.connect() as conn:
+                return db.read_together(conn, [nobody, read])[1]
+
+        queue_body(review_queue.tickets_stamp_from(stamp_rows(review_queue.tickets_stamp_read())),
+                   {"state": "", "watch": "", "cloud": ""}, 0, now)
+        with reads.connect() as conn:
+            live = review_queue.review_queue(conn).live
+        wanted: dict[tuple[str, str], None] = {}
+        for row in live[:min(SNIPPET_CACHE_TICKETS, TICKET_PAGE_CACHE_ENTRIES)]:
+            if time.monotonic() >= deadline:
+                break
+            read = ticket_detail.page_stamp_read(row.id)
+            if read is None:
+                continue
+            ticket_view(row.id, ticket_detail.page_stamp_from(stamp_rows(read), row.id), now)
+            done["tickets"] += 1
+            with reads.connect() as conn:
+                wanted.update(((row.cloud, t["tag"]), None) for t in tickets.get_ticket(conn, row.id).context["tags"])
+        if not wanted and settings.clouds:  # no live ticket: one tag, for the tag page's statements
+            with reads.connect() as conn:
+                names = store.present_tag_names(conn, settings.clouds[0])
+            wanted = {(settings.clouds[0], names[0]): None} if names else {}
+        for cloud, name in list(wanted)[:SERIES_CACHE_ENTRIES // 4]:
+            if time.monotonic() >= deadline:
+                break
+            key, real, entries, points, pubs = tag_history(cloud, name, [stamp_rows(series.publications_stamp_read(cloud))])
+            tag_body(key, real, entries, points, pubs, "", "")
+            for kind in plots.PLOT_KINDS:
+                tag_svg(key, real, points, kind)
+            done["tags"] += 1
+        counted = series.count_uncounted(engine, deadline)
+        done.update(sizes_counted_tags=counted.tags, sizes_counted_sets=counted.sets, sizes_left_tags=counted.left)
+        return done
+
+    if warm_ups is not None:
+        warm_ups.append(warm_up)
 
     return [
         Route("/", signed_in(queue, queue_reads)),
