@@ -158,3 +158,63 @@ def test_missed_publications_are_counted_and_recounted_when_a_gap_is_filled(engi
     with engine.connect() as conn:
         assert [p.missed_before for p in store.publications(conn, "public")] == [0, 1, 1, 0]
     assert reset.anomalies and reset.publication.missed_before == 0  # a reset stays an anomaly
+
+
+def _has_span_index(engine) -> bool:
+    with engine.connect() as conn:
+        return sa.inspect(conn).has_index("prefix_spans", "ix_prefix_spans_tag_id")
+
+
+def test_a_long_run_writes_without_the_bulk_indexes_and_builds_them_again_after(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(backfill, "BULK_FILES", 2)
+    dropped_while_importing = []
+    imported = store.import_bytes
+
+    def watching(*args, **kwargs):
+        dropped_while_importing.append(not _has_span_index(engine))
+        return imported(*args, **kwargs)
+
+    monkeypatch.setattr(store, "import_bytes", watching)
+    for n, day in enumerate(weeks(dt.date(2024, 1, 1), 4), 1):
+        write(tmp_path, day, {"A": [f"10.0.{n}.0/24", "10.9.0.0/16"], "B": [f"10.1.{n}.0/24"]}, n)
+    report = run(engine, make_settings(), [tmp_path])
+    assert report.count("imported") == 4
+    assert dropped_while_importing == [False, False, True, True]  # dropped after the second file
+    assert _has_span_index(engine)
+    with engine.connect() as conn:  # the index answers as the table does
+        by_tag = conn.execute(sa.text("SELECT count(*) FROM prefix_spans WHERE tag_id = "
+                                      "(SELECT id FROM tags WHERE name = 'A')")).scalar()
+    assert by_tag == 5  # 10.9.0.0/16 and four /24s, each its own span
+
+
+def test_a_run_stopped_after_dropping_the_bulk_indexes_builds_them_again(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(backfill, "BULK_FILES", 1)
+    for n, day in enumerate(weeks(dt.date(2024, 1, 1), 3), 1):
+        write(tmp_path, day, {"A": [f"10.0.{n}.0/24"]}, n)
+
+    def stopped(outcome):
+        if not _has_span_index(engine):
+            raise KeyboardInterrupt
+
+    job = backfill.Backfill(engine, make_settings())
+    try:
+        job.run(backfill.find_files([tmp_path]), on_file=stopped)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the run was not stopped")
+    assert _has_span_index(engine)
+
+
+def test_opening_a_database_builds_again_an_index_a_killed_run_left_dropped(engine, db_url):
+    from watcher import db
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_prefix_spans_tag_id")
+    assert not _has_span_index(engine)
+    reopened = db.open_database(db_url)
+    try:
+        assert _has_span_index(reopened) and _has_span_index(engine)
+        assert db.restore_bulk_indexes(reopened) == []  # nothing left to build
+    finally:
+        reopened.dispose()
