@@ -202,6 +202,26 @@ def test_a_plot_is_a_labelled_svg_document_with_its_axes_dates_and_legend() -> N
     assert plots.nice_ticks(0, 0) == [0, 1]  # a family with nothing stays on a zero axis, not below it
 
 
+def test_the_tag_pages_rows_are_written_as_the_template_wrote_them_and_escaped() -> None:
+    from watcher.store.records import HistoryEntry
+    from watcher.web.pages import publication_options, series_rows, version_rows
+
+    points = [plots.SeriesPoint(dt.date(2025, 1, 1), 2, 1, 512, 65_536, True),
+              plots.SeriesPoint(dt.date(2025, 1, 8), 2, 1, 512, 65_536, False)]
+    assert series_rows(points) == ("<tr><td>2025-01-01</td><td>2</td><td>1</td><td>512</td><td>65536</td>"
+                                   "<td>changed</td></tr><tr><td>2025-01-08</td><td>2</td><td>1</td><td>512</td>"
+                                   "<td>65536</td><td></td></tr>")
+    entries = [HistoryEntry(dt.date(2025, 1, 1), True, 7, 3, 3, 0, ()),
+               HistoryEntry(dt.date(2025, 1, 8), False, None, 0, 0, 3, ("<b>odd</b>", "number reset"))]
+    assert version_rows(entries) == (
+        '<tr><td>2025-01-01</td><td>7</td><td>3</td><td class="plus">+3</td><td class="minus">−0</td><td></td></tr>'
+        '<tr><td>2025-01-08</td><td>withdrawn</td><td>0</td><td class="plus">+0</td><td class="minus">−3</td>'
+        "<td>&lt;b&gt;odd&lt;/b&gt;; number reset</td></tr>")
+    days = [dt.date(2025, 1, 1), dt.date(2025, 1, 8)]
+    assert publication_options(days, "2025-01-08") == "<option>2025-01-01</option><option selected>2025-01-08</option>"
+    assert publication_options(days, "") == "<option>2025-01-01</option><option>2025-01-08</option>"
+
+
 def test_family_sizes_count_overlaps_once_and_ipv6_in_64s() -> None:
     assert plots.family_sizes(["10.0.0.0/24", "10.0.0.128/25", "10.0.1.0/24", "192.168.0.1/32"]) == (4, 0, 513, 0)
     assert plots.family_sizes(["2001:db8::/48", "2001:db8::/56", "2001:db8:1::/64"]) == (0, 3, 0, 65537)

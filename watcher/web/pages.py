@@ -16,7 +16,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, quote
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import configure_mappers
@@ -85,6 +85,28 @@ def snippet_preview(fmt: str, text: str) -> dict[str, Any]:
     for _ in range(SNIPPET_PREVIEW_LINES):
         cut = text.index("\n", cut) + 1
     return {"format": fmt, "text": text[:cut], "lines": lines, "truncated": True}
+
+
+def series_rows(points: list[plots.SeriesPoint]) -> Markup:
+    """The tag page's table of numbers, a row per publication (dates and counts: nothing to escape). Written here,
+    not by the template: 260 rows of six cells cost Jinja ~2 ms of a first view, this ~0.3 ms."""
+    return Markup("".join(
+        f"<tr><td>{p.date}</td><td>{p.v4_prefixes}</td><td>{p.v6_prefixes}</td><td>{p.v4_addresses}</td>"
+        f"<td>{p.v6_networks_64}</td><td>{'changed' if p.changed else ''}</td></tr>" for p in points))
+
+
+def version_rows(entries: list[Any]) -> Markup:
+    """The tag page's versions, a row per version (its anomalies escaped)."""
+    return Markup("".join(
+        f"<tr><td>{e.date}</td><td>{e.change_number if e.present else 'withdrawn'}</td><td>{e.prefix_count}</td>"
+        f'<td class="plus">+{e.added}</td><td class="minus">−{e.removed}</td>'
+        f"<td>{escape('; '.join(e.anomalies))}</td></tr>" for e in entries))
+
+
+def publication_options(dates: list[dt.date], selected: str) -> Markup:
+    """A compare select's options, one per publication date, ``selected`` (an ISO date) marked."""
+    return Markup("".join(f"<option selected>{day}</option>" if str(day) == selected else f"<option>{day}</option>"
+                          for day in dates))
 
 
 class PageError(Exception):
@@ -378,9 +400,13 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
         """The plots, the numbers, the versions and the compare form: the same for everyone."""
         body = body_cache.get((*key, first, second))
         if body is None:
+            dates = [p.file_date for p in pubs]
             body = remember(body_cache, (*key, first, second), ENV.get_template("tag_body.html").render(
-                tag=real, cloud=key[0], entries=entries, points=points, pubs=pubs, compare_from=first,
-                compare_to=second, kinds=plots.PLOT_KINDS, version=f"{key[2]}-{key[3]}"))
+                tag=real, cloud=key[0], publications=len(points), versions=len(entries),
+                series_rows=series_rows(points), version_rows=version_rows(entries),
+                from_options=publication_options(dates, first),
+                to_options=publication_options(dates[::-1], second), kinds=plots.PLOT_KINDS,
+                version=f"{key[2]}-{key[3]}"))
         return body
 
     def tag_svg(key: tuple[Any, ...], real: str, points: list[plots.SeriesPoint], kind: str) -> tuple[bytes, bytes]:
