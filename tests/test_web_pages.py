@@ -261,15 +261,21 @@ def test_the_warm_up_makes_the_live_tickets_pages_and_their_tags_before_any_requ
     from watcher import render
     from watcher.store import series
 
+    from watcher import store, watches
+
     desk = make_desk(db_url, engine, tmp_path)
     app = web.create_app(desk.settings, desk.engine, web.standalone_view(desk.settings))
     with engine.connect() as conn:
         live = [t.id for t in tickets.list_tickets(conn) if t.state in tickets.LIVE_STATES]
         changed = {t["tag"] for i in live for t in tickets.get_ticket(conn, i).context["tags"]}
+        watched = {t for w in watches.resolve_watches(desk.settings, {"public": store.present_tag_names(conn, "public")})
+                   for t in w.tag_names}
     assert sorted(live) == [3, 4] and changed
+    # The watches name tags no live ticket changes (the registries' ACR tags): kept as well.
+    assert {"AzureContainerRegistry.EastUS2", "AzureContainerRegistry.WestUS"} <= watched - changed
     with caplog.at_level("INFO", logger="watcher.web.app"):
         done = web.warm_up(app, 60)
-    assert done["tickets"] == 2 and done["tags"] == len(changed) and "error" not in done
+    assert done["tickets"] == 2 and done["tags"] == len(changed | watched) and "error" not in done
     assert done["sizes_left_tags"] == 0 and done["sizes_counted_sets"] > 0  # every stored set counted and kept
     assert any(r.getMessage().startswith("warmed up in ") and "tickets 2" in r.getMessage() for r in caplog.records)
     with engine.connect() as conn:
@@ -291,7 +297,7 @@ def test_the_warm_up_makes_the_live_tickets_pages_and_their_tags_before_any_requ
     for ticket_id in live:
         page = client.get(f"/tickets/{ticket_id}")
         assert page.status_code == 200 and "Rule snippets" in page.text
-    for name in changed:
+    for name in changed | watched:
         page = client.get(f"/tag?name={name}")
         assert page.status_code == 200
         for src in re.findall(r'<img[^>]* src="([^"]+)"', page.text):

@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import db, overview, render, review, review_queue, state as states, store, ticket_detail, tickets, users
+from .. import db, overview, render, review, review_queue, state as states, store, ticket_detail, tickets, users, watches
 from ..errors import WatcherError
 from ..store import series
 from ..settings import Settings
@@ -487,8 +487,9 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
         (SQLAlchemy compiles a statement at its first use in a process, and psycopg's pipeline needs its text),
         and what reviewers open next is made and kept, until ``time.monotonic()`` passes ``deadline``: the queue,
         the live tickets' pages (newest first, as many as are kept), the pages and plots of the tags they
-        change, and the sizes of the prefix sets no view has counted yet (``series.count_uncounted``, the tags
-        with most first). What is not done in time is done by the first view that needs it, as before."""
+        change, then of the tags the configured watches resolve to (a quarter of the series cache at most), and
+        the sizes of the prefix sets no view has counted yet (``series.count_uncounted``, the tags with most
+        first). What is not done in time is done by the first view that needs it, as before."""
         done: dict[str, Any] = {"tickets": 0, "tags": 0}
         now = dt.datetime.now(dt.timezone.utc)
         nobody = users.find_user_read("")  # read with every page's stamp: the look-up of the signed-in user
@@ -512,10 +513,17 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
             done["tickets"] += 1
             with reads.connect() as conn:
                 wanted.update(((row.cloud, t["tag"]), None) for t in tickets.get_ticket(conn, row.id).context["tags"])
-        if not wanted and settings.clouds:  # no live ticket: one tag, for the tag page's statements
+        # Then the tags the configured watches resolve to (what `watcher watches` lists), in the order it lists
+        # them: the pages reviewers open besides a ticket's.
+        clouds = list(dict.fromkeys([*(r.cloud for r in settings.registries), *settings.clouds]))
+        if time.monotonic() < deadline and clouds:
             with reads.connect() as conn:
-                names = store.present_tag_names(conn, settings.clouds[0])
-            wanted = {(settings.clouds[0], names[0]): None} if names else {}
+                names = {c: store.present_tag_names(conn, c) for c in clouds}
+            for watch in watches.resolve_watches(settings, names):
+                wanted.update(((watch.cloud, tag), None) for tag in watch.tag_names)
+            if not wanted and settings.clouds and names[settings.clouds[0]]:
+                # Nothing live, nothing watched: one tag, for the tag page's statements.
+                wanted = {(settings.clouds[0], names[settings.clouds[0]][0]): None}
         for cloud, name in list(wanted)[:SERIES_CACHE_ENTRIES // 4]:
             if time.monotonic() >= deadline:
                 break
