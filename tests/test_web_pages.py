@@ -159,14 +159,67 @@ def test_a_plot_draws_a_dot_per_point_until_they_would_smear_then_lines_and_the_
 
     few, many = plots.MAX_POINTS_WITH_DOTS, plots.MAX_POINTS_WITH_DOTS + 1
     for kind in plots.PLOT_KINDS:
-        assert plots.plot_svg("x", points(few), kind).count('class="dot ') == 2 * few
+        drawn = plots.plot_svg("x", points(few), kind)
+        assert drawn.count('<circle class="dot') == 2 * few  # a dot per publication in each family's series
+        assert drawn.count('<circle class="dot changed"') == 2 * 15  # the changes' dots (every fourth), larger
+        assert drawn.count('<polyline class="line"') == 2
         drawn = plots.plot_svg("x", points(many), kind)
-        assert drawn.count('class="line reactive nofill"') == 2  # both lines, and no line through the changes
+        assert drawn.count('<polyline class="line"') == 2  # both lines, and no line through the changes
         changes = sum(1 for p in points(many) if p.changed)
-        assert drawn.count('class="dot ') == changes == 16  # a dot at each change, none elsewhere
+        assert drawn.count('<circle class="dot') == changes == 16  # a dot at each change, none elsewhere
+        assert '<g class="series serie-2" aria-label="changed">' in drawn and ">changed</text>" in drawn
         busy = [dataclasses.replace(p, changed=True) for p in points(many)]  # dots at every point would smear
         drawn = plots.plot_svg("x", busy, kind)
-        assert 'class="dot ' not in drawn and f"({many} of {many} publications changed it)" in drawn
+        assert '<circle class="dot' not in drawn and f"({many} of {many} publications changed it)" in drawn
+
+
+def test_a_plot_is_a_labelled_svg_document_with_its_axes_dates_and_legend() -> None:
+    from xml.etree import ElementTree
+
+    svg_ns = "{http://www.w3.org/2000/svg}"
+    points = [plots.SeriesPoint(dt.date(2021, 1, 4) + dt.timedelta(weeks=i), 18_000 + i, 900, 134_217_728 + 256 * i,
+                                2 ** 40 + 2 ** 20 * i, i % 9 == 0) for i in range(260)]
+    for kind, title, legend in (("prefixes", "AzureCloud: prefixes per family", ["IPv4 prefixes", "IPv6 prefixes"]),
+                                ("space", "AzureCloud: address space per family",
+                                 ["IPv4 addresses", "IPv6 /64 networks (right axis)"])):
+        drawn = plots.plot_svg("AzureCloud", points, kind)
+        root = ElementTree.fromstring(drawn)  # well-formed, one document
+        assert root.get("role") == "img" and root.get("aria-labelledby") == "plot-title plot-desc"
+        assert root.find(f"{svg_ns}title").text == title
+        assert root.find(f"{svg_ns}desc").text.startswith("260 publications from 2021-01-04 to 2025-12-22, 29 of them")
+        assert "<script" not in drawn and "href" not in drawn and "http" not in drawn.replace(
+            'xmlns="http://www.w3.org/2000/svg"', "")  # nothing runs, nothing loads
+        texts = [t.text for t in root.iter(f"{svg_ns}text")]
+        assert texts[0] == title and texts[-3:] == [*legend, "changed"]
+        assert sum(1 for t in texts if re.fullmatch(r"\d{4}-\d\d-\d\d", t or "")) == plots.MAX_X_LABELS
+        assert "2021-01-04" in texts and "2025-12-22" in texts  # the first and the last publication's dates
+        lines = [e for e in root.iter(f"{svg_ns}polyline")]
+        assert [len(e.get("points").split()) for e in lines] == [260, 260]  # one point per publication
+    space = plots.plot_svg("AzureCloud", points, "space")
+    assert "134.30 M" in space and "1.0996 T" in space  # each axis in its own unit, as many decimals as its step
+    assert plots.tick_labels(plots.nice_ticks(17_980, 18_260)) == ["17,900", "18,000", "18,100", "18,200", "18,300"]
+    assert plots.nice_ticks(5, 5) == [4, 5, 6]  # a flat series: a span around it, in whole steps
+    assert plots.nice_ticks(0, 0) == [0, 1]  # a family with nothing stays on a zero axis, not below it
+
+
+def test_the_tag_pages_rows_are_written_as_the_template_wrote_them_and_escaped() -> None:
+    from watcher.store.records import HistoryEntry
+    from watcher.web.pages import publication_options, series_rows, version_rows
+
+    points = [plots.SeriesPoint(dt.date(2025, 1, 1), 2, 1, 512, 65_536, True),
+              plots.SeriesPoint(dt.date(2025, 1, 8), 2, 1, 512, 65_536, False)]
+    assert series_rows(points) == ("<tr><td>2025-01-01</td><td>2</td><td>1</td><td>512</td><td>65536</td>"
+                                   "<td>changed</td></tr><tr><td>2025-01-08</td><td>2</td><td>1</td><td>512</td>"
+                                   "<td>65536</td><td></td></tr>")
+    entries = [HistoryEntry(dt.date(2025, 1, 1), True, 7, 3, 3, 0, ()),
+               HistoryEntry(dt.date(2025, 1, 8), False, None, 0, 0, 3, ("<b>odd</b>", "number reset"))]
+    assert version_rows(entries) == (
+        '<tr><td>2025-01-01</td><td>7</td><td>3</td><td class="plus">+3</td><td class="minus">−0</td><td></td></tr>'
+        '<tr><td>2025-01-08</td><td>withdrawn</td><td>0</td><td class="plus">+0</td><td class="minus">−3</td>'
+        "<td>&lt;b&gt;odd&lt;/b&gt;; number reset</td></tr>")
+    days = [dt.date(2025, 1, 1), dt.date(2025, 1, 8)]
+    assert publication_options(days, "2025-01-08") == "<option>2025-01-01</option><option selected>2025-01-08</option>"
+    assert publication_options(days, "") == "<option>2025-01-01</option><option>2025-01-08</option>"
 
 
 def test_family_sizes_count_overlaps_once_and_ipv6_in_64s() -> None:
@@ -208,15 +261,21 @@ def test_the_warm_up_makes_the_live_tickets_pages_and_their_tags_before_any_requ
     from watcher import render
     from watcher.store import series
 
+    from watcher import store, watches
+
     desk = make_desk(db_url, engine, tmp_path)
     app = web.create_app(desk.settings, desk.engine, web.standalone_view(desk.settings))
     with engine.connect() as conn:
         live = [t.id for t in tickets.list_tickets(conn) if t.state in tickets.LIVE_STATES]
         changed = {t["tag"] for i in live for t in tickets.get_ticket(conn, i).context["tags"]}
+        watched = {t for w in watches.resolve_watches(desk.settings, {"public": store.present_tag_names(conn, "public")})
+                   for t in w.tag_names}
     assert sorted(live) == [3, 4] and changed
+    # The watches name tags no live ticket changes (the registries' ACR tags): kept as well.
+    assert {"AzureContainerRegistry.EastUS2", "AzureContainerRegistry.WestUS"} <= watched - changed
     with caplog.at_level("INFO", logger="watcher.web.app"):
         done = web.warm_up(app, 60)
-    assert done["tickets"] == 2 and done["tags"] == len(changed) and "error" not in done
+    assert done["tickets"] == 2 and done["tags"] == len(changed | watched) and "error" not in done
     assert done["sizes_left_tags"] == 0 and done["sizes_counted_sets"] > 0  # every stored set counted and kept
     assert any(r.getMessage().startswith("warmed up in ") and "tickets 2" in r.getMessage() for r in caplog.records)
     with engine.connect() as conn:
@@ -238,7 +297,7 @@ def test_the_warm_up_makes_the_live_tickets_pages_and_their_tags_before_any_requ
     for ticket_id in live:
         page = client.get(f"/tickets/{ticket_id}")
         assert page.status_code == 200 and "Rule snippets" in page.text
-    for name in changed:
+    for name in changed | watched:
         page = client.get(f"/tag?name={name}")
         assert page.status_code == 200
         for src in re.findall(r'<img[^>]* src="([^"]+)"', page.text):
