@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import Engine
 
-from . import db, hook_marks, parse, pipeline, store
+from . import hook_marks, parse, pipeline, store
 from .errors import ParseError, WatcherError
 from .parse import FILE_NAME_RE
 from .settings import FILE_CLOUD_NAMES, Settings
@@ -43,9 +43,6 @@ from .store.sql import no_collector_pauses
 
 #: Files a run imports between two collections of young objects (``Backfill.run``).
 COLLECT_EVERY = 50
-#: Files after which a run drops the indexes a bulk write need not maintain (``db.bulk_indexes_dropped``): building
-#: them once after costs about what maintaining them costs ~50 files of a busy history.
-BULK_FILES = 50
 #: Makes the hooks, given the plausibility checks the newest file failed (``--force``): ``pipeline.derived_work``.
 HookMaker = Callable[..., Sequence[hook_marks.Hook]]
 
@@ -257,11 +254,9 @@ class Backfill:
         # between imports, each import was followed by a collection walking all it left alive (the kept
         # lists, the next file decoded ahead): ~7% of a busy week. The young objects are collected every
         # COLLECT_EVERY files instead, so the few cycles imports leave do not pile up.
-        with store.prefix_lists_kept(), no_collector_pauses(), db.bulk_indexes_dropped(self.engine) as drop_indexes:
+        with store.prefix_lists_kept(), no_collector_pauses():
             for count, (item, read) in enumerate(read_ahead(files, self._read), 1):
                 outcome = self.import_file(item, read)
-                if count == BULK_FILES:
-                    drop_indexes()  # a long run: the rest is written without them, and they are built once after
                 if count % COLLECT_EVERY == 0:
                     gc.collect(0)
                 if on_file is not None:

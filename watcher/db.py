@@ -18,7 +18,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.sql import Executable
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError, SQLAlchemyError
@@ -361,8 +361,7 @@ def _migrate(step: Callable[[Config, str], None], engine: Engine, revision: str,
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Bring the schema of ``engine``'s database to the latest revision, if it is not there, with every index
-    a bulk job drops for its writes (``bulk_indexes_dropped``) in place."""
+    """Bring the schema of ``engine``'s database to the latest revision, if it is not there."""
     try:
         if current_revision(engine) != head_revision():
             with migration_lock(engine):
@@ -370,57 +369,8 @@ def ensure_schema(engine: Engine) -> None:
                 if current_revision(engine) != head_revision():
                     log.info("upgrading database schema to %s", head_revision())
                     upgrade(engine)
-        restore_bulk_indexes(engine)
     except OperationalError as exc:
         raise StoreError(f"cannot open database {safe_url(str(engine.url))}: {exc.orig}") from None
-
-
-#: Indexes that a job writing many publications (a backfill) drops while it writes and builds again once after:
-#: maintained row by row, the index of prefix spans by tag cost a 780-file backfill ~12% of its time
-#: (SQLite: 24.8 -> 27.9 s), built once after, well under a second.
-BULK_INDEXES = ("ix_prefix_spans_tag_id",)
-
-
-def _bulk_indexes() -> list[Any]:
-    from .models import Base
-
-    return [index for table in Base.metadata.tables.values() for index in table.indexes if index.name in BULK_INDEXES]
-
-
-def restore_bulk_indexes(engine: Engine) -> list[str]:
-    """Build again the bulk indexes a job dropped and did not rebuild (it was killed): their names."""
-    with engine.connect() as conn:
-        inspector = inspect(conn)
-        missing = [index for index in _bulk_indexes() if not inspector.has_index(index.table.name, index.name)]
-    if missing:
-        with writer(engine).begin() as conn:
-            for index in missing:
-                index.create(conn, checkfirst=True)
-        log.info("built the index %s again (a bulk import stopped before it did)",
-                 ", ".join(i.name for i in missing))
-    return [index.name for index in missing]
-
-
-@contextlib.contextmanager
-def bulk_indexes_dropped(engine: Engine) -> Iterator[Callable[[], None]]:
-    """Within: calling the function given drops ``BULK_INDEXES`` (once); they are built again on leaving,
-    whatever ends the job (or, if it is killed, by the next ``ensure_schema``). Readers meanwhile get the same
-    answers, more slowly."""
-    dropped = False
-
-    def drop() -> None:
-        nonlocal dropped
-        if not dropped:
-            with writer(engine).begin() as conn:
-                for name in BULK_INDEXES:
-                    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
-            dropped = True
-
-    try:
-        yield drop
-    finally:
-        if dropped:
-            restore_bulk_indexes(engine)
 
 
 def open_database(url: str, *, migrate: bool = True) -> Engine:

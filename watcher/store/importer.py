@@ -571,10 +571,10 @@ def _span_index_rebuilt(conn: Connection, rebuild: bool) -> Iterator[None]:
     both databases; built after, ~1x). In the import's transaction: a failure leaves it as it was."""
     name = _SPAN_TAG_INDEX.split(" ", 1)[0]
     if rebuild:
-        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+        conn.exec_driver_sql(f"DROP INDEX {name}")
     yield
     if rebuild:
-        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {_SPAN_TAG_INDEX}")
+        conn.exec_driver_sql(f"CREATE INDEX {_SPAN_TAG_INDEX}")
 
 
 def _write_manifest(conn: Connection, cloud: str, publication_id: int, parsed: ParsedFile, before: Versions,
