@@ -202,6 +202,16 @@ def test_a_plot_is_a_labelled_svg_document_with_its_axes_dates_and_legend() -> N
     assert plots.nice_ticks(0, 0) == [0, 1]  # a family with nothing stays on a zero axis, not below it
 
 
+def test_a_space_too_large_for_a_float_to_tell_apart_still_plots():
+    # A hostile file may publish 2000::/3: 2**61 /64 networks; values a float cannot tell apart made a zero span.
+    for v6 in ((2**53, 2**53 + 1), (2**64, 2**64 + 1), (2**61, 2**61)):
+        points = [plots.SeriesPoint(dt.date(2025, 1, 1) + dt.timedelta(weeks=i), 2, 1, 512, n, True)
+                  for i, n in enumerate(v6)]
+        ticks = plots.nice_ticks(*v6)
+        assert len(ticks) >= 2 and ticks[0] <= v6[0] and ticks[-1] >= v6[1] and ticks[0] < ticks[-1]
+        assert plots.plot_svg("Hostile", points, "space").count("<circle") >= 2
+
+
 def test_the_tag_pages_rows_are_written_as_the_template_wrote_them_and_escaped() -> None:
     from watcher.store.records import HistoryEntry
     from watcher.web.pages import publication_options, series_rows, version_rows

@@ -82,7 +82,8 @@ def nice_ticks(low: float, high: float, count: int = Y_TICKS) -> list[float]:
     """About ``count`` round values (steps of 1, 2, 2.5 or 5 times a power of ten, at least 1) from at or below
     ``low`` to at or above ``high``; a flat series gets a span around its value (not below zero if it is not)."""
     low, high = min(low, high), max(low, high)
-    if high == low:
+    # Flat, or apart by less than a float tells from the values (IPv6 space: 2**64 /64 networks and up).
+    if high - low <= abs(high) * 1e-9:
         pad = max(abs(high) * 0.05, 1.0)
         low, high = (max(0.0, low - pad) if low >= 0 else low - pad), high + pad
     raw = (high - low) / max(1, count - 1)
@@ -124,7 +125,8 @@ def _x_label_indexes(count: int) -> list[int]:
 def _axis(values: Sequence[int]) -> tuple[list[float], Callable[[float], float]]:
     """The ticks of an axis for ``values`` and the function placing a value on it (its y in the picture)."""
     ticks = nice_ticks(min(values, default=0), max(values, default=0))
-    low, ratio = ticks[0], (BOTTOM - TOP) / (ticks[-1] - ticks[0])
+    span = ticks[-1] - ticks[0]
+    low, ratio = ticks[0], (BOTTOM - TOP) / span if span > 0 else 0.0
     return ticks, lambda v: BOTTOM - (v - low) * ratio
 
 
