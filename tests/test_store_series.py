@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from benchmarks.synthetic import Generator
 from tests.conftest import file_bytes
-from watcher import address_space, store
+from watcher import address_space, db, store
 from watcher.store import series
 
 START = dt.date(2021, 3, 1)
@@ -179,3 +179,30 @@ def test_sizes_counted_ahead_of_any_view_equal_those_a_view_counts_and_stop_at_t
         texts = load_texts(conn, counted, cached=False)
     assert counted == {h: address_space.family_sizes(split_text(t.text)) for h, t in texts.items()}
     assert series.count_uncounted(engine, deadline=float("inf")) == series.SizesCounted(0, 0, 0)
+
+
+def test_counting_ahead_behind_another_writer_keeps_nothing_past_its_deadline_and_says_so(
+        engine: sa.Engine, db_url: str, servicetags_dir) -> None:
+    """The warm-up's count waits for SQLite's write lock (an import under way in another process) only as long
+    as its deadline leaves, and counts as kept only the sets it wrote; the next count keeps them."""
+    base = sorted((servicetags_dir / "china").glob("*.json.gz"))[-1]
+    for file in Generator(orjson.loads(file_bytes(base)), "china", START, seed=5).weeks(4):
+        assert store.import_bytes(engine, file.data, file.name).outcome == "imported"
+    uncounted = sum(1 for sizes in stored_sizes(engine).values() if sizes[0] is None)
+    if engine.dialect.name == "sqlite":
+        import sqlite3
+
+        held = sqlite3.connect(sa.engine.make_url(db_url).database, isolation_level=None)
+        held.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        try:
+            blocked = series.count_uncounted(engine, deadline=0.0, clock=lambda: -0.001)  # counts all, then waits 1 ms
+        finally:
+            held.execute("ROLLBACK")
+            held.close()
+        assert blocked.left == 0 and blocked.tags > 0 and blocked.sets == 0
+        assert sum(1 for sizes in stored_sizes(engine).values() if sizes[0] is None) == uncounted
+        with engine.connect() as conn:  # the connection's usual wait is back for the next writer
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_LOCK_WAIT * 1000
+    kept = series.count_uncounted(engine, deadline=float("inf"))
+    assert kept.left == 0 and kept.sets > 0
+    assert sum(1 for sizes in stored_sizes(engine).values() if sizes[0] is None) < uncounted

@@ -78,7 +78,7 @@ def create_db_engine(url: str) -> Engine:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the folder of {safe_url(url)}: {exc.strerror}") from None
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": SQLITE_LOCK_WAIT})
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -222,6 +222,26 @@ def transactional(engine: Engine) -> Engine:
     if engine.dialect.name == "postgresql":
         return engine.execution_options(isolation_level="READ COMMITTED")
     return engine
+
+
+#: Seconds a SQLite connection waits for another connection's write lock before 'database is locked'.
+SQLITE_LOCK_WAIT = 30
+
+
+@contextlib.contextmanager
+def lock_wait_limited(conn: Connection, seconds: float | None) -> Iterator[None]:
+    """Within: a transaction begun on ``conn`` (not yet begun) waits at most ``seconds`` for SQLite's write lock
+    (None: as usual). Set on the driver's connection and put back after, since the pool keeps it. PostgreSQL
+    takes no database-wide write lock: nothing to limit there."""
+    if seconds is None or conn.dialect.name != "sqlite":
+        yield
+        return
+    raw = conn.connection.dbapi_connection
+    raw.execute(f"PRAGMA busy_timeout = {int(min(max(seconds, 0.0), SQLITE_LOCK_WAIT) * 1000)}")
+    try:
+        yield
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_WAIT * 1000}")
 
 
 def writer(engine: Engine) -> Engine:

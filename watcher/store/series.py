@@ -115,11 +115,9 @@ def count_uncounted(engine: Engine, deadline: float, clock: Callable[[], float] 
             waiting.update(_versions_counted(conn, tag_id)[2])
         done += 1
         if len(waiting) >= KEEP_BATCH:
-            _keep_sizes(engine, waiting)
-            kept, waiting = kept + len(waiting), {}
+            kept, waiting = kept + _keep_sizes(engine, waiting, wait=max(0.0, deadline - clock())), {}
     if waiting:
-        _keep_sizes(engine, waiting)
-        kept += len(waiting)
+        kept += _keep_sizes(engine, waiting, wait=max(0.0, deadline - clock()))
     return SizesCounted(done, kept, len(tags) - done)
 
 
@@ -214,22 +212,28 @@ def _count(conn: Connection, hashes: list[bytes]) -> dict[bytes, Sizes]:
     return counted
 
 
-def _keep_sizes(engine: Engine, counted: dict[bytes, Sizes]) -> None:
-    """Store the sizes just counted, so that each set is counted once, by the first view that shows it. Best
-    effort: a database that refuses the write (read-only, busy past the timeout) costs the next view a recount,
-    and the view goes on; a set too big for the columns stays NULL (``storable_sizes``)."""
+def _keep_sizes(engine: Engine, counted: dict[bytes, Sizes], wait: float | None = None) -> int:
+    """Store the sizes just counted, so that each set is counted once, by the first view that shows it: how many
+    were kept. Best effort: a database that refuses the write (read-only, busy past the timeout) costs the next
+    view a recount, and the view goes on; a set too big for the columns stays NULL (``storable_sizes``).
+    ``wait``: the longest the write waits for SQLite's write lock, held by another writer (an import), instead of
+    the usual 30 s (the warm-up has a deadline)."""
     contents = Content.__table__
     rows = [{"h": digest, **dict(zip((f"n_{c}" for c in SIZE_COLUMNS), storable_sizes(sizes)))}
             for digest, sizes in counted.items() if max(sizes) < STORABLE_BELOW]
     if not rows:
-        return
+        return 0
     try:
-        with db.writer(engine).begin() as conn:
-            conn.execute(update(contents).where(contents.c.hash == bindparam("h"), contents.c.v4_prefixes.is_(None))
-                         .values({c: bindparam(f"n_{c}") for c in SIZE_COLUMNS}), rows)
+        with db.writer(engine).connect() as conn, db.lock_wait_limited(conn, wait):
+            with conn.begin():
+                conn.execute(update(contents)
+                             .where(contents.c.hash == bindparam("h"), contents.c.v4_prefixes.is_(None))
+                             .values({c: bindparam(f"n_{c}") for c in SIZE_COLUMNS}), rows)
     except SQLAlchemyError as exc:
         log.info("the sizes of %d prefix sets were counted but not kept (%s): counted again next time",
                  len(rows), type(exc).__name__)
+        return 0
+    return len(rows)
 
 
 def publications_stamp(conn: Connection, cloud: str) -> tuple[int, int | None]:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from .. import health, scheduler
 from . import feeds
-from ..errors import ConfigError, WatcherError
+from ..errors import ConfigError, WatcherError, database_detail
 from ..models import utcnow
 from ..settings import Settings
 
@@ -123,7 +123,8 @@ def warm_up(app: Starlette, seconds: float, clock: Callable[[], float] = time.mo
         for step in app.state.warm_ups:
             done.update(step(started + seconds))
     except Exception as exc:  # noqa: BLE001 - a warm-up is an optimisation: whatever stops it, the server starts
-        log.warning("warm-up stopped by %s: %s", type(exc).__name__, exc, extra={"event": "warm-up"})
+        # The driver's first line, not the statement and its parameters a database error carries.
+        log.warning("warm-up stopped by %s: %s", type(exc).__name__, database_detail(exc), extra={"event": "warm-up"})
         log.debug("warm-up stopped here", exc_info=True)
         done["error"] = type(exc).__name__
     done["seconds"] = round(clock() - started, 3)
