@@ -158,3 +158,84 @@ def test_missed_publications_are_counted_and_recounted_when_a_gap_is_filled(engi
     with engine.connect() as conn:
         assert [p.missed_before for p in store.publications(conn, "public")] == [0, 1, 1, 0]
     assert reset.anomalies and reset.publication.missed_before == 0  # a reset stays an anomaly
+
+
+def _span_index_seen(conn) -> bool:
+    return bool(conn.execute(sa.text(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'ix_prefix_spans_tag_id'" if conn.dialect.name == "sqlite"
+        else "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_prefix_spans_tag_id' "
+             "AND schemaname = current_schema()")).scalar())
+
+
+def test_a_run_writes_a_batch_of_files_without_the_spans_index_that_no_other_connection_misses(
+        engine, tmp_path, monkeypatch):
+    seen = []  # per import: (the index in the import's own transaction, the index as another connection sees it)
+    imported = store.import_bytes
+
+    def watching(*args, within=None, **kwargs):
+        with engine.connect() as other:
+            seen.append((_span_index_seen(within) if within is not None else True, _span_index_seen(other)))
+        return imported(*args, within=within, **kwargs)
+
+    monkeypatch.setattr(store, "import_bytes", watching)
+    told = []
+    for n, day in enumerate(weeks(dt.date(2024, 1, 1), 4), 1):
+        write(tmp_path, day, {"A": [f"10.0.{n}.0/24", "10.9.0.0/16"], "B": [f"10.1.{n}.0/24"]}, n)
+    report = backfill.Backfill(engine, make_settings()).run(backfill.find_files([tmp_path]), on_file=told.append)
+    assert report.count("imported") == 4 and len(told) == 4
+    if engine.dialect.name == "sqlite":  # one batch: from its second file on, without the index, seen by it alone
+        assert seen == [(True, True), (False, True), (False, True), (False, True)]
+    else:  # PostgreSQL: a transaction per file, the index kept
+        assert seen == [(True, True)] * 4
+    with engine.connect() as conn:
+        assert _span_index_seen(conn)
+        by_tag = conn.execute(sa.text("SELECT count(*) FROM prefix_spans WHERE tag_id = "
+                                      "(SELECT id FROM tags WHERE name = 'A')")).scalar()
+    assert by_tag == 5  # the /16 and four /24s, each its own span
+
+
+def test_a_run_stopped_mid_batch_keeps_the_committed_batches_and_the_index_and_a_rerun_imports_the_rest(
+        engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(backfill, "BATCH_SECONDS", 0.0)  # each file its own batch ...
+    for n, day in enumerate(weeks(dt.date(2024, 1, 1), 5), 1):
+        write(tmp_path, day, {"A": [f"10.0.{n}.0/24"]}, n)
+    imported = store.import_bytes
+    calls = []
+
+    def stopping(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # Ctrl-C during the fourth file
+        return imported(*args, **kwargs)
+
+    monkeypatch.setattr(store, "import_bytes", stopping)
+    told = []
+    job = backfill.Backfill(engine, make_settings())
+    try:
+        job.run(backfill.find_files([tmp_path]), on_file=told.append)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the run was not stopped")
+    with engine.connect() as conn:
+        assert len(store.publications(conn, "public")) == 3 == len(told)  # what was told imported is stored
+        assert _span_index_seen(conn)
+    monkeypatch.setattr(store, "import_bytes", imported)
+    monkeypatch.setattr(backfill, "BATCH_SECONDS", 60.0)  # ... then one batch for the rest
+    again = backfill.Backfill(engine, make_settings()).run(backfill.find_files([tmp_path]))
+    assert again.count("imported") == 2 and again.count("already imported") == 3
+    with engine.connect() as conn:
+        assert len(store.publications(conn, "public")) == 5 and _span_index_seen(conn)
+
+
+def test_a_failing_file_in_a_batch_rolls_back_alone(engine, tmp_path):
+    days = weeks(dt.date(2024, 1, 1), 3)
+    for n, day in enumerate(days, 1):
+        write(tmp_path, day, {"A": [f"10.0.{n}.0/24"]}, n)
+    (tmp_path / file_name("20240109")).write_bytes(build_file({"A": ["10.0.9.0/24", "not-a-prefix"]}, change_number=9))
+    report = run(engine, make_settings(), [tmp_path])
+    assert report.count("imported") == 3 and [o.file_date for o in report.failed] == [dt.date(2024, 1, 9)]
+    with engine.connect() as conn:
+        stored = store.publications(conn, "public")
+        assert [p.file_date for p in stored] == days and _span_index_seen(conn)
+        assert store.snapshot(conn, "public", "A", stored[-1]).prefixes == ("10.0.3.0/24",)

@@ -14,7 +14,7 @@ The package's modules, by job:
 """
 from __future__ import annotations
 
-from .importer import Sha256, date_from_source, import_bytes, lock_cloud
+from .importer import Sha256, build_span_index, date_from_source, drop_span_index, import_bytes, lock_cloud
 from .queries import (
     all_publications, changed_tag_names, entries_since, lookup_all_time, resolve_at, containing_networks, diff_publications, history, lookup, parse_publication_ref,
     present_tag_names, publication_by_day, publications, resolve_publication, snapshot, tag_ids, tag_name,
@@ -32,7 +32,7 @@ __all__ = [
     "EMPTY_HASH", "METADATA_NAMES", "Sha256", "MissedPublications", "missed_gaps", "NO_METADATA", "HistoryEntry", "ImportHook", "ImportResult", "LookupHit", "PublicationInfo",
     "TagChange", "TagSnapshot", "all_publications", "entries_since", "resolve_at", "lookup_all_time", "AddressHolder", "ResolvedPublication", "VersionInfo", "Versions", "absent_version", "changed_tag_names",
     "containing_networks", "date_from_source", "diff_publications", "history", "import_bytes", "load_contents",
-    "forget_texts", "load_texts", "lock_cloud", "prefix_lists_kept",
+    "forget_texts", "load_texts", "lock_cloud", "prefix_lists_kept", "build_span_index", "drop_span_index",
     "lookup", "pack", "parse_publication_ref", "present_tag_names", "publication_by_day", "publication_from_row",
     "publications", "resolve_publication", "snapshot", "tag_ids", "tag_name", "tag_states", "unpack",
     "versions_at", "versions_before",

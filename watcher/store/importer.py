@@ -59,19 +59,23 @@ def import_bytes(
     on_imported: ImportHook | None = None,
     now: Callable[[], dt.datetime] | None = None,
     decoded: tuple[Document, str] | None = None,
+    within: Connection | None = None,
 ) -> ImportResult:
     """Import one file's bytes as a publication; idempotent and atomic.
 
     ``decoded``: ``data``'s top level (``decode_document``) and SHA-256, when the caller has them already
     (a backfill reads, hashes and decodes the next file on a thread while it imports this one).
+    ``within``: a writing transaction (``db.writer``) the caller holds and commits; the import runs in a
+    savepoint of it, so a file that fails leaves that transaction as it found it.
     """
     with no_collector_pauses():
-        return _import_bytes(engine, data, source, file_date, expected_cloud, on_imported, now or utcnow, decoded)
+        return _import_bytes(engine, data, source, file_date, expected_cloud, on_imported, now or utcnow, decoded,
+                             within)
 
 
 def _import_bytes(engine: Engine, data: bytes, source: str, file_date: dt.date | None, expected_cloud: str | None,
                   on_imported: ImportHook | None, now: Callable[[], dt.datetime],
-                  decoded: tuple[Document, str] | None = None) -> ImportResult:
+                  decoded: tuple[Document, str] | None = None, within: Connection | None = None) -> ImportResult:
     hashing = Sha256(data) if decoded is None else None
     try:
         document = decode_document(data, source) if decoded is None else decoded[0]
@@ -83,16 +87,25 @@ def _import_bytes(engine: Engine, data: bytes, source: str, file_date: dt.date |
         sha256 = hashing.hexdigest() if hashing is not None else decoded[1]
     # The bulk paths use the driver's cursor directly, so its own errors are translated too.
     with translate_db_errors(f"importing {source}"):
+        if within is not None:
+            with within.begin_nested():
+                return _import_locked(within, document, source, cloud, sha256, file_date, now, on_imported)
         started = time.perf_counter()
         with db.writer(engine).begin() as conn:
-            _lock_cloud(conn, cloud)
-            result = _import(conn, document, source, cloud, sha256, file_date, now)
-            if result.outcome == "imported" and on_imported is not None:
-                on_imported(conn, result)
+            result = _import_locked(conn, document, source, cloud, sha256, file_date, now, on_imported)
             committing = time.perf_counter()
         log.debug("%s: transaction %.0f ms, of which commit %.0f ms", source,
                   (time.perf_counter() - started) * 1000, (time.perf_counter() - committing) * 1000)
         return result
+
+
+def _import_locked(conn: Connection, document: Document, source: str, cloud: str, sha256: str,
+                   file_date: dt.date, now: Callable[[], dt.datetime], on_imported: ImportHook | None) -> ImportResult:
+    _lock_cloud(conn, cloud)
+    result = _import(conn, document, source, cloud, sha256, file_date, now)
+    if result.outcome == "imported" and on_imported is not None:
+        on_imported(conn, result)
+    return result
 
 
 class Sha256:
@@ -569,12 +582,25 @@ def _span_index_rebuilt(conn: Connection, rebuild: bool) -> Iterator[None]:
     """With ``rebuild`` (a first import): the spans' index by tag is dropped for the writes inside and built
     again after, once, from every row (maintained row by row, it cost a first import ~14 -> ~21x json.loads on
     both databases; built after, ~1x). In the import's transaction: a failure leaves it as it was."""
-    name = _SPAN_TAG_INDEX.split(" ", 1)[0]
     if rebuild:
-        conn.exec_driver_sql(f"DROP INDEX {name}")
+        drop_span_index(conn)
     yield
     if rebuild:
-        conn.exec_driver_sql(f"CREATE INDEX {_SPAN_TAG_INDEX}")
+        build_span_index(conn)
+
+
+def drop_span_index(conn: Connection) -> None:
+    """Drop the spans' index by tag in ``conn``'s writing transaction, which must build it again before it commits
+    (``build_span_index``): other connections never see it missing. On SQLite, where a backfill's batch of files
+    drops it too (``backfill``), a missing index is let be."""
+    name = _SPAN_TAG_INDEX.split(" ", 1)[0]
+    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}" if conn.dialect.name == "sqlite" else f"DROP INDEX {name}")
+
+
+def build_span_index(conn: Connection) -> None:
+    """Build the spans' index by tag from every row (see ``drop_span_index``)."""
+    conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {_SPAN_TAG_INDEX}" if conn.dialect.name == "sqlite"
+                         else f"CREATE INDEX {_SPAN_TAG_INDEX}")
 
 
 def _write_manifest(conn: Connection, cloud: str, publication_id: int, parsed: ParsedFile, before: Versions,
