@@ -591,16 +591,17 @@ def _span_index_rebuilt(conn: Connection, rebuild: bool) -> Iterator[None]:
 
 def drop_span_index(conn: Connection) -> None:
     """Drop the spans' index by tag in ``conn``'s writing transaction, which must build it again before it commits
-    (``build_span_index``): other connections never see it missing. On SQLite, where a backfill's batch of files
-    drops it too (``backfill``), a missing index is let be."""
+    (``build_span_index``): other connections never see it missing (on PostgreSQL, their reads of the spans wait
+    for the commit). Dropped already (a backfill's batch of files drops it too): let be."""
     name = _SPAN_TAG_INDEX.split(" ", 1)[0]
-    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}" if conn.dialect.name == "sqlite" else f"DROP INDEX {name}")
+    if conn.dialect.name == "postgresql":  # this schema's, never another's of the same name on the search path
+        name = f'"{conn.execute(text("SELECT current_schema()")).scalar()}".{name}'
+    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
 
 
 def build_span_index(conn: Connection) -> None:
-    """Build the spans' index by tag from every row (see ``drop_span_index``)."""
-    conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {_SPAN_TAG_INDEX}" if conn.dialect.name == "sqlite"
-                         else f"CREATE INDEX {_SPAN_TAG_INDEX}")
+    """Build the spans' index by tag from every row (see ``drop_span_index``); there already: let be."""
+    conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {_SPAN_TAG_INDEX}")
 
 
 def _write_manifest(conn: Connection, cloud: str, publication_id: int, parsed: ParsedFile, before: Versions,
