@@ -181,7 +181,7 @@ class BackfillReport:
 class Backfill:
     """One run over many files: ``import_file`` for each (oldest first per cloud), then ``finish``.
 
-    Split in two so that a face can draw progress between files; ``run`` does both.
+    Split in two so that a face can draw progress between files; ``run`` does both (on SQLite, in batches).
     """
 
     def __init__(self, engine: Engine, settings: Settings, make_hooks: HookMaker | None = pipeline.derived_work,
@@ -278,19 +278,11 @@ class Backfill:
         # between imports, each import was followed by a collection walking all it left alive (the kept
         # lists, the next file decoded ahead): ~7% of a busy week. The young objects are collected every
         # COLLECT_EVERY files instead, so the few cycles imports leave do not pile up.
-        if self.engine.dialect.name != "sqlite":  # see the module's notes: a transaction per file
-            with store.prefix_lists_kept(), no_collector_pauses():
-                for count, (item, read) in enumerate(read_ahead(files, self._read), 1):
-                    outcome = self.import_file(item, read)
-                    if count % COLLECT_EVERY == 0:
-                        gc.collect(0)
-                    if on_file is not None:
-                        on_file(outcome)
-            return self.finish()
+        batched = self.engine.dialect.name == "sqlite"  # PostgreSQL: a transaction per file (the module's notes)
         with store.prefix_lists_kept(), no_collector_pauses(), _Batches(self.engine) as batches:
             for count, (item, read) in enumerate(read_ahead(files, self._read), 1):
-                batches.done.append(self._import(item, read, batches.connection))
-                if batches.due():
+                batches.done.append(self._import(item, read, batches.connection if batched else None))
+                if not batched or batches.due():
                     self._committed(batches, on_file)
                 if count % COLLECT_EVERY == 0:
                     gc.collect(0)
@@ -332,8 +324,9 @@ class Backfill:
 
 
 class _Batches:
-    """A SQLite run's writing transaction, one batch of files at a time (``BATCH_SECONDS``); leaving it rolls
-    back a batch not committed (a run stopped by an error that is not a file's own, or by Ctrl-C)."""
+    """The run's files not reported yet and, on SQLite, their batch's writing transaction (``BATCH_SECONDS``; a
+    file imported without ``connection`` commits alone); leaving it rolls back a batch not committed (a run
+    stopped by an error that is not a file's own, or by Ctrl-C)."""
 
     def __init__(self, engine: Engine, seconds: float | None = None) -> None:
         self._engine, self._seconds = engine, BATCH_SECONDS if seconds is None else seconds
