@@ -27,7 +27,7 @@ Per backend (set-up untimed, fresh databases):
 Requests go as a browser's do: to a ``watcher serve`` process (started per app below, on a free port of
 loopback, on the same database) over one keep-alive connection (``httpx``), signed in as an approver (the session
 cookie), accepting gzip. A "freshly made app" is a new process (a cold process: nothing cached, its templates
-compiled at start). So the figures hold the HTTP parsing, routing, sign-in, the library calls, templates, plots
+compiled at start). So the figures hold the HTTP parsing, routing, sign-in, the library calls, templates, pygal
 and the bytes on loopback. ``--harness served,testclient`` adds the old in-process figures (Starlette's
 ``TestClient``: no sockets, but its own per-request cost, most of its floor) under ``"testclient"``; the
 headline and ``pass`` are the served ones. Each timed sample (a first view alone, or the mean of five repeated

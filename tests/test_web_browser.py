@@ -80,10 +80,10 @@ class Watched:
 
 
 def points_per_series(svg: str) -> list[int]:
-    """The dots drawn for each series of a line chart (a series may span several groups)."""
+    """The dots pygal drew for each series of a line chart (a series may span several groups)."""
     counts: dict[int, int] = {}
     for group in ElementTree.fromstring(svg).iter(f"{SVG}g"):
-        found = re.fullmatch(r"series serie-(\d+)", group.get("class", ""))
+        found = re.fullmatch(r"series serie-(\d+) color-\d+", group.get("class", ""))
         if found:
             dots = [c for c in group.iter(f"{SVG}circle") if "dot" in c.get("class", "")]
             counts[int(found[1])] = counts.get(int(found[1]), 0) + len(dots)

@@ -159,58 +159,23 @@ def test_a_plot_draws_a_dot_per_point_until_they_would_smear_then_lines_and_the_
 
     few, many = plots.MAX_POINTS_WITH_DOTS, plots.MAX_POINTS_WITH_DOTS + 1
     for kind in plots.PLOT_KINDS:
-        drawn = plots.plot_svg("x", points(few), kind)
-        assert drawn.count('<circle class="dot') == 2 * few  # a dot per publication in each family's series
-        assert drawn.count('<circle class="dot changed"') == 2 * 15  # the changes' dots (every fourth), larger
-        assert drawn.count('<polyline class="line"') == 2
+        assert plots.plot_svg("x", points(few), kind).count('class="dot ') == 2 * few
         drawn = plots.plot_svg("x", points(many), kind)
-        assert drawn.count('<polyline class="line"') == 2  # both lines, and no line through the changes
+        assert drawn.count('class="line reactive nofill"') == 2  # both lines, and no line through the changes
         changes = sum(1 for p in points(many) if p.changed)
-        assert drawn.count('<circle class="dot') == changes == 16  # a dot at each change, none elsewhere
-        assert '<g class="series serie-2" aria-label="changed">' in drawn and ">changed</text>" in drawn
+        assert drawn.count('class="dot ') == changes == 16  # a dot at each change, none elsewhere
         busy = [dataclasses.replace(p, changed=True) for p in points(many)]  # dots at every point would smear
         drawn = plots.plot_svg("x", busy, kind)
-        assert '<circle class="dot' not in drawn and f"({many} of {many} publications changed it)" in drawn
+        assert 'class="dot ' not in drawn and f"({many} of {many} publications changed it)" in drawn
 
-
-def test_a_plot_is_a_labelled_svg_document_with_its_axes_dates_and_legend() -> None:
-    from xml.etree import ElementTree
-
-    svg_ns = "{http://www.w3.org/2000/svg}"
-    points = [plots.SeriesPoint(dt.date(2021, 1, 4) + dt.timedelta(weeks=i), 18_000 + i, 900, 134_217_728 + 256 * i,
-                                2 ** 40 + 2 ** 20 * i, i % 9 == 0) for i in range(260)]
-    for kind, title, legend in (("prefixes", "AzureCloud: prefixes per family", ["IPv4 prefixes", "IPv6 prefixes"]),
-                                ("space", "AzureCloud: address space per family",
-                                 ["IPv4 addresses", "IPv6 /64 networks (right axis)"])):
-        drawn = plots.plot_svg("AzureCloud", points, kind)
-        root = ElementTree.fromstring(drawn)  # well-formed, one document
-        assert root.get("role") == "img" and root.get("aria-labelledby") == "plot-title plot-desc"
-        assert root.find(f"{svg_ns}title").text == title
-        assert root.find(f"{svg_ns}desc").text.startswith("260 publications from 2021-01-04 to 2025-12-22, 29 of them")
-        assert "<script" not in drawn and "href" not in drawn and "http" not in drawn.replace(
-            'xmlns="http://www.w3.org/2000/svg"', "")  # nothing runs, nothing loads
-        texts = [t.text for t in root.iter(f"{svg_ns}text")]
-        assert texts[0] == title and texts[-3:] == [*legend, "changed"]
-        assert sum(1 for t in texts if re.fullmatch(r"\d{4}-\d\d-\d\d", t or "")) == plots.MAX_X_LABELS
-        assert "2021-01-04" in texts and "2025-12-22" in texts  # the first and the last publication's dates
-        lines = [e for e in root.iter(f"{svg_ns}polyline")]
-        assert [len(e.get("points").split()) for e in lines] == [260, 260]  # one point per publication
-    space = plots.plot_svg("AzureCloud", points, "space")
-    assert "134.30 M" in space and "1.0996 T" in space  # each axis in its own unit, as many decimals as its step
-    assert plots.tick_labels(plots.nice_ticks(17_980, 18_260)) == ["17,900", "18,000", "18,100", "18,200", "18,300"]
-    assert plots.nice_ticks(5, 5) == [4, 5, 6]  # a flat series: a span around it, in whole steps
-    assert plots.nice_ticks(0, 0) == [0, 1]  # a family with nothing stays on a zero axis, not below it
 
 
 def test_a_space_too_large_for_a_float_to_tell_apart_still_plots():
-    # A hostile file may publish 2000::/3: 2**61 /64 networks; values a float cannot tell apart made a zero span.
-    for v6 in ((2**53, 2**53 + 1), (2**64, 2**64 + 1), (2**61, 2**61)):
+    # A hostile file may publish 2000::/3 (2**61 /64 networks) or larger: values a float cannot tell apart.
+    for v6 in ((2**53, 2**53 + 1), (2**64, 2**64 + 1), (2**61, 2**61), (2**125, 2**125 + 7)):
         points = [plots.SeriesPoint(dt.date(2025, 1, 1) + dt.timedelta(weeks=i), 2, 1, 512, n, True)
                   for i, n in enumerate(v6)]
-        ticks = plots.nice_ticks(*v6)
-        assert len(ticks) >= 2 and ticks[0] <= v6[0] and ticks[-1] >= v6[1] and ticks[0] < ticks[-1]
-        assert plots.plot_svg("Hostile", points, "space").count("<circle") >= 2
-
+        assert plots.plot_svg("Hostile", points, "space").count("<circle") == 4  # a dot per publication and family
 
 def test_the_tag_pages_rows_are_written_as_the_template_wrote_them_and_escaped() -> None:
     from watcher.store.records import HistoryEntry
