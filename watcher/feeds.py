@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import os
 import re
@@ -38,7 +37,7 @@ from typing import Any, Callable, Mapping
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import state as states
+from . import jsontext, state as states
 from .errors import NotFoundError, StoreError, WatcherError
 from .models import ApprovedState as ApprovedStateRow
 from .settings import Settings
@@ -155,9 +154,9 @@ def build(state: states.ApprovedState, previous: states.ApprovedState | None, at
                  "description": f"service tag {tag} of {where}", "ranges": cidrs} for tag, cidrs in per_tag.items()]
     checkpoint = {"version": "1.0", "description": f"watcher: the approved allow-list of {where}",
                   "objects": objects}
-    files.append(FeedFile(f"{name}.checkpoint.json", (json.dumps(checkpoint, indent=2) + "\n").encode(), JSON))
+    files.append(FeedFile(f"{name}.checkpoint.json", (jsontext.dumps(checkpoint) + "\n").encode(), JSON))
     # Byte for byte what `watcher state show --json` prints.
-    files.append(FeedFile(f"{name}.json", (json.dumps(state.to_json(at), indent=2, default=str) + "\n").encode(),
+    files.append(FeedFile(f"{name}.json", (jsontext.dumps(state.to_json(at)) + "\n").encode(),
                           JSON))
     files += [_md5(f) for f in list(files)]
     return FeedSet(name=name, cloud=state.cloud, watch=state.watch, state_id=state.id, ticket_id=state.ticket_id,

@@ -1,14 +1,13 @@
 """What every command shares: the application context, the error translation and the common options."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 import click
 from sqlalchemy import Engine
 
-from .. import db, logs
+from .. import db, jsontext, logs
 from ..errors import WatcherError
 from ..settings import CLOUD_FILE_NAMES, Settings
 
@@ -78,7 +77,7 @@ def say_resolved(*resolved: Any) -> None:
 
 def emit_json(data: Any) -> None:
     """Print data that ``to_json()`` methods built (plain JSON types)."""
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(jsontext.dumps(data))
 
 
 def echo_lines(lines: list[str]) -> None:

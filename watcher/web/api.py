@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import overview, review, state as states, store, tickets
+from .. import jsontext, overview, review, state as states, store, tickets
 from .. import ticket_detail as details
 from ..errors import NotFoundError, StoreError, TransitionError, WatcherError
 from ..settings import CLOUD_FILE_NAMES, Settings
@@ -55,7 +55,7 @@ class ApiError(Exception):
 
 
 def json_response(status: int, data: Any) -> Response:
-    return Response(json.dumps(data, indent=2, default=str) + "\n", status_code=status, media_type="application/json")
+    return Response(jsontext.dumps(data) + "\n", status_code=status, media_type="application/json")
 
 
 def error_status(exc: WatcherError) -> int:

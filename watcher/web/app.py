@@ -6,7 +6,6 @@ event loop only moves bytes, so a slow or half-sent request holds no thread.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from .. import health, scheduler
+from .. import health, jsontext, scheduler
 from . import feeds
 from ..errors import ConfigError, WatcherError, database_detail
 from ..models import utcnow
@@ -60,7 +59,7 @@ def standalone_view(settings: Settings, clock: Callable[[], dt.datetime] = utcno
 
 
 def _json(status: int, data: Any) -> Response:
-    return Response(json.dumps(data, default=str) + "\n", status_code=status, media_type="application/json")
+    return Response(jsontext.dumps(data, indent=None) + "\n", status_code=status, media_type="application/json")
 
 
 def create_app(settings: Settings, engine: Engine, daemon: DaemonView, *,
