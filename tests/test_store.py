@@ -515,3 +515,30 @@ def test_a_first_import_leaves_keys_and_foreign_keys_as_the_migrations_made_them
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:  # a version of no tag
         row = conn.execute(sa.select(TagVersion.__table__).limit(1)).one()
         conn.execute(sa.insert(TagVersion.__table__), {**row._mapping, "tag_id": 10**9})
+
+
+def test_versions_in_force_are_those_the_plain_predicate_finds(engine):
+    """``in_force_rows`` (one seek per tag) reads the rows of ``valid_from <= day < valid_until``, on every day:
+    before a tag's first version, on and between its changes, while withdrawn, and after the newest."""
+    from watcher.store.versions import VERSION_COLUMNS, in_force_rows
+
+    weeks = [("20250101", {"A": ["10.0.0.0/24"], "B": ["10.1.0.0/24"]}),
+             ("20250108", {"A": ["10.0.0.0/24", "10.0.1.0/24"], "B": ["10.1.0.0/24"]}),
+             ("20250115", {"A": ["10.0.1.0/24"], "C": ["10.2.0.0/24"]}),
+             ("20250122", {"A": ["10.0.1.0/24"], "C": ["10.2.0.0/24"]}),
+             ("20250129", {"A": ["10.0.2.0/24"], "B": ["10.1.0.0/24"], "C": ["10.2.0.0/24"]})]
+    for number, (date, tags) in enumerate(weeks, start=1):
+        imp(engine, date, tags, number=number)
+    plain = sa.text(f"SELECT {VERSION_COLUMNS} FROM tag_versions WHERE tag_id IN :ids AND valid_from <= :day "
+                    "AND (valid_until IS NULL OR valid_until > :day)").bindparams(sa.bindparam("ids", expanding=True))
+    with engine.connect() as conn:
+        ids = list(conn.execute(sa.select(Tag.id)).scalars())
+        found_some = 0
+        for day in (20241231, 20250101, 20250105, 20250108, 20250115, 20250120, 20250122, 20250129, 20260101):
+            expected = sorted(tuple(r) for r in conn.execute(plain, {"ids": ids, "day": day}))
+            assert sorted(tuple(r) for r in in_force_rows(conn, ids, day)) == expected, day
+            assert sorted(tuple(r) for r in in_force_rows(conn, ids[:1], day)) == \
+                [r for r in expected if r[0] == ids[0]], day
+            found_some += len(expected)
+        assert in_force_rows(conn, [], 20250101) == []
+    assert found_some > 20  # the days above meet versions of every tag, withdrawn ones included
