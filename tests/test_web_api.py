@@ -51,6 +51,10 @@ def test_every_read_endpoint_answers_what_the_cli_prints_with_json(desk: Desk, c
     ]
     for path, command in same:
         assert get(client, desk, path) == desk.cli(*command), path
+    # Not only the same values: the same bytes (both write with watcher.jsontext), the approvers' names included.
+    for path, command in same[2:5]:
+        answer = client.get(path, headers={"Authorization": f"Bearer {desk.tokens['vera']}"})
+        assert answer.text == desk.cli(*command, raw=True), path
     # The health view is judged at the moment of asking; apart from the clock it is the CLI's.
     api, cli = get(client, desk, "/api/v1/health"), desk.cli("status", "--json")
     assert without_clock(api) == without_clock(cli) and api["clouds"][0]["newest_publication"]["date"] == "2025-01-08"

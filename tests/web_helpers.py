@@ -39,13 +39,14 @@ class Desk:
     engine: sa.Engine
     tokens: dict[str, str]
 
-    def cli(self, *args: str, stdin: str | None = None) -> Any:
-        """``watcher ARGS`` in-process, as the user would run it; the parsed JSON when --json is among ARGS."""
+    def cli(self, *args: str, stdin: str | None = None, raw: bool = False) -> Any:
+        """``watcher ARGS`` in-process, as the user would run it; the parsed JSON when --json is among ARGS (the
+        text as printed with ``raw``)."""
         env = {"WATCHER_DATABASE_URL": self.db_url, "WATCHER_CONFIG": str(self.config), "WATCHER_CLOUDS": None,
                "WATCHER_SOURCE_URL": None, "WATCHER_PROXY": None, "WATCHER_NOTIFY_URLS": None}
         result = CliRunner().invoke(main, list(args), env=env, input=stdin, catch_exceptions=False)
         assert result.exit_code == 0, result.output
-        return json.loads(result.stdout) if "--json" in args else result.stdout
+        return json.loads(result.stdout) if "--json" in args and not raw else result.stdout
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:
