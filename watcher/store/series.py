@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, literal, select, union_all, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import db, diff as diffs
@@ -144,14 +144,16 @@ def _versions_counted(conn: Connection, identity: Any) -> tuple[list[Any], dict[
                 events[until_day][1] += 1
         counted = _count_from_spans(spans, versions)
     else:
-        # The tag's spans (their index by tag, migration 0016, answers it alone), counted per (first day, end
-        # day): a few hundred rows, split into each day's additions and removals here.
-        for first_day, until_day, count in conn.execute(
-                select(s.c.first_day, s.c.until_day, func.count()).where(s.c.tag_id == identity)
-                .group_by(s.c.first_day, s.c.until_day)):
-            events[first_day][0] += count
-            if until_day is not None:
-                events[until_day][1] += count
+        # The tag's spans (their index by tag, migration 0016, answers it alone), counted per first day and per
+        # end day: a row per version and kind. Counted per (first day, end day) pair they were a row per pair:
+        # 5,044 rows for a busy AzureCloud over 200 weeks (27 ms of the series, against ~11 ms now).
+        added = select(s.c.first_day, func.count(), literal(0)).where(s.c.tag_id == identity) \
+            .group_by(s.c.first_day)
+        removed = select(s.c.until_day, literal(0), func.count()) \
+            .where(s.c.tag_id == identity, s.c.until_day.is_not(None)).group_by(s.c.until_day)
+        for day, coming, going in conn.execute(union_all(added, removed)):
+            events[day][0] += coming
+            events[day][1] += going
     if counted is None:
         counted = _count(conn, uncounted) if uncounted else {}
     return versions, events, counted
