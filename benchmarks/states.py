@@ -7,9 +7,10 @@ approved; the AzureCloud watch's change ticket of the second file approved.
 
 Timed, between two runs of ``json.loads`` of the last file: the approved state
 of every watch as ``state list --json`` and ``GET /api/v1/state`` write it
-(``state.all_current``, ``to_json`` and the faces' ``jsontext.dumps``), and ``render.render_ticket`` of the AzureCloud ticket in every
-format from one view (``render.render_formats``; snippets for the add phase, the larger
-one), after one untimed warm-up render (templates compile once per process).
+(``state.all_current``, ``to_json`` and the faces' ``jsontext.dumps``), and
+``render.render_ticket`` of the AzureCloud ticket in every format from one view
+(``render.render_formats``; snippets for the add phase, the larger one), after
+one untimed warm-up render (templates compile once per process).
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """JSON text as the faces write it (CLI ``--json``, the API, the state feed), at C speed.
 
 ``json.dumps(value, indent=2)`` runs CPython's pure-Python encoder (its C one
-writes compact text only): ~3.6 ms for a state list that holds AzureCloud's
-13,000 prefixes twice, ten times what msgspec's encoder and formatter take for
-the same bytes. The text is that of ``json.dumps(value, indent=2,
+writes compact text only): 4.6 ms for a state list that holds AzureCloud's
+13,000 prefixes twice, against 1.0 ms for msgspec's encoder and formatter
+writing the same bytes. The text is that of ``json.dumps(value, indent=2,
 ensure_ascii=False)`` (checked in tests): the same layout and key order,
 characters beyond ASCII written as UTF-8 rather than as ``\\u`` escapes, and
 floats in their shortest form (``1e20``, not ``1e+20``). A value of a type

@@ -146,7 +146,7 @@ def _versions_counted(conn: Connection, identity: Any) -> tuple[list[Any], dict[
     else:
         # The tag's spans (their index by tag, migration 0016, answers it alone), counted per first day and per
         # end day: a row per version and kind. Counted per (first day, end day) pair they were a row per pair:
-        # 5,044 rows for a busy AzureCloud over 200 weeks (27 ms of the series, against ~11 ms now).
+        # 5,044 rows for a busy AzureCloud over 200 weeks, against 362 (the query alone on SQLite 15 -> 10 ms).
         added = select(s.c.first_day, func.count(), literal(0)).where(s.c.tag_id == identity) \
             .group_by(s.c.first_day)
         removed = select(s.c.until_day, literal(0), func.count()) \

@@ -155,11 +155,12 @@ def versions_at(conn: Connection, cloud: str, day: int, names: Sequence[str] | N
     return Versions(conn, day, fingerprints, rows)
 
 
-#: The version of each tag (the ids in a VALUES list on SQLite, an array on PostgreSQL) in force at a day: its latest version starting on or before the day, if that one had not ended by then. Versions of a tag
-#: never overlap, so this is the one row ``valid_from <= :day AND (valid_until IS NULL OR valid_until > :day)``
-#: finds; but that predicate reads (and, for ``valid_until``, looks up in the table) every version of the tag up to
-#: the day, so a busy tag's read grew with its history: a backfill's week read ~150 versions per busy tag, a
-#: sixth of its time. Here each tag costs one seek of the primary key for the latest start, then one fetch.
+#: The version of each tag (the ids in a VALUES list on SQLite, an array on PostgreSQL) in force at a day: its
+#: latest version starting on or before the day, if that one had not ended by then. Versions of a tag never
+#: overlap, so this is the one row ``valid_from <= :day AND (valid_until IS NULL OR valid_until > :day)`` finds;
+#: but that predicate reads (and, for ``valid_until``, looks up in the table) every version of the tag up to the
+#: day, so a busy tag's read grew with its history (a backfill's late weeks read ~150 versions per busy tag: a
+#: sixth of its profile). Here each tag costs one seek of the primary key for the latest start, then one fetch.
 _IN_FORCE_SQLITE = (
     f"SELECT {VERSION_COLUMNS} FROM (SELECT column1 AS wanted, (SELECT max(s.valid_from) FROM tag_versions s "
     "WHERE s.tag_id = column1 AND s.valid_from <= ?) AS latest FROM (VALUES {})) m "
