@@ -163,34 +163,27 @@ def versions_at(conn: Connection, cloud: str, day: int, names: Sequence[str] | N
 #: sixth of its profile). Here each tag costs one seek of the primary key for the latest start, then one fetch.
 _IN_FORCE_SQLITE = (
     f"SELECT {VERSION_COLUMNS} FROM (SELECT column1 AS wanted, (SELECT max(s.valid_from) FROM tag_versions s "
-    "WHERE s.tag_id = column1 AND s.valid_from <= ?) AS latest FROM (VALUES {})) m "
+    "WHERE s.tag_id = column1 AND s.valid_from <= :day) AS latest FROM (VALUES {})) m "
     "JOIN tag_versions v ON v.tag_id = m.wanted AND v.valid_from = m.latest "
-    "WHERE v.valid_until IS NULL OR v.valid_until > ?"
+    "WHERE v.valid_until IS NULL OR v.valid_until > :day"
 )
 _IN_FORCE_POSTGRESQL = (
-    f"SELECT {VERSION_COLUMNS} FROM unnest(%(ids)s::integer[]) AS m(wanted) CROSS JOIN LATERAL "
-    "(SELECT * FROM tag_versions s WHERE s.tag_id = m.wanted AND s.valid_from <= %(day)s "
-    "ORDER BY s.valid_from DESC LIMIT 1) v WHERE v.valid_until IS NULL OR v.valid_until > %(day)s"
+    f"SELECT {VERSION_COLUMNS} FROM unnest(CAST(:ids AS integer[])) AS m(wanted) CROSS JOIN LATERAL "
+    "(SELECT * FROM tag_versions s WHERE s.tag_id = m.wanted AND s.valid_from <= :day "
+    "ORDER BY s.valid_from DESC LIMIT 1) v WHERE v.valid_until IS NULL OR v.valid_until > :day"
 )
 
 
 def in_force_rows(conn: Connection, tag_ids: Sequence[int], day: int) -> list[tuple]:
     """Rows of ``VERSION_COLUMNS``: the version of each of ``tag_ids`` in force at ``day`` (none for a tag with
     none then), whatever the length of the tags' histories."""
-    if not tag_ids:
-        return []
-    raw = conn.connection.driver_connection
-    rows: list[tuple] = []
     if conn.dialect.name == "postgresql":
-        with raw.cursor() as cursor:
-            return cursor.execute(_IN_FORCE_POSTGRESQL, {"ids": list(tag_ids), "day": day}).fetchall()
+        return fetch_all(conn, _IN_FORCE_POSTGRESQL, {"ids": list(tag_ids), "day": day}) if tag_ids else []
+    rows: list[tuple] = []
     for batch in chunks(tag_ids, 900):  # under SQLite's limit on bound parameters
-        cursor = raw.cursor()
-        try:
-            cursor.execute(_IN_FORCE_SQLITE.format(", ".join("(?)" for _ in batch)), (day, *batch, day))
-            rows += cursor.fetchall()
-        finally:
-            cursor.close()
+        values = {f"v{i}": tag_id for i, tag_id in enumerate(batch)}
+        rows += fetch_all(conn, _IN_FORCE_SQLITE.format(", ".join(f"(:{name})" for name in values)),
+                          {**values, "day": day})
     return rows
 
 
