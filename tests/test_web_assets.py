@@ -1,0 +1,61 @@
+"""The desk's static files served from memory (``watcher.web.assets``): types, validators, gzip, caching, refusals."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.testclient import TestClient
+
+from watcher.web.assets import PackagedFiles
+
+STATIC = Path(__file__).resolve().parents[1] / "watcher" / "web" / "static"
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    return TestClient(Starlette(routes=[Mount("/static", app=PackagedFiles(STATIC))]))
+
+
+def test_every_packaged_file_is_served_as_it_is_on_disk(client: TestClient) -> None:
+    files = [p for p in STATIC.rglob("*") if p.is_file()]
+    assert {"desk.css", "tagplot.js", "vendor/uPlot-1.6.32.iife.min.js"} <= {p.relative_to(STATIC).as_posix() for p in files}
+    for path in files:
+        name = path.relative_to(STATIC).as_posix()
+        answer = client.get(f"/static/{name}", headers={"Accept-Encoding": "identity"})
+        assert answer.status_code == 200 and answer.content == path.read_bytes(), name
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/static/desk.css").headers["content-type"] == "text/css; charset=utf-8"
+    assert client.get("/static/tagplot.js").headers["content-type"].endswith("javascript; charset=utf-8")
+
+
+def test_a_file_is_revalidated_with_its_etag_and_sent_gzipped_when_asked(client: TestClient) -> None:
+    plain = client.get("/static/vendor/uPlot-1.6.32.iife.min.js", headers={"Accept-Encoding": "identity"})
+    zipped = client.get("/static/vendor/uPlot-1.6.32.iife.min.js", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+    assert int(zipped.headers["content-length"]) < len(plain.content) / 2
+    assert zipped.content == plain.content  # httpx undoes the gzip: the same file
+    again = client.get("/static/vendor/uPlot-1.6.32.iife.min.js", headers={"If-None-Match": plain.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    stale = client.get("/static/desk.css", headers={"If-None-Match": plain.headers["etag"]})
+    assert stale.status_code == 200  # another file's tag is not this one's
+
+
+def test_versioned_vendor_files_are_kept_for_good_and_the_desks_own_are_revalidated(client: TestClient) -> None:
+    assert client.get("/static/vendor/uPlot-1.6.32.min.css").headers["cache-control"] == \
+        "public, max-age=31536000, immutable"
+    assert client.get("/static/desk.js").headers["cache-control"] == "no-cache"  # an upgrade shows at once
+
+
+@pytest.mark.parametrize("path", ["/static/nosuch.css", "/static/../pages.py", "/static/%2e%2e/pages.py",
+                                  "/static/vendor", "/static/", "/static/vendor/../../pages.py"])
+def test_what_is_not_a_packaged_file_is_not_found(client: TestClient, path: str) -> None:
+    answer = client.get(path)
+    assert answer.status_code == 404 and "import" not in answer.text
+
+
+def test_only_get_and_head_are_answered(client: TestClient) -> None:
+    assert client.head("/static/desk.css").status_code == 200
+    refused = client.post("/static/desk.css")
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
