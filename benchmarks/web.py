@@ -11,14 +11,16 @@ Per backend (set-up untimed, fresh databases):
   ``ticket`` is a view on an app that has shown the ticket before (its snippets are kept per ticket state);
   ``ticket_first_view`` the first view on a freshly made app (the snippets rendered: ``render.render_formats``).
 * **tag**: a synthetic 5-year history (``--weeks`` weekly files from the last real Public file,
-  ``benchmarks.synthetic``) imported. Timed: the tag page of ``AzureCloud`` as a browser loads it,
-  ``GET /tag`` and the two plots it names (``/tag/plot.svg``, prefixes and space, with the publications stamp in
-  the URL, so a kept plot is served without reading it again). ``tag`` is a view on an app that
-  has shown it since the last import (series, page body and plots are kept per publications stamp);
-  ``tag_first_view`` the first view on a freshly made app (``tag_first_view_of_database``: the first of them, the
-  first view ever on the database, which counts the sizes of the prefix sets the import stored without them);
-  ``tag_html_only`` and ``tag_html_only_first_view`` the same for the HTML alone (the plots are two more
-  requests, each kept and sent gzipped).
+  ``benchmarks.synthetic``) imported. Timed: the tag page of ``AzureCloud`` as a browser with JavaScript loads
+  it: ``GET /tag``, which carries its plots' numbers (uPlot draws them in the browser; the page names no image).
+  ``tag`` is a view on an app that has shown it since the last import (series and page body are kept per
+  publications stamp), by a browser that keeps the page's static scripts and stylesheets;
+  ``tag_first_view`` the first view on a freshly made app, by a browser that has none of them yet (they are
+  fetched too: desk.css, desk.js, uPlot's script and stylesheet, tagplot.js); ``tag_first_view_of_database``
+  the first of them, the first view ever on the database, which counts the sizes of the prefix sets the import
+  stored without them. ``tag_without_javascript`` and ``tag_without_javascript_first_view``: the same page as a
+  browser without JavaScript loads it, the page and the two plots its ``<noscript>`` names (drawn on the
+  server by pygal, each kept and sent gzipped); shown, not judged.
 * **queue**: 1,000 tickets (10 watches changing every week for 100 weeks; most superseded, some
   approved, ten live). Timed: ``GET /`` (the live tickets and the newest 50 decided ones).
 * **request_floor**: ``GET /static/desk.css`` (a 2 KB file: no sign-in, no database), what any request costs
@@ -191,14 +193,33 @@ def fetch_all(client: Any, paths: list[str]) -> int:
 VIEWS_PER_SAMPLE = 5
 
 
-def fetch_with_images(client: Any, path: str) -> int:
-    """GET a page and then the images it names, as a browser without a cache does; the bytes received."""
+_NOSCRIPT = re.compile(r"<noscript>.*?</noscript>", re.S)
+
+
+def fetch_as_browser(client: Any, path: str, assets: bool) -> int:
+    """GET a page as a browser with JavaScript loads it: then the images it names (outside ``<noscript>``) and,
+    with ``assets``, its scripts and stylesheets (a browser that has none of them kept yet); the bytes received.
+    The tag page names no image: its plots' numbers are in the page, drawn by the browser."""
     page = client.get(path)
     if page.status_code != 200:
         raise RuntimeError(f"GET {path}: {page.status_code}")
-    images = [html.unescape(src) for src in re.findall(r'<img[^>]* src="([^"]+)"', page.text)]
+    shown = _NOSCRIPT.sub("", page.text)
+    names = re.findall(r'<img[^>]* src="([^"]+)"', shown)
+    if assets:
+        names += re.findall(r'<script[^>]* src="([^"]+)"', shown) + re.findall(r'<link rel="stylesheet" href="([^"]+)"', shown)
+    return len(page.content) + fetch_all(client, [html.unescape(name) for name in names])
+
+
+def fetch_without_javascript(client: Any, path: str) -> int:
+    """GET a page as a browser without JavaScript loads it: then the images in its ``<noscript>`` (the tag page's
+    two plots, drawn on the server by pygal); the bytes received."""
+    page = client.get(path)
+    if page.status_code != 200:
+        raise RuntimeError(f"GET {path}: {page.status_code}")
+    images = [html.unescape(src) for block in _NOSCRIPT.findall(page.text)
+              for src in re.findall(r'<img[^>]* src="([^"]+)"', block)]
     if len(images) != 2:
-        raise RuntimeError(f"{path} names {len(images)} images, not its two plots")
+        raise RuntimeError(f"{path} names {len(images)} images for a browser without JavaScript, not its two plots")
     return len(page.content) + fetch_all(client, images)
 
 
@@ -330,25 +351,29 @@ def measure_tag(backends: Backends, backend: str, baseline: RealFile, weeks: int
         from watcher.settings import Settings
 
         config = Settings()
-        paths = ["/tag?name=AzureCloud&cloud=public", "(its two plots, as the page names them)"]
+        paths = ["/tag?name=AzureCloud&cloud=public"]
+        page = paths[0]
         for harness in harnesses:
             cold, warm = [], []
             for _ in range(repeat):
                 with harness.client(config, database) as client:  # a new app: nothing cached in the process
-                    cold.append(timed_ratio(baseline, lambda: fetch_with_images(client, paths[0])))
-                    warm.append(timed_ratio(baseline, lambda: fetch_with_images(client, paths[0]), VIEWS_PER_SAMPLE))
-            html_only, html_only_again = [], []
+                    cold.append(timed_ratio(baseline, lambda: fetch_as_browser(client, page, assets=True)))
+                    warm.append(timed_ratio(baseline, lambda: fetch_as_browser(client, page, assets=False),
+                                            VIEWS_PER_SAMPLE))
+            plain, plain_again = [], []
             for _ in range(repeat):
                 with harness.client(config, database) as client:
-                    html_only.append(timed_ratio(baseline, lambda: fetch_all(client, paths[:1])))
-                    html_only_again.append(timed_ratio(baseline, lambda: fetch_all(client, paths[:1]),
-                                                       VIEWS_PER_SAMPLE))
-            out[harness.name] = {"tag": summary(warm, paths), "tag_first_view": summary(cold, paths),
+                    plain.append(timed_ratio(baseline, lambda: fetch_without_javascript(client, page)))
+                    plain_again.append(timed_ratio(baseline, lambda: fetch_without_javascript(client, page),
+                                                   VIEWS_PER_SAMPLE))
+            without = [page, "(the two plots its <noscript> names, drawn by pygal)"]
+            out[harness.name] = {"tag": summary(warm, paths),
+                                 "tag_first_view": summary(cold, [page, "(its scripts and stylesheets)"]),
                                  # The very first view on the database (cold[0]): it counts the sizes of every
                                  # prefix set the import stored without them; later first views read them.
-                                 "tag_first_view_of_database": summary(cold[:1], paths),
-                                 "tag_html_only": summary(html_only_again, paths[:1]),
-                                 "tag_html_only_first_view": summary(html_only, paths[:1])}
+                                 "tag_first_view_of_database": summary(cold[:1], [page, "(its scripts and stylesheets)"]),
+                                 "tag_without_javascript": summary(plain_again, without),
+                                 "tag_without_javascript_first_view": summary(plain, without)}
     return out
 
 

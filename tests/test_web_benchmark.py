@@ -7,8 +7,8 @@ import json
 
 from benchmarks.web import main
 
-PAGES = {"ticket", "ticket_first_view", "tag", "tag_first_view", "tag_first_view_of_database", "tag_html_only",
-         "tag_html_only_first_view", "queue", "request_floor"}
+PAGES = {"ticket", "ticket_first_view", "tag", "tag_first_view", "tag_first_view_of_database",
+         "tag_without_javascript", "tag_without_javascript_first_view", "queue", "request_floor"}
 
 
 def test_the_web_benchmark_measures_every_page_through_a_served_process(tmp_path, servicetags_dir, capsys) -> None:

@@ -58,9 +58,10 @@ def server(desk: Desk) -> Iterator[Served]:
 class Watched:
     """A page with its console errors, page errors and dialogs recorded (an alert() would be a dialog)."""
 
-    def __init__(self, browser: Browser, base_url: str) -> None:
+    def __init__(self, browser: Browser, base_url: str, javascript: bool = True) -> None:
         self.context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900},
-                                           permissions=["clipboard-read", "clipboard-write"])
+                                           permissions=["clipboard-read", "clipboard-write"],
+                                           java_script_enabled=javascript)
         self.page: Page = self.context.new_page()
         self.problems: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
@@ -140,14 +141,16 @@ def test_an_approver_signs_in_approves_with_a_comment_and_reads_the_tag_pages(
     assert page.get_by_role("button", name="approve additions only").count() == 1
     page.screenshot(path=str(shots / "held-ticket.png"), full_page=True)
 
-    # The tag page: one point per publication in each series, the plots load, the versions are listed.
+    # The tag page: uPlot draws both plots in the browser, one point per publication in each, the changes (the
+    # two publications that started a version) marked; the versions are listed.
     page.goto("/tag?name=Storage.EastUS2&cloud=public")
     for kind in ("prefixes", "space"):
-        image = page.locator(f"#plot-{kind}")
-        image.wait_for()
-        assert page.evaluate("i => i.complete && i.naturalWidth", image.element_handle()) > 0
-        svg = page.request.get(f"{server.url}{image.get_attribute('src')}").text()
-        assert points_per_series(svg) == [3, 3], kind
+        figure = page.locator(f"figure#plot-{kind}[data-points]")
+        figure.wait_for()
+        assert (figure.get_attribute("data-points"), figure.get_attribute("data-changes")) == ("3", "2"), kind
+        assert figure.locator("canvas").count() == 1 and figure.locator("img").count() == 0
+        lines = page.evaluate("k => window.tagPlots[k].data.slice(1).map(c => c.length)", kind)
+        assert lines == [3, 3], kind
     assert page.locator("#series tbody tr").count() == 3
     page.screenshot(path=str(shots / "tag.png"), full_page=True)
     page.select_option('select[name="from"]', "2025-01-01")
@@ -163,6 +166,22 @@ def test_an_approver_signs_in_approves_with_a_comment_and_reads_the_tag_pages(
     assert unknown.status == 404 and MARKUP not in unknown.text() and "&lt;img src=x onerror=alert(1)&gt;" in unknown.text()
     assert alice.problems == []
     alice.context.close()
+
+
+def test_without_javascript_the_tag_page_shows_the_plots_drawn_on_the_server(browser: Browser, server: Served) -> None:
+    reader = Watched(browser, server.url, javascript=False)
+    reader.sign_in("vera")
+    page = reader.page
+    page.goto("/tag?name=Storage.EastUS2&cloud=public")
+    for kind in ("prefixes", "space"):
+        image = page.locator(f"figure#plot-{kind} img")
+        image.wait_for()
+        assert page.evaluate("i => i.complete && i.naturalWidth", image.element_handle()) > 0
+        svg = page.request.get(f"{server.url}{image.get_attribute('src')}").text()
+        assert points_per_series(svg) == [3, 3], kind  # pygal: a dot per publication in each series
+    assert page.locator("figure.plot canvas").count() == 0 and page.locator("#series tbody tr").count() == 3
+    assert reader.problems == []
+    reader.context.close()
 
 
 def test_a_viewer_gets_no_review_buttons_and_a_forged_post_gets_403(browser: Browser, server: Served,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import html
+import json
 import re
 from pathlib import Path
 
@@ -126,7 +127,8 @@ def test_the_kept_tag_page_and_plots_follow_a_new_publication(client: TestClient
     import_made(engine, quietly(load_settings(None, {})), "20250115",
                 week(storage_eastus2=("10.1.0.0/24", "10.1.9.0/24"), storage_westus=()), 3)
     assert rows() == 3 + 3
-    named = html.unescape(re.search(r'id="plot-prefixes" src="([^"]+)"', client.get("/tag?name=Storage.EastUS2").text)[1])
+    named = html.unescape(re.search(r'id="plot-prefixes" data-kind="prefixes">\s*<noscript><img src="([^"]+)"',
+                                    client.get("/tag?name=Storage.EastUS2").text)[1])
     assert named.endswith("&kind=prefixes&v=3-3")  # three publications, the newest has id 3
     lasting = client.get(named)
     assert lasting.headers["cache-control"] == "private, max-age=31536000, immutable"
@@ -138,6 +140,24 @@ def test_the_kept_tag_page_and_plots_follow_a_new_publication(client: TestClient
     assert unknown.text == lasting.text and unknown.headers["cache-control"] == "private, no-cache"
     again = client.get("/tag/plot.svg?name=Storage.EastUS2&kind=prefixes", headers={"If-None-Match": svg.headers["etag"]})
     assert again.status_code == 200 and again.headers["etag"] != svg.headers["etag"] and again.text != svg.text
+
+
+def test_the_tag_page_carries_its_series_for_the_browsers_plots(client: TestClient) -> None:
+    page = client.get("/tag?name=Storage.EastUS2").text
+    carried = json.loads(re.search(r'<script type="application/json" id="tag-series">(.*?)</script>', page, re.S)[1])
+    assert carried["tag"] == "Storage.EastUS2" and carried["dates"] == ["2025-01-01", "2025-01-08"]
+    assert len(carried["v4_prefixes"]) == len(carried["v6_networks_64"]) == 2 and carried["changed"] == [0, 1]
+    assert '<script src="/static/vendor/uPlot-1.6.32.iife.min.js" defer></script>' in page
+    for path in ("/static/vendor/uPlot-1.6.32.iife.min.js", "/static/tagplot.js", "/static/vendor/uPlot-1.6.32.min.css"):
+        assert client.get(path).status_code == 200, path  # vendored: the page loads nothing from elsewhere
+
+
+def test_the_carried_series_cannot_end_its_script_element() -> None:
+    points = plots.tag_series([dt.date(2025, 1, 1)], [plots.VersionPoint(dt.date(2025, 1, 1), (1, 0, 256, 0), 1, 0)])
+    hostile = "</script><img src=x onerror=alert(1)>&'"
+    text = str(plots.plot_data_markup(hostile, points))
+    assert not set("<>&'") & set(text)
+    assert json.loads(text)["tag"] == hostile and json.loads(text)["v4_addresses"] == [256]
 
 
 def test_tag_series_has_one_point_per_publication_with_the_version_in_force() -> None:
@@ -259,7 +279,8 @@ def test_the_warm_up_makes_the_live_tickets_pages_and_their_tags_before_any_requ
     def made_again(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("made again: the warm-up should have kept it")
 
-    # Kept: the live tickets' pages, their tags' pages and plots are served without being made again.
+    # Kept: the live tickets' pages and their tags' pages (which carry their plots' numbers) are served without
+    # being made again; the server draws no plot for a browser with JavaScript.
     monkeypatch.setattr(render, "render_formats", made_again)
     monkeypatch.setattr(tickets, "get_ticket", made_again)
     monkeypatch.setattr(series, "tag_series", made_again)
@@ -274,9 +295,7 @@ def test_the_warm_up_makes_the_live_tickets_pages_and_their_tags_before_any_requ
         assert page.status_code == 200 and "Rule snippets" in page.text
     for name in changed | watched:
         page = client.get(f"/tag?name={name}")
-        assert page.status_code == 200
-        for src in re.findall(r'<img[^>]* src="([^"]+)"', page.text):
-            assert client.get(html.unescape(src)).headers["content-type"] == "image/svg+xml"
+        assert page.status_code == 200 and 'id="tag-series"' in page.text
 
 
 def test_a_warm_up_that_fails_or_is_switched_off_leaves_the_start_and_the_pages_as_they_were(

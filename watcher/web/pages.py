@@ -24,7 +24,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from .. import db, overview, render, review, review_queue, state as states, store, ticket_detail, tickets, users, watches
 from ..errors import WatcherError
@@ -32,6 +31,7 @@ from ..store import series
 from ..settings import Settings
 from ..users import UserInfo
 from . import api, plots
+from .assets import PackagedFiles
 from .auth import CSRF_FIELD, Authenticator
 
 log = logging.getLogger(__name__)
@@ -406,6 +406,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
                 series_rows=series_rows(points), version_rows=version_rows(entries),
                 from_options=publication_options(dates, first),
                 to_options=publication_options(dates[::-1], second), kinds=plots.PLOT_KINDS,
+                series_json=plots.plot_data_markup(real, points),
                 version=f"{key[2]}-{key[3]}"))
         return body
 
@@ -486,7 +487,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
         """Before the server listens (``web.warm_up``): the reads each page sends with the sign-in check run once
         (SQLAlchemy compiles a statement at its first use in a process, and psycopg's pipeline needs its text),
         and what reviewers open next is made and kept, until ``time.monotonic()`` passes ``deadline``: the queue,
-        the live tickets' pages (newest first, as many as are kept), the pages and plots of the tags they
+        the live tickets' pages (newest first, as many as are kept), the pages of the tags they
         change, then of the tags the configured watches resolve to (a quarter of the series cache at most), and
         the sizes of the prefix sets no view has counted yet (``series.count_uncounted``, the tags with most
         first). What is not done in time is done by the first view that needs it, as before."""
@@ -528,9 +529,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
             if time.monotonic() >= deadline:
                 break
             key, real, entries, points, pubs = tag_history(cloud, name, [stamp_rows(series.publications_stamp_read(cloud))])
-            tag_body(key, real, entries, points, pubs, "", "")
-            for kind in plots.PLOT_KINDS:
-                tag_svg(key, real, points, kind)
+            tag_body(key, real, entries, points, pubs, "", "")  # its plots are drawn by the browser (SVG only without JS)
             done["tags"] += 1
         counted = series.count_uncounted(engine, deadline)
         done.update(sizes_counted_tags=counted.tags, sizes_counted_sets=counted.sets, sizes_left_tags=counted.left)
@@ -552,5 +551,5 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
         Route("/tickets/{ticket_id:int}", signed_in(ticket_page, ticket_reads)),
         Route("/tickets/{ticket_id:int}/action", ticket_action, methods=["POST"]),
         Route("/tickets/{ticket_id:int}/snippet/{fmt}", signed_in(snippet)),
-        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+        Mount("/static", app=PackagedFiles(HERE / "static"), name="static"),
     ]

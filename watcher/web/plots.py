@@ -1,10 +1,15 @@
-"""A tag's history as numbers per publication, and its plots (pygal, rendered server-side to SVG).
+"""A tag's history as numbers per publication, and its plots.
 
 ``tag_series`` is pure: given the publications and the tag's versions (each
 with its prefixes), the prefix count and address space per family at every
 publication. IPv6 space is counted in /64 networks (whole addresses would dwarf
-everything). The SVG carries no script and no link out (pygal's tooltip script
-comes from a CDN by default: switched off), so the page works offline.
+everything).
+
+The page carries the series as numbers (``plot_data``), which the browser draws
+with uPlot (vendored under ``static/vendor``, see ``static/tagplot.js``); a
+browser without JavaScript gets the same plots drawn here by pygal as SVG
+(``plot_svg``). The SVG carries no script and no link out (pygal's tooltip
+script comes from a CDN by default: switched off), so the page works offline.
 """
 from __future__ import annotations
 
@@ -13,12 +18,15 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Sequence
 
+import jinja2
 import pygal
+from markupsafe import Markup
 from pygal.style import Style
 
 from ..address_space import family_sizes  # noqa: F401  (the pages and their tests count with it)
 
 PLOT_KINDS = ("prefixes", "space")
+PLOT_FIELDS = ("v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64")
 #: Over this many publications a plot is its lines alone: its dots would be under 12 px apart on the 900 px
 #: chart, one smear along the line, and each costs pygal ~0.3 ms to draw (a 260-week plot's 520 dots were
 #: three quarters of its ~75 ms). The versions table beside it lists every change.
@@ -62,6 +70,20 @@ def tag_series(publication_dates: Sequence[dt.date], versions: Sequence[VersionP
         numbers = current.sizes if current else (0, 0, 0, 0)
         points.append(SeriesPoint(day, *numbers, changed=current is not None and current.since == day))
     return points
+
+
+def plot_data(tag: str, points: Sequence[SeriesPoint]) -> dict[str, object]:
+    """The series as the page's plots read it (``static/tagplot.js``): a column per number, one entry per
+    publication, and the indices of the publications that started a version."""
+    return {"tag": tag, "dates": [p.date.isoformat() for p in points],
+            **{field: [getattr(p, field) for p in points] for field in PLOT_FIELDS},
+            "changed": [i for i, p in enumerate(points) if p.changed]}
+
+
+def plot_data_markup(tag: str, points: Sequence[SeriesPoint]) -> Markup:
+    """``plot_data`` as JSON for a ``<script type="application/json">``: ``<``, ``>``, ``&`` and ``'`` written as
+    ``\\u`` escapes, so no text in it (a tag's name comes from the downloaded file) can end the element."""
+    return Markup(jinja2.utils.htmlsafe_json_dumps(plot_data(tag, points)))
 
 
 def plot_svg(tag: str, points: Sequence[SeriesPoint], kind: str) -> str:
