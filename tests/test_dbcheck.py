@@ -102,4 +102,17 @@ def test_db_check_passes_a_database_of_real_files(engine, db_url, public_files):
     assert report.ok, report.to_json()
     assert {r.name: r.checked > 0 for r in report.results} == {r.name: True for r in report.results}
     out = CliRunner().invoke(main, ["--db", db_url, "db", "check"])
-    assert out.exit_code == 0 and out.output.count("ok  ") == 5
+    assert out.exit_code == 0 and out.output.count("ok  ") == 6
+
+
+def test_a_version_whose_stored_changes_disagree_with_its_spans_is_reported(engine, db_url):
+    settings = make_settings()
+    _import(engine, settings, "20250101", _week("20.1.0.0/24"), 1)
+    _import(engine, settings, "20250108", _week("20.1.0.0/24", "20.1.1.0/24"), 2)
+    assert dbcheck.check_database(engine).ok
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE tag_versions SET added_count = added_count + 5 WHERE added_count = 1 "
+                             "AND valid_from = (SELECT max(valid_from) FROM tag_versions)"))
+    (changes,) = [r for r in dbcheck.check_database(engine).results
+                  if r.name == "version additions and removals match the prefix spans"]
+    assert not changes.ok and changes.violations[0].endswith("stores +6 -0, its spans say +1 -0")

@@ -1,6 +1,7 @@
-"""store.series.tag_series reads a tag's history from its prefix spans: its entries equal store.history's and its
-sizes equal a recount of every version's snapshot, for a synthetic history imported out of order (spans split
-and moved), on SQLite and PostgreSQL."""
+"""store.series.tag_series reads a tag's history from its versions (their stored sizes, additions and removals):
+its entries equal store.history's, its sizes a recount of every version's snapshot, and every version's stored
+additions and removals what its prefix spans say, for a synthetic history imported out of order (spans split
+and moved, the following versions recounted), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
@@ -40,6 +41,54 @@ def test_the_series_from_spans_equals_history_and_a_recount_of_each_version(engi
                 assert found.sizes[entry.date] == address_space.family_sizes(snap.prefixes if snap else ()), \
                     (name, entry.date)
         assert max(lengths) > 8 and sum(1 for n in lengths if n > 3) >= 3, lengths  # long histories compared
+    # Every version's stored additions and removals (the import's, those after a late file recounted) are what
+    # the spans starting and ending on its day count; the series read them, not the spans.
+    assert stored_counts(engine) == counts_from_spans(engine)
+    assert None not in {n for pair in stored_counts(engine).values() for n in pair}
+
+
+def stored_counts(engine: sa.Engine) -> dict[tuple[int, int], tuple]:
+    with engine.connect() as conn:
+        return {(t, f): (a, r) for t, f, a, r in conn.execute(sa.text(
+            "SELECT tag_id, valid_from, added_count, removed_count FROM tag_versions"))}
+
+
+def counts_from_spans(engine: sa.Engine) -> dict[tuple[int, int], tuple]:
+    with engine.connect() as conn:
+        return {(t, f): (a, r) for t, f, a, r in conn.execute(sa.text(
+            "SELECT v.tag_id, v.valid_from, "
+            "(SELECT count(*) FROM prefix_spans s WHERE s.tag_id = v.tag_id AND s.first_day = v.valid_from), "
+            "(SELECT count(*) FROM prefix_spans s WHERE s.tag_id = v.tag_id AND s.until_day = v.valid_from) "
+            "FROM tag_versions v"))}
+
+
+def test_migration_0017_counts_each_versions_changes_and_a_version_without_them_is_counted_from_spans(
+        db_url, servicetags_dir) -> None:
+    engine = db.open_database(db_url)
+    try:
+        base = sorted((servicetags_dir / "china").glob("*.json.gz"))[-1]
+        files = list(Generator(orjson.loads(file_bytes(base)), "china", START, seed=7).weeks(10))
+        for file in files[:4] + files[5:] + files[4:5]:  # one late: the versions after it recounted
+            assert store.import_bytes(engine, file.data, file.name).outcome == "imported"
+        imported = stored_counts(engine)
+        assert imported == counts_from_spans(engine) and sum(a + r for a, r in imported.values()) > 100
+        with engine.connect() as conn:
+            before = series.tag_series(conn, "china", "AzureCloud")
+            _real, history = store.history(conn, "china", "AzureCloud")
+        assert before.entries == history and len(history) > 5
+        db.downgrade(engine, "0016")
+        with engine.connect() as conn:
+            assert {"added_count", "removed_count"}.isdisjoint(
+                c["name"] for c in sa.inspect(conn).get_columns("tag_versions"))
+        db.upgrade(engine)
+        assert stored_counts(engine) == imported  # counted again from the spans by the migration
+        with engine.begin() as conn:  # a version without its counts: the series counts the tag's spans
+            conn.execute(sa.text("UPDATE tag_versions SET added_count = NULL, removed_count = NULL "
+                                 "WHERE valid_from = (SELECT max(valid_from) FROM tag_versions)"))
+        with engine.connect() as conn:
+            assert series.tag_series(conn, "china", "AzureCloud") == before
+    finally:
+        engine.dispose()
 
 
 SIZE_COLUMNS = ("v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64")

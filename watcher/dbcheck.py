@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import store
@@ -72,6 +72,7 @@ def check_database(engine: Engine) -> DatabaseCheck:
         with engine.connect() as conn:
             return DatabaseCheck((
                 _tag_names(conn), _contents(conn), _spans(conn), _current_versions(conn), _version_counts(conn),
+                _version_changes(conn),
             ))
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot check the database: {database_detail(exc)}") from None
@@ -187,4 +188,26 @@ def _version_counts(conn: Connection) -> CheckResult:
     )
     for tag_id, valid_from, version_count, content_count in rows:
         found.add(f"tag {tag_id} version of {valid_from}: {version_count} prefixes, its content has {content_count}")
+    return found.result()
+
+
+_CHANGES_AGAINST_SPANS = (
+    "SELECT v.tag_id, v.valid_from, v.added_count, v.removed_count, coalesce(a.n, 0), coalesce(r.n, 0) "
+    "FROM tag_versions v "
+    "LEFT JOIN (SELECT tag_id, first_day AS day, count(*) AS n FROM prefix_spans GROUP BY tag_id, first_day) a "
+    "ON a.tag_id = v.tag_id AND a.day = v.valid_from "
+    "LEFT JOIN (SELECT tag_id, until_day AS day, count(*) AS n FROM prefix_spans WHERE until_day IS NOT NULL "
+    "GROUP BY tag_id, until_day) r ON r.tag_id = v.tag_id AND r.day = v.valid_from "
+    "WHERE v.added_count IS NULL OR v.removed_count IS NULL "
+    "OR v.added_count <> coalesce(a.n, 0) OR v.removed_count <> coalesce(r.n, 0)"
+)
+
+
+def _version_changes(conn: Connection) -> CheckResult:
+    """What each version stores it added and removed (the tag page's history reads it) is what its spans say."""
+    found = _Collector("version additions and removals match the prefix spans")
+    found.checked = conn.execute(select(func.count()).select_from(TagVersion)).scalar_one()
+    for tag_id, valid_from, added, removed, spans_added, spans_removed in conn.execute(text(_CHANGES_AGAINST_SPANS)):
+        found.add(f"tag {tag_id} version of {valid_from}: stores +{added} -{removed}, "
+                  f"its spans say +{spans_added} -{spans_removed}")
     return found.result()

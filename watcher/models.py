@@ -187,6 +187,10 @@ class TagVersion(Base):
     content_hash: Mapped[bytes] = mapped_column(ForeignKey("contents.hash"), index=True)
     #: fingerprint of the entry as published, to skip unchanged entries cheaply
     entry_hash: Mapped[bytes] = mapped_column(LargeBinary(16))
+    #: prefixes this version added and removed against the one before (migration 0017): what the tag's prefix
+    #: spans starting and ending on its day count, stored by the import so that a tag's history reads no span
+    added_count: Mapped[int | None] = mapped_column(Integer)
+    removed_count: Mapped[int | None] = mapped_column(Integer)
 
 
 class PrefixSpan(Base):

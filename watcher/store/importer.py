@@ -45,7 +45,8 @@ ANALYZE_AFTER_ROWS = 20_000
 
 VERSION_INSERT_COLUMNS = (
     "tag_id", "valid_from", "publication_id", "present", "change_number", "region", "region_id", "platform",
-    "system_service", "network_features", "prefix_count", "content_hash", "entry_hash",
+    "system_service", "network_features", "prefix_count", "content_hash", "entry_hash", "added_count",
+    "removed_count",
 )
 
 
@@ -380,6 +381,8 @@ def _write(conn: Connection, parsed: ParsedFile, source: str, plan: ImportPlan, 
     clock.lap("versions")
     with _span_index_rebuilt(conn, first_load is None and _first_spans(conn, plan)):
         spans = _write_spans(conn, plan, ids) + (first_load.spans if first_load is not None else 0)
+    if plan.next_day is not None:
+        _recount_versions_at(conn, plan.next_day, sorted({ids[ver.name] for ver in plan.versions}))
     if spans > ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
         log.debug("analyze after %d spans", spans)
         # Fresh tables have no statistics; without them PostgreSQL plans the
@@ -409,10 +412,12 @@ def _write_contents(conn: Connection, plan: ImportPlan) -> None:
     remember_prefix_lists((digest, found.prefixes) for digest, found in plan.contents.items())
 
 
-def _version_row(version: VersionInfo, tag_id: int, publication_id: int, valid_from: int) -> tuple:
-    """A row for ``VERSION_INSERT_COLUMNS`` (``valid_until`` is linked afterwards)."""
+def _version_row(version: VersionInfo, tag_id: int, publication_id: int, valid_from: int,
+                 counts: tuple[int, int] | tuple[None, None]) -> tuple:
+    """A row for ``VERSION_INSERT_COLUMNS`` (``valid_until`` is linked afterwards); ``counts``: the prefixes it
+    added and removed (None, None: counted from the spans once they are written)."""
     return (tag_id, valid_from, publication_id, version.present, version.change_number, *version.metadata,
-            version.prefix_count, version.content_hash, version.entry_hash)
+            version.prefix_count, version.content_hash, version.entry_hash, *counts)
 
 
 _SET_VALID_UNTIL = "UPDATE tag_versions SET valid_until = :b_until WHERE tag_id = :b_tag AND valid_from = :b_from"
@@ -443,9 +448,13 @@ def _write_versions(conn: Connection, plan: ImportPlan, ids: dict[str, int], pub
         conn.execute(
             delete(v).where(v.c.tag_id.in_([ids[n] for n in plan.drop_at_next]), v.c.valid_from == next_day)
         )
-    rows = [_version_row(ver, ids[ver.name], publication_id, d) for ver in plan.versions]
+    # A new version at d adds and removes what the plan's change of its tag says (against P): its spans that
+    # start at d are the new ones and those moved from S, those that end at d the ended and the split ones.
+    counts = {change.tag: (change.added, change.removed) for change in plan.changes}
+    rows = [_version_row(ver, ids[ver.name], publication_id, d, counts[ver.name]) for ver in plan.versions]
     if following is not None and next_day is not None:
-        rows += [_version_row(ver, ids[ver.name], following.id, next_day) for ver in plan.restore_at_next]
+        rows += [_version_row(ver, ids[ver.name], following.id, next_day, (None, None))
+                 for ver in plan.restore_at_next]
     bulk_insert(conn, "tag_versions", VERSION_INSERT_COLUMNS, rows)
     if next_day is not None:
         _relink_versions(conn, [ids[ver.name] for ver in plan.versions], d, next_day)
@@ -488,6 +497,23 @@ def _relink_versions(conn: Connection, tag_id_list: list[int], d: int, next_day:
         if wanted != valid_until:
             fixes.append({"b_tag": tag_id, "b_from": valid_from, "b_until": wanted})
     _set_valid_until(conn, fixes)
+
+
+_RECOUNT_AT = (
+    "UPDATE tag_versions SET "
+    "added_count = (SELECT count(*) FROM prefix_spans s WHERE s.tag_id = :tag AND s.first_day = :day), "
+    "removed_count = (SELECT count(*) FROM prefix_spans s WHERE s.tag_id = :tag AND s.until_day = :day) "
+    "WHERE tag_id = :tag AND valid_from = :day"
+)
+
+
+def _recount_versions_at(conn: Connection, day: int, tag_id_list: list[int]) -> None:
+    """Count again, from the spans just written, what the versions of ``day`` (S, the publication after an import
+    into the past) added and removed: the import at d moved span starts and ends from S to d, split spans to
+    resume at S, and ended new spans at S. Only the versions at d and S can have changed (those at d are stored
+    with their counts); in the import's transaction, so no reader sees them stale."""
+    if tag_id_list:
+        conn.execute(text(_RECOUNT_AT), [{"tag": tag_id, "day": day} for tag_id in tag_id_list])
 
 
 def _next_version_day(conn: Connection, tag_id: int, valid_from: int) -> int | None:

@@ -1,12 +1,12 @@
-"""A tag's whole history with its size at each version: the tag page's data, from three small queries.
+"""A tag's whole history with its size at each version: the tag page's data, from two small queries.
 
 ``store.history`` reads every version's prefix set to count what each added
 and removed (AzureCloud over five years: ~250 sets of ~13,000 prefixes, seconds
 of work). Here nothing is decoded or recounted: each stored set carries its
-sizes, counted once when it was stored (``contents``, migration 0015), read
-with the versions; and the prefix spans say when each prefix came and went, so
-the database counts them per (first day, end day) (~1,000 rows instead of the
-tag's ~25,000 spans).
+sizes, counted once when it was stored (``contents``, migration 0015), and each
+version what it added and removed (``tag_versions.added_count`` and
+``removed_count``, stored by the import, migration 0017), both read with the
+versions.
 """
 from __future__ import annotations
 
@@ -54,18 +54,21 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
         _keep_sizes(conn.engine, counted)
     # Every span starts and ends on a version's day (a version is written whenever the set changes); events
     # are applied at the first version on or after their day all the same.
-    event_days = sorted(events)
+    event_days = sorted(events or ())
     next_event = 0
     entries: list[HistoryEntry] = []
     sizes: dict[dt.date, Sizes] = {}
     previous_number: int | None = None
     previous_metadata: tuple | None = None
     for version in versions:
-        coming = going = 0
-        while next_event < len(event_days) and event_days[next_event] <= version.valid_from:
-            coming += events[event_days[next_event]][0]
-            going += events[event_days[next_event]][1]
-            next_event += 1
+        if events is None:  # as stored with the version (migration 0017)
+            coming, going = version.added_count, version.removed_count
+        else:
+            coming = going = 0
+            while next_event < len(event_days) and event_days[next_event] <= version.valid_from:
+                coming += events[event_days[next_event]][0]
+                going += events[event_days[next_event]][1]
+                next_event += 1
         day = day_from_key(version.valid_from)
         if version.v4_prefixes is None:
             sizes[day] = counted[bytes(version.content_hash)]
@@ -121,16 +124,23 @@ def count_uncounted(engine: Engine, deadline: float, clock: Callable[[], float] 
     return SizesCounted(done, kept, len(tags) - done)
 
 
-def _versions_counted(conn: Connection, identity: Any) -> tuple[list[Any], dict[int, list[int]], dict[bytes, Sizes]]:
+def _versions_counted(conn: Connection, identity: Any
+                      ) -> tuple[list[Any], dict[int, list[int]] | None, dict[bytes, Sizes]]:
     """The versions of the tag ``identity`` (its id, or a query for it) with their stored sizes, the prefixes each
-    day added and removed, and the sizes of its sets stored without them, counted now (not kept yet)."""
+    day added and removed (None when every version has them stored: the spans are not read), and the sizes of
+    its sets stored without them, counted now (not kept yet)."""
     v, c, s = TagVersion.__table__, Content.__table__, PrefixSpan.__table__
     versions = conn.execute(
         select(v, *(c.c[name] for name in SIZE_COLUMNS)).join(c, c.c.hash == v.c.content_hash)
         .where(v.c.tag_id == identity).order_by(v.c.valid_from)
     ).all()
     uncounted = [bytes(r.content_hash) for r in versions if r.v4_prefixes is None]
-    events: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
+    # Each version's additions and removals are stored with it (by the import, and by migration 0017 for the
+    # versions before it). Should one lack them (a row written by hand), the tag's are counted from its spans,
+    # as every view did before 0017.
+    events: dict[int, list[int]] | None = None
+    if any(r.added_count is None for r in versions):
+        events = collections.defaultdict(lambda: [0, 0])
     counted: dict[bytes, Sizes] | None = None
     if len(uncounted) > 1 and SPANS_COUNT_SHARE * len(uncounted) >= len(versions):
         # Many sets to count (a history imported but never shown): from the spans themselves, which say
@@ -138,12 +148,13 @@ def _versions_counted(conn: Connection, identity: Any) -> tuple[list[Any], dict[
         # whole history, cheaper than the texts past about a fifth of it).
         spans = conn.execute(select(s.c.prefix, s.c.first_day, s.c.until_day).where(s.c.tag_id == identity)
                              ).all()
-        for _prefix, first_day, until_day in spans:
-            events[first_day][0] += 1
-            if until_day is not None:
-                events[until_day][1] += 1
+        if events is not None:
+            for _prefix, first_day, until_day in spans:
+                events[first_day][0] += 1
+                if until_day is not None:
+                    events[until_day][1] += 1
         counted = _count_from_spans(spans, versions)
-    else:
+    elif events is not None:
         # The tag's spans (their index by tag, migration 0016, answers it alone), counted per first day and per
         # end day: a row per version and kind. Counted per (first day, end day) pair they were a row per pair:
         # 5,044 rows for a busy AzureCloud over 200 weeks, against 362 (the query alone on SQLite 15 -> 10 ms).
