@@ -32,6 +32,13 @@ def publications(conn: Connection, cloud: str) -> list[PublicationInfo]:
         return [publication_from_row(r) for r in rows]
 
 
+def publication_dates(conn: Connection, cloud: str) -> list[dt.date]:
+    """The dates of the cloud's publications, oldest first (``publications`` without the records)."""
+    with translate_db_errors(f"listing the {cloud} publications"):
+        return list(conn.execute(select(Publication.file_date).where(Publication.cloud == cloud)
+                                 .order_by(Publication.file_date)).scalars())
+
+
 def publication_by_day(conn: Connection, cloud: str, day: dt.date) -> PublicationInfo | None:
     with translate_db_errors(f"reading the {cloud} publication of {day}"):
         row = conn.execute(

@@ -47,6 +47,9 @@ def _when(value: str | None) -> str:
 
 
 ENV.filters["when"] = _when
+#: The desk's static files, read once (they ship in the package); pages name them with ``static(name)``.
+ASSETS = PackagedFiles(HERE / "static")
+ENV.globals["static"] = ASSETS.url
 MAX_FORM_BYTES = 64 * 1024
 #: Tag series (and plots) kept per process; past it the cache starts again.
 SERIES_CACHE_ENTRIES = 256
@@ -356,23 +359,23 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
 
     # A tag's series, its page body and its plots change only when a publication is imported: cached per
     # (cloud, tag, publications stamp), so a view costs one small query (and the user's part of the page).
-    series_cache: dict[tuple[Any, ...], tuple[str, list[Any], list[plots.SeriesPoint], list[Any]]] = {}
+    series_cache: dict[tuple[Any, ...], tuple[str, list[Any], list[plots.SeriesPoint], list[dt.date]]] = {}
     body_cache: dict[tuple[Any, ...], str] = {}
     svg_cache: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
 
     def tag_history(cloud: str, name: str, stamp_rows: list[Any] | None = None
-                    ) -> tuple[tuple[Any, ...], str, list[Any], list[plots.SeriesPoint], list[Any]]:
+                    ) -> tuple[tuple[Any, ...], str, list[Any], list[plots.SeriesPoint], list[dt.date]]:
         with reads.connect() as conn:
             stamp = (series.publications_stamp_from(stamp_rows[0]) if stamp_rows
                      else series.publications_stamp(conn, cloud))
             key = (cloud, name, *stamp)
             cached = series_cache.get(key)
             if cached is None:
-                pubs = store.publications(conn, cloud)
+                dates = store.publication_dates(conn, cloud)
                 found = series.tag_series(conn, cloud, name)
                 versions = [plots.VersionPoint(e.date, found.sizes[e.date], e.added, e.removed) for e in found.entries]
-                cached = remember(series_cache, key, (found.name, found.entries,
-                                                      plots.tag_series([p.file_date for p in pubs], versions), pubs))
+                cached = remember(series_cache, key, (found.name, found.entries, plots.tag_series(dates, versions),
+                                                      dates))
         return (key, *cached)
 
     def tag_reads(request: Request) -> list[Any]:
@@ -383,7 +386,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
 
     def tag_page(request: Request, user: UserInfo, stamp_rows: list[Any]) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
-        key, real, entries, points, pubs = tag_history(cloud, name, stamp_rows)
+        key, real, entries, points, dates = tag_history(cloud, name, stamp_rows)
         compare = None
         first, second = request.query_params.get("from") or "", request.query_params.get("to") or ""
         if first and second:
@@ -391,16 +394,15 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
                 old = store.resolve_publication(conn, cloud, first)
                 new = store.resolve_publication(conn, cloud, second)
                 compare = [c.to_json(old, new) for c in store.diff_publications(conn, cloud, old, new, [real])]
-        body = tag_body(key, real, entries, points, pubs, first, second)
+        body = tag_body(key, real, entries, points, dates, first, second)
         return page("tag.html", request, user, tag=real, body=Markup(body), compare=compare, compare_from=first,
                     compare_to=second)
 
     def tag_body(key: tuple[Any, ...], real: str, entries: list[Any], points: list[plots.SeriesPoint],
-                 pubs: list[Any], first: str, second: str) -> str:
+                 dates: list[dt.date], first: str, second: str) -> str:
         """The plots, the numbers, the versions and the compare form: the same for everyone."""
         body = body_cache.get((*key, first, second))
         if body is None:
-            dates = [p.file_date for p in pubs]
             body = remember(body_cache, (*key, first, second), ENV.get_template("tag_body.html").render(
                 tag=real, cloud=key[0], publications=len(points), versions=len(entries),
                 series_rows=series_rows(points), version_rows=version_rows(entries),
@@ -431,7 +433,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
         if kept is not None:
             key = named
         else:
-            key, real, _entries, points, _pubs = tag_history(cloud, name)
+            key, real, _entries, points, _dates = tag_history(cloud, name)
             kept = tag_svg(key, real, points, kind)
         lasting = key == named
         etag = '"' + hashlib.sha256(repr((*key, kind)).encode()).hexdigest()[:32] + '"'
@@ -528,8 +530,8 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
         for cloud, name in list(wanted)[:SERIES_CACHE_ENTRIES // 4]:
             if time.monotonic() >= deadline:
                 break
-            key, real, entries, points, pubs = tag_history(cloud, name, [stamp_rows(series.publications_stamp_read(cloud))])
-            tag_body(key, real, entries, points, pubs, "", "")  # its plots are drawn by the browser (SVG only without JS)
+            key, real, entries, points, dates = tag_history(cloud, name, [stamp_rows(series.publications_stamp_read(cloud))])
+            tag_body(key, real, entries, points, dates, "", "")  # its plots are drawn by the browser (SVG only without JS)
             done["tags"] += 1
         counted = series.count_uncounted(engine, deadline)
         done.update(sizes_counted_tags=counted.tags, sizes_counted_sets=counted.sets, sizes_left_tags=counted.left)
@@ -551,5 +553,5 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
         Route("/tickets/{ticket_id:int}", signed_in(ticket_page, ticket_reads)),
         Route("/tickets/{ticket_id:int}/action", ticket_action, methods=["POST"]),
         Route("/tickets/{ticket_id:int}/snippet/{fmt}", signed_in(snippet)),
-        Mount("/static", app=PackagedFiles(HERE / "static"), name="static"),
+        Mount("/static", app=ASSETS, name="static"),
     ]
