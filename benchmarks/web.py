@@ -14,13 +14,14 @@ Per backend (set-up untimed, fresh databases):
   ``benchmarks.synthetic``) imported. Timed: the tag page of ``AzureCloud`` as a browser with JavaScript loads
   it: ``GET /tag``, which carries its plots' numbers (uPlot draws them in the browser; the page names no image).
   ``tag`` is a view on an app that has shown it since the last import (series and page body are kept per
-  publications stamp), by a browser that keeps the page's static scripts and stylesheets;
-  ``tag_first_view`` the first view on a freshly made app, by a browser that has none of them yet (they are
-  fetched too: desk.css, desk.js, uPlot's script and stylesheet, tagplot.js); ``tag_first_view_of_database``
+  publications stamp); ``tag_first_view`` the first view on a freshly made app; ``tag_first_view_of_database``
   the first of them, the first view ever on the database, which counts the sizes of the prefix sets the import
-  stored without them. ``tag_without_javascript`` and ``tag_without_javascript_first_view``: the same page as a
-  browser without JavaScript loads it, the page and the two plots its ``<noscript>`` names (drawn on the
-  server by pygal, each kept and sent gzipped); shown, not judged.
+  stored without them. All three by a browser that has been on the desk before: the pages name their scripts and
+  stylesheets with their digests (``web.assets``), kept by the browser for good, so it asks for none of them
+  (a browser's very first visit fetches five, each costing about ``request_floor``).
+  ``tag_without_javascript`` and ``tag_without_javascript_first_view``: the same page as a browser without
+  JavaScript loads it, the page and the two plots its ``<noscript>`` names (drawn on the server by pygal, each
+  kept and sent gzipped); shown, not judged.
 * **queue**: 1,000 tickets (10 watches changing every week for 100 weeks; most superseded, some
   approved, ten live). Timed: ``GET /`` (the live tickets and the newest 50 decided ones).
 * **request_floor**: ``GET /static/desk.css`` (a 2 KB file: no sign-in, no database), what any request costs
@@ -196,18 +197,15 @@ VIEWS_PER_SAMPLE = 5
 _NOSCRIPT = re.compile(r"<noscript>.*?</noscript>", re.S)
 
 
-def fetch_as_browser(client: Any, path: str, assets: bool) -> int:
-    """GET a page as a browser with JavaScript loads it: then the images it names (outside ``<noscript>``) and,
-    with ``assets``, its scripts and stylesheets (a browser that has none of them kept yet); the bytes received.
-    The tag page names no image: its plots' numbers are in the page, drawn by the browser."""
+def fetch_as_browser(client: Any, path: str) -> int:
+    """GET a page as a browser with JavaScript that has been on the desk before loads it: then the images it
+    names outside ``<noscript>`` (its scripts and stylesheets, named with their digests, it keeps for good); the
+    bytes received. The tag page names no image: its plots' numbers are in the page, drawn by the browser."""
     page = client.get(path)
     if page.status_code != 200:
         raise RuntimeError(f"GET {path}: {page.status_code}")
-    shown = _NOSCRIPT.sub("", page.text)
-    names = re.findall(r'<img[^>]* src="([^"]+)"', shown)
-    if assets:
-        names += re.findall(r'<script[^>]* src="([^"]+)"', shown) + re.findall(r'<link rel="stylesheet" href="([^"]+)"', shown)
-    return len(page.content) + fetch_all(client, [html.unescape(name) for name in names])
+    images = re.findall(r'<img[^>]* src="([^"]+)"', _NOSCRIPT.sub("", page.text))
+    return len(page.content) + fetch_all(client, [html.unescape(name) for name in images])
 
 
 def fetch_without_javascript(client: Any, path: str) -> int:
@@ -357,8 +355,8 @@ def measure_tag(backends: Backends, backend: str, baseline: RealFile, weeks: int
             cold, warm = [], []
             for _ in range(repeat):
                 with harness.client(config, database) as client:  # a new app: nothing cached in the process
-                    cold.append(timed_ratio(baseline, lambda: fetch_as_browser(client, page, assets=True)))
-                    warm.append(timed_ratio(baseline, lambda: fetch_as_browser(client, page, assets=False),
+                    cold.append(timed_ratio(baseline, lambda: fetch_as_browser(client, page)))
+                    warm.append(timed_ratio(baseline, lambda: fetch_as_browser(client, page),
                                             VIEWS_PER_SAMPLE))
             plain, plain_again = [], []
             for _ in range(repeat):
@@ -368,10 +366,10 @@ def measure_tag(backends: Backends, backend: str, baseline: RealFile, weeks: int
                                                    VIEWS_PER_SAMPLE))
             without = [page, "(the two plots its <noscript> names, drawn by pygal)"]
             out[harness.name] = {"tag": summary(warm, paths),
-                                 "tag_first_view": summary(cold, [page, "(its scripts and stylesheets)"]),
+                                 "tag_first_view": summary(cold, paths),
                                  # The very first view on the database (cold[0]): it counts the sizes of every
                                  # prefix set the import stored without them; later first views read them.
-                                 "tag_first_view_of_database": summary(cold[:1], [page, "(its scripts and stylesheets)"]),
+                                 "tag_first_view_of_database": summary(cold[:1], paths),
                                  "tag_without_javascript": summary(plain_again, without),
                                  "tag_without_javascript_first_view": summary(plain, without)}
     return out

@@ -42,10 +42,17 @@ def test_a_file_is_revalidated_with_its_etag_and_sent_gzipped_when_asked(client:
     assert stale.status_code == 200  # another file's tag is not this one's
 
 
-def test_versioned_vendor_files_are_kept_for_good_and_the_desks_own_are_revalidated(client: TestClient) -> None:
+def test_files_named_with_their_digest_or_a_version_are_kept_for_good_others_revalidated(client: TestClient) -> None:
+    files = client.app.routes[0].app  # the PackagedFiles the pages name files with
+    named = files.url("desk.js")
+    assert named.startswith("/static/desk.js?v=") and len(named.rsplit("=", 1)[1]) == 12
+    assert client.get(named).headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert client.get("/static/desk.js").headers["cache-control"] == "no-cache"  # named otherwise: revalidated
+    assert client.get("/static/desk.js?v=000000000000").headers["cache-control"] == "no-cache"  # an older digest
     assert client.get("/static/vendor/uPlot-1.6.32.min.css").headers["cache-control"] == \
-        "public, max-age=31536000, immutable"
-    assert client.get("/static/desk.js").headers["cache-control"] == "no-cache"  # an upgrade shows at once
+        "public, max-age=31536000, immutable"  # its version is in its name
+    with pytest.raises(KeyError, match="no static file 'nosuch.css'"):
+        files.url("nosuch.css")
 
 
 @pytest.mark.parametrize("path", ["/static/nosuch.css", "/static/../pages.py", "/static/%2e%2e/pages.py",

@@ -147,9 +147,14 @@ def test_the_tag_page_carries_its_series_for_the_browsers_plots(client: TestClie
     carried = json.loads(re.search(r'<script type="application/json" id="tag-series">(.*?)</script>', page, re.S)[1])
     assert carried["tag"] == "Storage.EastUS2" and carried["dates"] == ["2025-01-01", "2025-01-08"]
     assert len(carried["v4_prefixes"]) == len(carried["v6_networks_64"]) == 2 and carried["changed"] == [0, 1]
-    assert '<script src="/static/vendor/uPlot-1.6.32.iife.min.js" defer></script>' in page
-    for path in ("/static/vendor/uPlot-1.6.32.iife.min.js", "/static/tagplot.js", "/static/vendor/uPlot-1.6.32.min.css"):
-        assert client.get(path).status_code == 200, path  # vendored: the page loads nothing from elsewhere
+    named = re.findall(r'<script src="([^"]+)"|<link rel="stylesheet" href="([^"]+)"', page)
+    paths = [html.unescape(a or b) for a, b in named]
+    assert {p.split("?")[0] for p in paths} == {"/static/desk.js", "/static/desk.css", "/static/tagplot.js",
+                                                "/static/vendor/uPlot-1.6.32.iife.min.js",
+                                                "/static/vendor/uPlot-1.6.32.min.css"}
+    for path in paths:  # vendored, named with their digests: the page loads nothing from elsewhere, and once
+        answer = client.get(path)
+        assert answer.status_code == 200 and "immutable" in answer.headers["cache-control"], path
 
 
 def test_the_carried_series_cannot_end_its_script_element() -> None:

@@ -3,8 +3,10 @@
 They are a few small files that ship inside the package and never change while the server runs: read once
 when the app is made, each kept with its gzip form and an ETag. Starlette's ``StaticFiles`` stats and streams
 the file through a worker thread on every request (4-17 ms each for the tag page's five files in a new
-process, more than the page itself). Files under ``vendor/`` carry their version in their name, so a browser
-may keep them for good; the desk's own files are revalidated (a 304) on each view, so an upgrade shows at once.
+process, more than the page itself). The pages name each file with its digest (``url``: ``desk.css?v=…``), so a
+browser keeps what they name for good and asks for nothing more on later views; an upgrade changes the digest,
+hence the URL. Files under ``vendor/`` carry their version in their name as well. Asked for without the current
+digest, a file is sent to be revalidated (a 304 on its ETag).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Asset:
     gzipped: bytes | None
     media_type: str
     etag: str
+    digest: str    # what ``url`` puts in the query: the file's URL changes when the file does
     lasting: bool  # versioned in its name: kept by the browser for good
 
 
@@ -40,16 +43,24 @@ def load_assets(folder: Path) -> dict[str, Asset]:
         if media_type.startswith("text/") or media_type in ("application/javascript", "image/svg+xml"):
             media_type += "; charset=utf-8"
         gzipped = gzip.compress(body, 9, mtime=0) if len(body) >= GZIP_FROM else None
-        found[name] = Asset(body, gzipped, media_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"',
-                            name.startswith("vendor/"))
+        digest = hashlib.sha256(body).hexdigest()
+        found[name] = Asset(body, gzipped, media_type, f'"{digest[:32]}"', digest[:12], name.startswith("vendor/"))
     return found
 
 
 class PackagedFiles:
     """An ASGI app for ``Mount("/static", ...)``: GET and HEAD of the files ``load_assets`` read, 404 otherwise."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, mounted_at: str = "/static") -> None:
         self.assets = load_assets(folder)
+        self.mounted_at = mounted_at
+
+    def url(self, name: str) -> str:
+        """The path a page names the file by: with its digest, so that it may be kept for good."""
+        asset = self.assets.get(name)
+        if asset is None:  # a template's typo fails where it is, not as a 404 in a browser
+            raise KeyError(f"no static file {name!r}")
+        return f"{self.mounted_at}/{name}?v={asset.digest}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = self.respond(scope)
@@ -61,8 +72,9 @@ class PackagedFiles:
         asset = self.assets.get(scope["path"].removeprefix(scope.get("root_path", "")).lstrip("/"))
         if asset is None:
             return PlainTextResponse("Not Found", status_code=404)
+        named = asset.lasting or scope.get("query_string", b"") == f"v={asset.digest}".encode()
         headers = {"ETag": asset.etag, "Vary": "Accept-Encoding", "X-Content-Type-Options": "nosniff",
-                   "Cache-Control": "public, max-age=31536000, immutable" if asset.lasting else "no-cache"}
+                   "Cache-Control": "public, max-age=31536000, immutable" if named else "no-cache"}
         request_headers = dict(scope["headers"])
         if request_headers.get(b"if-none-match", b"").decode("latin-1") == asset.etag:
             return Response(status_code=304, headers=headers)
