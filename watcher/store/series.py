@@ -32,6 +32,9 @@ from .records import HistoryEntry
 log = logging.getLogger(__name__)
 
 SIZE_COLUMNS = ("v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64")
+#: What the series reads of each version (not its publication, end or fingerprint).
+_VERSION_READ = ("tag_id", "valid_from", "present", "change_number", "region", "region_id", "platform",
+                 "system_service", "network_features", "prefix_count", "content_hash", "added_count", "removed_count")
 #: Uncounted sets are counted from the tag's spans when they are at least one in this many of its versions
 #: (AzureCloud, 240 versions: from the texts, 2 sets 0.1 s, 60 sets 0.3 s; from the spans, 0.2 s whatever the number).
 SPANS_COUNT_SHARE = 5
@@ -131,8 +134,8 @@ def _versions_counted(conn: Connection, identity: Any
     its sets stored without them, counted now (not kept yet)."""
     v, c, s = TagVersion.__table__, Content.__table__, PrefixSpan.__table__
     versions = conn.execute(
-        select(v, *(c.c[name] for name in SIZE_COLUMNS)).join(c, c.c.hash == v.c.content_hash)
-        .where(v.c.tag_id == identity).order_by(v.c.valid_from)
+        select(*(v.c[name] for name in _VERSION_READ), *(c.c[name] for name in SIZE_COLUMNS))
+        .join(c, c.c.hash == v.c.content_hash).where(v.c.tag_id == identity).order_by(v.c.valid_from)
     ).all()
     uncounted = [bytes(r.content_hash) for r in versions if r.v4_prefixes is None]
     # Each version's additions and removals are stored with it (by the import, and by migration 0017 for the
