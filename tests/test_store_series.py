@@ -255,3 +255,24 @@ def test_counting_ahead_behind_another_writer_keeps_nothing_past_its_deadline_an
     kept = series.count_uncounted(engine, deadline=float("inf"))
     assert kept.left == 0 and kept.sets > 0
     assert sum(1 for sizes in stored_sizes(engine).values() if sizes[0] is None) < uncounted
+
+
+def test_a_late_file_sets_what_the_next_publications_versions_add_and_remove(engine: sa.Engine) -> None:
+    """A file imported after the one that follows it: the following publication's version of a tag is kept
+    (its counts now against the late file's set), written again (the tag had no version there), or dropped
+    (the late file already holds what it held); each as its spans say, the index by tag not needed."""
+    from tests.factory import build_file, file_name
+
+    a, b, c, x, y, p, q = (f"10.0.{i}.0/24" for i in range(7))
+    weeks = {"20250101": {"Kept": [a], "Restored": [x], "Dropped": [p]},
+             "20250115": {"Kept": [a, c], "Restored": [x], "Dropped": [p, q]},
+             "20250108": {"Kept": [a, b], "Restored": [x, y], "Dropped": [p, q]}}  # imported last
+    for number, (day, tags) in enumerate(weeks.items(), start=1):
+        assert store.import_bytes(engine, build_file(tags, change_number=number), file_name(day)).outcome == "imported"
+    assert stored_counts(engine) == counts_from_spans(engine)
+    with engine.connect() as conn:
+        found = {name: [(e.date.isoformat(), e.added, e.removed) for e in series.tag_series(conn, "public", name).entries]
+                 for name in ("Kept", "Restored", "Dropped")}
+    assert found == {"Kept": [("2025-01-01", 1, 0), ("2025-01-08", 1, 0), ("2025-01-15", 1, 1)],
+                     "Restored": [("2025-01-01", 1, 0), ("2025-01-08", 1, 0), ("2025-01-15", 0, 1)],
+                     "Dropped": [("2025-01-01", 1, 0), ("2025-01-08", 1, 0)]}

@@ -381,8 +381,6 @@ def _write(conn: Connection, parsed: ParsedFile, source: str, plan: ImportPlan, 
     clock.lap("versions")
     with _span_index_rebuilt(conn, first_load is None and _first_spans(conn, plan)):
         spans = _write_spans(conn, plan, ids) + (first_load.spans if first_load is not None else 0)
-    if plan.next_day is not None:
-        _recount_versions_at(conn, plan.next_day, sorted({ids[ver.name] for ver in plan.versions}))
     if spans > ANALYZE_AFTER_ROWS and conn.dialect.name == "postgresql":
         log.debug("analyze after %d spans", spans)
         # Fresh tables have no statistics; without them PostgreSQL plans the
@@ -413,9 +411,9 @@ def _write_contents(conn: Connection, plan: ImportPlan) -> None:
 
 
 def _version_row(version: VersionInfo, tag_id: int, publication_id: int, valid_from: int,
-                 counts: tuple[int, int] | tuple[None, None]) -> tuple:
+                 counts: tuple[int, int]) -> tuple:
     """A row for ``VERSION_INSERT_COLUMNS`` (``valid_until`` is linked afterwards); ``counts``: the prefixes it
-    added and removed (None, None: counted from the spans once they are written)."""
+    added and removed against the version before it."""
     return (tag_id, valid_from, publication_id, version.present, version.change_number, *version.metadata,
             version.prefix_count, version.content_hash, version.entry_hash, *counts)
 
@@ -453,8 +451,15 @@ def _write_versions(conn: Connection, plan: ImportPlan, ids: dict[str, int], pub
     counts = {change.tag: (change.added, change.removed) for change in plan.changes}
     rows = [_version_row(ver, ids[ver.name], publication_id, d, counts[ver.name]) for ver in plan.versions]
     if following is not None and next_day is not None:
-        rows += [_version_row(ver, ids[ver.name], following.id, next_day, (None, None))
+        restored = {ver.name for ver in plan.restore_at_next}
+        rows += [_version_row(ver, ids[ver.name], following.id, next_day, plan.counts_at_next[ver.name])
                  for ver in plan.restore_at_next]
+        # The rows S kept: what they add and remove is now against d's versions. By key: no index by tag is
+        # needed (a SQLite backfill batch writes without it).
+        kept = [{"tag": ids[name], "day": next_day, "added": added, "removed": removed}
+                for name, (added, removed) in plan.counts_at_next.items() if name not in restored]
+        if kept:
+            conn.execute(text(_SET_COUNTS), kept)
     bulk_insert(conn, "tag_versions", VERSION_INSERT_COLUMNS, rows)
     if next_day is not None:
         _relink_versions(conn, [ids[ver.name] for ver in plan.versions], d, next_day)
@@ -499,21 +504,9 @@ def _relink_versions(conn: Connection, tag_id_list: list[int], d: int, next_day:
     _set_valid_until(conn, fixes)
 
 
-_RECOUNT_AT = (
-    "UPDATE tag_versions SET "
-    "added_count = (SELECT count(*) FROM prefix_spans s WHERE s.tag_id = :tag AND s.first_day = :day), "
-    "removed_count = (SELECT count(*) FROM prefix_spans s WHERE s.tag_id = :tag AND s.until_day = :day) "
-    "WHERE tag_id = :tag AND valid_from = :day"
-)
-
-
-def _recount_versions_at(conn: Connection, day: int, tag_id_list: list[int]) -> None:
-    """Count again, from the spans just written, what the versions of ``day`` (S, the publication after an import
-    into the past) added and removed: the import at d moved span starts and ends from S to d, split spans to
-    resume at S, and ended new spans at S. Only the versions at d and S can have changed (those at d are stored
-    with their counts); in the import's transaction, so no reader sees them stale."""
-    if tag_id_list:
-        conn.execute(text(_RECOUNT_AT), [{"tag": tag_id, "day": day} for tag_id in tag_id_list])
+#: A version's counts at S, by its key (no row at S for the tag: nothing changes).
+_SET_COUNTS = ("UPDATE tag_versions SET added_count = :added, removed_count = :removed "
+               "WHERE tag_id = :tag AND valid_from = :day")
 
 
 def _next_version_day(conn: Connection, tag_id: int, valid_from: int) -> int | None:

@@ -93,6 +93,8 @@ class ImportPlan:
     versions: list[VersionInfo] = field(default_factory=list)         # new versions at d
     restore_at_next: list[VersionInfo] = field(default_factory=list)  # versions written again at S
     drop_at_next: list[str] = field(default_factory=list)             # tags whose row at S goes
+    #: what each touched tag's version at S adds and removes once d is in place (its row kept or restored)
+    counts_at_next: dict[str, tuple[int, int]] = field(default_factory=dict)
     end_spans: list[SpanEnd] = field(default_factory=list)
     split_spans: list[SpanSplit] = field(default_factory=list)
     move_span_starts: list[SpanStartMove] = field(default_factory=list)
@@ -182,6 +184,10 @@ def plan_import(
         plan_spans(plan, name, tag_id, nxt, prefixes if len(added) == len(prefixes) else added, removed,
                    new_spans_to)
         plan_versions(plan, name, tag_id, new_version, old_version, next_version)
+        if next_day is not None and name not in plan.drop_at_next:
+            # The version at S now follows d's: it adds what S has and d has not, and removes the converse.
+            now = set(prefixes)
+            plan.counts_at_next[name] = (len(nxt - now), len(now - nxt))
         plan.changes.append(tag_change(name, old_version, new_version, len(added), len(removed)))
     return plan
 

@@ -4,9 +4,10 @@ The tag page's series showed each version's additions and removals by counting
 the tag's prefix spans per first day and per end day at every first view (a
 pass over ~25,000 index entries for AzureCloud over five years, about half of
 the series' time). The import knows both numbers (its plan's per-tag change)
-and now stores them with the version; an import into the past recounts the
-versions of the day after from the spans, in its own transaction. Existing
-versions are counted here from the spans, two grouped passes.
+and now stores them with the version; an import into the past also sets them
+on the versions of the publication after it (what they add and remove is then
+against the new file's). Existing versions are counted here from the spans,
+two grouped passes.
 
 Revision ID: 0017
 Revises: 0016
