@@ -204,7 +204,8 @@ _CHANGES_AGAINST_SPANS = (
 
 
 def _version_changes(conn: Connection) -> CheckResult:
-    """What each version stores it added and removed (the tag page's history reads it) is what its spans say."""
+    """The additions and removals stored with each version (the tag page's history reads them) are what the
+    prefix spans starting and ending on its day count."""
     found = _Collector("version additions and removals match the prefix spans")
     found.checked = conn.execute(select(func.count()).select_from(TagVersion)).scalar_one()
     for tag_id, valid_from, added, removed, spans_added, spans_removed in conn.execute(text(_CHANGES_AGAINST_SPANS)):

@@ -73,11 +73,36 @@ class PackagedFiles:
         if asset is None:
             return PlainTextResponse("Not Found", status_code=404)
         named = asset.lasting or scope.get("query_string", b"") == f"v={asset.digest}".encode()
-        headers = {"ETag": asset.etag, "Vary": "Accept-Encoding", "X-Content-Type-Options": "nosniff",
-                   "Cache-Control": "public, max-age=31536000, immutable" if named else "no-cache"}
         request_headers = dict(scope["headers"])
-        if request_headers.get(b"if-none-match", b"").decode("latin-1") == asset.etag:
+        zipped = asset.gzipped is not None and accepts_gzip(request_headers.get(b"accept-encoding", b"").decode("latin-1"))
+        # Each encoding is its own representation, with its own strong validator.
+        etag = asset.etag[:-1] + '-gzip"' if zipped else asset.etag
+        headers = {"ETag": etag, "Vary": "Accept-Encoding", "X-Content-Type-Options": "nosniff",
+                   "Cache-Control": "public, max-age=31536000, immutable" if named else "no-cache"}
+        if etag in if_none_match(request_headers.get(b"if-none-match", b"").decode("latin-1")):
             return Response(status_code=304, headers=headers)
-        if asset.gzipped is not None and b"gzip" in request_headers.get(b"accept-encoding", b""):
+        if zipped:
             return Response(asset.gzipped, media_type=asset.media_type, headers={**headers, "Content-Encoding": "gzip"})
         return Response(asset.body, media_type=asset.media_type, headers=headers)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip (``gzip;q=0`` refuses it; ``*`` takes it)."""
+    weights = {}
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        weight = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights[coding.strip().lower()] = weight
+    return weights.get("gzip", weights.get("*", 0.0)) > 0
+
+
+def if_none_match(header: str) -> set[str]:
+    """The entity tags an If-None-Match header lists, weak ones as their strong form (a cache may weaken them)."""
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
