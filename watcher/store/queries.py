@@ -33,10 +33,13 @@ def publications(conn: Connection, cloud: str) -> list[PublicationInfo]:
 
 
 def publication_dates(conn: Connection, cloud: str) -> list[dt.date]:
-    """The dates of the cloud's publications, oldest first (``publications`` without the records)."""
+    """The dates of the cloud's publications, oldest first (``publications`` without the records; the driver's
+    rows: a date per row through SQLAlchemy's result cost more than the read)."""
     with translate_db_errors(f"listing the {cloud} publications"):
-        return list(conn.execute(select(Publication.file_date).where(Publication.cloud == cloud)
-                                 .order_by(Publication.file_date)).scalars())
+        rows = fetch_all(conn, "SELECT file_date FROM publications WHERE cloud = :cloud ORDER BY file_date",
+                         {"cloud": cloud})
+    # SQLite hands the ISO text back, PostgreSQL a date.
+    return [day if isinstance(day, dt.date) else dt.date.fromisoformat(day) for (day,) in rows]
 
 
 def publication_by_day(conn: Connection, cloud: str, day: dt.date) -> PublicationInfo | None:
@@ -106,17 +109,23 @@ def entries_since(entries: Sequence[HistoryEntry], day: dt.date) -> list[History
 
 def tag_name(conn: Connection, cloud: str, name: str) -> str:
     """A tag's stored name, found case-insensitively (an exact match wins)."""
+    return tag_identity(conn, cloud, name)[0]
+
+
+def tag_identity(conn: Connection, cloud: str, name: str) -> tuple[str, int]:
+    """A tag's stored name and id, found case-insensitively (an exact match wins)."""
     with translate_db_errors(f"looking up the {cloud} tag {name!r}"):
-        if conn.execute(select(Tag.id).where(Tag.cloud == cloud, Tag.name == name)).first() is not None:
-            return name  # the unique index answers the common case
-        found = list(conn.execute(
-            select(Tag.name).where(Tag.cloud == cloud, func.lower(Tag.name) == name.lower())
-        ).scalars())
+        exact = conn.execute(select(Tag.id).where(Tag.cloud == cloud, Tag.name == name)).first()
+        if exact is not None:
+            return name, exact[0]  # the unique index answers the common case
+        found = conn.execute(
+            select(Tag.name, Tag.id).where(Tag.cloud == cloud, func.lower(Tag.name) == name.lower())
+        ).all()
     if len(found) == 1:
-        return found[0]
+        return found[0][0], found[0][1]
     if not found:
         raise NotFoundError(f"unknown {cloud} tag {name!r}")
-    raise NotFoundError(f"tag name {name!r} is ambiguous: {', '.join(found)}")
+    raise NotFoundError(f"tag name {name!r} is ambiguous: {', '.join(n for n, _ in found)}")
 
 
 # Sub-queries, not a three-table join: PostgreSQL plans this in half the time, and a

@@ -23,10 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import db, diff as diffs
 from ..address_space import STORABLE_BELOW, Sizes, SpaceTracker, family_sizes, storable_sizes
 from ..errors import translate_db_errors
-from ..models import Content, PrefixSpan, Publication, Tag, TagVersion, day_from_key
+from ..models import Content, PrefixSpan, Publication, TagVersion, day_from_key
 from ..prefixes import passing_prefix_gate
 from .packing import load_texts, split_text
-from .queries import tag_name
+from .queries import tag_identity
 from .sql import fetch_all
 from .records import HistoryEntry
 
@@ -57,9 +57,8 @@ class TagSeries:
 
 def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
     """The tag's versions (as ``store.history``) and each version's sizes."""
-    real_name = tag_name(conn, cloud, name)
+    real_name, identity = tag_identity(conn, cloud, name)
     with translate_db_errors(f"reading the history of {real_name}"):
-        identity = conn.execute(select(Tag.id).where(Tag.cloud == cloud, Tag.name == real_name)).scalar_one()
         versions, events, counted = _versions_counted(conn, identity)
     if counted:
         _keep_sizes(conn.engine, counted)
