@@ -31,7 +31,7 @@ from ..store import series
 from ..settings import Settings
 from ..users import UserInfo
 from . import api, plots
-from .assets import PackagedFiles
+from .assets import PackagedFiles, accepts_gzip, if_none_match
 from .auth import CSRF_FIELD, Authenticator
 
 log = logging.getLogger(__name__)
@@ -440,10 +440,10 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
         headers = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
                    "X-Content-Type-Options": "nosniff", "ETag": etag, "Vary": "Accept-Encoding",
                    "Cache-Control": "private, max-age=31536000, immutable" if lasting else "private, no-cache"}
-        if request.headers.get("if-none-match") == etag:
+        if etag in if_none_match(request.headers.get("if-none-match", "")):
             return Response(status_code=304, headers=headers)
         # The SVG is its own document: no script runs in it, and it loads nothing.
-        if "gzip" in request.headers.get("accept-encoding", ""):
+        if accepts_gzip(request.headers.get("accept-encoding", "")):
             return Response(kept[1], media_type="image/svg+xml", headers={**headers, "Content-Encoding": "gzip"})
         return Response(kept[0], media_type="image/svg+xml", headers=headers)
 
