@@ -218,9 +218,13 @@ def test_the_tag_pages_rows_are_written_as_the_template_wrote_them_and_escaped()
         '<tr><td>2025-01-01</td><td>7</td><td>3</td><td class="plus">+3</td><td class="minus">−0</td><td></td></tr>'
         '<tr><td>2025-01-08</td><td>withdrawn</td><td>0</td><td class="plus">+0</td><td class="minus">−3</td>'
         "<td>&lt;b&gt;odd&lt;/b&gt;; number reset</td></tr>")
-    days = [dt.date(2025, 1, 1), dt.date(2025, 1, 8)]
+    days = ["2025-01-01", "2025-01-08"]
     assert publication_options(days, "2025-01-08") == "<option>2025-01-01</option><option selected>2025-01-08</option>"
     assert publication_options(days, "") == "<option>2025-01-01</option><option>2025-01-08</option>"
+    # Only a whole date of the list is marked: part of one, or anything else a query string holds, is not.
+    for other in ("2025-01-0", "<option>", "2025-01-01</option><option>2025-01-08"):
+        assert publication_options(days, other) == "<option>2025-01-01</option><option>2025-01-08</option>"
+    assert publication_options([], "2025-01-08") == ""
 
 
 def test_family_sizes_count_overlaps_once_and_ipv6_in_64s() -> None:

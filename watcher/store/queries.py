@@ -112,12 +112,16 @@ def tag_name(conn: Connection, cloud: str, name: str) -> str:
     return tag_identity(conn, cloud, name)[0]
 
 
+_TAG_ID = "SELECT id FROM tags WHERE cloud = :cloud AND name = :name"
+
+
 def tag_identity(conn: Connection, cloud: str, name: str) -> tuple[str, int]:
     """A tag's stored name and id, found case-insensitively (an exact match wins)."""
     with translate_db_errors(f"looking up the {cloud} tag {name!r}"):
-        exact = conn.execute(select(Tag.id).where(Tag.cloud == cloud, Tag.name == name)).first()
-        if exact is not None:
-            return name, exact[0]  # the unique index answers the common case
+        # The driver's row: the unique index answers the common case, and SQLAlchemy's statement cost more.
+        exact = fetch_all(conn, _TAG_ID, {"cloud": cloud, "name": name})
+        if exact:
+            return name, exact[0][0]
         found = conn.execute(
             select(Tag.name, Tag.id).where(Tag.cloud == cloud, func.lower(Tag.name) == name.lower())
         ).all()

@@ -99,17 +99,20 @@ def series_rows(points: list[plots.SeriesPoint]) -> Markup:
 
 
 def version_rows(entries: list[Any]) -> Markup:
-    """The tag page's versions, a row per version (its anomalies escaped)."""
+    """The tag page's versions, a row per version (its anomalies escaped; most versions have none)."""
     return Markup("".join(
         f"<tr><td>{e.date}</td><td>{e.change_number if e.present else 'withdrawn'}</td><td>{e.prefix_count}</td>"
         f'<td class="plus">+{e.added}</td><td class="minus">−{e.removed}</td>'
-        f"<td>{escape('; '.join(e.anomalies))}</td></tr>" for e in entries))
+        f"<td>{escape('; '.join(e.anomalies)) if e.anomalies else ''}</td></tr>" for e in entries))
 
 
-def publication_options(dates: list[dt.date], selected: str) -> Markup:
-    """A compare select's options, one per publication date, ``selected`` (an ISO date) marked."""
-    return Markup("".join(f"<option selected>{day}</option>" if str(day) == selected else f"<option>{day}</option>"
-                          for day in dates))
+def publication_options(days: list[str], selected: str) -> Markup:
+    """A compare select's options, one per publication (``days``: their ISO dates), ``selected`` marked. One join
+    of the dates: a select per publication is two lists of 260 options on a five-year tag page."""
+    options = "<option>" + "</option><option>".join(days) + "</option>" if days else ""
+    if selected in days:  # an ISO date holds no markup, and each is in the list once
+        options = options.replace(f"<option>{selected}</option>", f"<option selected>{selected}</option>", 1)
+    return Markup(options)
 
 
 class PageError(Exception):
@@ -403,11 +406,12 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
         """The plots, the numbers, the versions and the compare form: the same for everyone."""
         body = body_cache.get((*key, first, second))
         if body is None:
+            days = [day.isoformat() for day in dates]
             body = remember(body_cache, (*key, first, second), ENV.get_template("tag_body.html").render(
                 tag=real, cloud=key[0], publications=len(points), versions=len(entries),
                 series_rows=series_rows(points), version_rows=version_rows(entries),
-                from_options=publication_options(dates, first),
-                to_options=publication_options(dates[::-1], second), kinds=plots.PLOT_KINDS,
+                from_options=publication_options(days, first),
+                to_options=publication_options(days[::-1], second), kinds=plots.PLOT_KINDS,
                 series_json=plots.plot_data_markup(real, points),
                 version=f"{key[2]}-{key[3]}"))
         return body
