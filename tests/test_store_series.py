@@ -31,10 +31,12 @@ def test_the_series_from_spans_equals_history_and_a_recount_of_each_version(engi
         assert "AzureCloud" in busiest
         lengths = []
         for name in busiest:
-            found = series.tag_series(conn, "china", name.lower())
+            found = series.tag_series(conn, "china", name.lower())  # found case-insensitively, then by its id
             real, entries = store.history(conn, "china", name)
             assert found.name == real == name
             assert found.entries == entries
+            assert found.dates == store.publication_dates(conn, "china") and len(found.dates) == len(pubs)
+            assert series.tag_series(conn, "china", name) == found  # named as stored: read with the dates
             lengths.append(len(entries))
             for entry in entries:
                 snap = store.snapshot(conn, "china", name, pubs[entry.date]) if entry.present else None
@@ -276,3 +278,19 @@ def test_a_late_file_sets_what_the_next_publications_versions_add_and_remove(eng
     assert found == {"Kept": [("2025-01-01", 1, 0), ("2025-01-08", 1, 0), ("2025-01-15", 1, 1)],
                      "Restored": [("2025-01-01", 1, 0), ("2025-01-08", 1, 0), ("2025-01-15", 0, 1)],
                      "Dropped": [("2025-01-01", 1, 0), ("2025-01-08", 1, 0)]}
+
+
+def test_an_unknown_tag_is_a_clear_error_and_a_name_in_another_case_is_found(engine: sa.Engine) -> None:
+    import pytest
+
+    from tests.factory import build_file, file_name
+    from watcher.errors import NotFoundError
+
+    assert store.import_bytes(engine, build_file({"Storage.EastUS2": ["10.0.0.0/24"]}, change_number=1),
+                              file_name("20250101")).outcome == "imported"
+    with engine.connect() as conn:
+        with pytest.raises(NotFoundError, match="unknown public tag 'Storage.Nowhere'"):
+            series.tag_series(conn, "public", "Storage.Nowhere")
+        found = series.tag_series(conn, "public", "storage.eastus2")
+        assert (found.name, found.dates, [e.prefix_count for e in found.entries]) == \
+            ("Storage.EastUS2", [dt.date(2025, 1, 1)], [1])

@@ -26,8 +26,8 @@ from ..errors import translate_db_errors
 from ..models import Content, PrefixSpan, Publication, TagVersion, day_from_key
 from ..prefixes import passing_prefix_gate
 from .packing import load_texts, split_text
-from .queries import tag_identity
-from .sql import fetch_all
+from .queries import PUBLICATION_DATES_READ, publication_dates_from, tag_identity
+from .sql import fetch_all, fetch_together
 from .records import HistoryEntry
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,18 @@ _VersionRow = collections.namedtuple("_VersionRow", (
 _VERSIONS_READ = (
     f"SELECT {', '.join(f'v.{name}' for name in _VersionRow._fields[:-len(SIZE_COLUMNS)])}, "
     f"{', '.join(f'c.{name}' for name in SIZE_COLUMNS)} "
-    "FROM tag_versions v JOIN contents c{indexed} ON c.hash = v.content_hash WHERE v.tag_id = :tag "
+    "FROM tag_versions v JOIN contents c{indexed} ON c.hash = v.content_hash WHERE v.tag_id = {tag} "
     "ORDER BY v.valid_from"
 )
-#: Per dialect. The sizes come from their index (migration 0018), not from the rows: on SQLite a row holds the
-#: set's text before them, in overflow pages read one after the other (AzureCloud's 240 versions: 1.2 ms of
-#: the read's 1.5 on a warm connection). SQLite's planner takes the primary key's index for the join unless told.
-_VERSIONS_READS = {"sqlite": _VERSIONS_READ.format(indexed=" INDEXED BY ix_contents_sizes"),
-                   "postgresql": _VERSIONS_READ.format(indexed="")}
+#: By the tag's id (``:tag``), or by its exact name (``:cloud``, ``:name``: the common case, read in the same round
+#: trip as the publication dates), per dialect. The sizes come from their index (migration 0018), not from the
+#: rows: on SQLite a row holds the set's text before them, in overflow pages read one after the other
+#: (AzureCloud's 240 versions: 1.2 ms of the read's 1.5 on a warm connection); SQLite's planner takes the primary
+#: key's index for the join unless told.
+_BY_NAME = "(SELECT t.id FROM tags t WHERE t.cloud = :cloud AND t.name = :name)"
+_VERSIONS_READS = {(dialect, by_name): _VERSIONS_READ.format(indexed=indexed, tag=_BY_NAME if by_name else ":tag")
+                   for dialect, indexed in (("sqlite", " INDEXED BY ix_contents_sizes"), ("postgresql", ""))
+                   for by_name in (False, True)}
 #: Uncounted sets are counted from the tag's spans when they are at least one in this many of its versions
 #: (AzureCloud, 240 versions: from the texts, 2 sets 0.1 s, 60 sets 0.3 s; from the spans, 0.2 s whatever the number).
 SPANS_COUNT_SHARE = 5
@@ -59,13 +63,23 @@ class TagSeries:
     name: str                       # as stored
     entries: list[HistoryEntry]     # as ``store.history`` gives them, oldest first
     sizes: dict[dt.date, Sizes]     # per version (by the day it starts): IPv4/IPv6 prefixes, IPv4 addresses, IPv6 /64s
+    dates: list[dt.date]            # the cloud's publications, oldest first (``store.publication_dates``)
 
 
 def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
-    """The tag's versions (as ``store.history``) and each version's sizes."""
-    real_name, identity = tag_identity(conn, cloud, name)
+    """The tag's versions (as ``store.history``), each version's sizes, and the cloud's publication dates."""
+    with translate_db_errors(f"reading the history of {cloud} tag {name!r}"):
+        # A tag named as stored (the page's links name it so): the dates and its versions in one round trip.
+        date_rows, rows = fetch_together(conn, [(PUBLICATION_DATES_READ, {"cloud": cloud}),
+                                                (_VERSIONS_READS[conn.dialect.name, True],
+                                                 {"cloud": cloud, "name": name})])
+    if rows:
+        real_name, identity = name, rows[0][0]
+    else:  # named otherwise (case), or unknown: found as ``store.tag_name`` finds it, then read by its id
+        real_name, identity = tag_identity(conn, cloud, name)
+        rows = None
     with translate_db_errors(f"reading the history of {real_name}"):
-        versions, events, counted = _versions_counted(conn, identity)
+        versions, events, counted = _versions_counted(conn, identity, rows)
     if counted:
         _keep_sizes(conn.engine, counted)
     # Every span starts and ends on a version's day (a version is written whenever the set changes); events
@@ -96,7 +110,7 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
         ))
         previous_number = change_number if present else None
         previous_metadata = metadata
-    return TagSeries(real_name, entries, sizes)
+    return TagSeries(real_name, entries, sizes, publication_dates_from(date_rows))
 
 
 @dataclass(frozen=True)
@@ -137,14 +151,15 @@ def count_uncounted(engine: Engine, deadline: float, clock: Callable[[], float] 
     return SizesCounted(done, kept, len(tags) - done)
 
 
-def _versions_counted(conn: Connection, identity: Any
+def _versions_counted(conn: Connection, identity: Any, rows: Sequence[Any] | None = None
                       ) -> tuple[list[Any], dict[int, list[int]] | None, dict[bytes, Sizes]]:
-    """The versions of the tag ``identity`` (its id) with their stored sizes, the prefixes each
-    day added and removed (None when every version has them stored: the spans are not read), and the sizes of
-    its sets stored without them, counted now (not kept yet)."""
+    """The versions of the tag ``identity`` (its id) with their stored sizes (``rows``: as read already), the
+    prefixes each day added and removed (None when every version has them stored: the spans are not read), and
+    the sizes of its sets stored without them, counted now (not kept yet)."""
     s = PrefixSpan.__table__
-    read = _VERSIONS_READS[conn.dialect.name]
-    versions = [_VersionRow._make(row) for row in fetch_all(conn, read, {"tag": identity})]
+    if rows is None:
+        rows = fetch_all(conn, _VERSIONS_READS[conn.dialect.name, False], {"tag": identity})
+    versions = [_VersionRow._make(row) for row in rows]
     uncounted = [bytes(r.content_hash) for r in versions if r.v4_prefixes is None]
     # Each version's additions and removals are stored with it (by the import, and by migration 0017 for the
     # versions before it). Should one lack them (a row written by hand), the tag's are counted from its spans,

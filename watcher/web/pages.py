@@ -374,11 +374,10 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
             key = (cloud, name, *stamp)
             cached = series_cache.get(key)
             if cached is None:
-                dates = store.publication_dates(conn, cloud)
                 found = series.tag_series(conn, cloud, name)
                 versions = [plots.VersionPoint(e.date, found.sizes[e.date], e.added, e.removed) for e in found.entries]
-                cached = remember(series_cache, key, (found.name, found.entries, plots.tag_series(dates, versions),
-                                                      dates))
+                cached = remember(series_cache, key, (found.name, found.entries,
+                                                      plots.tag_series(found.dates, versions), found.dates))
         return (key, *cached)
 
     def tag_reads(request: Request) -> list[Any]:
