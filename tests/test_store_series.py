@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import orjson
+import pytest
 import sqlalchemy as sa
 
 from benchmarks.synthetic import Generator
@@ -138,10 +139,13 @@ def test_a_set_is_counted_by_the_first_view_that_shows_it_and_migration_0015_cou
         assert set(texts) == set(written) and len(written) > 100
         assert written == {h: address_space.family_sizes(split_text(t.text)) for h, t in texts.items()}
         assert any(s[1] for s in written.values()) and any(s[3] > 1 for s in written.values())  # IPv6 among them
-        with engine.begin() as conn:  # a set stored without its sizes is counted when read
-            conn.execute(sa.text(f"UPDATE contents SET {', '.join(f'{c} = NULL' for c in SIZE_COLUMNS)}"))
+        with engine.begin() as conn:  # a set stored without its sizes (nor its versions) is counted when read
+            for table in ("contents", "tag_versions"):
+                conn.execute(sa.text(f"UPDATE {table} SET {', '.join(f'{c} = NULL' for c in SIZE_COLUMNS)}"))
         with engine.connect() as conn:
             assert series.tag_series(conn, "china", "AzureCloud") == before
+        again = {h: sizes for h, sizes in stored_sizes(engine).items() if sizes[0] is not None}
+        assert again and again.items() <= written.items()  # AzureCloud's sets kept again, as counted before
     finally:
         engine.dispose()
 
@@ -281,8 +285,6 @@ def test_a_late_file_sets_what_the_next_publications_versions_add_and_remove(eng
 
 
 def test_an_unknown_tag_is_a_clear_error_and_a_name_in_another_case_is_found(engine: sa.Engine) -> None:
-    import pytest
-
     from tests.factory import build_file, file_name
     from watcher.errors import NotFoundError
 
@@ -294,3 +296,88 @@ def test_an_unknown_tag_is_a_clear_error_and_a_name_in_another_case_is_found(eng
         found = series.tag_series(conn, "public", "storage.eastus2")
         assert (found.name, found.dates, [e.prefix_count for e in found.entries]) == \
             ("Storage.EastUS2", [dt.date(2025, 1, 1)], [1])
+
+
+def version_sizes(engine: sa.Engine) -> dict[tuple[int, int], tuple]:
+    with engine.connect() as conn:
+        return {(t, f): tuple(rest) for t, f, *rest in conn.execute(sa.text(
+            f"SELECT tag_id, valid_from, {', '.join(SIZE_COLUMNS)} FROM tag_versions"))}
+
+
+def sizes_of_contents(engine: sa.Engine) -> dict[tuple[int, int], tuple]:
+    with engine.connect() as conn:
+        return {(t, f): tuple(rest) for t, f, *rest in conn.execute(sa.text(
+            f"SELECT v.tag_id, v.valid_from, {', '.join(f'c.{c}' for c in SIZE_COLUMNS)} "
+            "FROM tag_versions v JOIN contents c ON c.hash = v.content_hash"))}
+
+
+def test_versions_carry_their_sets_sizes_copied_by_migration_0018_the_first_view_or_the_warm_up(
+        db_url, servicetags_dir) -> None:
+    from watcher import dbcheck
+
+    engine = db.open_database(db_url)
+    try:
+        base = sorted((servicetags_dir / "china").glob("*.json.gz"))[-1]
+        files = list(Generator(orjson.loads(file_bytes(base)), "china", START, seed=11).weeks(8))
+        for file in files[:6]:
+            assert store.import_bytes(engine, file.data, file.name).outcome == "imported"
+        # The import copies nothing (it counts nothing); a view of a tag counts its sets and copies them onto its
+        # versions (every version of the tag, and those of other tags that hold the same sets).
+        assert set(version_sizes(engine).values()) == {(None, None, None, None)}
+        with engine.connect() as conn:
+            before = series.tag_series(conn, "china", "AzureCloud")
+            tag_id = conn.execute(sa.text("SELECT id FROM tags WHERE cloud = 'china' AND name = 'AzureCloud'")
+                                  ).scalar_one()
+        copied = {k: v for k, v in version_sizes(engine).items() if v[0] is not None}
+        assert {t for t, _ in copied} >= {tag_id} and len([k for k in copied if k[0] == tag_id]) == len(before.entries)
+        assert copied == {k: v for k, v in sizes_of_contents(engine).items() if k in copied}
+        assert [copied[tag_id, int(e.date.strftime("%Y%m%d"))] for e in before.entries] == list(before.sizes.values())
+
+        # The warm-up copies the rest (counting the sets no view counted), tags with most versions first.
+        done = series.count_uncounted(engine, float("inf"))
+        assert done.left == 0 and done.tags > 10 and done.sets > 0
+        assert None not in {v[0] for v in version_sizes(engine).values()}
+        assert version_sizes(engine) == sizes_of_contents(engine)
+        assert dbcheck.check_database(engine).ok
+
+        # Versions whose sets are counted but which lack the sizes (a later week that returns to a set seen
+        # before) get them from their sets, without a recount.
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE tag_versions SET {', '.join(f'{c} = NULL' for c in SIZE_COLUMNS)} "
+                                 "WHERE tag_id = :t"), {"t": tag_id})
+
+        def recount(*_args: object) -> None:
+            raise AssertionError("counted again")
+
+        with pytest.MonkeyPatch.context() as patch, engine.connect() as conn:
+            patch.setattr(series, "_count", recount)
+            patch.setattr(series, "_count_from_spans", recount)
+            assert series.tag_series(conn, "china", "AzureCloud") == before
+        assert version_sizes(engine) == sizes_of_contents(engine)
+        for file in files[6:]:  # and new sets are counted by the view that shows them first
+            assert store.import_bytes(engine, file.data, file.name).outcome == "imported"
+        with engine.connect() as conn:
+            after = series.tag_series(conn, "china", "AzureCloud")
+        assert after.entries[:len(before.entries)] == before.entries and len(after.entries) > len(before.entries)
+        assert {k: v for k, v in version_sizes(engine).items() if k[0] == tag_id} == \
+            {k: v for k, v in sizes_of_contents(engine).items() if k[0] == tag_id}
+
+        # Migration 0018 copies what was counted before it; `db check` finds a version whose sizes are not its set's.
+        series.count_uncounted(engine, float("inf"))
+        counted = sizes_of_contents(engine)
+        db.downgrade(engine, "0017")
+        with engine.connect() as conn:
+            assert set(SIZE_COLUMNS).isdisjoint(c["name"] for c in sa.inspect(conn).get_columns("tag_versions"))
+        db.upgrade(engine)
+        assert version_sizes(engine) == counted and None not in {v[0] for v in counted.values()}
+        with engine.connect() as conn:
+            assert series.tag_series(conn, "china", "AzureCloud") == after
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE tag_versions SET v4_addresses = v4_addresses + 1 WHERE tag_id = :t "
+                                 "AND valid_from = (SELECT min(valid_from) FROM tag_versions WHERE tag_id = :t)"),
+                         {"t": tag_id})
+        (failed,) = [r for r in dbcheck.check_database(engine).results if not r.ok]
+        assert failed.name == "version prefix counts and sizes match their content"
+        assert failed.violations[0].startswith(f"tag {tag_id} version of ") and "its content's" in failed.violations[0]
+    finally:
+        engine.dispose()

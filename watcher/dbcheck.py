@@ -13,7 +13,9 @@ Checked:
   says, and each prefix passes today's prefix gate (plain, canonical);
 * every prefix of the address index (``prefix_spans``) passes the gate;
 * every tag has at most one current version (``valid_until`` NULL), and each
-  version's prefix count is its content's.
+  version's prefix count is its content's, and so are its sizes where copied;
+* each version's additions and removals are what the prefix spans starting and
+  ending on its day count.
 """
 from __future__ import annotations
 
@@ -178,8 +180,17 @@ def _current_versions(conn: Connection) -> CheckResult:
     return found.result()
 
 
+_SIZES = ("v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64")
+#: Versions whose copied sizes (migration 0018) are not their content's: copied, and the content's missing or other.
+_SIZES_AGAINST_CONTENTS = (
+    f"SELECT v.tag_id, v.valid_from, {', '.join(f'v.{n}' for n in _SIZES)}, {', '.join(f'c.{n}' for n in _SIZES)} "
+    "FROM tag_versions v JOIN contents c ON c.hash = v.content_hash WHERE v.v4_prefixes IS NOT NULL AND ("
+    + " OR ".join(f"c.{n} IS NULL OR v.{n} IS NULL OR v.{n} <> c.{n}" for n in _SIZES) + ")"
+)
+
+
 def _version_counts(conn: Connection) -> CheckResult:
-    found = _Collector("version prefix counts match their content")
+    found = _Collector("version prefix counts and sizes match their content")
     found.checked = conn.execute(select(func.count()).select_from(TagVersion)).scalar_one()
     rows = conn.execute(
         select(TagVersion.tag_id, TagVersion.valid_from, TagVersion.prefix_count, Content.prefix_count)
@@ -188,6 +199,9 @@ def _version_counts(conn: Connection) -> CheckResult:
     )
     for tag_id, valid_from, version_count, content_count in rows:
         found.add(f"tag {tag_id} version of {valid_from}: {version_count} prefixes, its content has {content_count}")
+    for tag_id, valid_from, *sizes in conn.execute(text(_SIZES_AGAINST_CONTENTS)):
+        found.add(f"tag {tag_id} version of {valid_from}: sizes {tuple(sizes[:4])}, its content's "
+                  f"{tuple(sizes[4:])}")
     return found.result()
 
 

@@ -143,11 +143,6 @@ class Tag(Base):
 
 class Content(Base):
     __tablename__ = "contents"
-    __table_args__ = (
-        # A set's sizes without its row (migration 0018): on SQLite the row holds the set's text before them, so
-        # reading them from it walks the text's overflow pages (the tag page's series, 240 sets of AzureCloud).
-        Index("ix_contents_sizes", "hash", "v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64"),
-    )
 
     hash: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
     prefix_count: Mapped[int] = mapped_column(Integer)
@@ -196,6 +191,13 @@ class TagVersion(Base):
     #: spans starting and ending on its day count, stored by the import so that a tag's history reads no span
     added_count: Mapped[int | None] = mapped_column(Integer)
     removed_count: Mapped[int | None] = mapped_column(Integer)
+    #: its content's sizes (``Content``'s columns of the same names), copied here once counted (migration 0018):
+    #: a tag's history then reads its versions alone, not a content row per version. NULL: not copied yet (the
+    #: import writes none; the first view of the tag or a server's warm-up copies them) or too big to store.
+    v4_prefixes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    v6_prefixes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    v4_addresses: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    v6_networks_64: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class PrefixSpan(Base):

@@ -1,12 +1,14 @@
-"""A tag's whole history with its size at each version: the tag page's data, from two small queries.
+"""A tag's whole history with its size at each version: the tag page's data, from one read of its versions.
 
 ``store.history`` reads every version's prefix set to count what each added
 and removed (AzureCloud over five years: ~250 sets of ~13,000 prefixes, seconds
 of work). Here nothing is decoded or recounted: each stored set carries its
-sizes, counted once when it was stored (``contents``, migration 0015), and each
-version what it added and removed (``tag_versions.added_count`` and
-``removed_count``, stored by the import, migration 0017), both read with the
-versions.
+sizes, counted once (``contents``, migration 0015) and copied onto the versions
+that hold it (``tag_versions``, migration 0018), and each version what it added
+and removed (``added_count`` and ``removed_count``, stored by the import,
+migration 0017), all read with the versions. What the import left uncounted is
+counted or copied by the tag's first view, or before it by a server's warm-up
+(``count_uncounted``).
 """
 from __future__ import annotations
 
@@ -27,32 +29,27 @@ from ..models import Content, PrefixSpan, Publication, TagVersion, day_from_key
 from ..prefixes import passing_prefix_gate
 from .packing import load_texts, split_text
 from .queries import PUBLICATION_DATES_READ, publication_dates_from, tag_identity
-from .sql import fetch_all, fetch_together
+from .sql import fetch_all, fetch_in, fetch_together
 from .records import HistoryEntry
 
 log = logging.getLogger(__name__)
 
 SIZE_COLUMNS = ("v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64")
-#: What the series reads of each version (not its publication, end or fingerprint), with its set's sizes; the
-#: driver's plain rows (SQLAlchemy's Row objects cost as much as the read for a busy tag's 240 versions).
+#: What the series reads of each version (not its publication, end or fingerprint), with its set's sizes as copied
+#: onto it (migration 0018: the versions alone, no content row per version); the driver's plain rows (SQLAlchemy's
+#: Row objects cost as much as the read for a busy tag's 240 versions).
 _VersionRow = collections.namedtuple("_VersionRow", (
     "tag_id", "valid_from", "present", "change_number", "region", "region_id", "platform", "system_service",
     "network_features", "prefix_count", "content_hash", "added_count", "removed_count", *SIZE_COLUMNS))
-_VERSIONS_READ = (
-    f"SELECT {', '.join(f'v.{name}' for name in _VersionRow._fields[:-len(SIZE_COLUMNS)])}, "
-    f"{', '.join(f'c.{name}' for name in SIZE_COLUMNS)} "
-    "FROM tag_versions v JOIN contents c{indexed} ON c.hash = v.content_hash WHERE v.tag_id = {tag} "
-    "ORDER BY v.valid_from"
-)
+_VERSIONS_READ = (f"SELECT {', '.join(_VersionRow._fields)} FROM tag_versions WHERE tag_id = {{tag}} "
+                  "ORDER BY valid_from")
 #: By the tag's id (``:tag``), or by its exact name (``:cloud``, ``:name``: the common case, read in the same round
-#: trip as the publication dates), per dialect. The sizes come from their index (migration 0018), not from the
-#: rows: on SQLite a row holds the set's text before them, in overflow pages read one after the other
-#: (AzureCloud's 240 versions: 1.2 ms of the read's 1.5 on a warm connection); SQLite's planner takes the primary
-#: key's index for the join unless told.
-_BY_NAME = "(SELECT t.id FROM tags t WHERE t.cloud = :cloud AND t.name = :name)"
-_VERSIONS_READS = {(dialect, by_name): _VERSIONS_READ.format(indexed=indexed, tag=_BY_NAME if by_name else ":tag")
-                   for dialect, indexed in (("sqlite", " INDEXED BY ix_contents_sizes"), ("postgresql", ""))
-                   for by_name in (False, True)}
+#: trip as the publication dates).
+_VERSIONS_BY_ID = _VERSIONS_READ.format(tag=":tag")
+_VERSIONS_BY_NAME = _VERSIONS_READ.format(tag="(SELECT t.id FROM tags t WHERE t.cloud = :cloud AND t.name = :name)")
+#: The sizes of the sets given, where counted (the sets its versions lack them for).
+_CONTENT_SIZES = (f"SELECT hash, {', '.join(SIZE_COLUMNS)} FROM contents WHERE hash IN ({{}}) "
+                  "AND v4_prefixes IS NOT NULL")
 #: Uncounted sets are counted from the tag's spans when they are at least one in this many of its versions
 #: (AzureCloud, 240 versions: from the texts, 2 sets 0.1 s, 60 sets 0.3 s; from the spans, 0.2 s whatever the number).
 SPANS_COUNT_SHARE = 5
@@ -71,17 +68,17 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
     with translate_db_errors(f"reading the history of {cloud} tag {name!r}"):
         # A tag named as stored (the page's links name it so): the dates and its versions in one round trip.
         date_rows, rows = fetch_together(conn, [(PUBLICATION_DATES_READ, {"cloud": cloud}),
-                                                (_VERSIONS_READS[conn.dialect.name, True],
-                                                 {"cloud": cloud, "name": name})])
+                                                (_VERSIONS_BY_NAME, {"cloud": cloud, "name": name})])
     if rows:
         real_name, identity = name, rows[0][0]
     else:  # named otherwise (case), or unknown: found as ``store.tag_name`` finds it, then read by its id
         real_name, identity = tag_identity(conn, cloud, name)
         rows = None
     with translate_db_errors(f"reading the history of {real_name}"):
-        versions, events, counted = _versions_counted(conn, identity, rows)
-    if counted:
-        _keep_sizes(conn.engine, counted)
+        versions, events, stored, counted = _versions_counted(conn, identity, rows)
+    if stored or counted:
+        _keep_sizes(conn.engine, stored, counted)
+    lacking = {**stored, **counted}
     # Every span starts and ends on a version's day (a version is written whenever the set changes); events
     # are applied at the first version on or after their day all the same.
     event_days = sorted(events or ())
@@ -101,7 +98,7 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
                 going += events[event_days[next_event]][1]
                 next_event += 1
         day = day_from_key(valid_from)
-        sizes[day] = counted[bytes(content_hash)] if stored_sizes[0] is None else tuple(stored_sizes)
+        sizes[day] = lacking[bytes(content_hash)] if stored_sizes[0] is None else tuple(stored_sizes)
         metadata = (region, region_id, platform, system_service, network_features) if present else None
         entries.append(HistoryEntry(
             day, bool(present), change_number, prefix_count, coming, going,
@@ -127,40 +124,47 @@ KEEP_BATCH = 2000
 
 
 def count_uncounted(engine: Engine, deadline: float, clock: Callable[[], float] = time.monotonic) -> SizesCounted:
-    """Count and keep the sizes of the prefix sets stored without them (the import does not count them), tag by
-    tag, the tags with the most such sets first, until ``clock()`` passes ``deadline``: what a view of each tag
-    would count, done before anyone asks (``watcher serve`` and the HTTP server of ``watcher run`` do it before
-    they listen). The tags left are counted by their first views, as before."""
-    v, c = TagVersion.__table__, Content.__table__
-    with engine.connect() as conn, translate_db_errors("finding the prefix sets without their sizes"):
-        tags = conn.execute(
-            select(v.c.tag_id, func.count()).join(c, c.c.hash == v.c.content_hash).where(c.c.v4_prefixes.is_(None))
-            .group_by(v.c.tag_id).order_by(func.count().desc(), v.c.tag_id)).all()
+    """Count and keep the sizes of the prefix sets stored without them (the import does not count them), and copy
+    them onto the versions that lack them, tag by tag, the tags with the most such versions first, until
+    ``clock()`` passes ``deadline``: what a view of each tag would do, done before anyone asks (``watcher serve``
+    and the HTTP server of ``watcher run`` do it before they listen). The tags left are done by their first views,
+    as before."""
+    v = TagVersion.__table__
+    with engine.connect() as conn, translate_db_errors("finding the versions without their sets' sizes"):
+        tags = conn.execute(select(v.c.tag_id, func.count()).where(v.c.v4_prefixes.is_(None))
+                            .group_by(v.c.tag_id).order_by(func.count().desc(), v.c.tag_id)).all()
     done = kept = 0
-    waiting: dict[bytes, Sizes] = {}
-    for tag_id, _uncounted in tags:
+    stored: dict[bytes, Sizes] = {}
+    counted: dict[bytes, Sizes] = {}
+    for tag_id, _lacking in tags:
         if clock() >= deadline:
             break
         with engine.connect() as conn, translate_db_errors(f"counting the sizes of tag {tag_id}'s prefix sets"):
-            waiting.update(_versions_counted(conn, tag_id)[2])
+            _versions, _events, found, made = _versions_counted(conn, tag_id)
+        stored.update(found)
+        counted.update(made)
         done += 1
-        if len(waiting) >= KEEP_BATCH:
-            kept, waiting = kept + _keep_sizes(engine, waiting, wait=max(0.0, deadline - clock())), {}
-    if waiting:
-        kept += _keep_sizes(engine, waiting, wait=max(0.0, deadline - clock()))
+        if len(stored) + len(counted) >= KEEP_BATCH:
+            kept += _keep_sizes(engine, stored, counted, wait=max(0.0, deadline - clock()))
+            stored, counted = {}, {}
+    if stored or counted:
+        kept += _keep_sizes(engine, stored, counted, wait=max(0.0, deadline - clock()))
     return SizesCounted(done, kept, len(tags) - done)
 
 
 def _versions_counted(conn: Connection, identity: Any, rows: Sequence[Any] | None = None
-                      ) -> tuple[list[Any], dict[int, list[int]] | None, dict[bytes, Sizes]]:
-    """The versions of the tag ``identity`` (its id) with their stored sizes (``rows``: as read already), the
-    prefixes each day added and removed (None when every version has them stored: the spans are not read), and
-    the sizes of its sets stored without them, counted now (not kept yet)."""
+                      ) -> tuple[list[Any], dict[int, list[int]] | None, dict[bytes, Sizes], dict[bytes, Sizes]]:
+    """The versions of the tag ``identity`` (its id) with their sizes (``rows``: as read already), the prefixes
+    each day added and removed (None when every version has them stored: the spans are not read), and, for the
+    sets of the versions that lack their sizes, those stored with the set and those counted now (not kept yet)."""
     s = PrefixSpan.__table__
     if rows is None:
-        rows = fetch_all(conn, _VERSIONS_READS[conn.dialect.name, False], {"tag": identity})
+        rows = fetch_all(conn, _VERSIONS_BY_ID, {"tag": identity})
     versions = [_VersionRow._make(row) for row in rows]
-    uncounted = [bytes(r.content_hash) for r in versions if r.v4_prefixes is None]
+    lacking = list(dict.fromkeys(bytes(r.content_hash) for r in versions if r.v4_prefixes is None))
+    stored: dict[bytes, Sizes] = {bytes(digest): tuple(sizes) for digest, *sizes in
+                                  fetch_in(conn, _CONTENT_SIZES, lacking)} if lacking else {}
+    uncounted = [digest for digest in lacking if digest not in stored]
     # Each version's additions and removals are stored with it (by the import, and by migration 0017 for the
     # versions before it). Should one lack them (a row written by hand), the tag's are counted from its spans,
     # as every view did before 0017.
@@ -179,7 +183,7 @@ def _versions_counted(conn: Connection, identity: Any, rows: Sequence[Any] | Non
                 events[first_day][0] += 1
                 if until_day is not None:
                     events[until_day][1] += 1
-        counted = _count_from_spans(spans, versions)
+        counted = _count_from_spans(spans, versions, set(uncounted))
     elif events is not None:
         # The tag's spans (their index by tag, migration 0016, answers it alone), counted per first day and per
         # end day: a row per version and kind. Counted per (first day, end day) pair they were a row per pair:
@@ -193,11 +197,12 @@ def _versions_counted(conn: Connection, identity: Any, rows: Sequence[Any] | Non
             events[day][1] += going
     if counted is None:
         counted = _count(conn, uncounted) if uncounted else {}
-    return versions, events, counted
+    return versions, events, stored, counted
 
 
-def _count_from_spans(spans: Sequence[Any], versions: Sequence[Any]) -> dict[bytes, Sizes] | None:
-    """The sizes of the versions' sets stored without them, from the tag's prefix spans: the spans of each day
+def _count_from_spans(spans: Sequence[Any], versions: Sequence[Any], uncounted: set[bytes]
+                      ) -> dict[bytes, Sizes] | None:
+    """The sizes of the sets ``uncounted`` (stored without them), from the tag's prefix spans: the spans of each day
     removed and added (``SpaceTracker``), in day order, the gate checked once per distinct prefix. None when, at
     any version, the spans do not hold as many prefixes as its stored set (then the sets are counted instead):
     sizes are kept for good, and a history is trusted only where it agrees with what was stored."""
@@ -219,7 +224,7 @@ def _count_from_spans(spans: Sequence[Any], versions: Sequence[Any]) -> dict[byt
             log.info("the prefix spans of tag %s disagree with its version of day %d: its sets are counted",
                      version.tag_id, version.valid_from)
             return None
-        if version.v4_prefixes is None:
+        if bytes(version.content_hash) in uncounted:
             counted[bytes(version.content_hash)] = tracker.sizes()
     return counted
 
@@ -251,28 +256,38 @@ def _count(conn: Connection, hashes: list[bytes]) -> dict[bytes, Sizes]:
     return counted
 
 
-def _keep_sizes(engine: Engine, counted: dict[bytes, Sizes], wait: float | None = None) -> int:
-    """Store the sizes just counted, so that each set is counted once, by the first view that shows it: how many
-    were kept. Best effort: a database that refuses the write (read-only, busy past the timeout) costs the next
-    view a recount, and the view goes on; a set too big for the columns stays NULL (``storable_sizes``).
-    ``wait``: the longest the write waits for SQLite's write lock, held by another writer (an import), instead of
-    the usual 30 s (the warm-up has a deadline)."""
-    contents = Content.__table__
-    rows = [{"h": digest, **dict(zip((f"n_{c}" for c in SIZE_COLUMNS), storable_sizes(sizes)))}
-            for digest, sizes in counted.items() if max(sizes) < STORABLE_BELOW]
-    if not rows:
+def _keep_sizes(engine: Engine, stored: dict[bytes, Sizes], counted: dict[bytes, Sizes],
+                wait: float | None = None) -> int:
+    """Keep the sizes just counted (``counted``: with their sets, so that each set is counted once, by the first
+    view that shows it) and copy them, and those read from their sets (``stored``), onto the versions that lack
+    them: how many sets were counted and kept. Best effort: a database that refuses the write (read-only, busy past
+    the timeout) costs the next view a recount, and the view goes on; a set too big for the columns stays NULL
+    (``storable_sizes``). ``wait``: the longest the write waits for SQLite's write lock, held by another writer
+    (an import), instead of the usual 30 s (the warm-up has a deadline)."""
+    contents, versions = Content.__table__, TagVersion.__table__
+
+    def rows(sizes: dict[bytes, Sizes]) -> list[dict[str, Any]]:
+        return [{"h": digest, **dict(zip((f"n_{c}" for c in SIZE_COLUMNS), storable_sizes(found)))}
+                for digest, found in sizes.items() if max(found) < STORABLE_BELOW]
+
+    new, copied = rows(counted), rows({**stored, **counted})
+    if not copied:
         return 0
     try:
         with db.writer(engine).connect() as conn, db.lock_wait_limited(conn, wait):
             with conn.begin():
-                conn.execute(update(contents)
-                             .where(contents.c.hash == bindparam("h"), contents.c.v4_prefixes.is_(None))
-                             .values({c: bindparam(f"n_{c}") for c in SIZE_COLUMNS}), rows)
+                if new:
+                    conn.execute(update(contents)
+                                 .where(contents.c.hash == bindparam("h"), contents.c.v4_prefixes.is_(None))
+                                 .values({c: bindparam(f"n_{c}") for c in SIZE_COLUMNS}), new)
+                conn.execute(update(versions)
+                             .where(versions.c.content_hash == bindparam("h"), versions.c.v4_prefixes.is_(None))
+                             .values({c: bindparam(f"n_{c}") for c in SIZE_COLUMNS}), copied)
     except SQLAlchemyError as exc:
         log.info("the sizes of %d prefix sets were counted but not kept (%s): counted again next time",
-                 len(rows), type(exc).__name__)
+                 len(copied), type(exc).__name__)
         return 0
-    return len(rows)
+    return len(new)
 
 
 def publications_stamp(conn: Connection, cloud: str) -> tuple[int, int | None]:
