@@ -1,7 +1,6 @@
 """The pages in-process: queue order and filters, snippet downloads, clear errors; the plot series (pure)."""
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import html
 import json
@@ -174,6 +173,12 @@ def test_tag_series_has_one_point_per_publication_with_the_version_in_force() ->
     points = plots.tag_series(days, versions)
     assert [(p.date.day, p.v4_prefixes, p.v6_prefixes, p.v4_addresses, p.v6_networks_64, p.changed) for p in points] == [
         (1, 0, 0, 0, 0, False), (8, 2, 1, 256, 65536, True), (15, 2, 1, 256, 65536, False), (22, 0, 0, 0, 0, True)]
+    # Versions that start between publications (the last of them is in force at the next one, which did not
+    # start it), given in any order.
+    between = [plots.VersionPoint(dt.date(2025, 1, 12), (7, 0, 7, 0), 7, 0),
+               plots.VersionPoint(dt.date(2025, 1, 10), (5, 0, 5, 0), 5, 0), *versions]
+    assert [(p.date.day, p.v4_prefixes, p.changed) for p in plots.tag_series(days[::-1], between)] == [
+        (1, 0, False), (8, 2, True), (15, 7, False), (22, 0, True)]
     with pytest.raises(ValueError, match="unknown plot"):
         plots.plot_svg("x", points, "pie")
 
@@ -190,7 +195,7 @@ def test_a_plot_draws_a_dot_per_point_until_they_would_smear_then_lines_and_the_
         assert drawn.count('class="line reactive nofill"') == 2  # both lines, and no line through the changes
         changes = sum(1 for p in points(many) if p.changed)
         assert drawn.count('class="dot ') == changes == 16  # a dot at each change, none elsewhere
-        busy = [dataclasses.replace(p, changed=True) for p in points(many)]  # dots at every point would smear
+        busy = [p._replace(changed=True) for p in points(many)]  # dots at every point would smear
         drawn = plots.plot_svg("x", busy, kind)
         assert 'class="dot ' not in drawn and f"({many} of {many} publications changed it)" in drawn
 

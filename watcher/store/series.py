@@ -88,7 +88,8 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
     previous_number: int | None = None
     previous_metadata: tuple | None = None
     for (_tag, valid_from, present, change_number, region, region_id, platform, system_service, network_features,
-         prefix_count, content_hash, added_count, removed_count, *stored_sizes) in versions:
+         prefix_count, content_hash, added_count, removed_count, v4_prefixes, v6_prefixes, v4_addresses,
+         v6_networks_64) in versions:
         if events is None:  # as stored with the version (migration 0017)
             coming, going = added_count, removed_count
         else:
@@ -98,7 +99,8 @@ def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
                 going += events[event_days[next_event]][1]
                 next_event += 1
         day = day_from_key(valid_from)
-        sizes[day] = lacking[bytes(content_hash)] if stored_sizes[0] is None else tuple(stored_sizes)
+        sizes[day] = lacking[bytes(content_hash)] if v4_prefixes is None else \
+            (v4_prefixes, v6_prefixes, v4_addresses, v6_networks_64)
         metadata = (region, region_id, platform, system_service, network_features) if present else None
         entries.append(HistoryEntry(
             day, bool(present), change_number, prefix_count, coming, going,
