@@ -412,6 +412,23 @@ def test_each_on_joined_families_names_and_masks_every_prefix_once():
         render.each(["10.0.0.0/24\nflush ruleset"], "{cidr}")
 
 
+def test_a_list_checked_before_is_known_by_its_digest_and_no_other_list_passes_for_it():
+    good = ["10.0.0.0/24", "10.0.1.0/24", "2603:1030::/48"]
+    assert render.checked_cidrs(good) == tuple(good)
+    assert render._list_digest(good) in render._CHECKED_LISTS
+    render._KNOWN_CIDRS.clear()  # the values are no longer known one by one: the list is, by its digest
+    assert render.checked_cidrs(list(good)) == tuple(good) and not render._KNOWN_CIDRS
+    # Lists whose values joined give the same text, or that hold what a digest cannot name, are checked value by
+    # value (and refused).
+    for forged in (["10.0.0.0/24\x0010.0.1.0/24", "2603:1030::/48"], ["10.0.0.0/24\n10.0.1.0/24\n2603:1030::/48"],
+                   ["10.0.0.0/24", "10.0.1.0/24\x00", "2603:1030::/48"], ["10.0.0.0/24", 7, "2603:1030::/48"],
+                   ["10.0.0.0/24", "\udc80", "2603:1030::/48"]):
+        assert render._list_digest(forged) not in render._CHECKED_LISTS
+        with pytest.raises(RenderError, match="not a plain CIDR"):
+            render.checked_cidrs(forged)
+    assert render.checked_cidrs([]) == ()
+
+
 def test_a_block_put_on_one_line_is_printed_as_is_and_other_line_breaks_are_not():
     xs = render.checked_cidrs(["10.0.0.0/24", "10.0.1.0/24"])
     assert _template('[{{ xs | each("{cidr}") | replace("\\n", " ") }}]', xs=xs) == "[10.0.0.0/24 10.0.1.0/24]"
