@@ -1,4 +1,4 @@
-"""Figure 9: backfill of the synthetic five-year history into an empty database, as ``watcher import`` does it.
+"""Figure 10: backfill of the synthetic five-year history into an empty database, as ``watcher import`` does it.
 
 The synthetic weeks of the three clouds (``synthetic.Generator``, untimed), shaped
 like the real 2019–2025 archive (``synthetic.like_the_archive``: busy churn for
@@ -12,8 +12,8 @@ the first 80% of the weeks, the old layout for the first 36%), are written as
   ticket hooks run, with no watches configured);
 * the baseline again; the figure is backfill ÷ mean baseline.
 
-9a: three clouds into SQLite (target ≤ 2.0) and PostgreSQL (≤ 3.0).
-9b: the SQLite file after a backfill of the Public cloud's weeks alone (target ≤ 64 MB at 260 weeks).
+10a: three clouds into SQLite (target ≤ 2.0) and PostgreSQL (≤ 3.0).
+10b: the SQLite file after a backfill of the Public cloud's weeks alone (target ≤ 64 MB at 260 weeks).
 """
 from __future__ import annotations
 
@@ -75,13 +75,13 @@ def run_backfill(backends: Backends, backend: str, folder: Path, paths: Sequence
 def measure(backends: Backends, names: Sequence[str], bases: dict[str, RealFile], weeks: int, seed: int,
             scratch: Path, log) -> list[Figure]:
     folder = scratch / "backfill-history"
-    log(f"figure 9: writing {weeks} synthetic weeks of {', '.join(bases)} (untimed)")
+    log(f"figure 10: writing {weeks} synthetic weeks of {', '.join(bases)} (untimed)")
     paths = write_history(folder, bases, weeks, seed)
     public_folder = scratch / "backfill-public"
     public_paths = write_history(public_folder, {"public": bases["public"]}, weeks, seed)
     result = []
     for backend in names:
-        log(f"figure 9a: backfill of {len(paths)} files on {backend}")
+        log(f"figure 10a: backfill of {len(paths)} files on {backend}")
         outcome = run_backfill(backends, backend, folder, paths)
         ratio = outcome["seconds"] / outcome["loads_seconds"]
         result.append(Figure(
@@ -91,7 +91,7 @@ def measure(backends: Backends, names: Sequence[str], bases: dict[str, RealFile]
             extra=outcome,
         ))
     if "sqlite" in names:
-        log(f"figure 9b: backfill of {len(public_paths)} Public files on sqlite (size)")
+        log(f"figure 10b: backfill of {len(public_paths)} Public files on sqlite (size)")
         outcome = run_backfill(backends, "sqlite", public_folder, public_paths)
         target = SIZE_TARGET * weeks / 260  # the target scales with the weeks (64 MB at 260)
         result.append(Figure(
