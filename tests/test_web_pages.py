@@ -16,6 +16,7 @@ from tests.ticket_helpers import import_made, quietly, week
 from tests.web_helpers import PASSWORD, Desk, make_desk
 from watcher.settings import load_settings
 from watcher import review, review_queue, ticket_detail, tickets, web
+from watcher.store import series
 from watcher.web import plots
 
 
@@ -155,6 +156,30 @@ def test_the_tag_page_carries_its_series_for_the_browsers_plots(client: TestClie
     for path in paths:  # vendored, named with their digests: the page loads nothing from elsewhere, and once
         answer = client.get(path)
         assert answer.status_code == 200 and "immutable" in answer.headers["cache-control"], path
+
+
+def test_a_tags_first_view_reads_its_series_with_the_sign_in_on_postgresql(
+        client: TestClient, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from watcher import db
+
+    separate: list[str] = []
+    fetch_together = series.fetch_together
+    monkeypatch.setattr(series, "fetch_together", lambda conn, reads: separate.append("read") or
+                        fetch_together(conn, reads))
+    first = client.get("/tag?name=Storage.EastUS2").text
+    # PostgreSQL: the dates and versions came in the sign-in's round trip; elsewhere they are read on their own.
+    assert separate == ([] if db.pipelined(engine) else ["read"])
+    with engine.connect() as conn:
+        expected = series.tag_series(conn, "public", "Storage.EastUS2")
+    assert [e.date.isoformat() for e in expected.entries] == ["2025-01-01", "2025-01-08"]
+    assert all(f"<tr><td>{e.date}</td><td>{e.change_number}</td><td>{e.prefix_count}</td>" in first
+               for e in expected.entries)
+    separate.clear()
+    assert client.get("/tag?name=Storage.EastUS2").text == first and separate == []  # kept: the stamp alone
+    other_case = client.get("/tag?name=storage.eastus2")  # not as stored: found as before, the same rows
+    assert other_case.status_code == 200 and all(
+        f"<tr><td>{e.date}</td><td>{e.change_number}</td>" in other_case.text for e in expected.entries)
+    assert client.get("/tag?name=Storage.Nowhere").status_code == 404
 
 
 def test_the_carried_series_cannot_end_its_script_element() -> None:

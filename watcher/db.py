@@ -160,7 +160,7 @@ def _closed_by_server(dbapi_connection) -> bool:
 _DRIVER_SQL: dict[int, tuple[Executable, str, dict[str, Any]]] = {}
 
 
-def pipelined(conn: Connection) -> bool:
+def pipelined(conn: Connection | Engine) -> bool:
     """True when ``read_together`` answers several reads in one round trip (PostgreSQL through psycopg)."""
     return conn.dialect.driver == "psycopg"
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Connection, Engine, bindparam, func, literal, select, union_all, update
+from sqlalchemy import Connection, Engine, bindparam, func, literal, select, text, union_all, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import db, diff as diffs
@@ -47,6 +47,7 @@ _VERSIONS_READ = (f"SELECT {', '.join(_VersionRow._fields)} FROM tag_versions WH
 #: trip as the publication dates).
 _VERSIONS_BY_ID = _VERSIONS_READ.format(tag=":tag")
 _VERSIONS_BY_NAME = _VERSIONS_READ.format(tag="(SELECT t.id FROM tags t WHERE t.cloud = :cloud AND t.name = :name)")
+_DATES_STATEMENT, _VERSIONS_BY_NAME_STATEMENT = text(PUBLICATION_DATES_READ), text(_VERSIONS_BY_NAME)
 #: The sizes of the sets given, where counted (the sets its versions lack them for).
 _CONTENT_SIZES = (f"SELECT hash, {', '.join(SIZE_COLUMNS)} FROM contents WHERE hash IN ({{}}) "
                   "AND v4_prefixes IS NOT NULL")
@@ -63,12 +64,22 @@ class TagSeries:
     dates: list[dt.date]            # the cloud's publications, oldest first (``store.publication_dates``)
 
 
-def tag_series(conn: Connection, cloud: str, name: str) -> TagSeries:
-    """The tag's versions (as ``store.history``), each version's sizes, and the cloud's publication dates."""
-    with translate_db_errors(f"reading the history of {cloud} tag {name!r}"):
-        # A tag named as stored (the page's links name it so): the dates and its versions in one round trip.
-        date_rows, rows = fetch_together(conn, [(PUBLICATION_DATES_READ, {"cloud": cloud}),
-                                                (_VERSIONS_BY_NAME, {"cloud": cloud, "name": name})])
+def tag_series_reads(cloud: str, name: str) -> list[tuple[Any, dict[str, Any]]]:
+    """The reads of ``tag_series`` for a tag named as stored (statement, parameters), for ``db.read_together``:
+    the tag page sends them with its sign-in check on PostgreSQL, one round trip for all."""
+    return [(_DATES_STATEMENT, {"cloud": cloud}), (_VERSIONS_BY_NAME_STATEMENT, {"cloud": cloud, "name": name})]
+
+
+def tag_series(conn: Connection, cloud: str, name: str, read: Sequence[Sequence[Any]] | None = None) -> TagSeries:
+    """The tag's versions (as ``store.history``), each version's sizes, and the cloud's publication dates;
+    ``read``: the rows of ``tag_series_reads``, read already."""
+    if read is not None:
+        date_rows, rows = read
+    else:
+        with translate_db_errors(f"reading the history of {cloud} tag {name!r}"):
+            # A tag named as stored (the page's links name it so): the dates and its versions in one round trip.
+            date_rows, rows = fetch_together(conn, [(PUBLICATION_DATES_READ, {"cloud": cloud}),
+                                                    (_VERSIONS_BY_NAME, {"cloud": cloud, "name": name})])
     if rows:
         real_name, identity = name, rows[0][0]
     else:  # named otherwise (case), or unknown: found as ``store.tag_name`` finds it, then read by its id

@@ -368,13 +368,15 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
 
     def tag_history(cloud: str, name: str, stamp_rows: list[Any] | None = None
                     ) -> tuple[tuple[Any, ...], str, list[Any], list[plots.SeriesPoint], list[dt.date]]:
+        """``stamp_rows``: the rows of ``tag_reads`` (the stamp's, and maybe the series')."""
         with reads.connect() as conn:
             stamp = (series.publications_stamp_from(stamp_rows[0]) if stamp_rows
                      else series.publications_stamp(conn, cloud))
             key = (cloud, name, *stamp)
             cached = series_cache.get(key)
             if cached is None:
-                found = series.tag_series(conn, cloud, name)
+                found = series.tag_series(conn, cloud, name, stamp_rows[1:] if stamp_rows and len(stamp_rows) == 3
+                                          else None)
                 versions = [plots.VersionPoint(e.date, found.sizes[e.date], e.added, e.removed) for e in found.entries]
                 cached = remember(series_cache, key, (found.name, found.entries,
                                                       plots.tag_series(found.dates, versions), found.dates))
@@ -382,9 +384,16 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
 
     def tag_reads(request: Request) -> list[Any]:
         try:
-            return [series.publications_stamp_read(api.cloud_of(request.query_params.get("cloud")))]
+            cloud = api.cloud_of(request.query_params.get("cloud"))
         except api.ApiError:  # the page says so, once the user is known
             return []
+        found = [series.publications_stamp_read(cloud)]
+        name = request.query_params.get("name", "")
+        # A tag no view made in this process: on PostgreSQL its series' reads go with the sign-in and the stamp (one
+        # round trip, not two). A kept one needs the stamp alone; elsewhere the reads cost the same either way.
+        if name and db.pipelined(engine) and not any(key[:2] == (cloud, name) for key in list(series_cache)):
+            found += series.tag_series_reads(cloud, name)
+        return found
 
     def tag_page(request: Request, user: UserInfo, stamp_rows: list[Any]) -> Response:
         cloud, name = api.cloud_of(request.query_params.get("cloud")), request.query_params.get("name", "")
