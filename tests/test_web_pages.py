@@ -163,9 +163,9 @@ def test_a_tags_first_view_reads_its_series_with_the_sign_in_on_postgresql(
     from watcher import db
 
     separate: list[str] = []
-    fetch_together = series.fetch_together
-    monkeypatch.setattr(series, "fetch_together", lambda conn, reads: separate.append("read") or
-                        fetch_together(conn, reads))
+    read_series = series._read_series
+    monkeypatch.setattr(series, "_read_series", lambda conn, cloud, name: separate.append("read") or
+                        read_series(conn, cloud, name))
     first = client.get("/tag?name=Storage.EastUS2").text
     # PostgreSQL: the dates and versions came in the sign-in's round trip; elsewhere they are read on their own.
     assert separate == ([] if db.pipelined(engine) else ["read"])

@@ -30,6 +30,7 @@ from .errors import StoreError, database_detail
 from .models import Content, PrefixSpan, Tag, TagVersion
 from .parse import content_hash, passes_prefix_gate, passes_tag_name_gate
 from .store.packing import MAX_DEPTH, split_text
+from .store.series import SIZE_COLUMNS
 
 #: Violations listed per check; the rest are counted (a poisoned import can leave thousands).
 MAX_LISTED = 20
@@ -180,12 +181,11 @@ def _current_versions(conn: Connection) -> CheckResult:
     return found.result()
 
 
-_SIZES = ("v4_prefixes", "v6_prefixes", "v4_addresses", "v6_networks_64")
 #: Versions whose copied sizes (migration 0018) are not their content's: copied, and the content's missing or other.
 _SIZES_AGAINST_CONTENTS = (
-    f"SELECT v.tag_id, v.valid_from, {', '.join(f'v.{n}' for n in _SIZES)}, {', '.join(f'c.{n}' for n in _SIZES)} "
+    f"SELECT v.tag_id, v.valid_from, {', '.join(f'v.{n}' for n in SIZE_COLUMNS)}, {', '.join(f'c.{n}' for n in SIZE_COLUMNS)} "
     "FROM tag_versions v JOIN contents c ON c.hash = v.content_hash WHERE v.v4_prefixes IS NOT NULL AND ("
-    + " OR ".join(f"c.{n} IS NULL OR v.{n} IS NULL OR v.{n} <> c.{n}" for n in _SIZES) + ")"
+    + " OR ".join(f"c.{n} IS NULL OR v.{n} IS NULL OR v.{n} <> c.{n}" for n in SIZE_COLUMNS) + ")"
 )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from .importer import Sha256, build_span_index, date_from_source, drop_span_index, import_bytes, lock_cloud
 from .queries import (
     all_publications, changed_tag_names, entries_since, lookup_all_time, resolve_at, containing_networks, diff_publications, history, lookup, parse_publication_ref,
-    present_tag_names, publication_by_day, publication_dates, publications, resolve_publication, snapshot, tag_ids, tag_name,
+    present_tag_names, publication_by_day, publications, resolve_publication, snapshot, tag_ids, tag_name,
     tag_states,
 )
 from .records import (

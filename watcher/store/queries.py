@@ -32,22 +32,6 @@ def publications(conn: Connection, cloud: str) -> list[PublicationInfo]:
         return [publication_from_row(r) for r in rows]
 
 
-#: The dates of a cloud's publications (``:cloud``), oldest first: ``publication_dates``'s read.
-PUBLICATION_DATES_READ = "SELECT file_date FROM publications WHERE cloud = :cloud ORDER BY file_date"
-
-
-def publication_dates(conn: Connection, cloud: str) -> list[dt.date]:
-    """The dates of the cloud's publications, oldest first (``publications`` without the records; the driver's
-    rows: a date per row through SQLAlchemy's result cost more than the read)."""
-    with translate_db_errors(f"listing the {cloud} publications"):
-        return publication_dates_from(fetch_all(conn, PUBLICATION_DATES_READ, {"cloud": cloud}))
-
-
-def publication_dates_from(rows: Sequence[Any]) -> list[dt.date]:
-    """``publication_dates`` from the rows of its read (SQLite hands the ISO text back, PostgreSQL a date)."""
-    return [day if isinstance(day, dt.date) else dt.date.fromisoformat(day) for (day,) in rows]
-
-
 def publication_by_day(conn: Connection, cloud: str, day: dt.date) -> PublicationInfo | None:
     with translate_db_errors(f"reading the {cloud} publication of {day}"):
         row = conn.execute(

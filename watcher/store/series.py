@@ -28,8 +28,8 @@ from ..errors import translate_db_errors
 from ..models import Content, PrefixSpan, Publication, TagVersion, day_from_key
 from ..prefixes import passing_prefix_gate
 from .packing import load_texts, split_text
-from .queries import PUBLICATION_DATES_READ, publication_dates_from, tag_identity
-from .sql import fetch_all, fetch_in, fetch_together
+from .queries import tag_identity
+from .sql import fetch_all, fetch_in
 from .records import HistoryEntry
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ _VERSIONS_READ = (f"SELECT {', '.join(_VersionRow._fields)} FROM tag_versions WH
 #: trip as the publication dates).
 _VERSIONS_BY_ID = _VERSIONS_READ.format(tag=":tag")
 _VERSIONS_BY_NAME = _VERSIONS_READ.format(tag="(SELECT t.id FROM tags t WHERE t.cloud = :cloud AND t.name = :name)")
-_DATES_STATEMENT, _VERSIONS_BY_NAME_STATEMENT = text(PUBLICATION_DATES_READ), text(_VERSIONS_BY_NAME)
+_DATES_STATEMENT = text("SELECT file_date FROM publications WHERE cloud = :cloud ORDER BY file_date")
+_VERSIONS_BY_NAME_STATEMENT = text(_VERSIONS_BY_NAME)
 #: The sizes of the sets given, where counted (the sets its versions lack them for).
 _CONTENT_SIZES = (f"SELECT hash, {', '.join(SIZE_COLUMNS)} FROM contents WHERE hash IN ({{}}) "
                   "AND v4_prefixes IS NOT NULL")
@@ -61,7 +62,7 @@ class TagSeries:
     name: str                       # as stored
     entries: list[HistoryEntry]     # as ``store.history`` gives them, oldest first
     sizes: dict[dt.date, Sizes]     # per version (by the day it starts): IPv4/IPv6 prefixes, IPv4 addresses, IPv6 /64s
-    dates: list[dt.date]            # the cloud's publications, oldest first (``store.publication_dates``)
+    dates: list[dt.date]            # the cloud's publications, oldest first
 
 
 def tag_series_reads(cloud: str, name: str) -> list[tuple[Any, dict[str, Any]]]:
@@ -70,16 +71,20 @@ def tag_series_reads(cloud: str, name: str) -> list[tuple[Any, dict[str, Any]]]:
     return [(_DATES_STATEMENT, {"cloud": cloud}), (_VERSIONS_BY_NAME_STATEMENT, {"cloud": cloud, "name": name})]
 
 
+def _read_series(conn: Connection, cloud: str, name: str) -> list[list[Any]]:
+    """The rows of ``tag_series_reads``: on PostgreSQL in one round trip (``db.read_together``), elsewhere as the
+    driver's plain rows (SQLAlchemy's Row objects cost as much as the read for a busy tag's 240 versions)."""
+    with translate_db_errors(f"reading the history of {cloud} tag {name!r}"):
+        if db.pipelined(conn):
+            return db.read_together(conn, tag_series_reads(cloud, name))
+        return [fetch_all(conn, statement.text, params) for statement, params in tag_series_reads(cloud, name)]
+
+
 def tag_series(conn: Connection, cloud: str, name: str, read: Sequence[Sequence[Any]] | None = None) -> TagSeries:
     """The tag's versions (as ``store.history``), each version's sizes, and the cloud's publication dates;
-    ``read``: the rows of ``tag_series_reads``, read already."""
-    if read is not None:
-        date_rows, rows = read
-    else:
-        with translate_db_errors(f"reading the history of {cloud} tag {name!r}"):
-            # A tag named as stored (the page's links name it so): the dates and its versions in one round trip.
-            date_rows, rows = fetch_together(conn, [(PUBLICATION_DATES_READ, {"cloud": cloud}),
-                                                    (_VERSIONS_BY_NAME, {"cloud": cloud, "name": name})])
+    ``read``: the rows of ``tag_series_reads``, read already (else read here). The tag is read by the name it is
+    stored under (the pages' links name it so)."""
+    date_rows, rows = read if read is not None else _read_series(conn, cloud, name)
     if rows:
         real_name, identity = name, rows[0][0]
     else:  # named otherwise (case), or unknown: found as ``store.tag_name`` finds it, then read by its id
@@ -120,7 +125,9 @@ def tag_series(conn: Connection, cloud: str, name: str, read: Sequence[Sequence[
         ))
         previous_number = change_number if present else None
         previous_metadata = metadata
-    return TagSeries(real_name, entries, sizes, publication_dates_from(date_rows))
+    # SQLite hands the ISO text back, PostgreSQL a date.
+    dates = [day if isinstance(day, dt.date) else dt.date.fromisoformat(day) for (day,) in date_rows]
+    return TagSeries(real_name, entries, sizes, dates)
 
 
 @dataclass(frozen=True)

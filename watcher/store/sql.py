@@ -54,24 +54,6 @@ def fetch_all(conn: Connection, sql: str, params: dict[str, Any], *, binary: boo
     return _fetch_driver(conn, driver_sql(conn, sql), params, binary=binary)
 
 
-def fetch_together(conn: Connection, reads: Sequence[tuple[str, dict[str, Any]]]) -> list[list[tuple]]:
-    """``fetch_all`` of several independent reads (sql, parameters); on PostgreSQL sent together and answered in one
-    round trip (psycopg's pipeline mode, values in binary form), elsewhere run one after the other."""
-    if conn.dialect.driver != "psycopg" or len(reads) < 2:
-        return [fetch_all(conn, sql, params) for sql, params in reads]
-    raw = conn.connection.driver_connection
-    cursors = []
-    try:
-        with raw.pipeline():
-            for sql, params in reads:
-                cursors.append(raw.cursor(binary=True))
-                cursors[-1].execute(driver_sql(conn, sql), params)
-        return [cursor.fetchall() for cursor in cursors]
-    finally:
-        for cursor in cursors:
-            cursor.close()
-
-
 def _fetch_driver(conn: Connection, query: str, params: dict[str, Any], *, binary: bool) -> list[tuple]:
     """``query`` (the driver's own parameter style) through the driver's cursor."""
     raw = conn.connection.driver_connection

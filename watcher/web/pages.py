@@ -375,8 +375,7 @@ def routes(settings: Settings, engine: Engine, auth: Authenticator,
             key = (cloud, name, *stamp)
             cached = series_cache.get(key)
             if cached is None:
-                found = series.tag_series(conn, cloud, name, stamp_rows[1:] if stamp_rows and len(stamp_rows) == 3
-                                          else None)
+                found = series.tag_series(conn, cloud, name, (stamp_rows or [])[1:] or None)
                 versions = [plots.VersionPoint(e.date, found.sizes[e.date], e.added, e.removed) for e in found.entries]
                 cached = remember(series_cache, key, (found.name, found.entries,
                                                       plots.tag_series(found.dates, versions), found.dates))
